@@ -1,0 +1,195 @@
+"""Configuration: `configs/default.toml` with a user TOML merged over it, validated on load.
+
+Validation happens once, at the boundary, so stages can trust every value they read.
+Errors name the file and the dotted key at fault.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[1] / "configs" / "default.toml"
+WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+
+
+class ConfigError(ValueError):
+    """A configuration file is unreadable or holds an invalid value."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class WorkspaceSettings(_Section):
+    landing_dir: str = "landing"
+    timezone: str = "Asia/Shanghai"
+
+
+class DeviceDefaults(_Section):
+    kind: Literal["atm", "branch", "recycler"] = "atm"
+    capacity: float = Field(0.0, ge=0)
+    capacity_days: float = Field(14.0, gt=0)
+    min_balance: float = Field(0.0, ge=0)
+    max_balance: float = Field(0.0, ge=0)
+    visit_cost: float = Field(1500.0, ge=0)
+    emergency_visit_cost: float = Field(4500.0, ge=0)
+    holding_rate: float = Field(0.05, ge=0, le=1)
+    visit_weekdays: str = "Mon,Tue,Wed,Thu,Fri"
+    lead_time_days: int = Field(1, ge=0, le=30)
+    load_multiple: float = Field(100.0, gt=0)
+    service_level: float = Field(0.99, gt=0, lt=1)
+    country: str = "CN"
+    subdivision: str = ""
+    region: str = ""
+    timezone: str = ""
+
+    @field_validator("visit_weekdays")
+    @classmethod
+    def _weekdays(cls, value: str) -> str:
+        parse_weekdays(value)
+        return value
+
+
+class IngestSettings(_Section):
+    max_amount: float = Field(1.0e9, gt=0)
+    batch_rows: int = Field(1_000_000, ge=1000)
+    future_tolerance_days: int = Field(0, ge=0)
+
+
+class CalendarSettings(_Section):
+    paydays: list[int] = [10, 15]
+    payday_last_working_day: bool = True
+    pension_days: list[int] = [5]
+    events_file: str = ""
+    holiday_distance_cap: int = Field(30, ge=1, le=366)
+
+    @field_validator("paydays", "pension_days")
+    @classmethod
+    def _days_of_month(cls, value: list[int]) -> list[int]:
+        bad = [d for d in value if not 1 <= d <= 31]
+        if bad:
+            raise ValueError(f"days of month must be 1..31, got {bad}")
+        return value
+
+
+class ForecastSettings(_Section):
+    quantiles: list[float] = [0.5, 0.9, 0.95, 0.99]
+    models: list[Literal["seasonal_naive", "ets", "lightgbm"]] = ["seasonal_naive", "ets", "lightgbm"]
+    backtest_folds: int = Field(3, ge=1, le=20)
+    backtest_horizon_days: int = Field(28, ge=1, le=90)
+    min_history_days: int = Field(120, ge=7)
+    max_history_days: int = Field(1095, ge=28)
+    seed: int = 42
+    n_jobs: int = Field(0, ge=0)
+    n_paths: int = Field(200, ge=10, le=5000)
+    registered_model: str = "cashcast-forecaster"
+    tracking_uri: str = ""
+    experiment: str = "cashcast"
+    retrain_every_days: int = Field(7, ge=1)
+    drift_threshold: float = Field(0.25, gt=0)
+
+    @field_validator("quantiles")
+    @classmethod
+    def _levels(cls, value: list[float]) -> list[float]:
+        if not value or any(not 0 < q < 1 for q in value):
+            raise ValueError("quantile levels must lie strictly between 0 and 1")
+        return sorted(set(value))
+
+
+class PlanSettings(_Section):
+    horizon_days: int = Field(14, ge=1, le=90)
+    cassette_swap: bool = True
+    allow_holiday_visits: bool = False
+    stockout_penalty_visits: float = Field(20.0, ge=0)
+
+
+class BacktestSettings(_Section):
+    replan_every_days: int = Field(7, ge=1)
+    baselines: list[Literal["fixed_weekly", "cover_rule"]] = ["fixed_weekly", "cover_rule"]
+    cover_rule_days: int = Field(7, ge=1)
+    cover_rule_buffer: float = Field(0.25, ge=0)
+
+
+class FlowSettings(_Section):
+    task_runner: Literal["local", "dask"] = "local"
+    dask_address: str = ""
+    dask_workers: int = Field(2, ge=1)
+    devices_per_task: int = Field(500, ge=1)
+    cron: str = "0 2 * * *"
+    timezone: str = "Asia/Shanghai"
+    deployment_name: str = "cashcast-nightly"
+    retries: int = Field(2, ge=0)
+    retry_delay_seconds: float = Field(5, ge=0)
+
+
+class Config(_Section):
+    """The whole validated configuration; sections mirror the TOML tables."""
+
+    workspace: WorkspaceSettings = WorkspaceSettings()
+    devices: DeviceDefaults = DeviceDefaults()
+    ingest: IngestSettings = IngestSettings()
+    calendar: CalendarSettings = CalendarSettings()
+    forecast: ForecastSettings = ForecastSettings()
+    plan: PlanSettings = PlanSettings()
+    backtest: BacktestSettings = BacktestSettings()
+    flows: FlowSettings = FlowSettings()
+
+    def updated(self, **sections: dict[str, Any]) -> Config:
+        """A copy with some keys changed, validated like a file (for tests and notebooks)."""
+        return config_from_dict(deep_merge(self.model_dump(), sections), source="<override>")
+
+
+def parse_weekdays(text: str) -> tuple[int, ...]:
+    """'Mon,Wed,Fri' -> (0, 2, 4); Monday is 0 as in pandas."""
+    names = [part.strip()[:3].title() for part in str(text).replace(";", ",").split(",") if part.strip()]
+    unknown = [n for n in names if n not in WEEKDAYS]
+    if unknown or not names:
+        raise ValueError(f"visit_weekdays must list days like 'Mon,Tue', got {text!r}")
+    return tuple(sorted({WEEKDAYS.index(n) for n in names}))
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Merge override into base recursively; override wins on leaves."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+
+def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
+    """Validate a nested dict; the error names the first bad key as section.key."""
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(part) for part in first["loc"])
+        kind = first["type"]
+        message = "unknown key" if kind == "extra_forbidden" else first["msg"]
+        raise ConfigError(f"{source}: invalid config key '{key}': {message}") from None
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Defaults merged with `path` (if given), validated."""
+    data = _read_toml(DEFAULT_CONFIG_PATH)
+    source = str(DEFAULT_CONFIG_PATH)
+    if path is not None:
+        data = deep_merge(data, _read_toml(Path(path)))
+        source = str(path)
+    return config_from_dict(data, source=source)

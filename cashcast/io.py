@@ -1,0 +1,87 @@
+"""File output that is atomic and safe to re-run, plus CSV escaping for spreadsheet users.
+
+Every file Cashcast writes goes to a temporary sibling first and is renamed into place, so a
+crash never leaves a half-written plan or lake partition behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+@contextmanager
+def atomic_path(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to `target`; on success rename it over `target`."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+@contextmanager
+def atomic_dir(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary folder; on success it replaces `target` whole (old one removed)."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield tmp
+        old = None
+        if target.exists():
+            old = target.with_name(f".{target.name}.old.{os.getpid()}")
+            os.replace(target, old)
+        os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def escape_formulas(frame: pd.DataFrame) -> pd.DataFrame:
+    """Prefix text cells that a spreadsheet would run as a formula with a quote."""
+    out = frame.copy()
+    for column in out.columns:
+        if out[column].dtype == object or pd.api.types.is_string_dtype(out[column]):
+            values = out[column].astype("object")
+            mask = values.map(lambda v: isinstance(v, str) and v.startswith(FORMULA_PREFIXES))
+            out[column] = values.where(~mask, "'" + values.astype(str))
+    return out
+
+
+def write_table(frame: pd.DataFrame, path: str | Path) -> Path:
+    """Write CSV (escaped for Excel) or Parquet by the file's ending, atomically."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    with atomic_path(path) as tmp:
+        if suffix == ".csv":
+            escape_formulas(frame).to_csv(tmp, index=False, date_format="%Y-%m-%d")
+        elif suffix == ".parquet":
+            frame.to_parquet(tmp, index=False, engine="pyarrow")
+        else:
+            raise ValueError(f"{path}: output name must end in .csv or .parquet")
+    return path
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read a CSV or Parquet file by its ending."""
+    path = Path(path)
+    if path.suffix.lower() == ".parquet" or path.is_dir():
+        return pd.read_parquet(path)
+    return pd.read_csv(path)

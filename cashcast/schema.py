@@ -1,0 +1,117 @@
+"""The long-format data contracts every stage trades in, checked at the boundary.
+
+`daily` is the heart: one row per device and business day that was recorded. A day with no row
+is "not recorded", never zero demand; a censored day (cash-out, offline) keeps its row with
+`censored = True` and its observed amount is a lower bound, not demand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+DAILY_COLUMNS = {
+    "device_id": "string",
+    "date": "datetime64[ns]",
+    "withdrawals": "float64",
+    "deposits": "float64",  # NaN where the device takes no deposits or none were recorded
+    "n_withdrawals": "float64",
+    "n_deposits": "float64",
+}
+DAILY_OPTIONAL = {"censored": "bool"}
+
+DEVICE_COLUMNS = [
+    "device_id",
+    "kind",
+    "capacity",
+    "min_balance",
+    "max_balance",
+    "visit_cost",
+    "emergency_visit_cost",
+    "holding_rate",
+    "visit_weekdays",
+    "lead_time_days",
+    "load_multiple",
+    "service_level",
+    "country",
+    "subdivision",
+    "region",
+    "name",
+]
+BALANCE_COLUMNS = ["device_id", "as_of", "balance"]
+STATUS_COLUMNS = ["device_id", "start", "end", "state"]
+STATUS_STATES = ("cash_out", "offline")
+
+FORECAST_KEY = ["device_id", "date", "model", "yhat"]
+PLAN_COLUMNS = [
+    "device_id",
+    "visit_date",
+    "order_by",
+    "action",
+    "amount",
+    "expected_balance_before",
+    "balance_after",
+    "days_covered",
+    "stockout_risk",
+    "reason",
+]
+
+
+class ContractError(ValueError):
+    """A frame does not honour its data contract."""
+
+
+def quantile_column(level: float) -> str:
+    """0.95 -> 'q95', 0.5 -> 'q50', 0.975 -> 'q97.5'."""
+    pct = round(level * 100, 6)
+    return f"q{int(pct)}" if pct == int(pct) else f"q{pct:g}"
+
+
+def validate_daily(daily: pd.DataFrame, source: str = "daily") -> pd.DataFrame:
+    """Coerce to the daily contract, sorted by device and date; raise on a broken key.
+
+    Missing optional columns are added (deposits and counts as NaN, censored as False).
+    """
+    missing = [c for c in ("device_id", "date", "withdrawals") if c not in daily.columns]
+    if missing:
+        raise ContractError(f"{source}: missing required column(s) {missing}")
+    out = daily.copy()
+    for column, dtype in DAILY_COLUMNS.items():
+        if column not in out.columns:
+            out[column] = float("nan")
+        if column == "date":
+            out[column] = pd.to_datetime(out[column]).dt.tz_localize(None).dt.normalize().astype("datetime64[ns]")
+        else:
+            out[column] = out[column].astype(dtype)
+    out["censored"] = out["censored"].fillna(False).astype(bool) if "censored" in out else False
+    if out["device_id"].isna().any():
+        raise ContractError(f"{source}: device_id is empty on row {int(out['device_id'].isna().to_numpy().argmax())}")
+    dup = out.duplicated(["device_id", "date"])
+    if dup.any():
+        row = out[dup].iloc[0]
+        raise ContractError(f"{source}: duplicate device-day {row['device_id']} {row['date']:%Y-%m-%d}")
+    extra = [c for c in out.columns if c not in DAILY_COLUMNS and c != "censored"]
+    return out[[*DAILY_COLUMNS, "censored", *extra]].sort_values(["device_id", "date"], ignore_index=True)
+
+
+@dataclass
+class DemandForecast:
+    """Forecasts for a set of devices over consecutive days, with sample paths for the planner.
+
+    The planner needs demand summed over several days, whose quantiles are not sums of daily
+    quantiles; joint sample paths carry that (day-to-day dependence included).
+    """
+
+    frame: pd.DataFrame  # device_id, date, model, yhat, q50.. (+ deposits_yhat where deposits exist)
+    device_ids: np.ndarray  # (n_devices,) str, row order of the path arrays
+    dates: pd.DatetimeIndex  # (horizon,) the forecast days as_of .. as_of + horizon - 1
+    withdrawal_paths: np.ndarray  # float32 (n_devices, n_paths, horizon), >= 0
+    deposit_paths: np.ndarray | None = None  # same shape; zeros for devices without deposits
+
+    def net_outflow_paths(self) -> np.ndarray:
+        """Cash leaving each device per day and path: withdrawals minus deposits."""
+        if self.deposit_paths is None:
+            return self.withdrawal_paths
+        return self.withdrawal_paths - self.deposit_paths

@@ -1,0 +1,90 @@
+"""Where a workspace keeps its files.
+
+Every command works in one workspace folder (`--home`, else `CASHCAST_HOME`, else `data/` of the
+checkout) and touches nothing outside it, so two workspaces never interfere.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+CHECKOUT_DATA_DIR = Path(__file__).resolve().parents[1] / "data"
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """Paths of one workspace; creating the object creates nothing on disk."""
+
+    home: Path
+
+    @classmethod
+    def resolve(cls, home: str | Path | None = None) -> Workspace:
+        chosen = home or os.environ.get("CASHCAST_HOME") or CHECKOUT_DATA_DIR
+        return cls(Path(chosen).expanduser().resolve())
+
+    @property
+    def lake(self) -> Path:
+        return self.home / "lake"
+
+    def table(self, name: str) -> Path:
+        """Folder of one lake table (daily, devices, balances, status, transactions)."""
+        return self.lake / name
+
+    @property
+    def rejects(self) -> Path:
+        return self.home / "rejects"
+
+    @property
+    def landing(self) -> Path:
+        return self.home / "landing"
+
+    @property
+    def processed(self) -> Path:
+        return self.home / "processed"
+
+    @property
+    def failed(self) -> Path:
+        return self.home / "failed"
+
+    @property
+    def forecasts(self) -> Path:
+        return self.home / "forecasts"
+
+    @property
+    def plans(self) -> Path:
+        return self.home / "plans"
+
+    @property
+    def reports(self) -> Path:
+        return self.home / "reports"
+
+    @property
+    def backtests(self) -> Path:
+        return self.home / "backtests"
+
+    @property
+    def models(self) -> Path:
+        """Local model cache and state (champion metadata, last training date)."""
+        return self.home / "models"
+
+    @property
+    def mlflow_db(self) -> Path:
+        return self.home / "mlflow.db"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.home / "mlartifacts"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.home / ".nightly.lock"
+
+    def tracking_uri(self, configured: str = "") -> str:
+        """The MLflow store: the configured URI, else the embedded sqlite file in the workspace."""
+        return configured or f"sqlite:///{self.mlflow_db}"
+
+    def ensure(self) -> Workspace:
+        self.home.mkdir(parents=True, exist_ok=True)
+        return self
