@@ -1,0 +1,389 @@
+"""The stage jobs: read the workspace, call the pure stages, write the outputs.
+
+This is the I/O edge of Cashcast. The CLI calls these for single commands; the Prefect flows wrap
+the same functions in tasks, so both paths produce identical files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+import features
+import ingest
+from cashcast.config import Config
+from cashcast.io import write_table
+from cashcast.schema import DemandForecast
+from cashcast.workspace import Workspace
+
+
+class NoDataError(RuntimeError):
+    """The workspace has no history to work from."""
+
+
+@dataclass
+class History:
+    """What a stage knows on the morning of `as_of`: history before it, device master, balances."""
+
+    daily: pd.DataFrame
+    devices: pd.DataFrame
+    balances: pd.DataFrame
+    as_of: pd.Timestamp
+
+
+def parse_date(text: str | pd.Timestamp | None) -> pd.Timestamp | None:
+    """CLI dates (YYYY-MM-DD) as normalised timestamps; None stays None."""
+    return None if text is None else pd.Timestamp(text).normalize()
+
+
+def load_history(ws: Workspace, as_of: pd.Timestamp | None = None, device_ids: list[str] | None = None) -> History:
+    """Read the lake as known on the morning of `as_of` (default: the day after the last recorded day)."""
+    end = None if as_of is None else as_of - pd.Timedelta(days=1)
+    daily = ingest.read_daily(ws, end=end, device_ids=device_ids)
+    if daily.empty:
+        raise NoDataError(f"{ws.home}: no daily history in the lake before {as_of or 'now'}; run `cashcast ingest`")
+    if as_of is None:
+        as_of = daily["date"].max() + pd.Timedelta(days=1)
+    tables = {name: ingest.read_table(ws, name) for name in ("status", "balances", "devices")}
+    if device_ids is not None:
+        wanted = set(device_ids)
+        tables = {name: t[t["device_id"].isin(wanted)] for name, t in tables.items()}
+    status, balances = tables["status"], tables["balances"]
+    known_status = status[pd.to_datetime(status["start"]) < as_of] if len(status) else status
+    known_balances = balances[pd.to_datetime(balances["as_of"]) < as_of] if len(balances) else balances
+    daily = features.mark_censored(daily, known_status, known_balances)
+    return History(daily=daily, devices=tables["devices"], balances=balances, as_of=as_of)
+
+
+def data_fingerprint(daily: pd.DataFrame) -> str:
+    """A short hash of the training data, so an MLflow run says exactly what it saw."""
+    hashed = pd.util.hash_pandas_object(
+        daily[["device_id", "date", "withdrawals", "deposits", "censored"]], index=False
+    )
+    return hashlib.sha256(hashed.to_numpy().tobytes()).hexdigest()[:16]
+
+
+def latest_balances(balances: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
+    """Each device's most recent balance taken on or before the morning of `as_of`."""
+    if balances.empty:
+        return pd.DataFrame({"device_id": pd.Series(dtype="string"), "balance": pd.Series(dtype=float)})
+    known = balances[pd.to_datetime(balances["as_of"]) <= as_of]
+    known = known.sort_values("as_of").groupby("device_id", as_index=False).tail(1)
+    return known[["device_id", "balance", "as_of"]].rename(columns={"as_of": "balance_as_of"})
+
+
+def output_path(folder: Path, as_of: pd.Timestamp, name: str) -> Path:
+    """Default output location: <folder>/<as_of>/<name> inside the workspace."""
+    return folder / f"{as_of:%Y-%m-%d}" / name
+
+
+# ---------------------------------------------------------------- train
+
+
+@dataclass
+class TrainOutcome:
+    as_of: pd.Timestamp
+    n_devices: int
+    metrics: dict[str, float]
+    run_id: str
+    version: str
+    promoted: bool
+    reason: str
+    failures: dict[str, str] = field(default_factory=dict)
+
+
+def run_train(ws: Workspace, config: Config, as_of: pd.Timestamp | None = None, progress: bool = False) -> TrainOutcome:
+    """Fit every device's models on history before `as_of`, backtest, select, log and register."""
+    import forecasting
+    from forecasting import registry
+
+    history = load_history(ws, as_of)
+    result = forecasting.train(history.daily, history.devices, history.as_of, config, progress=progress)
+    champion = registry.load_champion(ws, config)
+    champion_score = None
+    if champion is not None:
+        window = result.window
+        scored = forecasting.score_window(
+            champion, history.daily, history.devices, window["backtest_origins"], window["horizon"], config
+        )
+        champion_score = float(scored[registry.SCORE_KEY])
+    outcome = registry.log_training(
+        result,
+        config,
+        ws,
+        as_of=history.as_of,
+        fingerprint=data_fingerprint(history.daily),
+        champion_score=champion_score,
+    )
+    return TrainOutcome(
+        as_of=history.as_of,
+        n_devices=int(history.daily["device_id"].nunique()),
+        metrics={k: float(v) for k, v in result.metrics.items()},
+        run_id=outcome.run_id,
+        version=outcome.version,
+        promoted=outcome.promoted,
+        reason=outcome.reason,
+        failures=dict(getattr(result.model, "failures_", {}) or {}),
+    )
+
+
+def champion_or_train(ws: Workspace, config: Config, as_of: pd.Timestamp, progress: bool = False):
+    """The serving model; trains one first when the workspace has none (first run)."""
+    from forecasting import registry
+
+    model = registry.load_champion(ws, config)
+    if model is None:
+        run_train(ws, config, as_of, progress=progress)
+        model = registry.load_champion(ws, config)
+    return model
+
+
+# ---------------------------------------------------------------- forecast and plan
+
+
+def forecast_devices(model, history: History, horizon: int, n_paths: int | None = None) -> DemandForecast:
+    """Forecast the devices of `history` from `history.as_of` on."""
+    return model.predict(history.daily, history.devices, history.as_of, horizon, n_paths=n_paths)
+
+
+def run_forecast(
+    ws: Workspace,
+    config: Config,
+    as_of: pd.Timestamp,
+    horizon: int,
+    out: Path | None = None,
+    progress: bool = False,
+) -> Path:
+    """Daily forecasts for as_of .. as_of+horizon-1 from the champion, written to `out` (CSV or Parquet)."""
+    model = champion_or_train(ws, config, as_of, progress=progress)
+    history = load_history(ws, as_of)
+    forecast = forecast_devices(model, history, horizon, n_paths=0)
+    target = out or output_path(ws.forecasts, as_of, "forecast.csv")
+    return write_table(forecast.frame, target)
+
+
+def plan_devices(model, history: History, config: Config, horizon: int, balances: pd.DataFrame | None = None):
+    """Forecast with sample paths and plan the visits of the devices in `history` (pure apart from the model)."""
+    import replenishment
+
+    forecast = forecast_devices(model, history, horizon)
+    terms = replenishment.resolve_terms(history.devices, history.daily, config)
+    opening = latest_balances(history.balances if balances is None else balances, history.as_of)
+    result = replenishment.plan_network(forecast, terms, opening, history.as_of, config)
+    failures = dict(getattr(model, "failures_", {}) or {})
+    if failures and len(result.plan):
+        failed = result.plan["device_id"].isin(list(failures))
+        result.plan.loc[failed, "reason"] = result.plan.loc[failed, "reason"].astype(str) + (
+            "; model failed, fallback forecast used"
+        )
+    return forecast, result, failures
+
+
+@dataclass
+class PlanFiles:
+    plan: Path
+    projection: Path
+    summary: Path
+    forecast: Path
+
+
+def write_plan(ws: Workspace, as_of: pd.Timestamp, forecast_frame: pd.DataFrame, result, out: Path | None) -> PlanFiles:
+    """Write plan, projection, summary and the forecast behind them, each atomically."""
+    folder = ws.plans / f"{as_of:%Y-%m-%d}"
+    plan_path = write_table(result.plan, out or folder / "plan.csv")
+    return PlanFiles(
+        plan=plan_path,
+        projection=write_table(result.projection, folder / "projection.csv"),
+        summary=write_table(result.summary, folder / "summary.csv"),
+        forecast=write_table(forecast_frame, output_path(ws.forecasts, as_of, "forecast.csv")),
+    )
+
+
+def run_plan(
+    ws: Workspace,
+    config: Config,
+    as_of: pd.Timestamp,
+    horizon: int | None = None,
+    balances_file: Path | None = None,
+    out: Path | None = None,
+    progress: bool = False,
+) -> PlanFiles:
+    """Replenishment plan from `as_of` on; balances from a file or the latest ingested ones."""
+    from cashcast.io import read_table
+
+    model = champion_or_train(ws, config, as_of, progress=progress)
+    history = load_history(ws, as_of)
+    balances = None
+    if balances_file is not None:
+        balances = read_table(balances_file)
+        missing = {"device_id", "balance"} - set(balances.columns)
+        if missing:
+            raise ValueError(f"{balances_file}: missing column(s) {sorted(missing)}")
+        if "as_of" not in balances.columns:
+            balances["as_of"] = as_of
+        balances["device_id"] = balances["device_id"].astype("string")
+    forecast, result, _ = plan_devices(model, history, config, horizon or config.plan.horizon_days, balances)
+    return write_plan(ws, as_of, forecast.frame, result, out)
+
+
+# ---------------------------------------------------------------- nightly helpers
+
+
+def lake_device_ids(ws: Workspace) -> list[str]:
+    """Every device with recorded history, read from the lake's device_id column alone."""
+    table = ws.table("daily")
+    if not table.exists():
+        return []
+    ids = pd.read_parquet(table, columns=["device_id"])["device_id"].astype(str).unique()
+    return sorted(ids)
+
+
+def next_as_of(ws: Workspace) -> pd.Timestamp:
+    """The morning after the last recorded day: the nightly run's default as-of."""
+    table = ws.table("daily")
+    if not table.exists():
+        raise NoDataError(f"{ws.home}: the lake has no daily history; run `cashcast ingest`")
+    last = pd.read_parquet(table, columns=["date"])["date"].max()
+    return pd.Timestamp(last).normalize() + pd.Timedelta(days=1)
+
+
+def device_chunks(ws: Workspace, size: int) -> list[list[str]]:
+    """Device ids in chunks of `size`: one task per chunk, never one per device."""
+    ids = lake_device_ids(ws)
+    return [ids[i : i + size] for i in range(0, len(ids), size)]
+
+
+def merge_chunks(parts: list[dict]) -> dict:
+    """Join the chunk results into one forecast, one plan result and one failures map."""
+    import replenishment
+
+    frames = {
+        key: pd.concat([p[key] for p in parts], ignore_index=True) if parts else pd.DataFrame()
+        for key in ("forecast", "plan", "projection")
+    }
+    per_device = pd.concat([replenishment.device_rows(p["summary"]) for p in parts], ignore_index=True)
+    result = replenishment.PlanResult(
+        plan=frames["plan"],
+        projection=frames["projection"],
+        summary=replenishment.with_fleet_total(per_device),
+        warnings=[],
+    )
+    failures: dict[str, str] = {}
+    for part in parts:
+        failures.update(part["failures"])
+    return {"forecast": frames["forecast"], "result": result, "failures": failures}
+
+
+def recent_forecast_error(ws: Workspace, as_of: pd.Timestamp, days: int = 7) -> float | None:
+    """sMAPE of the forecasts made in the last `days` nights against the actuals now in the lake."""
+    from forecasting import smape
+
+    made = [output_path(ws.forecasts, as_of - pd.Timedelta(days=k), "forecast.csv") for k in range(1, days + 1)]
+    frames = [pd.read_csv(p, usecols=["device_id", "date", "yhat"]) for p in made if p.exists()]
+    if not frames:
+        return None
+    predicted = pd.concat(frames).assign(date=lambda f: pd.to_datetime(f["date"]))
+    predicted = predicted[predicted["date"] < as_of].drop_duplicates(["device_id", "date"], keep="last")
+    actual = ingest.read_daily(ws, start=as_of - pd.Timedelta(days=days), end=as_of - pd.Timedelta(days=1))
+    joined = predicted.astype({"device_id": "string"}).merge(
+        actual[~actual["censored"]][["device_id", "date", "withdrawals"]], on=["device_id", "date"]
+    )
+    if joined.empty:
+        return None
+    return float(smape(joined["withdrawals"].to_numpy(), joined["yhat"].to_numpy()))
+
+
+def training_due(ws: Workspace, config: Config, as_of: pd.Timestamp | None) -> tuple[bool, str]:
+    """Retrain when there is no champion, it is older than the cadence, or its recent error drifted."""
+    from forecasting import registry
+
+    as_of = as_of or next_as_of(ws)
+    version = registry.champion_version(ws, config)
+    if version is None:
+        return True, "no champion model yet"
+    trained = pd.Timestamp(version.tags.get("as_of", "1970-01-01"))
+    age = (as_of - trained).days
+    if age >= config.forecast.retrain_every_days:
+        return True, f"champion trained {age} days ago (cadence {config.forecast.retrain_every_days})"
+    if age < 0:
+        return True, f"champion was trained on data after {as_of:%Y-%m-%d}"
+    baseline = float(version.tags.get(registry.SCORE_KEY, "nan"))
+    recent = recent_forecast_error(ws, as_of)
+    if recent is not None and baseline > 0 and recent > baseline * (1 + config.forecast.drift_threshold):
+        return True, f"recent sMAPE {recent:.1f} drifted past backtest {baseline:.1f}"
+    return False, f"champion is {age} days old and within drift bounds"
+
+
+# ---------------------------------------------------------------- backtest
+
+
+def run_backtest(
+    ws: Workspace,
+    config: Config,
+    start: pd.Timestamp,
+    end: pd.Timestamp,
+    out: Path | None = None,
+    progress: bool = False,
+) -> Path:
+    """Replay the nightly cycle over [start, end] against actual demand; KPIs per policy, logged to MLflow."""
+    import mlflow
+
+    import forecasting
+    import replenishment
+    from forecasting import registry
+
+    if end < start:
+        raise ValueError(f"--end {end:%Y-%m-%d} is before --start {start:%Y-%m-%d}")
+    history = load_history(ws, end + pd.Timedelta(days=1))
+    known = history.daily[history.daily["date"] < start]
+    if known.empty:
+        raise NoDataError(f"{ws.home}: no history before {start:%Y-%m-%d} to train on")
+    terms = replenishment.resolve_terms(history.devices, known, config)
+    fitted: dict[str, object] = {}
+
+    def forecaster(past: pd.DataFrame, as_of: pd.Timestamp, horizon: int) -> DemandForecast:
+        trained_at = fitted.get("as_of")
+        if trained_at is None or (as_of - trained_at).days >= config.forecast.retrain_every_days:
+            fitted["model"] = forecasting.train(past, history.devices, as_of, config, progress=progress).model
+            fitted["as_of"] = as_of
+        return fitted["model"].predict(past, history.devices, as_of, horizon)
+
+    opening = latest_balances(history.balances, start)
+    result = replenishment.replay(
+        history.daily,
+        terms,
+        start,
+        end,
+        forecaster,
+        config,
+        initial_balances=opening if len(opening) else None,
+    )
+    folder = out or ws.backtests / f"{start:%Y-%m-%d}_{end:%Y-%m-%d}"
+    write_table(result.kpis, folder / "kpis.csv")
+    write_table(result.per_device, folder / "per_device.csv")
+    write_table(result.trajectories, folder / "trajectories.parquet")
+    registry.use_store(ws, config)
+    with mlflow.start_run(run_name=f"backtest-{start:%Y-%m-%d}-{end:%Y-%m-%d}"):
+        mlflow.set_tag("cashcast.kind", "backtest")
+        mlflow.log_params(
+            {
+                "start": f"{start:%Y-%m-%d}",
+                "end": f"{end:%Y-%m-%d}",
+                "replan_every_days": config.backtest.replan_every_days,
+                "plan_horizon_days": config.plan.horizon_days,
+            }
+        )
+        for row in result.kpis.to_dict(orient="records"):
+            mlflow.log_metrics(
+                {
+                    f"{row['policy']}.{key}": float(value)
+                    for key, value in row.items()
+                    if key != "policy" and isinstance(value, int | float) and pd.notna(value)
+                }
+            )
+        mlflow.log_artifact(str(folder / "kpis.csv"), artifact_path="backtest")
+        mlflow.log_artifact(str(folder / "per_device.csv"), artifact_path="backtest")
+    return folder

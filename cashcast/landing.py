@@ -1,0 +1,75 @@
+"""The landing folder: new files arrive, get ingested, and move to processed/ or failed/.
+
+The kind of a file comes from its name (`transactions-2026-11-27.csv`, `daily_branch.parquet`) or
+from the subfolder it sits in (`landing/status/outages.csv`). A failed file keeps a `.reason.txt`.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import ingest
+from cashcast.config import Config
+from cashcast.workspace import Workspace
+
+# Ingest order within one night: the master first (so unknown devices are caught), then history.
+KINDS = ("devices", "daily", "transactions", "status", "balances")
+SUFFIXES = (".csv", ".parquet")
+
+
+def kind_of(path: Path, landing: Path) -> str:
+    """The ingest kind named by the file's subfolder or the start of its name."""
+    relative = path.relative_to(landing)
+    if len(relative.parts) > 1 and relative.parts[0] in KINDS:
+        return relative.parts[0]
+    for kind in KINDS:
+        if path.name.lower().startswith(kind):
+            return kind
+    raise ingest.IngestError(
+        f"{path}: cannot tell the kind of file; name it <kind>-*.csv or put it in landing/<kind>/ "
+        f"(kinds: {', '.join(KINDS)})"
+    )
+
+
+def _order(path: Path, landing: Path) -> tuple[int, str]:
+    try:
+        return KINDS.index(kind_of(path, landing)), path.name
+    except ingest.IngestError:
+        return len(KINDS), path.name
+
+
+def pending_files(ws: Workspace) -> list[Path]:
+    """Files waiting in the landing folder: device master first, then by name (corrections after originals)."""
+    if not ws.landing.exists():
+        return []
+    files = [
+        p for p in ws.landing.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES and not p.name.startswith(".")
+    ]
+    return sorted(files, key=lambda p: _order(p, ws.landing))
+
+
+def _move(path: Path, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / path.name
+    if target.exists():
+        stamp = 1
+        while (folder / f"{path.stem}.{stamp}{path.suffix}").exists():
+            stamp += 1
+        target = folder / f"{path.stem}.{stamp}{path.suffix}"
+    shutil.move(str(path), target)
+    return target
+
+
+def process_file(ws: Workspace, config: Config, path: Path) -> dict[str, Any]:
+    """Ingest one landing file and move it; a bad file goes to failed/ and never stops the others."""
+    try:
+        kind = kind_of(path, ws.landing)
+        report = ingest.ingest_file(path, kind, ws, config)
+    except (ingest.IngestError, ValueError) as exc:
+        target = _move(path, ws.failed)
+        target.with_name(target.name + ".reason.txt").write_text(str(exc) + "\n")
+        return {"file": path.name, "outcome": "failed", "reason": str(exc), "moved_to": str(target)}
+    target = _move(path, ws.processed)
+    return {"file": path.name, "outcome": "processed", "kind": kind, **report.to_dict(), "moved_to": str(target)}

@@ -1,0 +1,43 @@
+"""One nightly run per workspace at a time: a second one waits (up to a timeout) or refuses."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from cashcast.workspace import Workspace
+
+
+class WorkspaceBusyError(RuntimeError):
+    """Another run holds the workspace lock."""
+
+
+@contextmanager
+def workspace_lock(ws: Workspace, timeout: float = 0.0, poll: float = 0.5) -> Iterator[None]:
+    """Hold an exclusive OS lock on the workspace; the OS frees it if the holder dies."""
+    ws.ensure()
+    handle = open(ws.lock_file, "a+")  # noqa: SIM115 - held open for the whole run
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    handle.seek(0)
+                    holder = handle.read().strip() or "another run"
+                    raise WorkspaceBusyError(
+                        f"{ws.home}: workspace is busy ({holder}); refusing to run two nightly runs at once"
+                    ) from None
+                time.sleep(poll)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        handle.flush()
+        yield
+    finally:
+        handle.close()

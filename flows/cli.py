@@ -1,0 +1,169 @@
+"""The `cashcast` command line (also `python -m flows`), as fixed in CONTRACT.md.
+
+Single-stage commands (ingest, train, forecast, plan, backtest) call the jobs directly and start no
+Prefect server; `nightly`, `demo` and `serve` run the Prefect flows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+KINDS = ("transactions", "daily", "devices", "balances", "status")
+
+
+def _date(text: str) -> str:
+    import pandas as pd
+
+    try:
+        return f"{pd.Timestamp(text):%Y-%m-%d}"
+    except (ValueError, TypeError):
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be a whole number >= 1")
+    return value
+
+
+def _output(text: str) -> Path:
+    if not text.lower().endswith((".csv", ".parquet")):
+        raise argparse.ArgumentTypeError(f"{text}: output name must end in .csv or .parquet")
+    return Path(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--home", help="workspace folder (default: $CASHCAST_HOME, else data/ of the checkout)")
+    common.add_argument("--config", help="TOML file merged over configs/default.toml")
+    parser = argparse.ArgumentParser(
+        prog="cashcast",
+        description="Forecast ATM and branch cash demand and plan least-cost replenishment.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "ingest",
+        parents=[common],
+        help="load CSV or Parquet files into the lake",
+        description="Validate, de-duplicate and load files into the Parquet lake. Idempotent: "
+        "re-ingesting a file changes nothing; bad rows go to the rejects table with their reason.",
+    )
+    p.add_argument("--kind", required=True, choices=KINDS, help="what the files hold (see CONTRACT.md)")
+    p.add_argument("--json", action="store_true", help="print one JSON object per file instead of a sentence")
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE")
+
+    p = sub.add_parser(
+        "train",
+        parents=[common],
+        help="fit, backtest, select, log to MLflow and register",
+        description="Fit every device's models on history before the as-of date, backtest them, "
+        "select per device, log the run to MLflow and register the bundle; the champion alias "
+        "moves only when the new model is no worse on the same backtest window.",
+    )
+    p.add_argument("--as-of", type=_date, help="train on history before this day (default: after the last day)")
+
+    p = sub.add_parser(
+        "forecast",
+        parents=[common],
+        help="daily forecasts from the registered champion",
+        description="Daily forecasts for days D..D+N-1 from models:/cashcast-forecaster@champion "
+        "(trains first when none exists). Columns: device_id, date, model, yhat, q50.. .",
+    )
+    p.add_argument("--as-of", type=_date, required=True, help="first forecast day D (history through D-1)")
+    p.add_argument("--horizon", type=_positive, required=True, help="number of days N")
+    p.add_argument("--out", type=_output, help="output .csv or .parquet (default: <home>/forecasts/D/forecast.csv)")
+
+    p = sub.add_parser(
+        "plan",
+        parents=[common],
+        help="replenishment plan from the as-of day on",
+        description="Least-cost visit and load plan per device at its service level. Writes the "
+        "plan CSV (one row per device and visit), a daily projection and a summary.",
+    )
+    p.add_argument("--as-of", type=_date, required=True, help="plan from the morning of this day")
+    p.add_argument(
+        "--balances",
+        type=Path,
+        help="balances file (device_id, balance[, as_of]); default: the latest ingested balances",
+    )
+    p.add_argument("--horizon", type=_positive, help="plan horizon in days (default [plan] horizon_days)")
+    p.add_argument("--out", type=_output, help="plan output .csv or .parquet (default: <home>/plans/D/plan.csv)")
+
+    p = sub.add_parser(
+        "nightly",
+        parents=[common],
+        help="the whole nightly Prefect flow",
+        description="Ingest the landing folder, train when due, forecast, plan and report, as "
+        "one Prefect flow run. A second run on the same workspace waits or refuses.",
+    )
+    p.add_argument("--as-of", type=_date, help="default: the day after the last recorded day")
+    p.add_argument("--force-train", action="store_true", help="retrain even when not due")
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait this long for another run on the workspace to finish (default: refuse at once)",
+    )
+
+    p = sub.add_parser(
+        "backtest",
+        parents=[common],
+        help="replay the nightly cycle over past days",
+        description="Replay re-planning over past days against actual demand: KPIs for Cashcast, "
+        "the baselines and the perfect-foresight optimum (kpis.csv, per_device.csv).",
+    )
+    p.add_argument("--start", type=_date, required=True, help="first replayed day")
+    p.add_argument("--end", type=_date, required=True, help="last replayed day")
+    p.add_argument("--out", type=Path, help="output folder (default: <home>/backtests/START_END)")
+
+    p = sub.add_parser(
+        "demo",
+        parents=[common],
+        help="synthetic network, nightly flow end to end",
+        description="Put the shipped synthetic sample network into the workspace's landing "
+        "folder, run the nightly flow end to end and print where the plan is.",
+    )
+
+    p = sub.add_parser(
+        "serve",
+        parents=[common],
+        help="serve the nightly deployment on its cron schedule",
+        description="Register the nightly deployment with the Prefect API (cron and time zone "
+        "from [flows]) and serve it until interrupted. Needs a running `prefect server start` "
+        "and PREFECT_API_URL pointing at it.",
+    )
+    p.add_argument("--once", action="store_true", help="register the deployment and exit without serving")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from flows import commands
+
+    try:
+        return commands.run(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # one clear line on stderr; the traceback is for --debug users of python -m
+        if os.environ.get("CASHCAST_DEBUG"):
+            raise
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"cashcast {args.command}: error: {message}", file=sys.stderr)
+        return 2 if isinstance(exc, ValueError | FileNotFoundError | LookupError) else 1
+
+
+def print_json(obj: object) -> None:
+    print(json.dumps(obj, default=str))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""What each `cashcast` command does: resolve workspace and config, call a job or a flow, report."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from cashcast import jobs
+from cashcast.config import Config, load_config
+from cashcast.workspace import CHECKOUT_DATA_DIR, Workspace
+
+SAMPLE_DIR = CHECKOUT_DATA_DIR / "sample"
+SAMPLE_FILES = ("devices", "daily", "status", "balances")
+
+
+def _progress() -> bool:
+    return sys.stderr.isatty()
+
+
+def cmd_ingest(ws: Workspace, config: Config, args: argparse.Namespace) -> int:
+    import ingest
+    from flows.cli import print_json
+
+    for path in args.files:
+        report = ingest.ingest_file(path, args.kind, ws, config, progress=_progress())
+        if args.json:
+            print_json(report.to_dict())
+        else:
+            print(report.line())
+    return 0
+
+
+def cmd_train(ws: Workspace, config: Config, args: argparse.Namespace) -> int:
+    outcome = jobs.run_train(ws, config, jobs.parse_date(args.as_of), progress=_progress())
+    state = "promoted to champion" if outcome.promoted else "registered but NOT promoted"
+    print(
+        f"trained {outcome.n_devices} devices on history before {outcome.as_of:%Y-%m-%d}: "
+        f"sMAPE {outcome.metrics.get('smape_mean', float('nan')):.2f}, "
+        f"MASE {outcome.metrics.get('mase_mean', float('nan')):.3f}; version {outcome.version} {state} "
+        f"({outcome.reason}); MLflow run {outcome.run_id}"
+    )
+    return 0
+
+
+def cmd_forecast(ws: Workspace, config: Config, args: argparse.Namespace) -> int:
+    path = jobs.run_forecast(ws, config, jobs.parse_date(args.as_of), args.horizon, args.out, progress=_progress())
+    print(f"forecast written to {path}")
+    return 0
+
+
+def cmd_plan(ws: Workspace, config: Config, args: argparse.Namespace) -> int:
+    files = jobs.run_plan(
+        ws, config, jobs.parse_date(args.as_of), args.horizon, args.balances, args.out, progress=_progress()
+    )
+    print(f"plan written to {files.plan} (projection {files.projection}, summary {files.summary})")
+    return 0
+
+
+def cmd_backtest(ws: Workspace, config: Config, args: argparse.Namespace) -> int:
+    out = jobs.run_backtest(ws, config, jobs.parse_date(args.start), jobs.parse_date(args.end), args.out)
+    print(f"backtest KPIs written to {out / 'kpis.csv'} (per device: {out / 'per_device.csv'})")
+    return 0
+
+
+def run_nightly(
+    ws: Workspace,
+    config: Config,
+    config_file: str | None,
+    as_of: str | None,
+    force_train: bool = False,
+    wait: float = 0.0,
+) -> dict:
+    """Run the nightly flow with the configured task runner."""
+    from flows import runners
+    from flows.nightly import nightly_flow
+
+    flow = nightly_flow.with_options(task_runner=runners.make_task_runner(config))
+    return flow(str(ws.home), config_file, as_of, force_train, wait)
+
+
+def cmd_nightly(ws: Workspace, config: Config, args: argparse.Namespace) -> int:
+    result = run_nightly(ws, config, args.config, args.as_of, args.force_train, args.wait)
+    print(f"plan written to {result['planned']['plan']}")
+    print(f"report written to {result['report']}")
+    return 0
+
+
+def stage_sample(ws: Workspace) -> list[Path]:
+    """Copy the shipped synthetic network into the landing folder (the raw files are never edited)."""
+    staged = []
+    for kind in SAMPLE_FILES:
+        source = SAMPLE_DIR / f"{kind}.csv"
+        target = ws.landing / f"{kind}-sample.csv"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+        staged.append(target)
+    return staged
+
+
+def cmd_demo(ws: Workspace, config: Config, args: argparse.Namespace) -> int:
+    stage_sample(ws)
+    print(f"demo: synthetic network staged in {ws.landing}; running the nightly flow (Prefect, MLflow in {ws.home})")
+    result = run_nightly(ws, config, args.config, None)
+    print(f"plan written to {result['planned']['plan']}")
+    print(f"report written to {result['report']}")
+    return 0
+
+
+def cmd_serve(ws: Workspace, config: Config, args: argparse.Namespace) -> int:
+    from flows import serve
+
+    deployment = serve.build_deployment(ws, config, args.config)
+    if args.once:
+        deployment_id = deployment.apply()
+        print(
+            f"deployment {serve.full_name(config)} registered ({deployment_id}); cron {config.flows.cron} "
+            f"{config.flows.timezone}"
+        )
+        return 0
+    serve.serve_forever(deployment)
+    return 0
+
+
+COMMANDS = {
+    "ingest": cmd_ingest,
+    "train": cmd_train,
+    "forecast": cmd_forecast,
+    "plan": cmd_plan,
+    "backtest": cmd_backtest,
+    "nightly": cmd_nightly,
+    "demo": cmd_demo,
+    "serve": cmd_serve,
+}
+
+
+def run(args: argparse.Namespace) -> int:
+    ws = Workspace.resolve(args.home).ensure()
+    config = load_config(args.config)
+    return COMMANDS[args.command](ws, config, args)

@@ -1,0 +1,157 @@
+"""Prefect flows: thin wiring around `cashcast.jobs`.
+
+`nightly` = ingest the landing folder -> train when due -> forecast and plan in device chunks ->
+report. Every parameter has a default so a deployment needs none. Tasks take device chunks (never
+one task per device) and read their own devices from the lake, so on Dask the work runs where the
+data is read and only small frames travel back.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from cashcast import jobs, landing, report
+from cashcast.config import Config, load_config
+from cashcast.locking import workspace_lock
+from cashcast.workspace import Workspace
+from flows import runners
+
+
+def _context(home: str | None, config_file: str | None) -> tuple[Workspace, Config]:
+    return Workspace.resolve(home).ensure(), load_config(config_file)
+
+
+@task(name="ingest-landing-file", retries=2, retry_delay_seconds=2)
+def ingest_landing_file(home: str, config_file: str | None, path: str) -> dict[str, Any]:
+    ws, config = _context(home, config_file)
+    return landing.process_file(ws, config, Path(path))
+
+
+@flow(name="ingest")
+def ingest_flow(home: str | None = None, config_file: str | None = None) -> list[dict[str, Any]]:
+    """Ingest every new file in the landing folder; each moves to processed/ or failed/ with a reason."""
+    ws, _ = _context(home, config_file)
+    logger = get_run_logger()
+    files = landing.pending_files(ws)
+    results = [ingest_landing_file(str(ws.home), config_file, str(path)) for path in files]
+    for item in results:
+        logger.info("%s: %s", item["file"], item["outcome"])
+    return results
+
+
+@flow(name="train")
+def train_flow(
+    home: str | None = None, config_file: str | None = None, as_of: str | None = None, force: bool = False
+) -> dict[str, Any]:
+    """Retrain when due (cadence or drift) or when forced; log and register in MLflow."""
+    ws, config = _context(home, config_file)
+    logger = get_run_logger()
+    due, why = jobs.training_due(ws, config, jobs.parse_date(as_of))
+    if not (due or force):
+        logger.info("training not due: %s", why)
+        return {"trained": False, "reason": why}
+    outcome = jobs.run_train(ws, config, jobs.parse_date(as_of))
+    logger.info(
+        "trained %d devices as of %s: run %s, version %s, %s (%s)",
+        outcome.n_devices,
+        f"{outcome.as_of:%Y-%m-%d}",
+        outcome.run_id,
+        outcome.version,
+        "promoted to champion" if outcome.promoted else "NOT promoted",
+        outcome.reason,
+    )
+    return {
+        "trained": True,
+        "reason": why,
+        "run_id": outcome.run_id,
+        "version": outcome.version,
+        "promoted": outcome.promoted,
+        "metrics": outcome.metrics,
+    }
+
+
+@task(name="forecast-and-plan-chunk", retries=1, retry_delay_seconds=2)
+def plan_chunk(home: str, config_file: str | None, as_of: str, horizon: int, device_ids: list[str]) -> dict[str, Any]:
+    """Forecast and plan one chunk of devices; reads only those devices' history."""
+    ws, config = _context(home, config_file)
+    model = runners.cached_champion(ws, config)
+    history = jobs.load_history(ws, jobs.parse_date(as_of), device_ids=device_ids)
+    forecast, result, failures = jobs.plan_devices(model, history, config, horizon)
+    return {
+        "forecast": forecast.frame,
+        "plan": result.plan,
+        "projection": result.projection,
+        "summary": result.summary,
+        "failures": failures,
+    }
+
+
+@flow(name="forecast-and-plan")
+def forecast_and_plan_flow(
+    home: str | None = None,
+    config_file: str | None = None,
+    as_of: str | None = None,
+    horizon: int | None = None,
+) -> dict[str, Any]:
+    """Forecast and plan every device in chunks, then write plan, projection, summary and forecast."""
+    ws, config = _context(home, config_file)
+    logger = get_run_logger()
+    as_of_ts = jobs.parse_date(as_of) or jobs.next_as_of(ws)
+    horizon = horizon or config.plan.horizon_days
+    jobs.champion_or_train(ws, config, as_of_ts)
+    chunks = jobs.device_chunks(ws, config.flows.devices_per_task)
+    futures = [plan_chunk.submit(str(ws.home), config_file, f"{as_of_ts:%Y-%m-%d}", horizon, chunk) for chunk in chunks]
+    parts = [f.result() for f in futures]
+    merged = jobs.merge_chunks(parts)
+    files = jobs.write_plan(ws, as_of_ts, merged["forecast"], merged["result"], None)
+    failures = merged["failures"]
+    if failures:
+        logger.warning("%d device(s) used the fallback forecast: %s", len(failures), ", ".join(sorted(failures)))
+    logger.info("plan written to %s", files.plan)
+    return {
+        "as_of": f"{as_of_ts:%Y-%m-%d}",
+        "plan": str(files.plan),
+        "summary": str(files.summary),
+        "projection": str(files.projection),
+        "forecast": str(files.forecast),
+        "failures": failures,
+        "n_chunks": len(chunks),
+    }
+
+
+@flow(name="nightly")
+def nightly_flow(
+    home: str | None = None,
+    config_file: str | None = None,
+    as_of: str | None = None,
+    force_train: bool = False,
+    lock_timeout_seconds: float = 0.0,
+) -> dict[str, Any]:
+    """The whole night: ingest landing files, train when due, forecast, plan, report."""
+    ws, config = _context(home, config_file)
+    logger = get_run_logger()
+    with workspace_lock(ws, timeout=lock_timeout_seconds):
+        ingested = ingest_flow(str(ws.home), config_file)
+        as_of_ts = jobs.parse_date(as_of) or jobs.next_as_of(ws)
+        trained = train_flow(str(ws.home), config_file, f"{as_of_ts:%Y-%m-%d}", force_train)
+        planned = forecast_and_plan_flow(str(ws.home), config_file, f"{as_of_ts:%Y-%m-%d}")
+        report_path = report.write_report(ws, config, as_of_ts, planned, trained)
+    summary = pd.read_csv(planned["summary"])
+    create_markdown_artifact(
+        key="cashcast-nightly-summary",
+        markdown=report.summary_markdown(as_of_ts, ingested, trained, planned, summary, report_path),
+        description=f"Cashcast nightly run for {as_of_ts:%Y-%m-%d}",
+    )
+    at_risk = report.devices_at_risk(pd.read_csv(planned["plan"]))
+    create_table_artifact(
+        key="cashcast-devices-at-risk",
+        table=at_risk.to_dict(orient="records"),
+        description="Devices most at risk of running out before their next visit",
+    )
+    logger.info("nightly run done: plan %s, report %s", planned["plan"], report_path)
+    return {"ingested": ingested, "trained": trained, "planned": planned, "report": str(report_path)}

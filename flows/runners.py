@@ -1,0 +1,47 @@
+"""Task runners chosen by configuration, and a per-process cache of the champion model.
+
+Production scale-out is configuration, not code: `[flows] task_runner = "dask"` with a
+`dask_address` runs the same flows on an existing cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from cashcast.config import Config
+from cashcast.workspace import Workspace
+
+_cache: dict[tuple[str, str], Any] = {}
+_cache_lock = threading.Lock()
+
+
+def make_task_runner(config: Config):
+    """Threads sized to the cores by default; prefect-dask's DaskTaskRunner when configured."""
+    if config.flows.task_runner == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if config.flows.dask_address:
+            return DaskTaskRunner(address=config.flows.dask_address)
+        return DaskTaskRunner(
+            cluster_class="distributed.LocalCluster",
+            cluster_kwargs={"n_workers": config.flows.dask_workers, "threads_per_worker": 1, "processes": True},
+        )
+    return ThreadPoolTaskRunner(max_workers=os.cpu_count() or 2)
+
+
+def cached_champion(ws: Workspace, config: Config) -> Any:
+    """Load the champion once per worker process and version, not once per chunk."""
+    from forecasting import registry
+
+    version = registry.champion_version(ws, config)
+    if version is None:
+        raise RuntimeError(f"{ws.home}: no champion model registered; run `cashcast train` first")
+    key = (ws.tracking_uri(config.forecast.tracking_uri), str(version.version))
+    with _cache_lock:
+        if key not in _cache:
+            _cache[key] = registry.load_champion(ws, config)
+        return _cache[key]

@@ -1,0 +1,175 @@
+"""MLflow tracking and the model registry for the per-device forecasters.
+
+One MLflow run per training job (never one per device): config, data window and fingerprint as
+params, aggregate metrics, the per-device backtest table as an artifact, and every per-device fit
+bundled in ONE pyfunc model registered as `cashcast-forecaster`. The alias `champion` moves to a
+new version only when its backtest score is no worse than the serving champion's on the same window.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from cashcast.config import Config
+from cashcast.workspace import Workspace
+
+CHAMPION = "champion"
+SCORE_KEY = "smape_mean"
+PIP_PACKAGES = ("pandas", "numpy", "pyarrow", "lightgbm", "statsmodels", "scipy", "holidays", "cloudpickle")
+
+
+class ForecasterModel(mlflow.pyfunc.PythonModel):
+    """pyfunc face of a CashForecaster: daily history in, forecast frame out.
+
+    params: `as_of` (YYYY-MM-DD, default the day after the last history day) and `horizon` (days).
+    """
+
+    def __init__(self, forecaster: Any) -> None:
+        self.forecaster = forecaster
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None):
+        from cashcast.schema import validate_daily
+
+        params = params or {}
+        daily = validate_daily(model_input, source="model input")
+        as_of = pd.Timestamp(params.get("as_of") or daily["date"].max() + pd.Timedelta(days=1))
+        horizon = int(params.get("horizon", 14))
+        return self.forecaster.predict(daily, None, as_of, horizon).frame
+
+
+@dataclass
+class RegistryOutcome:
+    """What a training job left in MLflow."""
+
+    run_id: str
+    version: str
+    promoted: bool
+    challenger_score: float
+    champion_score: float | None
+    reason: str
+
+
+def _pip_requirements() -> list[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    pins = []
+    for name in PIP_PACKAGES:
+        try:
+            pins.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:
+            continue
+    return pins
+
+
+def use_store(ws: Workspace, config: Config) -> str:
+    """Point MLflow at the workspace's store and make sure the experiment keeps its artifacts there too."""
+    uri = ws.tracking_uri(config.forecast.tracking_uri)
+    ws.ensure()
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(tracking_uri=uri)
+    if client.get_experiment_by_name(config.forecast.experiment) is None:
+        location = None if config.forecast.tracking_uri else ws.mlflow_artifacts.as_uri()
+        client.create_experiment(config.forecast.experiment, artifact_location=location)
+    mlflow.set_experiment(config.forecast.experiment)
+    return uri
+
+
+def champion_version(ws: Workspace, config: Config) -> Any | None:
+    """The registered version serving as champion, or None before the first promotion."""
+    client = MlflowClient(tracking_uri=use_store(ws, config))
+    try:
+        return client.get_model_version_by_alias(config.forecast.registered_model, CHAMPION)
+    except MlflowException:
+        return None
+
+
+def load_champion(ws: Workspace, config: Config) -> Any | None:
+    """The champion CashForecaster from `models:/<name>@champion`, or None when there is none yet."""
+    if champion_version(ws, config) is None:
+        return None
+    model = mlflow.pyfunc.load_model(f"models:/{config.forecast.registered_model}@{CHAMPION}")
+    return model.unwrap_python_model().forecaster
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            _flatten(f"{prefix}.{key}" if prefix else key, inner, out)
+    else:
+        out[prefix] = json.dumps(value) if isinstance(value, list) else str(value)
+
+
+def log_training(
+    result: Any,
+    config: Config,
+    ws: Workspace,
+    *,
+    as_of: pd.Timestamp,
+    fingerprint: str,
+    champion_score: float | None,
+    extra_tags: dict[str, str] | None = None,
+) -> RegistryOutcome:
+    """Log one training job, register its bundle, and move `champion` when it is no worse.
+
+    `champion_score` is the serving champion's score on this run's backtest window (None: no champion).
+    """
+    use_store(ws, config)
+    params: dict[str, str] = {}
+    _flatten("", config.model_dump(), params)
+    window = {
+        f"window.{k}": (v if isinstance(v, str) else json.dumps(v, default=str)) for k, v in result.window.items()
+    }
+    challenger = float(result.metrics[SCORE_KEY])
+    promote = champion_score is None or (math.isfinite(challenger) and challenger <= champion_score + 1e-9)
+    reason = (
+        "first model"
+        if champion_score is None
+        else f"backtest sMAPE {challenger:.3f} vs champion {champion_score:.3f} on the same window"
+    )
+    with mlflow.start_run(run_name=f"train-{as_of:%Y-%m-%d}") as run:
+        mlflow.log_params({**params, **window, "as_of": f"{as_of:%Y-%m-%d}", "data_fingerprint": fingerprint})
+        mlflow.log_metrics({k: float(v) for k, v in result.metrics.items() if _is_number(v)})
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, table in (("backtest_per_device", result.backtest), ("selection", result.selection)):
+                path = Path(tmp) / f"{name}.csv"
+                table.to_csv(path, index=False)
+                mlflow.log_artifact(str(path), artifact_path="tables")
+        info = mlflow.pyfunc.log_model(
+            name="forecaster",
+            python_model=ForecasterModel(result.model),
+            pip_requirements=_pip_requirements(),
+            registered_model_name=config.forecast.registered_model,
+        )
+        mlflow.set_tags(
+            {
+                "cashcast.as_of": f"{as_of:%Y-%m-%d}",
+                "cashcast.promoted": str(promote).lower(),
+                "cashcast.promotion_reason": reason,
+                **(extra_tags or {}),
+            }
+        )
+        if champion_score is not None:
+            mlflow.log_metric("champion_smape_same_window", champion_score)
+    version = str(info.registered_model_version)
+    client = MlflowClient()
+    client.set_model_version_tag(config.forecast.registered_model, version, "as_of", f"{as_of:%Y-%m-%d}")
+    client.set_model_version_tag(config.forecast.registered_model, version, SCORE_KEY, f"{challenger:.6f}")
+    if promote:
+        client.set_registered_model_alias(config.forecast.registered_model, CHAMPION, version)
+    else:
+        client.set_model_version_tag(config.forecast.registered_model, version, "flagged", "worse than champion")
+    return RegistryOutcome(run.info.run_id, version, promote, challenger, champion_score, reason)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(float(value))
