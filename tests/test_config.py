@@ -1,0 +1,82 @@
+"""Configuration: defaults, merging over the defaults, errors that name the key, workspace resolution."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cashcast.config import ConfigError, load_config, parse_weekdays
+from cashcast.workspace import CHECKOUT_DATA_DIR, Workspace
+
+
+def test_defaults_cover_every_device_master_field():
+    config = load_config()
+    from cashcast.schema import DEVICE_COLUMNS
+
+    defaults = config.devices.model_dump()
+    assert set(DEVICE_COLUMNS) - {"device_id", "name"} <= set(defaults)
+    assert config.forecast.quantiles == [0.5, 0.9, 0.95, 0.99]
+    assert config.plan.horizon_days == 14 and config.flows.task_runner == "local"
+
+
+def test_user_file_is_merged_over_defaults(tmp_path: Path):
+    path = tmp_path / "mine.toml"
+    path.write_text('[plan]\nhorizon_days = 7\n[flows]\ntask_runner = "dask"\ndask_address = "tcp://x:8786"\n')
+    config = load_config(path)
+    assert config.plan.horizon_days == 7
+    assert config.plan.cassette_swap is True  # kept from the defaults
+    assert config.flows.dask_address == "tcp://x:8786"
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("[plan]\nhorizon_days = 0\n", "plan.horizon_days"),
+        ("[plan]\nhorizon_dayz = 3\n", "plan.horizon_dayz"),
+        ('[flows]\ntask_runner = "spark"\n', "flows.task_runner"),
+        ("[forecast]\nquantiles = [0.5, 1.5]\n", "forecast.quantiles"),
+        ('[devices]\nvisit_weekdays = "Mon,Funday"\n', "devices.visit_weekdays"),
+        ("[nonsense]\nx = 1\n", "nonsense"),
+    ],
+)
+def test_invalid_values_name_the_file_and_key(tmp_path: Path, text: str, key: str):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert str(path) in str(error.value) and f"'{key}'" in str(error.value)
+
+
+def test_broken_toml_and_missing_file_are_clear(tmp_path: Path):
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[plan\nhorizon_days = ")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(broken)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "absent.toml")
+
+
+def test_updated_copy_is_validated():
+    config = load_config()
+    assert config.updated(plan={"horizon_days": 5}).plan.horizon_days == 5
+    with pytest.raises(ConfigError, match="plan.horizon_days"):
+        config.updated(plan={"horizon_days": -1})
+
+
+def test_parse_weekdays():
+    assert parse_weekdays("Mon,Wed,Fri") == (0, 2, 4)
+    assert parse_weekdays("monday; sunday") == (0, 6)
+    with pytest.raises(ValueError):
+        parse_weekdays("")
+
+
+def test_workspace_resolution_order(tmp_path: Path, monkeypatch):
+    monkeypatch.delenv("CASHCAST_HOME", raising=False)
+    assert Workspace.resolve().home == CHECKOUT_DATA_DIR.resolve()
+    monkeypatch.setenv("CASHCAST_HOME", str(tmp_path / "env"))
+    assert Workspace.resolve().home == (tmp_path / "env").resolve()
+    assert Workspace.resolve(tmp_path / "flag").home == (tmp_path / "flag").resolve()
+    ws = Workspace.resolve(tmp_path / "flag")
+    assert ws.tracking_uri() == f"sqlite:///{ws.home / 'mlflow.db'}"
+    assert ws.tracking_uri("http://mlflow:5000") == "http://mlflow:5000"

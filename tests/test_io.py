@@ -1,0 +1,71 @@
+"""Atomic output, CSV formula escaping, and the workspace lock."""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from cashcast.io import atomic_dir, atomic_path, escape_formulas, read_table, write_table
+from cashcast.locking import WorkspaceBusyError, workspace_lock
+from cashcast.workspace import Workspace
+
+
+def test_atomic_path_leaves_old_file_on_crash(tmp_path: Path):
+    target = tmp_path / "plan.csv"
+    target.write_text("old\n")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half written")
+        raise RuntimeError("crash")
+    assert target.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["plan.csv"]
+
+
+def test_atomic_dir_swaps_whole_folder(tmp_path: Path):
+    target = tmp_path / "table"
+    target.mkdir()
+    (target / "old.parquet").write_text("x")
+    with atomic_dir(target) as tmp:
+        (tmp / "new.parquet").write_text("y")
+    assert sorted(p.name for p in target.iterdir()) == ["new.parquet"]
+    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+        (tmp / "broken.parquet").write_text("z")
+        raise RuntimeError("crash")
+    assert sorted(p.name for p in target.iterdir()) == ["new.parquet"]
+
+
+def test_csv_cells_that_look_like_formulas_are_escaped(tmp_path: Path):
+    frame = pd.DataFrame({"name": ["=HYPERLINK(1)", "+1", "-x", "@sum", "Plain"], "amount": [1, -2, 3, 4, 5]})
+    escaped = escape_formulas(frame)
+    assert escaped["name"].tolist() == ["'=HYPERLINK(1)", "'+1", "'-x", "'@sum", "Plain"]
+    assert escaped["amount"].tolist() == [1, -2, 3, 4, 5]  # numbers stay numbers
+    path = write_table(frame, tmp_path / "out.csv")
+    assert read_table(path)["name"].iloc[0] == "'=HYPERLINK(1)"
+    assert read_table(write_table(frame, tmp_path / "out.parquet"))["name"].iloc[0] == "=HYPERLINK(1)"
+    with pytest.raises(ValueError, match="must end in"):
+        write_table(frame, tmp_path / "out.xlsx")
+
+
+def _hold_lock(home: str, seconds: float) -> None:
+    with workspace_lock(Workspace.resolve(home)):
+        time.sleep(seconds)
+
+
+def test_second_run_refuses_or_waits(tmp_path: Path):
+    ws = Workspace.resolve(tmp_path).ensure()
+    holder = multiprocessing.get_context("spawn").Process(target=_hold_lock, args=(str(ws.home), 3.0))
+    holder.start()
+    deadline = time.monotonic() + 20
+    while not ws.lock_file.exists() or "pid" not in ws.lock_file.read_text():
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    with pytest.raises(WorkspaceBusyError, match="busy"), workspace_lock(ws, timeout=0):
+        pass
+    started = time.monotonic()
+    with workspace_lock(ws, timeout=30):
+        waited = time.monotonic() - started
+    holder.join()
+    assert waited > 0.5
