@@ -15,6 +15,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from cashcast.config import Config
 from cashcast.workspace import Workspace
 
+_shared_server: Any = None
 _cache: dict[tuple[str, str], Any] = {}
 _cache_lock = threading.Lock()
 
@@ -24,6 +25,7 @@ def make_task_runner(config: Config):
     if config.flows.task_runner == "dask":
         from prefect_dask import DaskTaskRunner
 
+        share_prefect_api()
         if config.flows.dask_address:
             return DaskTaskRunner(address=config.flows.dask_address)
         return DaskTaskRunner(
@@ -31,6 +33,26 @@ def make_task_runner(config: Config):
             cluster_kwargs={"n_workers": config.flows.dask_workers, "threads_per_worker": 1, "processes": True},
         )
     return ThreadPoolTaskRunner(max_workers=os.cpu_count() or 2)
+
+
+def share_prefect_api() -> str:
+    """Make sure Dask worker processes report to ONE Prefect API.
+
+    Without PREFECT_API_URL every worker process would start its own temporary server. Use the
+    configured or active API; failing that, start one temporary server for this process and its workers.
+    """
+    global _shared_server
+    from prefect.settings import PREFECT_API_URL
+
+    url = os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
+    if not url:
+        from prefect.server.api.server import SubprocessASGIServer
+
+        _shared_server = SubprocessASGIServer()
+        _shared_server.start()
+        url = _shared_server.api_url
+    os.environ["PREFECT_API_URL"] = url
+    return url
 
 
 def cached_champion(ws: Workspace, config: Config) -> Any:
