@@ -1,0 +1,258 @@
+"""The Parquet lake: table layout, crash-safe commits and the readers other stages use.
+
+Layout under `workspace.lake` (plain `pd.read_parquet(dir)` / `pyarrow.dataset` read every table):
+
+- `daily/month=YYYY-MM/part-0.parquet`: one row per recorded device-day (device-local business date).
+- `transactions/month=YYYY-MM/part-<commit>.parquet`: the de-duplicated raw transactions, kept so that
+  late or repeated files can be checked against what is already loaded (`txn_key`, see `ingest.parse`).
+- `devices/devices.parquet`, `balances/balances.parquet`, `status/status.parquet`: small tables.
+
+Commits: an ingest writes every new or changed file into `lake/.staging-<id>/` (same relative paths),
+then writes `COMMIT` (the list of those paths) atomically and only then renames the files into place.
+A crash before `COMMIT` exists leaves the lake untouched (the staging folder is removed later); a crash
+after it is rolled forward by `recover`, which every ingest and reader runs first. One writer at a time:
+ingests hold an exclusive `flock` on `lake/.lock`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import functools
+import json
+import operator
+import os
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from cashcast.io import atomic_path
+from cashcast.schema import DEVICE_COLUMNS, validate_daily
+from cashcast.workspace import Workspace
+
+COMMIT_FILE = "COMMIT"
+STAGING_PREFIX = ".staging-"
+
+DAILY_SCHEMA = pa.schema(
+    [
+        ("device_id", pa.string()),
+        ("date", pa.timestamp("ns")),
+        ("withdrawals", pa.float64()),
+        ("deposits", pa.float64()),
+        ("n_withdrawals", pa.float64()),
+        ("n_deposits", pa.float64()),
+    ]
+)
+TRANSACTION_SCHEMA = pa.schema(
+    [
+        ("device_id", pa.string()),
+        ("timestamp", pa.timestamp("ns")),  # device-local wall time
+        ("amount", pa.float64()),
+        ("type", pa.string()),
+        ("txn_id", pa.string()),
+        ("txn_key", pa.int64()),
+    ]
+)
+DEVICE_NUMERIC = [
+    "capacity",
+    "min_balance",
+    "max_balance",
+    "visit_cost",
+    "emergency_visit_cost",
+    "holding_rate",
+    "lead_time_days",
+    "load_multiple",
+    "service_level",
+]
+DEVICE_TABLE_COLUMNS = [*DEVICE_COLUMNS, "timezone"]
+SMALL_SCHEMAS = {
+    "devices": pa.schema([(c, pa.float64() if c in DEVICE_NUMERIC else pa.string()) for c in DEVICE_TABLE_COLUMNS]),
+    "balances": pa.schema([("device_id", pa.string()), ("as_of", pa.timestamp("ns")), ("balance", pa.float64())]),
+    "status": pa.schema(
+        [
+            ("device_id", pa.string()),
+            ("start", pa.timestamp("ns")),
+            ("end", pa.timestamp("ns")),
+            ("state", pa.string()),
+        ]
+    ),
+}
+SMALL_KEYS = {"devices": ["device_id"], "balances": ["device_id", "as_of"], "status": ["device_id", "start", "state"]}
+
+
+def month_name(month: np.datetime64 | pd.Timestamp) -> str:
+    """Hive partition folder of a month: 'month=2024-01'."""
+    return f"month={pd.Timestamp(month):%Y-%m}"
+
+
+def daily_partition(month: np.datetime64 | pd.Timestamp) -> str:
+    return f"daily/{month_name(month)}/part-0.parquet"
+
+
+def small_table_path(name: str) -> str:
+    return f"{name}/{name}.parquet"
+
+
+def write_parquet(table: pa.Table, path: Path) -> None:
+    """Every lake file goes through here (the single place a crash test can hook)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
+
+
+def frame_to_table(frame: pd.DataFrame, schema: pa.Schema) -> pa.Table:
+    return pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False)
+
+
+class Staging:
+    """New lake files for one ingest, invisible to readers until `commit`."""
+
+    def __init__(self, lake: Path) -> None:
+        self.lake = lake
+        self.token = uuid.uuid4().hex[:12]
+        self.root = lake / f"{STAGING_PREFIX}{self.token}"
+        self.files: list[str] = []
+
+    def path(self, relative: str) -> Path:
+        """Where to write the future `lake/relative`."""
+        self.files.append(relative)
+        target = self.root / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return target
+
+    def write(self, table: pa.Table, relative: str) -> None:
+        write_parquet(table, self.path(relative))
+
+    def commit(self) -> None:
+        if not self.files:
+            self.abort()
+            return
+        with atomic_path(self.root / COMMIT_FILE) as tmp:
+            tmp.write_text(json.dumps(self.files))
+        _apply(self.root, self.lake)
+
+    def abort(self) -> None:
+        """Drop an uncommitted staging folder; a committed one is left for `recover` to finish."""
+        if not (self.root / COMMIT_FILE).exists():
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _apply(staging_root: Path, lake: Path) -> None:
+    """Move committed files into place; safe to repeat after a crash half-way."""
+    for relative in json.loads((staging_root / COMMIT_FILE).read_text()):
+        source = staging_root / relative
+        if source.exists():
+            target = lake / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(source, target)
+    shutil.rmtree(staging_root)
+
+
+def recover(lake: Path) -> None:
+    """Roll committed staging folders forward, drop uncommitted ones (caller holds the lock)."""
+    if not lake.exists():
+        return
+    for root in sorted(lake.glob(f"{STAGING_PREFIX}*")):
+        if (root / COMMIT_FILE).exists():
+            _apply(root, lake)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+@contextmanager
+def writer_lock(lake: Path, wait: bool = True) -> Iterator[bool]:
+    """Exclusive lock on the lake; yields False when `wait` is off and another writer holds it."""
+    lake.mkdir(parents=True, exist_ok=True)
+    with open(lake / ".lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _recover_if_idle(lake: Path) -> None:
+    """Readers finish a crashed commit, unless a writer is busy (its staging is not garbage)."""
+    if lake.exists() and any(lake.glob(f"{STAGING_PREFIX}*")):
+        with writer_lock(lake, wait=False) as acquired:
+            if acquired:
+                recover(lake)
+
+
+def read_partition(lake: Path, relative: str, schema: pa.Schema) -> pd.DataFrame:
+    """One lake file as a frame; an empty frame with the schema's columns when absent."""
+    path = lake / relative
+    table = pq.read_table(path, schema=schema) if path.exists() else schema.empty_table()
+    return table.to_pandas()
+
+
+def read_small(lake: Path, name: str) -> pd.DataFrame:
+    return read_partition(lake, small_table_path(name), SMALL_SCHEMAS[name])
+
+
+def transaction_keys(lake: Path, month: np.datetime64) -> np.ndarray:
+    """Sorted keys (as uint64, like `ingest.parse.hash_strings`) already loaded for one month."""
+    folder = lake / "transactions" / month_name(month)
+    files = sorted(folder.glob("*.parquet")) if folder.exists() else []
+    if not files:
+        return np.empty(0, dtype=np.uint64)
+    keys = [pq.read_table(f, columns=["txn_key"])["txn_key"].to_numpy() for f in files]
+    return np.sort(np.concatenate(keys).view(np.uint64))
+
+
+def _has_parts(folder: Path) -> bool:
+    return folder.exists() and any(folder.glob("month=*/*.parquet"))
+
+
+def read_daily(
+    workspace: Workspace,
+    start: str | pd.Timestamp | None = None,
+    end: str | pd.Timestamp | None = None,
+    device_ids: Iterable[str] | None = None,
+) -> pd.DataFrame:
+    """Recorded device-days with start <= date <= end, in the daily contract, reading only the months needed.
+
+    `censored` is False here: which days are censored depends on the status and balances known at an
+    as-of date, so `features.mark_censored` applies them.
+    """
+    lake = workspace.lake
+    _recover_if_idle(lake)
+    folder = lake / "daily"
+    if not _has_parts(folder):
+        return validate_daily(DAILY_SCHEMA.empty_table().to_pandas(), source=str(folder))
+    dataset = ds.dataset(folder, format="parquet", partitioning="hive", schema=DAILY_SCHEMA)
+    terms = []
+    if start is not None:
+        terms.append(ds.field("date") >= pa.scalar(pd.Timestamp(start).normalize(), pa.timestamp("ns")))
+    if end is not None:
+        terms.append(ds.field("date") <= pa.scalar(pd.Timestamp(end).normalize(), pa.timestamp("ns")))
+    if device_ids is not None:
+        terms.append(ds.field("device_id").isin(pa.array(list(device_ids), pa.string())))
+    condition = functools.reduce(operator.and_, terms) if terms else None
+    return validate_daily(dataset.to_table(filter=condition).to_pandas(), source=str(folder))
+
+
+def read_table(workspace: Workspace, name: str) -> pd.DataFrame:
+    """A lake table as a frame: devices, balances, status (empty with columns if absent), daily, transactions."""
+    if name == "daily":
+        return read_daily(workspace)
+    _recover_if_idle(workspace.lake)
+    if name in SMALL_SCHEMAS:
+        return read_small(workspace.lake, name)
+    if name == "transactions":
+        folder = workspace.table("transactions")
+        if not _has_parts(folder):
+            return TRANSACTION_SCHEMA.empty_table().to_pandas()
+        dataset = ds.dataset(folder, format="parquet", partitioning="hive", schema=TRANSACTION_SCHEMA)
+        return dataset.to_table().to_pandas()
+    raise ValueError(f"unknown lake table {name!r}; expected daily, transactions, {', '.join(SMALL_SCHEMAS)}")

@@ -1,0 +1,595 @@
+"""`ingest_file`: one raw file into the lake, with every row accounted for.
+
+Rules (CONTRACT.md "Input files"):
+
+- Every data row is loaded, rejected (to `rejects/<kind>-<stem>-<UTC time>.csv`, one line per row with
+  the first reason found) or counted as a duplicate. A duplicate is a row that changes nothing: a
+  transaction already in the lake or earlier in the file, a device-day / device / balance / status row
+  identical to what the lake holds, or a row superseded by a later row with the same key in the same file.
+  Re-ingesting a file therefore reports all its good rows as duplicates and leaves the lake identical.
+- `transactions` are summed into device-days of the device's local business date. Naive timestamps are
+  local already; zoned ones are converted to the device's zone (devices table `timezone`, else
+  `[devices].timezone`, else `[workspace].timezone`). De-duplication key: (device_id, txn_id) when txn_id
+  is present, else the whole row (device_id, timestamp, amount, type), with the month, hashed to 64 bits
+  (odds of one false duplicate ~3e-6 for 10 million transactions in a month). Keys are kept per month,
+  in sorted numpy arrays, so memory stays at 8 bytes per transaction of the months a file touches
+  (10M rows: ~80 MB). New transactions ADD to the day already in the lake, so a late file tops up
+  the day and a repeated one changes nothing.
+- `daily` rows replace the device-day they name: the latest ingested wins. Absent days stay absent.
+- `devices` (per device_id), `balances` (per device_id + as_of), `status` (per device_id + start + state):
+  the latest ingested row wins whole; empty cells are stored empty and mean "the config's default".
+- Reject reasons: missing or unparseable value, negative or above `[ingest].max_amount` amount, unknown
+  type / kind / state, a date later than today + `[ingest].future_tolerance_days` (today in the workspace
+  time zone), end before start, a device missing from the device master (only once a master exists),
+  and CSV lines with the wrong number of fields.
+- All lake changes of one file are committed at once (see `ingest.lake`); a file that cannot be read at
+  all raises IngestError before anything is written.
+"""
+
+from __future__ import annotations
+
+import zoneinfo
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from cashcast.config import Config, parse_weekdays
+from cashcast.io import write_table
+from cashcast.schema import STATUS_STATES
+from cashcast.workspace import Workspace
+from ingest import lake as lk
+from ingest.parse import (
+    NAT,
+    Source,
+    combine_hashes,
+    hash_strings,
+    is_empty,
+    text,
+    to_float,
+    to_local,
+    to_timestamps,
+)
+from ingest.report import IngestError, IngestReport
+
+KINDS = ("transactions", "daily", "devices", "balances", "status")
+REQUIRED = {
+    "transactions": ["device_id", "timestamp", "amount"],
+    "daily": ["device_id", "date", "withdrawals"],
+    "devices": ["device_id"],
+    "balances": ["device_id", "as_of", "balance"],
+    "status": ["device_id", "start", "end", "state"],
+}
+TXN_TYPES = ("withdrawal", "deposit")
+DEVICE_KINDS = ("atm", "branch", "recycler")
+REJECT_KEY = ["file", "row", "column", "reason"]
+DAY_BITS, DAY_OFFSET = 21, 2**20  # device-day cells: device code << 21 | (days since 1970 + 2**20)
+TXN_TYPES_ARRAY = pa.array(TXN_TYPES)
+TRANSACTION_WRITE_SCHEMA = lk.TRANSACTION_SCHEMA.set(
+    0, pa.field("device_id", pa.dictionary(pa.int32(), pa.string()))
+).set(3, pa.field("type", pa.dictionary(pa.int8(), pa.string())))
+TRANSACTION_WRITE_OPTIONS = {
+    "compression": "lz4",
+    "use_dictionary": ["device_id", "type"],
+    "write_statistics": ["timestamp"],
+}
+
+
+def ingest_file(
+    path: str | Path, kind: str, workspace: Workspace, config: Config, progress: bool = False
+) -> IngestReport:
+    """Load one CSV or Parquet file of `kind` into the workspace's lake; see the module docstring."""
+    if kind not in KINDS:
+        raise IngestError(f"{path}: unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
+    source = Source.open(path, config.ingest.batch_rows)
+    source.require(REQUIRED[kind])
+    lake = workspace.lake
+    with lk.writer_lock(lake):
+        lk.recover(lake)
+        run = _Run(source, config, lake, lk.read_small(lake, "devices"), progress)
+        staging = lk.Staging(lake)
+        try:
+            loaded, duplicate = LOADERS[kind](run, staging)
+            rejects = run.rejects_frame()
+            if run.rows_read == 0:
+                raise IngestError(f"{path}: the file has no data rows")
+            staging.commit()
+        finally:
+            staging.abort()
+    rejects_path = None
+    if len(rejects):
+        stamp = pd.Timestamp.now(tz="UTC").strftime("%Y%m%dT%H%M%S%fZ")
+        rejects_path = str(write_table(rejects, workspace.rejects / f"{kind}-{source.path.stem}-{stamp}.csv"))
+    return IngestReport(str(path), run.rows_read, loaded, len(rejects), duplicate, rejects_path)
+
+
+@dataclass
+class _Run:
+    """State of one ingest: the source, limits from the config, the master, and the rejects so far."""
+
+    source: Source
+    config: Config
+    lake: Path
+    devices: pd.DataFrame
+    progress: bool
+    rows_read: int = 0
+    rejected: list[pd.DataFrame] = field(default_factory=list)
+    bad_lines: list[tuple[int, str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        today = pd.Timestamp.now(tz=self.config.workspace.timezone).normalize().tz_localize(None)
+        self.first_future_ns = (today + pd.Timedelta(days=self.config.ingest.future_tolerance_days + 1)).value
+        self.known_ids = pa.array(self.devices["device_id"].astype(object), pa.string())
+        zones = self.devices.set_index("device_id")["timezone"].replace("", np.nan)
+        self.zone_of = zones.dropna().to_dict()
+        self.default_zone = self.config.devices.timezone or self.config.workspace.timezone
+
+    def batches(self) -> Iterator[tuple[pa.RecordBatch, int]]:
+        """(batch, index of its first record among the file's parsed records)."""
+        first = 0
+        bar = tqdm(desc=self.source.path.name, unit="rows", disable=not self.progress)
+        for batch in self.source.batches():
+            if batch.num_rows:
+                yield batch, first
+                first += batch.num_rows
+                bar.update(batch.num_rows)
+        bar.close()
+        self.bad_lines = self.source.bad_lines()
+        self.rows_read = first + len(self.bad_lines)
+
+    def local_ns(self, batch: pa.RecordBatch, column: str, ids: pa.Array) -> np.ndarray:
+        """Wall-clock ns in each device's zone (NAT where empty or unparseable)."""
+        ns, zoned = to_timestamps(batch[column])
+        if not zoned.any():
+            return ns
+        zones = pd.Series(ids.to_pandas(), dtype=object).map(self.zone_of).fillna(self.default_zone)
+        return to_local(ns, zoned, zones.to_numpy(dtype=object))
+
+    def screen(self, batch: pa.RecordBatch, first: int, checks: list[tuple[str, str, np.ndarray]]) -> np.ndarray:
+        """Record the rows failing any check (first failing reason wins); return the mask of good rows."""
+        bad = np.zeros(batch.num_rows, dtype=bool)
+        reason = np.full(batch.num_rows, -1)
+        for index, (_, _, mask) in enumerate(checks):
+            hit = mask & ~bad
+            reason[hit] = index
+            bad |= hit
+        if bad.any():
+            rows = np.flatnonzero(bad)
+            raw = pa.Table.from_batches([batch.take(pa.array(rows))])
+            frame = pd.DataFrame({name: raw[name].cast(pa.string()).to_pandas() for name in raw.column_names})
+            frame.insert(0, "reason", [checks[i][1] for i in reason[rows]])
+            frame.insert(0, "column", [checks[i][0] for i in reason[rows]])
+            frame.insert(0, "row", rows + first)  # record index; made a spreadsheet row in rejects_frame
+            self.rejected.append(frame)
+        return ~bad
+
+    def rejects_frame(self) -> pd.DataFrame:
+        """All rejects with spreadsheet row numbers (header = row 1), wrong-width lines included."""
+        bad_lines = self.bad_lines
+        parts = []
+        if self.rejected:
+            records = pd.concat(self.rejected, ignore_index=True)
+            rows = records["row"].to_numpy(dtype=np.int64) + 2
+            for line in sorted(number for number, _ in bad_lines):
+                rows[rows >= line] += 1
+            records["row"] = rows
+            parts.append(records)
+        if bad_lines:
+            reason = f"wrong number of fields (expected {len(self.source.columns)})"
+            parts.append(
+                pd.DataFrame(
+                    {
+                        "row": [number for number, _ in bad_lines],
+                        "column": "",
+                        "reason": reason,
+                        "line": [line for _, line in bad_lines],
+                    }
+                )
+            )
+        if not parts:
+            return pd.DataFrame(columns=REJECT_KEY)
+        out = pd.concat(parts, ignore_index=True)
+        out.insert(0, "file", str(self.source.path))
+        return out.sort_values("row", ignore_index=True, kind="stable")
+
+    def id_checks(self, ids: pa.Array, master: bool = True) -> list[tuple[str, str, np.ndarray]]:
+        missing = _mask(pc.is_null(ids))
+        checks = [("device_id", "missing device_id", missing)]
+        if master and len(self.known_ids):
+            unknown = ~_mask(pc.is_in(ids, value_set=self.known_ids)) & ~missing
+            checks.append(("device_id", "device_id not in the device master", unknown))
+        return checks
+
+    def amount_checks(self, batch: pa.RecordBatch, column: str, required: bool = True):
+        """(values, checks) for a money column: empty (if required), unparseable, negative, too large."""
+        values = to_float(batch[column])
+        empty = is_empty(batch[column])
+        limit = self.config.ingest.max_amount
+        checks = [
+            (column, f"unparseable {column}", np.isnan(values) & ~empty),
+            (column, f"negative {column}", values < 0),
+            (column, f"{column} above max_amount {limit:g}", values > limit),
+        ]
+        if required:
+            checks.insert(0, (column, f"missing {column}", empty))
+        return values, checks
+
+    def date_checks(self, batch: pa.RecordBatch, column: str, ns: np.ndarray, required: bool = True):
+        empty = is_empty(batch[column])
+        checks = [
+            (column, f"unparseable {column}", (ns == NAT) & ~empty),
+            (column, f"{column} is in the future", ns >= self.first_future_ns),
+        ]
+        if required:
+            checks.insert(0, (column, f"missing {column}", empty))
+        return checks
+
+
+def _mask(values: pa.Array) -> np.ndarray:
+    return pc.fill_null(values, False).to_numpy(zero_copy_only=False)
+
+
+def _days(ns: np.ndarray) -> np.ndarray:
+    return ns.view("datetime64[ns]").astype("datetime64[D]")
+
+
+class _SeenKeys:
+    """Transaction keys per month: those in the lake (read on first touch) plus those loaded from this file."""
+
+    def __init__(self, lake: Path) -> None:
+        self.lake = lake
+        self.chunks: dict[np.datetime64, list[np.ndarray]] = {}
+
+    def fresh(self, month: np.datetime64, keys: np.ndarray) -> np.ndarray:
+        """Mask of keys not seen before (keys must be unique); they are remembered from now on."""
+        chunks = self.chunks.setdefault(month, [lk.transaction_keys(self.lake, month)])
+        seen = np.zeros(len(keys), dtype=bool)
+        for chunk in chunks:
+            if len(chunk):
+                at = np.searchsorted(chunk, keys).clip(max=len(chunk) - 1)
+                seen |= chunk[at] == keys
+        chunks.append(np.sort(keys[~seen]))
+        if len(chunks) > 8:
+            self.chunks[month] = [np.sort(np.concatenate(chunks))]
+        return ~seen
+
+
+def _load_transactions(run: _Run, staging: lk.Staging) -> tuple[int, int]:
+    seen = _SeenKeys(run.lake)
+    writers: dict[np.datetime64, pq.ParquetWriter] = {}
+    device_names: dict[str, int] = {}
+    partial: list[pd.DataFrame] = []
+    loaded = duplicate = 0
+    columns = run.source.columns
+    try:
+        for batch, first in run.batches():
+            ids = text(batch["device_id"])
+            amount, amount_checks = run.amount_checks(batch, "amount")
+            if "type" in columns:
+                kind = pc.utf8_lower(text(batch["type"]))
+                unknown_type = _mask(pc.invert(pc.is_in(kind, value_set=TXN_TYPES_ARRAY)))
+                unknown_type &= _mask(pc.is_valid(kind))
+                is_deposit = _mask(pc.equal(kind, "deposit"))
+            else:
+                unknown_type = is_deposit = np.zeros(batch.num_rows, dtype=bool)
+            ns = run.local_ns(batch, "timestamp", ids)
+            good = run.screen(
+                batch,
+                first,
+                [
+                    *run.id_checks(ids),
+                    *run.date_checks(batch, "timestamp", ns),
+                    *amount_checks,
+                    ("type", "unknown type (expected withdrawal or deposit)", unknown_type),
+                ],
+            )
+            keep = pa.array(np.flatnonzero(good))
+            ids = pc.dictionary_encode(ids.take(keep))  # written as is: the Parquet writer skips re-encoding
+            ns, amount, is_deposit = ns[good], amount[good], is_deposit[good]
+            txn_id = text(batch["txn_id"]).take(keep) if "txn_id" in columns else pa.nulls(len(keep), pa.string())
+            month = _days(ns).astype("datetime64[M]")
+            key = _transaction_keys(ids, txn_id, ns, amount, is_deposit, month)
+            new = ~pd.Series(key).duplicated().to_numpy()
+            months = np.arange(month.min(), month.max() + 1) if len(month) else month
+            for m in months:
+                rows = np.flatnonzero(new & (month == m))
+                if len(rows):
+                    new[rows[~seen.fresh(m, key[rows])]] = False
+            duplicate += int(len(key) - new.sum())
+            loaded += int(new.sum())
+            rows = pa.array(np.flatnonzero(new))
+            fresh = pa.table(
+                {
+                    "device_id": ids.take(rows),
+                    "timestamp": pa.array(ns[new].view("datetime64[ns]")),
+                    "amount": amount[new],
+                    "type": pa.DictionaryArray.from_arrays(is_deposit[new].astype(np.int8), TXN_TYPES_ARRAY),
+                    "txn_id": txn_id.take(rows),
+                    "txn_key": key[new].view(np.int64),
+                },
+                schema=TRANSACTION_WRITE_SCHEMA,
+            )
+            fresh_month = month[new]
+            for m in pd.unique(fresh_month):
+                if m not in writers:
+                    target = staging.path(f"transactions/{lk.month_name(m)}/part-{staging.token}.parquet")
+                    writers[m] = pq.ParquetWriter(target, TRANSACTION_WRITE_SCHEMA, **TRANSACTION_WRITE_OPTIONS)
+                writers[m].write_table(fresh.filter(pa.array(fresh_month == m)))
+            amounts = fresh["amount"].to_numpy()
+            partial.append(_device_day_sums(ids.take(rows), amounts, ns[new], is_deposit[new], device_names))
+    finally:
+        for writer in writers.values():
+            writer.close()
+    if partial:
+        names = np.array(list(device_names), dtype=object)
+        parts = pd.concat(partial, ignore_index=True)
+        sums = _sum_cells(parts["cell"].to_numpy(), {c: parts[c].to_numpy() for c in parts.columns[1:]})
+        cell = sums["cell"].to_numpy()
+        daily = pd.DataFrame(
+            {
+                "device_id": names[cell >> DAY_BITS],
+                "date": ((cell & (2**DAY_BITS - 1)) - DAY_OFFSET).astype("datetime64[D]").astype("datetime64[ns]"),
+                "withdrawals": sums["withdrawals"].to_numpy(),
+                "deposits": sums["deposits"].where(sums["n_deposits"] > 0).to_numpy(),
+                "n_withdrawals": sums["n_withdrawals"].to_numpy(dtype=np.float64),
+                "n_deposits": sums["n_deposits"].to_numpy(dtype=np.float64),
+            }
+        )
+        _merge_daily(run.lake, staging, daily, _add_days)
+    return loaded, duplicate
+
+
+def _transaction_keys(
+    ids: pa.DictionaryArray,
+    txn_id: pa.Array,
+    ns: np.ndarray,
+    amount: np.ndarray,
+    is_deposit: np.ndarray,
+    month: np.ndarray,
+) -> np.ndarray:
+    """(month, device_id, txn_id) where txn_id is given, else (month, whole row), as uint64.
+
+    The month is part of the key because keys are kept (and compared) per month partition.
+    """
+    device = combine_hashes(
+        hash_strings(ids.dictionary)[ids.indices.to_numpy(zero_copy_only=False)], month.view(np.uint64)
+    )
+    has_id = _mask(pc.is_valid(txn_id))
+    if has_id.all():
+        return combine_hashes(device, hash_strings(txn_id))
+    by_row = combine_hashes(device, ns.view(np.uint64), amount.view(np.uint64), is_deposit)
+    if not has_id.any():
+        return by_row
+    return np.where(has_id, combine_hashes(device, hash_strings(txn_id)), by_row)
+
+
+def _device_day_sums(
+    ids: pa.DictionaryArray, amount: np.ndarray, ns: np.ndarray, is_deposit: np.ndarray, device_names: dict[str, int]
+) -> pd.DataFrame:
+    """Sums of one batch per cell = device code << DAY_BITS | day; codes index `device_names`."""
+    codes = np.array(
+        [device_names.setdefault(name, len(device_names)) for name in ids.dictionary.to_pylist()], dtype=np.int64
+    )
+    cells = (codes[ids.indices.to_numpy(zero_copy_only=False)] << DAY_BITS) + _days(ns).astype(np.int64)
+    cells += DAY_OFFSET
+    withdrawals = np.where(is_deposit, 0.0, amount)
+    return _sum_cells(
+        cells,
+        {
+            "withdrawals": withdrawals,
+            "deposits": amount - withdrawals,
+            "n_withdrawals": (~is_deposit).astype(np.float64),
+            "n_deposits": is_deposit.astype(np.float64),
+        },
+    )
+
+
+def _sum_cells(cells: np.ndarray, values: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Sum each value array per distinct cell (hash-based, no sort: the hot path of every batch)."""
+    inverse, unique = pd.factorize(cells)
+    sums = {name: np.bincount(inverse, weights=v, minlength=len(unique)) for name, v in values.items()}
+    return pd.DataFrame({"cell": unique, **sums})
+
+
+def _add_days(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
+    """Late transactions top up the day; deposits stay NaN only where neither side has any."""
+    if old.empty:
+        return new
+    both = pd.concat([old, new], ignore_index=True)
+    return both.groupby(["device_id", "date"], as_index=False).sum(min_count=1)
+
+
+def _replace_days(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
+    """A daily file's device-days replace what the lake held for them."""
+    keys = ["device_id", "date"]
+    kept = old.merge(new[keys], on=keys, how="left", indicator=True)
+    return pd.concat([kept[kept["_merge"] == "left_only"].drop(columns="_merge"), new], ignore_index=True)
+
+
+def _merge_daily(
+    lake: Path,
+    staging: lk.Staging,
+    daily: pd.DataFrame,
+    combine: Callable[[pd.DataFrame, pd.DataFrame], pd.DataFrame],
+) -> None:
+    """Rewrite each month partition `daily` touches as combine(old rows, new rows)."""
+    months = daily["date"].to_numpy().astype("datetime64[M]")
+    for month in np.unique(months):
+        relative = lk.daily_partition(month)
+        old = lk.read_partition(lake, relative, lk.DAILY_SCHEMA)
+        merged = combine(old, daily[months == month]).sort_values(["device_id", "date"], ignore_index=True)
+        staging.write(lk.frame_to_table(merged, lk.DAILY_SCHEMA), relative)
+
+
+def _load_daily(run: _Run, staging: lk.Staging) -> tuple[int, int]:
+    value_columns = [c for c in ("deposits", "n_withdrawals", "n_deposits") if c in run.source.columns]
+    parts = []
+    for batch, first in run.batches():
+        ids = text(batch["device_id"])
+        ns = run.local_ns(batch, "date", ids)
+        withdrawals, checks = run.amount_checks(batch, "withdrawals")
+        values = {"withdrawals": withdrawals}
+        for column in value_columns:
+            values[column], more = run.amount_checks(batch, column, required=False)
+            checks += more
+        good = run.screen(batch, first, [*run.id_checks(ids), *run.date_checks(batch, "date", ns), *checks])
+        frame = pd.DataFrame({name: v[good] for name, v in values.items()})
+        frame.insert(0, "date", _days(ns[good]).astype("datetime64[ns]"))
+        frame.insert(0, "device_id", ids.filter(pa.array(good)).to_pandas())
+        parts.append(frame)
+    if not parts:
+        return 0, 0
+    daily = pd.concat(parts, ignore_index=True).reindex(columns=lk.DAILY_SCHEMA.names)
+    superseded = daily.duplicated(["device_id", "date"], keep="last")
+    daily = daily[~superseded]
+    keys = ["device_id", "date"]
+    months = np.unique(daily["date"].to_numpy().astype("datetime64[M]"))
+    old = [lk.read_partition(run.lake, lk.daily_partition(m), lk.DAILY_SCHEMA) for m in months]
+    unchanged = _unchanged(daily, pd.concat(old, ignore_index=True) if old else daily.iloc[:0], keys)
+    changed = daily[~unchanged]
+    if len(changed):
+        _merge_daily(run.lake, staging, changed, _replace_days)
+    return len(changed), int(superseded.sum() + unchanged.sum())
+
+
+def _unchanged(new: pd.DataFrame, old: pd.DataFrame, keys: list[str]) -> np.ndarray:
+    """Mask of `new` rows whose key the lake holds with identical values (NaN equals NaN)."""
+    joined = new.merge(old, on=keys, how="left", suffixes=("", "_old"), indicator=True)
+    same = (joined["_merge"] == "both").to_numpy(copy=True)
+    for column in new.columns.difference(keys):
+        a, b = joined[column], joined[f"{column}_old"]
+        same &= ((a == b) | (a.isna() & b.isna())).to_numpy(dtype=bool)
+    return same
+
+
+def _load_small(run: _Run, staging: lk.Staging, name: str, parse) -> tuple[int, int]:
+    """Devices, balances, status: latest row wins per key; the whole table file is rewritten."""
+    parts = [parse(run, batch, first) for batch, first in run.batches()]
+    schema, keys = lk.SMALL_SCHEMAS[name], lk.SMALL_KEYS[name]
+    new = pd.concat(parts, ignore_index=True) if parts else schema.empty_table().to_pandas()
+    superseded = new.duplicated(keys, keep="last")
+    new = new[~superseded]
+    old = lk.read_small(run.lake, name)
+    unchanged = _unchanged(new, old, keys)
+    changed = new[~unchanged]
+    if len(changed):
+        kept = old.merge(changed[keys], on=keys, how="left", indicator=True)
+        table = pd.concat([kept[kept["_merge"] == "left_only"].drop(columns="_merge"), changed], ignore_index=True)
+        table = table.sort_values(keys, ignore_index=True)
+        staging.write(lk.frame_to_table(table, schema), lk.small_table_path(name))
+    return len(changed), int(superseded.sum() + unchanged.sum())
+
+
+def _parse_devices(run: _Run, batch: pa.RecordBatch, first: int) -> pd.DataFrame:
+    ids = text(batch["device_id"])
+    columns = run.source.columns
+    out = {"device_id": ids}
+    checks = run.id_checks(ids, master=False)
+    for column in lk.DEVICE_TABLE_COLUMNS[1:]:
+        if column not in columns:
+            out[column] = np.full(batch.num_rows, np.nan if column in lk.DEVICE_NUMERIC else None)
+            continue
+        if column in lk.DEVICE_NUMERIC:
+            values = to_float(batch[column])
+            empty = is_empty(batch[column])
+            checks += [
+                (column, f"unparseable {column}", np.isnan(values) & ~empty),
+                (column, f"negative {column}", values < 0),
+            ]
+            if column in ("service_level", "holding_rate"):
+                checks.append((column, f"{column} must be below 1", values >= 1))
+            out[column] = values
+            continue
+        values = text(batch[column])
+        if column == "kind":
+            values = pc.utf8_lower(values)
+            checks.append((column, "unknown kind (expected atm, branch or recycler)", _invalid(values, _is_kind)))
+        elif column == "visit_weekdays":
+            reason = "unparseable visit_weekdays (expected e.g. Mon,Wed,Fri)"
+            checks.append((column, reason, _invalid(values, _is_weekdays)))
+        elif column == "timezone":
+            checks.append((column, "unknown timezone", _invalid(values, _is_zone)))
+        out[column] = values
+    good = run.screen(batch, first, checks)
+    frame = pd.DataFrame({c: v.to_pandas() if isinstance(v, pa.Array) else v for c, v in out.items()})
+    return frame[good].reset_index(drop=True)
+
+
+def _invalid(values: pa.Array, valid: Callable[[str], bool]) -> np.ndarray:
+    """Mask of non-empty cells failing `valid` (checked once per distinct value)."""
+    bad = [v for v in pc.unique(values).drop_null().to_pylist() if not valid(v)]
+    return _mask(pc.is_in(values, value_set=pa.array(bad, pa.string())))
+
+
+def _is_kind(value: str) -> bool:
+    return value in DEVICE_KINDS
+
+
+def _is_weekdays(value: str) -> bool:
+    try:
+        parse_weekdays(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_zone(value: str) -> bool:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
+def _parse_balances(run: _Run, batch: pa.RecordBatch, first: int) -> pd.DataFrame:
+    ids = text(batch["device_id"])
+    ns = run.local_ns(batch, "as_of", ids)
+    balance, checks = run.amount_checks(batch, "balance")
+    good = run.screen(batch, first, [*run.id_checks(ids), *run.date_checks(batch, "as_of", ns), *checks])
+    return pd.DataFrame(
+        {
+            "device_id": ids.filter(pa.array(good)).to_pandas(),
+            "as_of": _days(ns[good]).astype("datetime64[ns]"),
+            "balance": balance[good],
+        }
+    )
+
+
+def _parse_status(run: _Run, batch: pa.RecordBatch, first: int) -> pd.DataFrame:
+    ids = text(batch["device_id"])
+    start = run.local_ns(batch, "start", ids)
+    end = run.local_ns(batch, "end", ids)
+    end_empty = is_empty(batch["end"])
+    state = pc.utf8_lower(text(batch["state"]))
+    checks = [
+        *run.id_checks(ids),
+        *run.date_checks(batch, "start", start),
+        ("end", "unparseable end", (end == NAT) & ~end_empty),
+        ("end", "end before start", (end != NAT) & (end < start)),
+        ("state", "missing state", _mask(pc.is_null(state))),
+        ("state", "unknown state (expected cash_out or offline)", _invalid(state, STATUS_STATES.__contains__)),
+    ]
+    good = run.screen(batch, first, checks)
+    return pd.DataFrame(
+        {
+            "device_id": ids.filter(pa.array(good)).to_pandas(),
+            "start": start[good].view("datetime64[ns]"),
+            "end": end[good].view("datetime64[ns]"),
+            "state": state.filter(pa.array(good)).to_pandas(),
+        }
+    )
+
+
+LOADERS = {
+    "transactions": _load_transactions,
+    "daily": _load_daily,
+    "devices": lambda run, staging: _load_small(run, staging, "devices", _parse_devices),
+    "balances": lambda run, staging: _load_small(run, staging, "balances", _parse_balances),
+    "status": lambda run, staging: _load_small(run, staging, "status", _parse_status),
+}

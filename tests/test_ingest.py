@@ -1,0 +1,539 @@
+"""Ingestion: raw CSV/Parquet files into the Parquet lake, with exact row accounting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+import ingest
+from cashcast.config import load_config
+from cashcast.workspace import Workspace
+from ingest import IngestError, ingest_file, read_daily, read_table
+from ingest import lake as lk
+from ingest.adapters import cub_to_daily
+from ingest.parse import hash_strings
+
+PINNED_T1 = 9920327468531923532
+CUB = Path(__file__).resolve().parents[1] / "data" / "cub_atm" / "daily.csv"
+
+
+@pytest.fixture
+def ws(tmp_path: Path) -> Workspace:
+    return Workspace.resolve(tmp_path / "ws")
+
+
+@pytest.fixture
+def config():
+    return load_config().updated(ingest={"batch_rows": 1000})
+
+
+def write(path: Path, body: str) -> Path:
+    path.write_text(body.lstrip("\n"))
+    return path
+
+
+def lake_snapshot(ws: Workspace) -> dict[str, pd.DataFrame]:
+    """Every lake file's content, by relative path (what 'the lake is unchanged' means)."""
+    return {
+        str(p.relative_to(ws.lake)): pd.read_parquet(p)
+        for p in sorted(ws.lake.rglob("*.parquet"))
+        if ".staging" not in str(p)
+    }
+
+
+def assert_same_lake(before: dict[str, pd.DataFrame], after: dict[str, pd.DataFrame]) -> None:
+    assert sorted(before) == sorted(after)
+    for name, frame in before.items():
+        pd.testing.assert_frame_equal(frame, after[name])
+
+
+def accounted(report) -> bool:
+    return report.rows_read == report.rows_loaded + report.rows_rejected + report.rows_duplicate
+
+
+def test_daily_ingest_round_trips_and_plain_pandas_reads_the_lake(tmp_path, ws, config):
+    path = write(
+        tmp_path / "daily.csv",
+        """
+device_id,date,withdrawals,deposits
+A,2024-01-30,100,
+A,2024-02-01,200,5
+B,2024-01-31,300,
+""",
+    )
+    report = ingest_file(path, "daily", ws, config)
+    assert (report.rows_read, report.rows_loaded, report.rows_rejected, report.rows_duplicate) == (3, 3, 0, 0)
+    assert report.rejects_path is None
+    assert report.line() == "daily.csv: read 3, loaded 3, rejected 0, duplicates 0; no rejects"
+    assert set(report.to_dict()) == {
+        "file",
+        "rows_read",
+        "rows_loaded",
+        "rows_rejected",
+        "rows_duplicate",
+        "rejects_path",
+    }
+
+    daily = read_daily(ws)
+    assert list(daily["device_id"]) == ["A", "A", "B"]
+    assert daily["withdrawals"].tolist() == [100.0, 200.0, 300.0]
+    assert np.isnan(daily["deposits"].iloc[0]) and daily["deposits"].iloc[1] == 5.0
+    assert not daily["censored"].any()
+    # Absent days stay absent: nothing was invented for A on 2024-01-31.
+    assert len(daily[daily["device_id"] == "A"]) == 2
+
+    plain = pd.read_parquet(ws.table("daily"))
+    assert sorted(plain["month"].astype(str).unique()) == ["2024-01", "2024-02"]
+    assert sorted(p.parent.name for p in ws.table("daily").rglob("*.parquet")) == ["month=2024-01", "month=2024-02"]
+
+    assert list(read_daily(ws, start="2024-01-31", end="2024-01-31")["device_id"]) == ["B"]
+    assert read_daily(ws, device_ids=["A"])["date"].dt.strftime("%m-%d").tolist() == ["01-30", "02-01"]
+
+
+def test_reingest_is_idempotent_and_reports_duplicates(tmp_path, ws, config):
+    daily = write(tmp_path / "d.csv", "device_id,date,withdrawals\nA,2024-01-01,10\nA,2024-01-02,20\n")
+    txns = write(
+        tmp_path / "t.csv",
+        "device_id,timestamp,amount,txn_id\nB,2024-01-01 10:00,5,x1\nB,2024-01-01 11:00,7,x2\nB,2024-01-03 09:00,1,\n",
+    )
+    ingest_file(daily, "daily", ws, config)
+    ingest_file(txns, "transactions", ws, config)
+    before = lake_snapshot(ws)
+
+    again_daily = ingest_file(daily, "daily", ws, config)
+    again_txns = ingest_file(txns, "transactions", ws, config)
+
+    assert (again_daily.rows_loaded, again_daily.rows_duplicate) == (0, 2)
+    assert (again_txns.rows_loaded, again_txns.rows_duplicate) == (0, 3)
+    assert_same_lake(before, lake_snapshot(ws))
+
+
+def test_corrected_daily_file_replaces_device_days(tmp_path, ws, config):
+    ingest_file(
+        write(tmp_path / "d1.csv", "device_id,date,withdrawals\nA,2024-01-01,10\nA,2024-01-02,20\n"),
+        "daily",
+        ws,
+        config,
+    )
+    fix = write(tmp_path / "d2.csv", "device_id,date,withdrawals\nA,2024-01-02,25\nA,2024-01-03,30\nA,2024-01-03,31\n")
+    report = ingest_file(fix, "daily", ws, config)
+    # The repeated 2024-01-03 row: the later one wins, the earlier counts as a duplicate.
+    assert (report.rows_loaded, report.rows_duplicate) == (2, 1)
+    assert read_daily(ws)["withdrawals"].tolist() == [10.0, 25.0, 31.0]
+
+
+def test_transactions_sum_to_local_days_and_late_files_top_up(tmp_path, ws, config):
+    path = write(
+        tmp_path / "t1.csv",
+        """
+device_id,timestamp,amount,type,txn_id
+A,2024-01-01 23:59:59,100,withdrawal,1
+A,2024-01-02 00:00:00,40,,2
+A,2024-01-01 12:00:00,30,deposit,3
+A,2024-01-01 12:00:00,30,deposit,3
+""",
+    )
+    first = ingest_file(path, "transactions", ws, config)
+    assert (first.rows_loaded, first.rows_duplicate) == (3, 1)
+    late = write(
+        tmp_path / "t2.csv",
+        """
+device_id,timestamp,amount,type,txn_id
+A,2024-01-01 08:00:00,11,withdrawal,4
+A,2024-01-01 23:59:59,100,withdrawal,1
+""",
+    )
+    second = ingest_file(late, "transactions", ws, config)
+    assert (second.rows_loaded, second.rows_duplicate) == (1, 1)
+
+    daily = read_daily(ws).set_index("date")
+    assert daily.loc["2024-01-01", "withdrawals"] == 111.0
+    assert daily.loc["2024-01-01", "n_withdrawals"] == 2
+    assert daily.loc["2024-01-01", "deposits"] == 30.0
+    assert daily.loc["2024-01-02", "withdrawals"] == 40.0
+    assert np.isnan(daily.loc["2024-01-02", "deposits"])  # no deposit recorded that day
+    assert len(read_table(ws, "transactions")) == 4
+
+
+def test_transactions_without_txn_id_deduplicate_on_the_whole_row(tmp_path, ws, config):
+    path = write(
+        tmp_path / "t.csv",
+        """
+device_id,timestamp,amount
+A,2024-03-01 10:00,50
+A,2024-03-01 10:00,50
+A,2024-03-01 10:00,60
+B,2024-03-01 10:00,50
+""",
+    )
+    report = ingest_file(path, "transactions", ws, config)
+    assert (report.rows_loaded, report.rows_duplicate) == (3, 1)
+    assert read_daily(ws)["withdrawals"].tolist() == [110.0, 50.0]
+
+
+def test_zoned_timestamps_use_the_device_time_zone(tmp_path, ws, config):
+    ingest_file(write(tmp_path / "devices.csv", "device_id,timezone\nLON,Europe/London\nSHA,\n"), "devices", ws, config)
+    path = write(
+        tmp_path / "t.csv",
+        """
+device_id,timestamp,amount
+LON,2024-06-30T23:30:00Z,1
+SHA,2024-06-30T23:30:00Z,2
+SHA,2024-06-30T15:59:59+00:00,4
+LON,2024-06-30 23:30:00,8
+""",
+    )
+    report = ingest_file(path, "transactions", ws, config)
+    assert report.rows_loaded == 4
+    got = read_daily(ws).set_index(["device_id", "date"])["withdrawals"]
+    # London is UTC+1 in summer: 23:30Z is 00:30 on 1 July. Shanghai (the workspace default) is UTC+8.
+    # The naive London row is local time already and stays on 30 June.
+    assert got[("LON", pd.Timestamp("2024-07-01"))] == 1.0
+    assert got[("LON", pd.Timestamp("2024-06-30"))] == 8.0
+    assert got[("SHA", pd.Timestamp("2024-07-01"))] == 2.0
+    assert got[("SHA", pd.Timestamp("2024-06-30"))] == 4.0
+
+
+def test_typed_parquet_input_with_zoned_timestamps(tmp_path, ws, config, capsys):
+    frame = pd.DataFrame(
+        {
+            "device_id": ["A", "A"],
+            "timestamp": pd.to_datetime(["2024-02-29 15:30", "2024-02-29 16:30"]).tz_localize("UTC"),
+            "amount": [10, 20],  # integers: typed columns need no parsing
+        }
+    )
+    path = tmp_path / "zoned.parquet"
+    frame.to_parquet(path)
+    report = ingest_file(path, "transactions", ws, config, progress=True)
+    assert report.rows_loaded == 2
+    assert "zoned.parquet" in capsys.readouterr().err  # the progress bar names the file
+    got = read_daily(ws).set_index("date")["withdrawals"]
+    # Shanghai is UTC+8: 15:30Z is 23:30 on 29 Feb, 16:30Z is 00:30 on 1 March (a new month partition).
+    assert got.to_dict() == {pd.Timestamp("2024-02-29"): 10.0, pd.Timestamp("2024-03-01"): 20.0}
+    assert sorted(p.name for p in ws.table("transactions").iterdir()) == ["month=2024-02", "month=2024-03"]
+
+
+def test_messy_transactions_file_accounts_for_every_row_with_every_reason(tmp_path, ws, config):
+    ingest_file(write(tmp_path / "devices.csv", "device_id\nA\nB\n"), "devices", ws, config)
+    limit = config.ingest.max_amount
+    path = write(
+        tmp_path / "messy.csv",
+        f"""
+device_id,timestamp,amount,type,txn_id
+A,2024-05-01 10:00,100,withdrawal,ok1
+A,not a time,100,,r1
+A,,100,,r2
+A,2024-05-01 10:00,abc,,r3
+A,2024-05-01 10:00,,,r4
+A,2024-05-01 10:00,-1,,r5
+A,2024-05-01 10:00,{limit * 2:.0f},,r6
+A,2024-05-01 10:00,1,refund,r7
+A,2999-01-01 10:00,1,,r8
+ZZZ,2024-05-01 10:00,1,,r9
+,2024-05-01 10:00,1,,r10
+A,2024-05-01 10:00,1,withdrawal,r11,extra
+A,2024-05-01 11:00,5,deposit,ok2
+A,2024-05-01 12:00,100,withdrawal,ok1
+""",
+    )
+    report = ingest_file(path, "transactions", ws, config)
+    assert accounted(report)
+    assert (report.rows_read, report.rows_loaded, report.rows_rejected, report.rows_duplicate) == (14, 2, 11, 1)
+    rejects = pd.read_csv(report.rejects_path, dtype=str, keep_default_na=False)
+    assert list(rejects.columns[:4]) == ["file", "row", "column", "reason"]
+    by_row = dict(zip(rejects["row"].astype(int), rejects["reason"], strict=True))
+    assert by_row == {
+        3: "unparseable timestamp",
+        4: "missing timestamp",
+        5: "unparseable amount",
+        6: "missing amount",
+        7: "negative amount",
+        8: f"amount above max_amount {limit:g}",
+        9: "unknown type (expected withdrawal or deposit)",
+        10: "timestamp is in the future",
+        11: "device_id not in the device master",
+        12: "missing device_id",
+        13: "wrong number of fields (expected 5)",
+    }
+    assert set(rejects["file"]) == {str(path)}
+    assert rejects.loc[rejects["row"] == "3", "timestamp"].item() == "not a time"
+    assert Path(report.rejects_path).name.startswith("transactions-messy-")
+
+
+def test_every_reject_reason_of_the_small_tables(tmp_path, ws, config):
+    ingest_file(write(tmp_path / "dev0.csv", "device_id\nA\n"), "devices", ws, config)
+    devices = write(
+        tmp_path / "devices.csv",
+        """
+device_id,kind,capacity,visit_weekdays,service_level,timezone
+A,atm,100000,"Mon,Thu",0.99,Asia/Kolkata
+B,vault,,,,
+C,atm,lots,,,
+D,atm,-5,,,
+E,atm,,Someday,,
+F,atm,,,1.5,
+G,atm,,,,Mars/Olympus
+,atm,,,,
+""",
+    )
+    report = ingest_file(devices, "devices", ws, config)
+    assert (report.rows_loaded, report.rows_rejected, report.rows_duplicate) == (1, 7, 0)
+    reasons = pd.read_csv(report.rejects_path)["reason"].tolist()
+    assert reasons == [
+        "unknown kind (expected atm, branch or recycler)",
+        "unparseable capacity",
+        "negative capacity",
+        "unparseable visit_weekdays (expected e.g. Mon,Wed,Fri)",
+        "service_level must be below 1",
+        "unknown timezone",
+        "missing device_id",
+    ]
+    balances = write(
+        tmp_path / "balances.csv",
+        "device_id,as_of,balance\nA,2024-01-01,500\nA,2024-13-01,1\nA,2024-01-02,-1\nQ,2024-01-02,1\nA,2999-01-01,1\n",
+    )
+    report = ingest_file(balances, "balances", ws, config)
+    assert accounted(report) and report.rows_loaded == 1
+    assert pd.read_csv(report.rejects_path)["reason"].tolist() == [
+        "unparseable as_of",
+        "negative balance",
+        "device_id not in the device master",
+        "as_of is in the future",
+    ]
+    status = write(
+        tmp_path / "status.csv",
+        """
+device_id,start,end,state
+A,2024-01-01 10:00,2024-01-01 18:00,cash_out
+A,2024-01-05,2024-01-04,offline
+A,2024-01-06,2024-01-07,asleep
+A,2024-01-06,soon,offline
+A,2024-01-08,,offline
+""",
+    )
+    report = ingest_file(status, "status", ws, config)
+    assert (report.rows_loaded, report.rows_rejected) == (2, 3)
+    assert pd.read_csv(report.rejects_path)["reason"].tolist() == [
+        "end before start",
+        "unknown state (expected cash_out or offline)",
+        "unparseable end",
+    ]
+    stored = read_table(ws, "status")
+    assert stored["end"].isna().tolist() == [False, True]  # an empty end: the interval is still open
+
+
+def test_daily_rejects_and_accounting(tmp_path, ws, config):
+    path = write(
+        tmp_path / "daily.csv",
+        """
+device_id,date,withdrawals,deposits
+A,2024-01-01,10,
+A,01/02/2024x,10,
+A,2024-01-03,,
+A,2024-01-04,5,-3
+A,2099-01-01,5,
+A,2024-01-01,12,
+""",
+    )
+    report = ingest_file(path, "daily", ws, config)
+    assert accounted(report)
+    assert (report.rows_loaded, report.rows_rejected, report.rows_duplicate) == (1, 4, 1)
+    assert pd.read_csv(report.rejects_path)["reason"].tolist() == [
+        "unparseable date",
+        "missing withdrawals",
+        "negative deposits",
+        "date is in the future",
+    ]
+    assert read_daily(ws)["withdrawals"].tolist() == [12.0]
+
+
+def test_a_file_of_only_bad_rows_loads_nothing_and_keeps_the_lake(tmp_path, ws, config):
+    ingest_file(write(tmp_path / "good.csv", "device_id,date,withdrawals\nA,2024-01-01,10\n"), "daily", ws, config)
+    before = lake_snapshot(ws)
+    for kind, body in [
+        ("daily", "device_id,date,withdrawals\nA,someday,10\n"),
+        ("transactions", "device_id,timestamp,amount\nA,2024-01-01 10:00,-1\n"),
+        ("balances", "device_id,as_of,balance\nA,2024-01-01,x\n"),
+    ]:
+        report = ingest_file(write(tmp_path / f"{kind}.csv", body), kind, ws, config)
+        assert (report.rows_read, report.rows_loaded, report.rows_rejected) == (1, 0, 1)
+    assert_same_lake(before, lake_snapshot(ws))
+
+
+def test_latest_wins_for_devices_balances_and_status(tmp_path, ws, config):
+    ingest_file(write(tmp_path / "d1.csv", "device_id,kind,capacity\nA,atm,100\nB,branch,\n"), "devices", ws, config)
+    report = ingest_file(write(tmp_path / "d2.csv", "device_id,capacity\nA,200\nB,\n"), "devices", ws, config)
+    # A row replaces the device whole: B's kind is now empty (the config default), so B changed too.
+    assert (report.rows_loaded, report.rows_duplicate) == (2, 0)
+    devices = read_table(ws, "devices").set_index("device_id")
+    assert devices.loc["A", "capacity"] == 200.0 and pd.isna(devices.loc["B", "kind"])
+    assert list(read_table(ws, "devices").columns) == lk.DEVICE_TABLE_COLUMNS
+
+    ingest_file(
+        write(tmp_path / "b1.csv", "device_id,as_of,balance\nA,2024-01-01,5\nA,2024-01-02,6\n"), "balances", ws, config
+    )
+    ingest_file(write(tmp_path / "b2.csv", "device_id,as_of,balance\nA,2024-01-02,7\n"), "balances", ws, config)
+    assert read_table(ws, "balances")["balance"].tolist() == [5.0, 7.0]
+
+    ingest_file(
+        write(tmp_path / "s1.csv", "device_id,start,end,state\nA,2024-01-01,2024-01-02,offline\n"), "status", ws, config
+    )
+    ingest_file(
+        write(tmp_path / "s2.csv", "device_id,start,end,state\nA,2024-01-01,2024-01-03,offline\n"), "status", ws, config
+    )
+    assert read_table(ws, "status")["end"].tolist() == [pd.Timestamp("2024-01-03")]
+
+
+def test_absent_tables_read_as_empty_frames_with_columns(ws):
+    for name in ("devices", "balances", "status", "transactions"):
+        frame = read_table(ws, name)
+        assert frame.empty and "device_id" in frame.columns
+    daily = read_daily(ws)
+    assert daily.empty and {"device_id", "date", "withdrawals", "censored"} <= set(daily.columns)
+    with pytest.raises(ValueError, match="unknown lake table"):
+        read_table(ws, "forecasts")
+
+
+@pytest.mark.parametrize(
+    ("name", "body", "kind", "message"),
+    [
+        (
+            "nocol.csv",
+            "device_id,date\nA,2024-01-01\n",
+            "daily",
+            r"nocol\.csv: missing required column\(s\) \['withdrawals'\]",
+        ),
+        ("empty.csv", "", "daily", r"empty\.csv: the file is empty"),
+        ("header.csv", "device_id,date,withdrawals\n", "daily", r"header\.csv: the file has no data rows"),
+        ("latin.csv", "device_id,date,withdrawals\nM\xfcnchen,2024-01-01,1\n", "daily", r"latin\.csv: not a UTF-8"),
+        ("bad.parquet", "not parquet at all", "daily", r"bad\.parquet: not a readable Parquet file"),
+        ("ok.csv", "device_id,date,withdrawals\nA,2024-01-01,1\n", "weekly", r"ok\.csv: unknown kind 'weekly'"),
+    ],
+)
+def test_unusable_files_raise_one_line_naming_the_file_and_write_nothing(
+    tmp_path, ws, config, name, body, kind, message
+):
+    path = tmp_path / name
+    path.write_bytes(body.encode("latin-1"))
+    with pytest.raises(IngestError, match=message) as caught:
+        ingest_file(path, kind, ws, config)
+    assert "\n" not in str(caught.value)
+    assert not list(ws.lake.rglob("*.parquet")) and not ws.rejects.exists()
+
+
+def test_missing_file_raises(tmp_path, ws, config):
+    with pytest.raises(IngestError, match="nowhere.csv: file not found"):
+        ingest_file(tmp_path / "nowhere.csv", "daily", ws, config)
+
+
+def test_crash_mid_ingest_leaves_the_lake_unchanged(tmp_path, ws, config, monkeypatch):
+    ingest_file(
+        write(tmp_path / "d1.csv", "device_id,date,withdrawals\nA,2024-01-01,10\nA,2024-02-01,20\n"),
+        "daily",
+        ws,
+        config,
+    )
+    before = lake_snapshot(ws)
+    writes = []
+    real_write = lk.write_parquet
+
+    def crash_on_second(table, path):
+        writes.append(path)
+        if len(writes) == 2:
+            raise OSError("disk full")
+        real_write(table, path)
+
+    monkeypatch.setattr(lk, "write_parquet", crash_on_second)
+    fix = write(tmp_path / "d2.csv", "device_id,date,withdrawals\nA,2024-01-01,11\nA,2024-02-01,21\nA,2024-03-01,31\n")
+    with pytest.raises(OSError, match="disk full"):
+        ingest_file(fix, "daily", ws, config)
+    assert len(writes) == 2
+    assert_same_lake(before, lake_snapshot(ws))
+    assert not list(ws.lake.glob(".staging-*"))
+    assert read_daily(ws)["withdrawals"].tolist() == [10.0, 20.0]
+
+    monkeypatch.setattr(lk, "write_parquet", real_write)
+    assert ingest_file(fix, "daily", ws, config).rows_loaded == 3
+    assert read_daily(ws)["withdrawals"].tolist() == [11.0, 21.0, 31.0]
+
+
+def test_crash_after_the_commit_point_is_rolled_forward(tmp_path, ws, config, monkeypatch):
+    ingest_file(write(tmp_path / "d1.csv", "device_id,date,withdrawals\nA,2024-01-01,10\n"), "daily", ws, config)
+    fix = write(tmp_path / "d2.csv", "device_id,date,withdrawals\nA,2024-01-01,11\nA,2024-02-01,21\n")
+    real_replace = lk.os.replace
+    moves = []
+
+    def crash_after_first_move(source, target):
+        if str(target).endswith("part-0.parquet"):
+            moves.append(target)
+            if len(moves) == 2:
+                raise OSError("power cut")
+        real_replace(source, target)
+
+    monkeypatch.setattr(lk.os, "replace", crash_after_first_move)
+    with pytest.raises(OSError, match="power cut"):
+        ingest_file(fix, "daily", ws, config)
+    monkeypatch.setattr(lk.os, "replace", real_replace)
+    assert list(ws.lake.glob(".staging-*"))  # committed, half applied
+    assert read_daily(ws)["withdrawals"].tolist() == [11.0, 21.0]  # the reader finished the commit
+    assert not list(ws.lake.glob(".staging-*"))
+
+
+def test_streaming_batches_match_a_pandas_reference(tmp_path, ws, config):
+    rng = np.random.default_rng(7)
+    n = 5000
+    frame = pd.DataFrame(
+        {
+            "device_id": rng.choice(["A", "B", "C"], n),
+            "timestamp": pd.Timestamp("2024-01-25") + pd.to_timedelta(rng.integers(0, 20 * 86400, n), unit="s"),
+            "amount": rng.integers(1, 500, n) * 100.0,
+            "type": rng.choice(["withdrawal", "deposit"], n, p=[0.8, 0.2]),
+            "txn_id": [f"T{i}" for i in range(n)],
+        }
+    )
+    repeats = frame.sample(300, random_state=1)  # re-sent transactions spread over later batches
+    raw = pd.concat([frame, repeats], ignore_index=True)
+    path = tmp_path / "big.csv"
+    raw.to_csv(path, index=False)
+
+    report = ingest_file(path, "transactions", ws, config)
+    assert (report.rows_read, report.rows_loaded, report.rows_duplicate) == (n + 300, n, 300)
+
+    frame["date"] = frame["timestamp"].dt.normalize()
+    frame["w"] = frame["amount"].where(frame["type"] == "withdrawal", 0.0)
+    expected = frame.groupby(["device_id", "date"])["w"].sum()
+    got = read_daily(ws).set_index(["device_id", "date"])["withdrawals"]
+    pd.testing.assert_series_equal(got, expected, check_names=False, check_index_type=False)
+    # Same file as Parquet, typed columns: everything is already there.
+    raw.to_parquet(tmp_path / "big.parquet")
+    again = ingest_file(tmp_path / "big.parquet", "transactions", ws, config)
+    assert (again.rows_loaded, again.rows_duplicate) == (0, n + 300)
+
+
+def test_string_hash_is_stable_and_offset_safe():
+    values = pa.array(["ATM-001", "", None, "ATM-001", "ATM-002", "é"])
+    hashed = hash_strings(values)
+    assert hashed[0] == hashed[3] and len(set(hashed[[0, 1, 4, 5]])) == 4
+    assert hashed[1] == hashed[2]  # null hashes like the empty string
+    np.testing.assert_array_equal(hash_strings(values.slice(3)), hashed[3:])
+    # Pinned: keys are stored in the lake, so the function must never change.
+    assert int(hash_strings(pa.array(["T1"]))[0]) == PINNED_T1
+
+
+def test_real_cub_atm_file_ingests_after_mapping(tmp_path, ws, config):
+    raw = pd.read_csv(CUB)
+    daily = cub_to_daily(raw)
+    path = tmp_path / "cub.parquet"
+    daily.to_parquet(path)
+    report = ingest_file(path, "daily", ws, config)
+    assert (report.rows_read, report.rows_loaded, report.rows_rejected) == (11589, 11589, 0)
+    lake = read_daily(ws)
+    assert lake["device_id"].nunique() == 5
+    assert lake["withdrawals"].sum() == raw["total_amount_withdrawn"].sum()
+    assert lake["date"].min() == pd.Timestamp("2011-01-01") and lake["deposits"].isna().all()
+    airport = ingest.read_daily(ws, start="2011-01-01", end="2011-01-02", device_ids=["Airport ATM"])
+    assert airport["withdrawals"].tolist() == [503400.0, 268600.0]
