@@ -1,0 +1,285 @@
+"""The exact per-device dynamic programme over visit days, vectorised across devices.
+
+Cost model (the same in plans, the replay and the perfect-foresight optimum):
+- Day t: the visit (if any) happens in the morning, then the day's net outflow (withdrawals -
+  deposits) leaves the device. Holding cost per day = holding_rate / 365 x the cash held after
+  the morning visit (the opening balance of the trading day).
+- A visit sets the balance to its load (cassette swap), so the days from one visit to the next
+  form an independent *segment*: cost = visit_cost + expected holding + penalty x expected
+  breach days. That independence is what makes the DP over visit days exact.
+- The plan treats min_balance as empty: a breach day is a day whose outflow takes the cash below
+  min_balance (demand beyond it is counted lost), or whose opening cash exceeds max_balance
+  (deposits piling up in a branch). penalty = stockout_penalty_visits x visit_cost.
+- A segment's load is the smallest whole load_multiple L with
+  P(max over the segment's days of the cumulative net outflow > L - min_balance) <= 1 - service_level
+  across the sample paths (the chance constraint on the multi-day sum), capped at
+  min(capacity, max_balance) rounded down to a load multiple.
+With one path holding the actual demand this is the perfect-foresight model: the chance
+constraint becomes exact cover.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from replenishment.terms import round_up_to_multiple
+
+CHUNK_ELEMENTS = 1_500_000  # device-path-day cells per chunk: bounds memory at 10,000 devices
+
+
+@dataclass(frozen=True)
+class DeviceArrays:
+    """Per-device terms as float arrays (n,), the form the vectorised DP needs."""
+
+    min_balance: np.ndarray
+    max_balance: np.ndarray
+    load_multiple: np.ndarray
+    max_load: np.ndarray  # min(capacity, max_balance) rounded down to a whole load multiple
+    service_level: np.ndarray
+    daily_holding_rate: np.ndarray
+    visit_cost: np.ndarray
+    breach_penalty: np.ndarray
+
+    @classmethod
+    def from_terms(cls, terms, stockout_penalty_visits: float) -> DeviceArrays:
+        def col(name: str) -> np.ndarray:
+            return terms[name].to_numpy(dtype="float64")
+
+        multiple = col("load_multiple")
+        ceiling = np.minimum(col("capacity"), col("max_balance"))
+        return cls(
+            min_balance=col("min_balance"),
+            max_balance=col("max_balance"),
+            load_multiple=multiple,
+            max_load=np.floor(ceiling / multiple + 1e-9) * multiple,
+            service_level=col("service_level"),
+            daily_holding_rate=col("holding_rate") / 365.0,
+            visit_cost=col("visit_cost"),
+            breach_penalty=stockout_penalty_visits * col("visit_cost"),
+        )
+
+    def take(self, index: slice | np.ndarray) -> DeviceArrays:
+        return DeviceArrays(**{k: v[index] for k, v in self.__dict__.items()})
+
+
+def _path_quantile(values: np.ndarray, level: np.ndarray) -> np.ndarray:
+    """Per-device empirical quantile of path-sorted `values` (..., n, paths), inverted-CDF rule.
+
+    The smallest sample x with F(x) >= level: the load covering it keeps the share of paths that
+    run out at or below 1 - level, exactly, on the sample.
+    """
+    n_paths = values.shape[-1]
+    ranks = np.clip(np.ceil(level * n_paths - 1e-9).astype(int) - 1, 0, n_paths - 1)
+    return np.take_along_axis(values, np.broadcast_to(ranks[:, None], (*values.shape[:-1], 1)), axis=-1)[..., 0]
+
+
+class _SegmentStart:
+    """Path statistics of segments that start on one day, for every segment length at once.
+
+    Days run along axis 0: arrays are (days, devices, paths). Cash above min_balance on day k of
+    a segment that starts with `available` is max(available, R_{k-1}) - C_{k-1}, where C is the
+    cumulative net outflow and R its running maximum floored at 0 (demand beyond the cash is
+    lost: a reflected walk). Sorting R and the "new maximum" outflows across paths once lets every
+    (length, available) pair be priced with a binary search instead of a pass over all paths.
+    """
+
+    def __init__(self, days_first: np.ndarray, withdrawals_only: bool):
+        m, n, n_paths = days_first.shape  # net outflow, (days, devices, paths)
+        cum = np.cumsum(days_first, axis=0)
+        need = np.maximum(cum, 0.0)
+        np.maximum.accumulate(need, axis=0, out=need)
+        zeros = np.zeros_like(cum[:1])
+        self.n_paths = n_paths
+        self.need_sorted = np.sort(need, axis=-1)  # the segment's cash need, per length
+        self.before_sorted = np.concatenate([zeros, self.need_sorted[:-1]])  # R_{k-1}, sorted
+        # (m, P + 1, n): sum of the lowest p paths; paths on the middle axis keep cumsum vectorised.
+        self.partial_sums = np.zeros((m, n_paths + 1, n), dtype=cum.dtype)
+        np.cumsum(self.before_sorted.transpose(0, 2, 1), axis=1, out=self.partial_sums[:, 1:])
+        if withdrawals_only:
+            # Withdrawals only: C_k = R_k and every day is a new maximum.
+            self.short_sorted = self.need_sorted
+        else:
+            # Day k is short when C_k beats both the cash level and every earlier maximum.
+            need_before = np.concatenate([zeros, need[:-1]])
+            self.short_sorted = np.sort(np.where(cum > need_before, cum, -np.inf), axis=-1)
+        cum_before_total = np.concatenate([np.zeros((1, n)), cum[:-1].sum(axis=-1, dtype="float64")])
+        self.cum_before_sum = np.cumsum(cum_before_total, axis=0)  # [l]: sum over days k <= l and paths
+        self.takes_deposits = np.zeros(n, dtype=bool) if withdrawals_only else (days_first < 0).any(axis=(0, 2))
+        self.cum, self.need = cum, need
+        self.base = (np.arange(m)[:, None] * n + np.arange(n)[None, :]) * n_paths  # flat offset of [k, d, 0]
+
+    def _pairs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(length index l, day k) for every k <= l, ordered by l; and where each l's run starts."""
+        m = self.base.shape[0]
+        lengths, days = np.tril_indices(m)
+        return lengths, days, np.flatnonzero(np.r_[True, np.diff(lengths) > 0])
+
+    def _count_at_most(self, sorted_values: np.ndarray, threshold: np.ndarray, days: np.ndarray) -> np.ndarray:
+        """(pairs, n): how many paths of day days[p] have a value <= threshold[p] (branchless binary search)."""
+        flat = sorted_values.reshape(-1)
+        base = self.base[days]
+        count = np.zeros(threshold.shape, dtype=np.int32)
+        step = 1 << (self.n_paths.bit_length() - 1)
+        while step:
+            candidate = count + step
+            probe = flat[base + np.minimum(candidate, self.n_paths) - 1]
+            count = np.where((candidate <= self.n_paths) & (probe <= threshold), candidate, count)
+            step >>= 1
+        return count
+
+    def outcome(self, available: np.ndarray, dev: DeviceArrays) -> tuple[np.ndarray, np.ndarray]:
+        """Expected holding cost and breach days, (m, n), of the segment of length l + 1 starting
+        with `available[l]` (m, n) cash above min_balance."""
+        m, n = self.base.shape
+        available = available.astype(self.before_sorted.dtype)
+        lengths, days, runs = self._pairs()
+        threshold = available[lengths]  # (pairs, n): the cash level of the segment day k belongs to
+        at_most = self._count_at_most(self.before_sorted, threshold, days)
+        # Sum over paths of max(available, R_{k-1}): paths at or below take `available`, the rest their own.
+        offsets = (days[:, None] * (self.n_paths + 1) * n + np.arange(n)[None, :]) + at_most * n
+        below = self.partial_sums.reshape(-1)[offsets]
+        above = self.partial_sums[days, -1] - below
+        level_sum = at_most * threshold.astype("float64") + above
+        held = (np.add.reduceat(level_sum, runs, axis=0) - self.cum_before_sum) / self.n_paths
+        held = held + np.arange(1, m + 1)[:, None] * dev.min_balance
+        short = self.n_paths - self._count_at_most(self.short_sorted, threshold, days)
+        breach = np.add.reduceat(short, runs, axis=0).astype("float64")
+        room = dev.max_balance - dev.min_balance + 1e-6
+        # Cash only rises above max_balance through deposits or from a start above it.
+        rows = np.flatnonzero(self.takes_deposits | (available > room).any(axis=0))
+        if len(rows):
+            breach[:, rows] += self._overflow(available[:, rows], room[rows], rows)
+        return held * dev.daily_holding_rate, breach / self.n_paths
+
+    def _overflow(self, available: np.ndarray, room: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Path-days (m, len(rows)) whose opening cash (after day 0) exceeds max_balance."""
+        level_before, cum_before = self.need[:, rows], self.cum[:, rows]  # day k + 1 sees R_k, C_k
+        over = np.zeros(available.shape)
+        for last in range(1, available.shape[0]):
+            level = np.maximum(available[last][None, :, None], level_before[:last])
+            over[last] = np.count_nonzero(level - cum_before[:last] > room[None, :, None], axis=(0, 2))
+        return over
+
+
+def segment_table(
+    net: np.ndarray, dev: DeviceArrays, visit_days: int | None = None, max_length: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Loads and costs of every segment: (load, cost), each (n, D, T+1), [d, i, j] = visit on i, next on j.
+
+    `net` is (n, paths, T) net outflow; visits start on the first `visit_days` days (default T)
+    and a segment lasts at most `max_length` days. Entries not computed are +inf cost.
+    """
+    n, n_paths, total_days = net.shape
+    visit_days = total_days if visit_days is None else visit_days
+    max_length = total_days if max_length is None else max_length
+    loads = np.zeros((n, visit_days, total_days + 1))
+    costs = np.full((n, visit_days, total_days + 1), np.inf)
+    chunk = max(1, CHUNK_ELEMENTS // max(1, n_paths * min(max_length, total_days)))
+    # Withdrawal-only devices first: their chunks take the cheaper path (no deposits to track).
+    order = np.argsort((net <= 0).any(axis=(1, 2)), kind="stable")
+    for lo in range(0, n, chunk):
+        part = order[lo : lo + chunk]
+        block = dev.take(part)
+        days_first = np.ascontiguousarray(np.moveaxis(net[part], -1, 0))
+        withdrawals_only = bool((days_first > 0).all())
+        for start in range(visit_days):
+            end = min(total_days, start + max_length)
+            runs = _SegmentStart(days_first[start:end], withdrawals_only)
+            need = _path_quantile(runs.need_sorted, block.service_level)  # (m, n_c) by segment length
+            wanted = round_up_to_multiple(need + block.min_balance, block.load_multiple)
+            load = np.clip(wanted, 0.0, block.max_load)
+            holding, breach = runs.outcome(np.maximum(load - block.min_balance, 0.0), block)
+            loads[part, start, start + 1 : end + 1] = load.T
+            costs[part, start, start + 1 : end + 1] = (block.visit_cost + holding + block.breach_penalty * breach).T
+    return loads, costs
+
+
+def prefix_costs(net: np.ndarray, start_day: np.ndarray, start_balance: np.ndarray, dev: DeviceArrays) -> np.ndarray:
+    """Cost (n, H+1) of running from `start_day` on `start_balance` without a visit until day j.
+
+    A balance already below min_balance counts every such day as a breach, so the DP visits at
+    the first allowed day. Entries j < start_day are +inf.
+    """
+    n, n_paths, horizon = net.shape
+    costs = np.full((n, horizon + 1), np.inf)
+    below_floor = (start_balance < dev.min_balance - 1e-6).astype(float)
+    available = np.maximum(start_balance - dev.min_balance, 0.0)
+    chunk = max(1, CHUNK_ELEMENTS // max(1, n_paths * horizon))
+    for start in np.unique(start_day):
+        same_start = np.flatnonzero(start_day == start)
+        costs[same_start, start] = 0.0
+        if start == horizon:
+            continue
+        for lo in range(0, len(same_start), chunk):
+            rows = same_start[lo : lo + chunk]
+            block = dev.take(rows)
+            costs[rows, start + 1 :] = _prefix_block(net[rows, :, start:], available[rows], below_floor[rows], block)
+    return costs
+
+
+def _prefix_block(net: np.ndarray, available: np.ndarray, below_floor: np.ndarray, block: DeviceArrays) -> np.ndarray:
+    """Prefix costs (n, m) of devices sharing a start day, for every run length 1..m."""
+    days_first = np.ascontiguousarray(np.moveaxis(net, -1, 0))
+    runs = _SegmentStart(days_first, bool((days_first > 0).all()))
+    m = days_first.shape[0]
+    holding, breach = runs.outcome(np.broadcast_to(available, (m, len(available))), block)
+    breach = breach + np.arange(1, m + 1)[:, None] * below_floor
+    return (holding + block.breach_penalty * breach).T
+
+
+def solve_visits(
+    seg_costs: np.ndarray, first_costs: np.ndarray, allowed: np.ndarray, end_value: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Least-cost visit days per device: (visits bool (n, D), next_day int (n, D), total cost (n,)).
+
+    seg_costs (n, D, T+1) and first_costs (n, T+1) may run past the D visit days to T: a segment
+    ending on j >= D means "the next visit falls on day j, after the plan", worth end_value
+    (n, T-D+1) (default 0). Backward induction: value[i] = min over the next visit j (allowed,
+    or any j >= D) of seg_costs[i, j] + value[j]; the first visit j minimises first_costs[j] +
+    value[j]. next_day holds each visit's next visit (or end day), -1 elsewhere.
+    """
+    n, visit_days = allowed.shape
+    total_days = first_costs.shape[1] - 1
+    reachable = np.concatenate([allowed, np.ones((n, total_days + 1 - visit_days), dtype=bool)], axis=1)
+    value = np.zeros((n, total_days + 1))
+    if end_value is not None:
+        value[:, visit_days:] = end_value
+    nxt = np.full((n, visit_days), total_days)
+    rows = np.arange(n)
+    for i in range(visit_days - 1, -1, -1):
+        options = np.where(reachable, seg_costs[:, i, :] + value, np.inf)
+        nxt[:, i] = np.argmin(options, axis=1)
+        value[:, i] = options[rows, nxt[:, i]]
+    options = np.where(reachable, first_costs + value, np.inf)
+    day = np.argmin(options, axis=1)
+    total = options[rows, day]
+    visits = np.zeros((n, visit_days), dtype=bool)
+    next_day = np.full((n, visit_days), -1)
+    active = day < visit_days
+    while active.any():
+        here = rows[active]
+        visits[here, day[active]] = True
+        next_day[here, day[active]] = nxt[here, day[active]]
+        day = np.where(active, nxt[rows, np.minimum(day, visit_days - 1)], visit_days)
+        active = day < visit_days
+    return visits, next_day, total
+
+
+def chosen_loads(next_day: np.ndarray, loads: np.ndarray) -> np.ndarray:
+    """Load (balance after the visit) on each visit day, NaN elsewhere: the segment to the next visit."""
+    device, day = np.nonzero(next_day >= 0)
+    targets = np.full(next_day.shape, np.nan)
+    targets[device, day] = loads[device, day, next_day[device, day]]
+    return targets
+
+
+def cycle_cost_per_day(seg_costs: np.ndarray) -> np.ndarray:
+    """Cheapest cost per covered day (n,) of a segment starting on day 0: the long-run price of a
+    day of cash. Covering a day past the plan with today's load saves the next plan about this."""
+    lengths = np.arange(seg_costs.shape[2])[None, :]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per_day = np.where(lengths > 0, seg_costs[:, 0, :] / np.maximum(lengths, 1), np.inf)
+    best = per_day.min(axis=1)
+    return np.where(np.isfinite(best), best, 0.0)

@@ -1,0 +1,473 @@
+"""The network plan: least-cost visit days and loads per device, with reasons cash ops can read.
+
+`plan_network` turns a DemandForecast (sample paths), the resolved device terms and the morning
+balances into CONTRACT.md plan rows, a day-by-day projection and a cost summary that compares
+the plan with a fixed weekly fill. Degenerate devices get a sensible plan and a note, never an
+exception, so one bad device never blocks the nightly plan of the fleet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from cashcast.schema import PLAN_COLUMNS, DemandForecast, quantile_column
+from replenishment.dp import (
+    DeviceArrays,
+    chosen_loads,
+    cycle_cost_per_day,
+    prefix_costs,
+    segment_table,
+    solve_visits,
+)
+from replenishment.terms import allowed_visit_days, device_holidays, holiday_matrix, round_up_to_multiple
+
+WEEKDAY_NAMES = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+UNKNOWN_BALANCE_DAYS = 7
+EXTENSION_DAYS = 7  # days past the plan horizon the final load may cover (last forecast week repeated)
+
+
+@dataclass
+class PlanResult:
+    """What `plan_network` returns; `plan` follows CONTRACT.md, the rest explains it."""
+
+    plan: pd.DataFrame
+    projection: pd.DataFrame
+    summary: pd.DataFrame
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PathRun:
+    """Expected trajectory of a visit schedule over sample paths, all arrays (n, H)."""
+
+    before: np.ndarray  # expected cash on the morning, before any visit
+    after: np.ndarray  # expected cash held through the day (after the visit)
+    short: np.ndarray  # P(part of the day's demand goes unserved)
+    segment_risk: np.ndarray  # on visit days: P(running out before the next visit), else NaN
+
+    def first_days(self, days: int) -> PathRun:
+        return PathRun(*(values[:, :days] for values in (self.before, self.after, self.short, self.segment_risk)))
+
+
+def fill_level(balance: np.ndarray, target: np.ndarray, top_up: bool, is_atm: np.ndarray) -> np.ndarray:
+    """Cash right after a visit aiming at `target`.
+
+    Cassette swap replaces the cash; a top-up never takes cash out of an ATM; branches and
+    recyclers are brought to the target either way (a pickup when above it).
+    """
+    if not top_up:
+        return np.broadcast_to(target, balance.shape).copy()
+    return np.where(is_atm, np.maximum(balance, target), target)
+
+
+def simulate_paths(
+    net: np.ndarray,
+    start_balance: np.ndarray,
+    targets: np.ndarray,
+    top_up: bool,
+    is_atm: np.ndarray,
+    final_end: np.ndarray | None = None,
+) -> PathRun:
+    """Run a schedule (targets (n, H), NaN = no visit) over the paths with lost demand.
+
+    The last visit's segment_risk counts running out before day `final_end` (default H).
+    """
+    n, n_paths, horizon = net.shape
+    cash = np.repeat(start_balance.astype("float64")[:, None], n_paths, axis=1)
+    before, after, short = (np.zeros((n, horizon)) for _ in range(3))
+    risk = np.full((n, horizon), np.nan)
+    ran_out = np.zeros((n, n_paths), dtype=bool)
+    last_visit = np.full(n, -1)
+    rows = np.arange(n)
+    final_end = np.full(n, horizon) if final_end is None else final_end
+    for day in range(horizon):
+        visit = ~np.isnan(targets[:, day])
+        before[:, day] = cash.mean(axis=1)
+        done = (visit | (day == final_end)) & (last_visit >= 0)
+        risk[rows[done], last_visit[done]] = ran_out[done].mean(axis=1)
+        last_visit[done] = -1
+        if visit.any():
+            level = fill_level(cash[visit], targets[visit, day][:, None], top_up, is_atm[visit][:, None])
+            cash[visit] = level
+            ran_out[visit] = False
+            last_visit[visit] = day
+        after[:, day] = cash.mean(axis=1)
+        closing = cash - net[:, :, day]
+        out = closing < -1e-6
+        short[:, day] = out.mean(axis=1)
+        ran_out |= out
+        cash = np.maximum(closing, 0.0)
+    open_end = last_visit >= 0
+    risk[rows[open_end], last_visit[open_end]] = ran_out[open_end].mean(axis=1)
+    return PathRun(before=before, after=after, short=short, segment_risk=risk)
+
+
+def _clean_paths(
+    forecast: DemandForecast, device_ids: np.ndarray, days: slice, fallback: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Withdrawal and net paths aligned to `device_ids`, NaN filled; plus a note per device.
+
+    A NaN cell takes that day's mean over the other paths; a device with no finite value at all
+    takes its trailing mean daily demand on every path, so the plan stays usable.
+    """
+    index = pd.Index(np.asarray(forecast.device_ids, dtype=str)).get_indexer(device_ids)
+    found = index >= 0
+
+    def aligned(paths: np.ndarray | None) -> np.ndarray:
+        shape = (len(device_ids), forecast.withdrawal_paths.shape[1], days.stop - days.start)
+        out = np.full(shape, np.nan, dtype="float32")
+        if paths is not None:
+            out[found] = paths[index[found], :, days]
+        return out
+
+    withdrawals = aligned(forecast.withdrawal_paths)
+    deposits = aligned(forecast.deposit_paths) if forecast.deposit_paths is not None else None
+    notes = [""] * len(device_ids)
+    missing = np.isnan(withdrawals)
+    if missing.any():
+        empty = missing.all(axis=(1, 2))
+        finite = (~missing).sum(axis=1)
+        day_sum = np.where(missing, 0.0, withdrawals).sum(axis=1)
+        day_mean = np.where(finite > 0, day_sum / np.maximum(finite, 1), fallback[:, None])
+        withdrawals = np.where(missing, day_mean[:, None, :], withdrawals).astype("float32")
+        for row in np.flatnonzero(missing.any(axis=(1, 2))):
+            notes[row] = (
+                f"no forecast: trailing mean demand {fallback[row]:,.0f}/day assumed"
+                if empty[row]
+                else "forecast had gaps: filled with the day's mean"
+            )
+    withdrawals = np.clip(withdrawals, 0.0, None)
+    net = withdrawals if deposits is None else withdrawals - np.nan_to_num(np.clip(deposits, 0.0, None))
+    return withdrawals, net.astype("float32"), notes
+
+
+def _start_balances(
+    balances: pd.DataFrame | None, device_ids: np.ndarray, as_of: pd.Timestamp, assumed: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Morning balance per device (latest row on or before as_of) and whether it was known."""
+    known = pd.Series(np.nan, index=device_ids)
+    if balances is not None and not balances.empty:
+        frame = balances.copy()
+        frame["device_id"] = frame["device_id"].astype(str)
+        if "as_of" in frame:
+            frame["as_of"] = pd.to_datetime(frame["as_of"])
+            frame = frame[frame["as_of"] <= as_of].sort_values("as_of")
+        latest = frame.dropna(subset=["balance"]).groupby("device_id")["balance"].last()
+        known = latest.reindex(device_ids).astype("float64")
+    values = known.to_numpy(dtype="float64")
+    is_known = ~np.isnan(values)
+    return np.where(is_known, values, assumed), is_known
+
+
+def _ordered_targets(
+    ordered_visits: pd.DataFrame | None, device_ids: np.ndarray, dates: pd.DatetimeIndex
+) -> np.ndarray:
+    """(n, H) balance after each visit already ordered, NaN elsewhere.
+
+    Uses `balance_after` when given, else `amount` (cassette swap: the amount is what stays).
+    """
+    targets = np.full((len(device_ids), len(dates)), np.nan)
+    if ordered_visits is None or ordered_visits.empty:
+        return targets
+    level = ordered_visits["balance_after"] if "balance_after" in ordered_visits else ordered_visits["amount"]
+    row = pd.Index(device_ids).get_indexer(ordered_visits["device_id"].astype(str))
+    col = dates.get_indexer(pd.DatetimeIndex(pd.to_datetime(ordered_visits["visit_date"])).normalize())
+    keep = (row >= 0) & (col >= 0)
+    targets[row[keep], col[keep]] = np.asarray(level, dtype="float64")[keep]
+    return targets
+
+
+def weekly_fill_targets(allowed: np.ndarray, dates: pd.DatetimeIndex, max_load: np.ndarray) -> np.ndarray:
+    """Fixed-schedule baseline: fill to capacity on the first allowed day of each calendar week."""
+    week = np.asarray((dates - pd.to_timedelta(dates.weekday, unit="D")).normalize().asi8)
+    targets = np.full(allowed.shape, np.nan)
+    for value in np.unique(week):
+        cols = np.flatnonzero(week == value)
+        has = allowed[:, cols].any(axis=1)
+        first = cols[np.argmax(allowed[:, cols], axis=1)]
+        targets[np.flatnonzero(has), first[has]] = max_load[has]
+    return targets
+
+
+def _day_span(dates: pd.DatetimeIndex, first: int, days: int) -> str:
+    last = first + days - 1
+    if days == 1:
+        return WEEKDAY_NAMES[dates[first].weekday()]
+    return f"{WEEKDAY_NAMES[dates[first].weekday()]}-{WEEKDAY_NAMES[dates[last].weekday()]}"
+
+
+def _percent(value: float) -> str:
+    return f"{value * 100:.3g}%"
+
+
+def plan_network(
+    forecast: DemandForecast,
+    terms: pd.DataFrame,
+    balances: pd.DataFrame | None,
+    as_of,
+    config,
+    holidays: pd.DataFrame | None = None,
+    ordered_visits: pd.DataFrame | None = None,
+) -> PlanResult:
+    """Least-cost visit and load plan for every device in `terms` from the morning of `as_of`.
+
+    Devices without a balance start at min_balance + 7 days of forecast demand (noted in the
+    reason); `holidays` (device_id, date, holiday_name) defaults to each device's public holidays;
+    `ordered_visits` (device_id, visit_date, balance_after or amount) inside the lead time are
+    kept as given and planned around.
+    """
+    as_of = pd.Timestamp(as_of).normalize()
+    warnings: list[str] = []
+    offset = forecast.dates.get_loc(as_of) if as_of in forecast.dates else None
+    if offset is None:
+        raise ValueError(f"forecast covers {forecast.dates[0]:%Y-%m-%d}.. but the plan starts {as_of:%Y-%m-%d}")
+    horizon = min(config.plan.horizon_days, len(forecast.dates) - offset)
+    if horizon < config.plan.horizon_days:
+        warnings.append(f"forecast covers only {horizon} of the {config.plan.horizon_days} plan days")
+    dates = forecast.dates[offset : offset + horizon]
+    terms = terms.reset_index(drop=True)
+    device_ids = terms["device_id"].astype(str).to_numpy(dtype=object)
+    unplanned = sorted(set(np.asarray(forecast.device_ids, dtype=str)) - set(device_ids))
+    if unplanned:
+        warnings.append(f"{len(unplanned)} forecast device(s) without terms were not planned: {unplanned[:5]}")
+    dev = DeviceArrays.from_terms(terms, config.plan.stockout_penalty_visits)
+    withdrawals, net, forecast_notes = _clean_paths(
+        forecast, device_ids, slice(offset, offset + horizon), terms["mean_daily_demand"].to_numpy(dtype="float64")
+    )
+    week_need = net[:, :, :UNKNOWN_BALANCE_DAYS].sum(axis=2).mean(axis=1)
+    assumed = np.maximum(round_up_to_multiple(dev.min_balance + week_need, dev.load_multiple), dev.min_balance)
+    start_balance, balance_known = _start_balances(balances, device_ids, as_of, np.minimum(assumed, dev.max_load))
+
+    total_days = horizon + min(EXTENSION_DAYS, horizon)
+    net = extend_weekly(net, total_days)
+    all_dates = pd.date_range(dates[0], periods=total_days, freq="D")
+    if holidays is None:
+        holidays = device_holidays(terms, all_dates[0], all_dates[-1])
+    is_holiday, holiday_names = holiday_matrix(device_ids, all_dates, holidays)
+    lead = terms["lead_time_days"].to_numpy(dtype=int)
+    allowed = allowed_visit_days(terms, dates, is_holiday[:, :horizon], config.plan.allow_holiday_visits, lead)
+    fixed = _ordered_targets(ordered_visits, device_ids, dates)
+    has_fixed = ~np.isnan(fixed).all(axis=1)
+    start_day = np.where(has_fixed, horizon - 1 - np.argmax(~np.isnan(fixed[:, ::-1]), axis=1), 0)
+    allowed &= np.arange(horizon)[None, :] > np.where(has_fixed, start_day, -1)[:, None]
+    prefix_balance = np.where(has_fixed, fixed[np.arange(len(device_ids)), start_day], start_balance)
+
+    loads, seg_costs = segment_table(net, dev, visit_days=horizon, max_length=horizon)
+    first_costs = prefix_costs(net, start_day, prefix_balance, dev)
+    # Days past the plan that today's load already covers spare the next plan a day of cash.
+    end_value = -cycle_cost_per_day(seg_costs)[:, None] * np.arange(total_days - horizon + 1)[None, :]
+    visits, next_day, _ = solve_visits(seg_costs, first_costs, allowed, end_value)
+    targets = np.where(has_fixed[:, None] & ~np.isnan(fixed), fixed, chosen_loads(next_day, loads))
+    # A cassette smaller than one day's demand runs dry every day whatever the DP picks: a day
+    # counts as a stockout either way, so serve as much as possible by visiting every allowed day.
+    one_day = net[:, :, :horizon].mean(axis=1).max(axis=1)
+    tiny = (one_day > 0) & (one_day + dev.min_balance > dev.max_load)
+    targets[tiny] = np.where(allowed[tiny], dev.max_load[tiny, None], np.nan)
+    final_end = np.where(tiny | (next_day.max(axis=1) < horizon), horizon, next_day.max(axis=1))
+    segment_end = _segment_ends(targets, final_end)
+    top_up = not config.plan.cassette_swap
+    is_atm = terms["kind"].to_numpy() == "atm"
+    padded = np.concatenate([targets, np.full((len(targets), total_days - horizon), np.nan)], axis=1)
+    run = simulate_paths(net, start_balance, padded, top_up, is_atm, final_end).first_days(horizon)
+    baseline_targets = weekly_fill_targets(allowed, dates, dev.max_load)
+    baseline = simulate_paths(net[:, :, :horizon], start_balance, baseline_targets, top_up, is_atm)
+
+    device_notes = _device_notes(
+        dev, withdrawals, net[:, :, :horizon], allowed, start_balance, balance_known, forecast_notes, run
+    )
+    for device, notes in zip(device_ids, device_notes, strict=True):
+        warnings.extend(f"{device}: {note}" for note in notes)
+    plan = _plan_rows(
+        terms, dev, all_dates, targets, segment_end, fixed, run, holiday_names, device_notes, top_up, is_atm
+    )
+    quantiles = config.forecast.quantiles
+    projection = _projection(device_ids, dates, withdrawals, net[:, :, :horizon], targets, run, quantiles)
+    summary = _summary(terms, dev, plan, run, baseline, baseline_targets, device_notes)
+    return PlanResult(plan=plan, projection=projection, summary=summary, warnings=warnings)
+
+
+def extend_weekly(paths: np.ndarray, total_days: int) -> np.ndarray:
+    """Paths continued past their last day by repeating their last week (weekly seasonality), so
+    the final visit's load can be weighed against the days just after the plan."""
+    days = paths.shape[-1]
+    period = min(7, days)
+    extra = days - period + np.arange(total_days - days) % period
+    return np.concatenate([paths, paths[..., extra]], axis=-1)
+
+
+def _segment_ends(targets: np.ndarray, final_end: np.ndarray) -> np.ndarray:
+    """(n, H): for each visit day, the day of the next visit (or final_end for the last), else -1."""
+    ends = np.full(targets.shape, -1)
+    following = final_end.copy()
+    for day in range(targets.shape[1] - 1, -1, -1):
+        visit = ~np.isnan(targets[:, day])
+        ends[visit, day] = following[visit]
+        following = np.where(visit, day, following)
+    return ends
+
+
+def _device_notes(
+    dev, withdrawals, net, allowed, start_balance, balance_known, forecast_notes, run
+) -> list[list[str]]:
+    """Per-device warnings for cash ops: the inputs that made this plan unusual."""
+    n, n_paths, horizon = net.shape
+    one_day = net.mean(axis=1).max(axis=1)
+    no_demand = withdrawals.max(axis=(1, 2)) <= 0
+    first_allowed = np.where(allowed.any(axis=1), np.argmax(allowed, axis=1), horizon)
+    notes: list[list[str]] = []
+    for row in range(n):
+        found = [forecast_notes[row]] if forecast_notes[row] else []
+        if not balance_known[row]:
+            found.append(f"balance unknown: assumed {start_balance[row]:,.0f} (min_balance + 7-day forecast)")
+        if start_balance[row] < dev.min_balance[row] - 1e-6:
+            found.append(f"balance {start_balance[row]:,.0f} is below min_balance {dev.min_balance[row]:,.0f}")
+        if no_demand[row]:
+            found.append("zero forecast demand")
+        if not allowed[row].any():
+            found.append("no allowed visit day in the horizon (visit weekdays, holidays, lead time)")
+        if dev.min_balance[row] > dev.max_load[row]:
+            found.append(
+                f"min_balance {dev.min_balance[row]:,.0f} is above the largest load {dev.max_load[row]:,.0f} "
+                "(capacity, max_balance and bundle size)"
+            )
+        elif one_day[row] > 0 and one_day[row] + dev.min_balance[row] > dev.max_load[row]:
+            found.append(
+                f"capacity {dev.max_load[row]:,.0f} is below one day's demand (up to {one_day[row]:,.0f}): "
+                "visit every allowed day"
+            )
+        early_short = run.short[row, : first_allowed[row]].sum() if first_allowed[row] > 0 else 0.0
+        if early_short > 1 - dev.service_level[row]:
+            found.append(f"may run out before the first possible visit ({early_short:.2g} expected stockout days)")
+        notes.append(found)
+    return notes
+
+
+def _plan_rows(
+    terms, dev, dates, targets, segment_end, fixed, run, holiday_names, device_notes, top_up, is_atm
+) -> pd.DataFrame:
+    """CONTRACT.md plan rows, one per device and visit, with a reason for cash ops.
+
+    `dates` and `holiday_names` run past the horizon as far as a final load may cover.
+    """
+    horizon = targets.shape[1]
+    rows, days = np.nonzero(~np.isnan(targets))
+    covered = segment_end[rows, days] - days
+    before = run.before[rows, days]
+    after = fill_level(before, targets[rows, days], top_up, is_atm[rows])
+    pickup = ~is_atm[rows] & (after < before - 1e-6)
+    amount = np.where(pickup, before - after, after - before if top_up else after)
+    risk = run.segment_risk[rows, days]
+    held = np.concatenate([np.zeros((len(targets), 1)), np.cumsum(run.after, axis=1)], axis=1)
+    holding = (held[rows, np.minimum(days + covered, horizon)] - held[rows, days]) * dev.daily_holding_rate[rows]
+    first_visit = np.diff(rows, prepend=-1) != 0  # visits come sorted by device, then day
+    ordered = ~np.isnan(fixed[rows, days])
+    flags = zip(ordered, pickup, strict=True)
+    reasons = [
+        _reason(dates, int(day), int(span), horizon, holiday_names[row, day : day + span], dev, row, p_out, flag)
+        for row, day, span, p_out, flag in zip(rows, days, covered, risk, flags, strict=True)
+    ]
+    reasons = [
+        "; ".join([text, *device_notes[row]]) if first else text
+        for text, row, first in zip(reasons, rows, first_visit, strict=True)
+    ]
+    visit_dates = dates[days]
+    plan = pd.DataFrame(
+        {
+            "device_id": pd.array(terms["device_id"].astype(str).to_numpy()[rows], dtype="string"),
+            "visit_date": visit_dates,
+            "order_by": visit_dates - pd.to_timedelta(terms["lead_time_days"].to_numpy()[rows], unit="D"),
+            "action": np.where(pickup, "pickup", "load"),
+            "amount": np.round(amount, 2),
+            "expected_balance_before": np.round(before, 2),
+            "balance_after": np.round(after, 2),
+            "days_covered": covered.astype(int),
+            "stockout_risk": np.round(risk, 4),
+            "reason": reasons,
+            "name": terms["name"].to_numpy()[rows],
+            "region": terms["region"].to_numpy()[rows],
+            "kind": terms["kind"].to_numpy()[rows],
+            "visit_cost": dev.visit_cost[rows],
+            "expected_holding_cost": np.round(holding, 2),  # within the plan horizon
+        }
+    )
+    return plan[[*PLAN_COLUMNS, "name", "region", "kind", "visit_cost", "expected_holding_cost"]]
+
+
+def _reason(dates, day, covered, horizon, holiday_names, dev, row, risk, flags) -> str:
+    """'covers Fri-Tue (5 days) incl. holiday (National Day) at 99%' plus what cash ops must know."""
+    ordered, pickup = flags
+    sl = dev.service_level[row]
+    beyond = day + covered - horizon
+    until = f", {beyond} past the plan horizon" if beyond > 0 else ""
+    names = sorted({h for h in holiday_names if h})
+    holiday = f" incl. holiday ({', '.join(names)})" if names else ""
+    days = f"{covered} day{'s' if covered > 1 else ''}{until}"
+    parts = [f"covers {_day_span(dates, day, covered)} ({days}){holiday} at {_percent(sl)}"]
+    if pickup:
+        parts.insert(0, f"pickup: deposits lift cash above max_balance {dev.max_balance[row]:,.0f}")
+    if ordered:
+        parts.insert(0, "already ordered (inside the lead time)")
+    elif risk > 1 - sl + 1e-9:
+        parts.append(f"stockout risk {_percent(risk)} above target: load capped at {dev.max_load[row]:,.0f}")
+    return "; ".join(parts)
+
+
+def _projection(device_ids, dates, withdrawals, net, targets, run, quantiles) -> pd.DataFrame:
+    """Day-by-day expected cash per device under the plan."""
+    n, horizon = targets.shape
+    frame = pd.DataFrame(
+        {
+            "device_id": pd.array(np.repeat(device_ids, horizon), dtype="string"),
+            "date": np.tile(dates.to_numpy(), n),
+            "expected_opening_balance": run.before.ravel(),
+            "expected_net_outflow": net.mean(axis=1).ravel(),
+        }
+    )
+    levels = np.quantile(withdrawals, list(quantiles), axis=1)
+    for index, level in enumerate(quantiles):
+        frame[f"demand_{quantile_column(level)}"] = levels[index].ravel()
+    frame["visit"] = ~np.isnan(targets).ravel()
+    frame["balance_after"] = run.after.ravel()
+    frame["stockout_probability"] = run.short.ravel()
+    return frame
+
+
+def _summary(terms, dev, plan, run, baseline, baseline_targets, device_notes) -> pd.DataFrame:
+    """One row per device and a fleet TOTAL: the plan's expected cost against the weekly fill."""
+    horizon = run.after.shape[1]
+    loads = plan[plan["action"] == "load"].groupby("device_id")["amount"].sum()
+    visits = plan.groupby("device_id").size()
+    ids = terms["device_id"].astype(str)
+    summary = pd.DataFrame(
+        {
+            "device_id": ids,
+            "name": terms["name"],
+            "region": terms["region"],
+            "kind": terms["kind"],
+            "visits": ids.map(visits).fillna(0).astype(int).to_numpy(),
+            "cash_deployed": ids.map(loads).fillna(0.0).to_numpy(),
+            "expected_idle_cash": run.after.mean(axis=1),
+            "expected_holding_cost": run.after.sum(axis=1) * dev.daily_holding_rate,
+            "expected_stockout_days": run.short.sum(axis=1),
+        }
+    )
+    summary["visit_cost"] = summary["visits"] * dev.visit_cost
+    summary["expected_cost"] = summary["visit_cost"] + summary["expected_holding_cost"]
+    base_visits = (~np.isnan(baseline_targets)).sum(axis=1)
+    summary["baseline_visits"] = base_visits
+    summary["baseline_cash_deployed"] = np.nansum(baseline_targets, axis=1)
+    summary["baseline_expected_idle_cash"] = baseline.after.mean(axis=1)
+    summary["baseline_expected_stockout_days"] = baseline.short.sum(axis=1)
+    baseline_holding = baseline.after.sum(axis=1) * dev.daily_holding_rate
+    summary["baseline_expected_cost"] = base_visits * dev.visit_cost + baseline_holding
+    summary["horizon_days"] = horizon
+    summary["notes"] = ["; ".join(notes) for notes in device_notes]
+    total = summary.drop(columns=["device_id", "name", "region", "kind", "notes", "horizon_days"]).sum()
+    total_row = {**total.to_dict(), "device_id": "TOTAL", "name": "fleet", "region": "", "kind": "", "notes": ""}
+    total_row["horizon_days"] = horizon
+    summary = pd.concat([summary, pd.DataFrame([total_row])], ignore_index=True)
+    summary["device_id"] = summary["device_id"].astype("string")
+    return summary

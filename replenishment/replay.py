@@ -1,0 +1,338 @@
+"""Backtest replay: run the nightly plan cycle over past days against the demand that happened.
+
+Every policy goes through the same executor, day by day:
+- morning: a routine visit (if scheduled) fills the device (cassette swap: the cash becomes the
+  visit's balance_after); an emergency visit (see below) fills it to capacity;
+- the day: deposits are usable at once; withdrawals beyond the cash on hand are lost, and a day
+  with lost demand is a stockout device-day;
+- emergency rule: after a stockout day the carrier comes on the device's next allowed visit day
+  (visit weekday, not a holiday; no lead time) at emergency_visit_cost and fills to capacity,
+  unless a routine visit falls on that day anyway.
+Holding cost per day = holding_rate / 365 x the cash held after the morning visit, the rule the
+planner prices with, so the policies and the perfect-foresight optimum are comparable.
+Missing actual days (not recorded) take the device's median of the same weekday in the window,
+so every policy faces the same demand; their count is reported per device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from cashcast.schema import DemandForecast, validate_daily
+from replenishment.dp import DeviceArrays, chosen_loads, prefix_costs, segment_table, solve_visits
+from replenishment.plan import fill_level, plan_network, weekly_fill_targets
+from replenishment.terms import (
+    allowed_visit_days,
+    device_holidays,
+    holiday_matrix,
+    round_up_to_multiple,
+    trailing_mean_demand,
+)
+
+Forecaster = Callable[[pd.DataFrame, pd.Timestamp, int], DemandForecast]
+COVER_WINDOW_DAYS = 28
+LOST_TOLERANCE = 0.005  # currency units: float noise is not a stockout
+
+
+@dataclass
+class ReplayResult:
+    """KPIs per policy, per policy x device, and the daily trajectories behind them."""
+
+    kpis: pd.DataFrame
+    per_device: pd.DataFrame
+    daily: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Window:
+    """Everything a policy needs about the replay window, aligned (n devices, W days)."""
+
+    terms: pd.DataFrame
+    dev: DeviceArrays
+    dates: pd.DatetimeIndex
+    withdrawals: np.ndarray
+    deposits: np.ndarray
+    imputed: np.ndarray  # bool: actual day not recorded, demand imputed
+    allowed: np.ndarray  # routine/emergency visit allowed (weekday, holiday rule), lead time ignored
+    after_lead: np.ndarray  # allowed and at least lead_time_days after the replay start
+    holidays: pd.DataFrame
+    initial: np.ndarray
+    emergency_cost: np.ndarray
+    is_atm: np.ndarray
+    top_up: bool
+
+
+def _actual_matrix(daily: pd.DataFrame, device_ids, dates, column: str) -> np.ndarray:
+    frame = daily[daily["date"].isin(dates)]
+    table = frame.pivot_table(index="device_id", columns="date", values=column, aggfunc="sum", dropna=False)
+    return table.reindex(index=device_ids, columns=dates).to_numpy(dtype="float64")
+
+
+def _impute_same_weekday(values: np.ndarray, dates: pd.DatetimeIndex) -> np.ndarray:
+    """Fill NaN days with the device's median of that weekday in the window (0 if none)."""
+    filled = values.copy()
+    weekday = np.asarray(dates.weekday)
+    for day in range(7):
+        cols = weekday == day
+        if not cols.any():
+            continue
+        block = values[:, cols]
+        has = (~np.isnan(block)).any(axis=1)
+        median = np.zeros(len(values))
+        median[has] = np.nanmedian(block[has], axis=1)
+        filled[:, cols] = np.where(np.isnan(block), median[:, None], block)
+    return filled
+
+
+def _window(actual: pd.DataFrame, terms: pd.DataFrame, start, end, config, initial_balances) -> _Window:
+    terms = terms.reset_index(drop=True)
+    device_ids = terms["device_id"].astype(str).to_numpy(dtype=object)
+    dates = pd.date_range(pd.Timestamp(start).normalize(), pd.Timestamp(end).normalize(), freq="D")
+    withdrawals = _actual_matrix(actual, device_ids, dates, "withdrawals")
+    imputed = np.isnan(withdrawals)
+    deposits = np.nan_to_num(_actual_matrix(actual, device_ids, dates, "deposits"))
+    dev = DeviceArrays.from_terms(terms, config.plan.stockout_penalty_visits)
+    horizon_end = dates[-1] + pd.Timedelta(days=config.plan.horizon_days)
+    holidays = device_holidays(terms, dates[0], horizon_end)
+    is_holiday, _ = holiday_matrix(device_ids, dates, holidays)
+    allowed = allowed_visit_days(terms, dates, is_holiday, config.plan.allow_holiday_visits, np.zeros(len(terms)))
+    lead = terms["lead_time_days"].to_numpy(dtype=int)
+    after_lead = allowed & (np.arange(len(dates))[None, :] >= lead[:, None])
+    before = trailing_mean_demand(actual[actual["date"] < dates[0]]).reindex(device_ids).fillna(0.0).to_numpy()
+    default = round_up_to_multiple(dev.min_balance + 7 * before, dev.load_multiple)
+    initial = np.minimum(default, dev.max_load)
+    if initial_balances is not None:
+        given = initial_balances.assign(device_id=initial_balances["device_id"].astype(str))
+        given = given.groupby("device_id")["balance"].last().reindex(device_ids).to_numpy(dtype="float64")
+        initial = np.where(np.isnan(given), initial, given)
+    return _Window(
+        terms=terms,
+        dev=dev,
+        dates=dates,
+        withdrawals=np.clip(_impute_same_weekday(withdrawals, dates), 0.0, None),
+        deposits=np.clip(deposits, 0.0, None),
+        imputed=imputed,
+        allowed=allowed,
+        after_lead=after_lead,
+        holidays=holidays,
+        initial=initial,
+        emergency_cost=terms["emergency_visit_cost"].to_numpy(dtype="float64"),
+        is_atm=terms["kind"].to_numpy() == "atm",
+        top_up=not config.plan.cassette_swap,
+    )
+
+
+Decide = Callable[[int, np.ndarray, np.ndarray], None]
+
+
+def _execute(win: _Window, decide: Decide | None, schedule: np.ndarray) -> dict[str, np.ndarray]:
+    """Run a policy over the window; `decide(day, cash, schedule)` may rewrite future visits."""
+    n, days = win.withdrawals.shape
+    cash = win.initial.astype("float64").copy()
+    pending = np.zeros(n, dtype=bool)
+    record = {k: np.zeros((n, days)) for k in ("opening", "level", "served", "lost", "load")}
+    record["visit"] = np.zeros((n, days), dtype=bool)
+    record["emergency"] = np.zeros((n, days), dtype=bool)
+    for day in range(days):
+        if decide is not None:
+            decide(day, cash, schedule)
+        routine = ~np.isnan(schedule[:, day])
+        emergency = pending & win.allowed[:, day] & ~routine
+        record["opening"][:, day] = cash
+        level = cash.copy()
+        if routine.any():
+            level[routine] = fill_level(cash[routine], schedule[routine, day], win.top_up, win.is_atm[routine])
+        level[emergency] = np.maximum(cash[emergency], win.dev.max_load[emergency])
+        pending &= ~(routine | emergency)
+        available = level + win.deposits[:, day]
+        served = np.minimum(win.withdrawals[:, day], available)
+        lost = win.withdrawals[:, day] - served
+        cash = available - served
+        pending |= lost > LOST_TOLERANCE
+        record["level"][:, day] = level
+        record["served"][:, day] = served
+        record["lost"][:, day] = lost
+        record["visit"][:, day] = routine | emergency
+        record["emergency"][:, day] = emergency
+        record["load"][:, day] = np.where(routine | emergency, level, 0.0)
+    return record
+
+
+def _empty_schedule(win: _Window) -> np.ndarray:
+    return np.full(win.withdrawals.shape, np.nan)
+
+
+def _perfect_foresight(win: _Window) -> np.ndarray:
+    """The optimum schedule: the planner's DP on one path, the actual net outflow."""
+    net = (win.withdrawals - win.deposits)[:, None, :].astype("float32")
+    loads, costs = segment_table(net, win.dev)
+    first = prefix_costs(net, np.zeros(len(net), dtype=int), win.initial, win.dev)
+    _, next_day, _ = solve_visits(costs, first, win.after_lead)
+    return chosen_loads(next_day, loads)
+
+
+def _cover_rule(win: _Window, actual: pd.DataFrame, config) -> Decide:
+    """Forecast-free baseline: order when cash would cover fewer than cover_rule_days of trailing
+    mean demand on the next reachable visit day; load that many days x (1 + buffer)."""
+    cover_days = config.backtest.cover_rule_days
+    buffer = config.backtest.cover_rule_buffer
+    device_ids = win.terms["device_id"].astype(str).to_numpy(dtype=object)
+    history_dates = pd.date_range(win.dates[0] - pd.Timedelta(days=COVER_WINDOW_DAYS), win.dates[-1], freq="D")
+    history = _actual_matrix(actual, device_ids, history_dates, "withdrawals")
+    lead = win.terms["lead_time_days"].to_numpy(dtype=int)
+    n, days = win.withdrawals.shape
+    rows = np.arange(n)
+    # next_allowed[d, t]: the first allowed visit day >= t (days when there is none).
+    next_allowed = np.full((n, days + 1), days)
+    for day in range(days - 1, -1, -1):
+        next_allowed[:, day] = np.where(win.allowed[:, day], day, next_allowed[:, day + 1])
+
+    def decide(day: int, cash: np.ndarray, schedule: np.ndarray) -> None:
+        recent = history[:, day : day + COVER_WINDOW_DAYS]
+        seen = (~np.isnan(recent)).sum(axis=1)
+        mean = np.nansum(recent, axis=1) / np.maximum(seen, 1)
+        visit_day = next_allowed[rows, np.minimum(day + lead, days)]
+        reachable = visit_day < days
+        planned = np.concatenate([np.zeros((n, 1)), np.cumsum(~np.isnan(schedule), axis=1)], axis=1)
+        free = planned[rows, np.minimum(visit_day + 1, days)] == planned[:, day]  # none in [day, visit_day]
+        projected = cash - (visit_day - day) * mean
+        order = reachable & free & (projected < win.dev.min_balance + cover_days * mean)
+        target = round_up_to_multiple(win.dev.min_balance + cover_days * mean * (1 + buffer), win.dev.load_multiple)
+        schedule[rows[order], visit_day[order]] = np.minimum(target, win.dev.max_load)[order]
+
+    return decide
+
+
+def _cashcast(win: _Window, actual: pd.DataFrame, forecaster: Forecaster, config) -> Decide:
+    """The nightly cycle: every replan_every_days, forecast from history before the day and plan."""
+    every = config.backtest.replan_every_days
+    horizon = config.plan.horizon_days
+    device_ids = win.terms["device_id"].astype(str).to_numpy(dtype=object)
+    lead = win.terms["lead_time_days"].to_numpy(dtype=int)
+
+    def decide(day: int, cash: np.ndarray, schedule: np.ndarray) -> None:
+        if day % every:
+            return
+        as_of = win.dates[day]
+        forecast = forecaster(actual[actual["date"] < as_of], as_of, horizon)
+        cols = np.arange(day, min(day + horizon, schedule.shape[1]))
+        inside_lead = (cols[None, :] < day + lead[:, None]) & ~np.isnan(schedule[:, cols])
+        rows, col_index = np.nonzero(inside_lead)
+        ordered = pd.DataFrame(
+            {
+                "device_id": device_ids[rows],
+                "visit_date": win.dates[cols[col_index]],
+                "balance_after": schedule[rows, cols[col_index]],
+            }
+        )
+        result = plan_network(
+            forecast,
+            win.terms,
+            pd.DataFrame({"device_id": device_ids, "balance": cash}),
+            as_of,
+            config,
+            holidays=win.holidays,
+            ordered_visits=ordered,
+        )
+        schedule[:, day:] = np.nan
+        plan = result.plan[result.plan["visit_date"] <= win.dates[-1]]
+        row = pd.Index(device_ids).get_indexer(plan["device_id"].astype(str))
+        col = win.dates.get_indexer(plan["visit_date"])
+        schedule[row, col] = plan["balance_after"].to_numpy(dtype="float64")
+
+    return decide
+
+
+def _tables(policy: str, win: _Window, record: dict[str, np.ndarray]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-device KPIs and the daily trajectory of one policy."""
+    n, days = win.withdrawals.shape
+    device_ids = win.terms["device_id"].astype(str).to_numpy(dtype=object)
+    routine = record["visit"] & ~record["emergency"]
+    stockout = record["lost"] > LOST_TOLERANCE
+    per_device = pd.DataFrame(
+        {
+            "policy": policy,
+            "device_id": device_ids,
+            "holding_cost": record["level"].sum(axis=1) * win.dev.daily_holding_rate,
+            "visit_cost": routine.sum(axis=1) * win.dev.visit_cost,
+            "emergency_cost": record["emergency"].sum(axis=1) * win.emergency_cost,
+            "visits": routine.sum(axis=1),
+            "emergency_visits": record["emergency"].sum(axis=1),
+            "stockout_device_days": stockout.sum(axis=1),
+            "device_days": days,
+            "lost_demand": record["lost"].sum(axis=1),
+            "avg_idle_cash": record["level"].mean(axis=1),
+            "imputed_days": win.imputed.sum(axis=1),
+        }
+    )
+    per_device["total_cost"] = per_device["holding_cost"] + per_device["visit_cost"] + per_device["emergency_cost"]
+    per_device["stockout_rate"] = per_device["stockout_device_days"] / days
+    daily = pd.DataFrame(
+        {
+            "policy": policy,
+            "device_id": np.repeat(device_ids, days),
+            "date": np.tile(win.dates.to_numpy(), n),
+            "opening_balance": record["opening"].ravel(),
+            "demand": win.withdrawals.ravel(),
+            "deposits": win.deposits.ravel(),
+            "served": record["served"].ravel(),
+            "lost": record["lost"].ravel(),
+            "visit": record["visit"].ravel(),
+            "emergency": record["emergency"].ravel(),
+            "load": record["load"].ravel(),
+            "balance_after_visit": record["level"].ravel(),
+        }
+    )
+    return per_device, daily
+
+
+def replay(
+    actual_daily: pd.DataFrame,
+    terms: pd.DataFrame,
+    start,
+    end,
+    forecaster: Forecaster,
+    config,
+    initial_balances: pd.DataFrame | None = None,
+) -> ReplayResult:
+    """Replay [start, end] for the cashcast cycle, the configured baselines and perfect foresight.
+
+    `forecaster(history, as_of, horizon)` sees only rows dated before as_of. Every policy starts
+    from the same balances (`initial_balances` device_id, balance; default min_balance + 7 days
+    of trailing mean demand, capped at capacity).
+    """
+    actual = validate_daily(actual_daily, source="replay actuals")
+    actual["device_id"] = actual["device_id"].astype(str)
+    win = _window(actual, terms, start, end, config, initial_balances)
+    policies: dict[str, tuple[Decide | None, np.ndarray]] = {
+        "cashcast": (_cashcast(win, actual, forecaster, config), _empty_schedule(win))
+    }
+    for baseline in config.backtest.baselines:
+        if baseline == "fixed_weekly":
+            policies[baseline] = (None, weekly_fill_targets(win.after_lead, win.dates, win.dev.max_load))
+        elif baseline == "cover_rule":
+            policies[baseline] = (_cover_rule(win, actual, config), _empty_schedule(win))
+    policies["perfect_foresight"] = (None, _perfect_foresight(win))
+    device_tables, daily_tables = [], []
+    for name, (decide, schedule) in policies.items():
+        per_device, daily = _tables(name, win, _execute(win, decide, schedule))
+        device_tables.append(per_device)
+        daily_tables.append(daily)
+    per_device = pd.concat(device_tables, ignore_index=True)
+    sums = per_device.groupby("policy", sort=False)[
+        ["holding_cost", "visit_cost", "emergency_cost", "total_cost", "visits", "emergency_visits",
+         "stockout_device_days", "device_days", "lost_demand"]
+    ].sum()
+    sums["stockout_rate"] = sums["stockout_device_days"] / sums["device_days"]
+    sums["avg_idle_cash"] = per_device.groupby("policy", sort=False)["avg_idle_cash"].mean()
+    sums["cost_vs_optimum"] = sums["total_cost"] / sums.loc["perfect_foresight", "total_cost"]
+    kpis = sums.reset_index()
+    notes = []
+    if win.imputed.any():
+        notes.append(f"{int(win.imputed.sum())} device-days not recorded: demand imputed (same-weekday median)")
+    return ReplayResult(kpis=kpis, per_device=per_device, daily=pd.concat(daily_tables, ignore_index=True), notes=notes)

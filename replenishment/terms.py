@@ -1,0 +1,158 @@
+"""Device terms (the master with every gap filled) and the days each device may be visited.
+
+The planner and the replay read one fully resolved row per device, so no downstream code ever has
+to guess a default or handle an empty cell.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+
+from cashcast.config import parse_weekdays
+from cashcast.schema import DEVICE_COLUMNS
+from features.holidays import holiday_table
+
+NUMERIC_TERMS = [
+    "capacity",
+    "min_balance",
+    "max_balance",
+    "visit_cost",
+    "emergency_visit_cost",
+    "holding_rate",
+    "lead_time_days",
+    "load_multiple",
+    "service_level",
+]
+TEXT_TERMS = ["kind", "visit_weekdays", "country", "subdivision", "region", "name"]
+DEMAND_WINDOW_DAYS = 91
+
+
+def trailing_mean_demand(daily: pd.DataFrame, window_days: int = DEMAND_WINDOW_DAYS) -> pd.Series:
+    """Mean daily withdrawals over each device's last `window_days` observed, uncensored days."""
+    if daily is None or daily.empty:
+        return pd.Series(dtype="float64")
+    frame = daily[["device_id", "date", "withdrawals"]].copy()
+    if "censored" in daily:
+        frame = frame[~daily["censored"].fillna(False).astype(bool)]
+    frame = frame.dropna(subset=["withdrawals"]).sort_values(["device_id", "date"])
+    frame["device_id"] = frame["device_id"].astype("string")
+    return frame.groupby("device_id").tail(window_days).groupby("device_id")["withdrawals"].mean()
+
+
+def round_up_to_multiple(amount: np.ndarray | float, multiple: np.ndarray | float) -> np.ndarray:
+    """Smallest whole number of `multiple` at or above `amount` (loads come in whole bundles)."""
+    # The small tolerance keeps 300.0000001 (float noise) from becoming 400.
+    return np.ceil(np.asarray(amount, dtype="float64") / multiple - 1e-9) * multiple
+
+
+def resolve_terms(devices: pd.DataFrame | None, daily: pd.DataFrame, config) -> pd.DataFrame:
+    """One row per device in `devices` ∪ `daily`, every CONTRACT.md device field filled.
+
+    Empty cells take `config.devices`; an unknown capacity (0 or empty) becomes capacity_days x
+    mean daily withdrawals (last 91 observed days) rounded up to the load multiple; an unknown
+    max_balance becomes the capacity. Extra columns: `weekday_set` (tuple of allowed weekdays,
+    Monday = 0), `mean_daily_demand` and `capacity_source`.
+    """
+    defaults = config.devices
+    master = pd.DataFrame(columns=["device_id"]) if devices is None else devices.copy()
+    master["device_id"] = master["device_id"].astype("string")
+    known = set(master["device_id"].dropna())
+    extra_ids = [] if daily is None else sorted(set(daily["device_id"].astype("string").dropna()) - known)
+    master = pd.concat([master, pd.DataFrame({"device_id": pd.array(extra_ids, dtype="string")})], ignore_index=True)
+    terms = pd.DataFrame({"device_id": master["device_id"].to_numpy(dtype=object)})
+    for column in NUMERIC_TERMS:
+        default = float(getattr(defaults, column))
+        values = pd.to_numeric(master[column], errors="coerce") if column in master else np.nan
+        terms[column] = pd.Series(values, index=terms.index, dtype="float64").fillna(default)
+    for column in TEXT_TERMS:
+        default = str(getattr(defaults, column, "")) if column != "name" else ""
+        values = master[column].astype("string") if column in master else pd.Series(pd.NA, index=terms.index)
+        filled = values.fillna("").astype(str).str.strip().to_numpy(dtype=object)
+        terms[column] = np.where(filled == "", default, filled).astype(object)
+    terms["name"] = np.where(terms["name"] == "", terms["device_id"], terms["name"]).astype(object)
+    terms["kind"] = terms["kind"].str.lower()
+    terms["lead_time_days"] = terms["lead_time_days"].round().astype(int)
+    terms["weekday_set"] = [parse_weekdays(text) for text in terms["visit_weekdays"]]
+
+    mean_demand = trailing_mean_demand(daily)
+    terms["mean_daily_demand"] = terms["device_id"].map(mean_demand).astype("float64").fillna(0.0).to_numpy()
+    unknown = terms["capacity"] <= 0
+    derived = round_up_to_multiple(defaults.capacity_days * terms["mean_daily_demand"], terms["load_multiple"])
+    # A device with no history still needs a cassette: one bundle keeps the arithmetic sane.
+    derived = np.maximum(derived, terms["load_multiple"].to_numpy())
+    terms["capacity_source"] = np.where(
+        ~unknown,
+        "master",
+        np.where(terms["mean_daily_demand"] > 0, f"{defaults.capacity_days:g} x mean daily demand", "no history"),
+    )
+    terms["capacity"] = np.where(unknown, derived, terms["capacity"])
+    terms["max_balance"] = np.where(terms["max_balance"] <= 0, terms["capacity"], terms["max_balance"])
+    columns = [c for c in DEVICE_COLUMNS if c in terms] + ["weekday_set", "mean_daily_demand", "capacity_source"]
+    return terms[columns].drop_duplicates("device_id").reset_index(drop=True)
+
+
+def device_holidays(terms: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
+    """Public holidays per device in [start, end]: device_id, date, holiday_name.
+
+    One `holiday_table` call per distinct country/subdivision; an unknown country yields no
+    holidays and a Python warning rather than a failed plan.
+    """
+    parts = []
+    for (country, subdivision), group in terms.groupby(["country", "subdivision"], sort=False):
+        try:
+            table = holiday_table(country, subdivision, start, end)
+        except (NotImplementedError, KeyError, ValueError) as exc:
+            warnings.warn(f"no holiday calendar for {country}/{subdivision or '-'}: {exc}", stacklevel=2)
+            continue
+        table = table[table["is_holiday"]]
+        parts.append(
+            pd.DataFrame(
+                {
+                    "device_id": np.repeat(group["device_id"].to_numpy(dtype=object), len(table)),
+                    "date": np.tile(table["date"].to_numpy(), len(group)),
+                    "holiday_name": np.tile(table["holiday_name"].to_numpy(dtype=object), len(group)),
+                }
+            )
+        )
+    if not parts:
+        return pd.DataFrame({"device_id": [], "date": pd.to_datetime([]), "holiday_name": []})
+    return pd.concat(parts, ignore_index=True)
+
+
+def holiday_matrix(
+    device_ids: np.ndarray, dates: pd.DatetimeIndex, holidays: pd.DataFrame
+) -> tuple[np.ndarray, np.ndarray]:
+    """(is_holiday bool (n, H), holiday_name object (n, H)) aligned to devices and dates."""
+    is_holiday = np.zeros((len(device_ids), len(dates)), dtype=bool)
+    names = np.full(is_holiday.shape, "", dtype=object)
+    if holidays is None or holidays.empty:
+        return is_holiday, names
+    row = pd.Index(device_ids).get_indexer(holidays["device_id"].astype(str))
+    col = dates.get_indexer(pd.DatetimeIndex(pd.to_datetime(holidays["date"])).normalize())
+    keep = (row >= 0) & (col >= 0)
+    is_holiday[row[keep], col[keep]] = True
+    if "holiday_name" in holidays:
+        label = holidays["holiday_name"].fillna("holiday").astype(str).to_numpy(dtype=object)
+    else:
+        label = np.full(len(holidays), "holiday", dtype=object)
+    names[row[keep], col[keep]] = label[keep]
+    return is_holiday, names
+
+
+def allowed_visit_days(
+    terms: pd.DataFrame, dates: pd.DatetimeIndex, is_holiday: np.ndarray, allow_holidays: bool, earliest: np.ndarray
+) -> np.ndarray:
+    """bool (n, H): a routine visit may happen on this device-day.
+
+    Allowed = one of the device's visit weekdays, not a public holiday (unless allowed), and not
+    before day index `earliest` (as_of + lead_time_days, the carrier's order cutoff).
+    """
+    codes, sets = pd.factorize(terms["weekday_set"])
+    weekdays = np.asarray(dates.weekday)
+    by_set = np.array([np.isin(weekdays, list(days)) for days in sets], dtype=bool).reshape(len(sets), len(dates))
+    weekday_ok = by_set[codes]
+    after_lead = np.arange(len(dates))[None, :] >= np.asarray(earliest)[:, None]
+    return weekday_ok & after_lead & (allow_holidays | ~is_holiday)

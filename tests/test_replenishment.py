@@ -1,0 +1,375 @@
+"""The replenishment optimiser: terms, the seasonal-naive paths, the DP and the network plan."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cashcast.config import load_config
+from cashcast.schema import PLAN_COLUMNS, DemandForecast
+from replenishment import naive_forecast, plan_network, resolve_terms
+from replenishment.dp import DeviceArrays, chosen_loads, prefix_costs, segment_table, solve_visits
+
+AS_OF = pd.Timestamp("2025-03-03")  # a Monday
+NO_HOLIDAYS = pd.DataFrame({"device_id": [], "date": pd.to_datetime([]), "holiday_name": []})
+
+
+def lognormal_forecast(
+    means, horizon: int, n_paths: int = 100, sigma: float = 0.3, deposits=None, seed: int = 0, start=AS_OF
+) -> DemandForecast:
+    """Paths around constant daily means with lognormal day noise (deposits likewise)."""
+    rng = np.random.default_rng(seed)
+    means = np.asarray(means, dtype="float64")
+    ids = np.array([f"D{i}" for i in range(len(means))], dtype=object)
+    dates = pd.date_range(start, periods=horizon, freq="D")
+
+    def paths(level):
+        noise = rng.lognormal(-0.5 * sigma**2, sigma, (len(level), n_paths, horizon))
+        return (np.asarray(level, dtype="float64")[:, None, None] * noise).astype("float32")
+
+    withdrawals = paths(means)
+    frame = pd.DataFrame(
+        {
+            "device_id": np.repeat(ids, horizon),
+            "date": np.tile(dates, len(ids)),
+            "model": "test",
+            "yhat": np.repeat(means, horizon),
+        }
+    )
+    return DemandForecast(frame, ids, dates, withdrawals, None if deposits is None else paths(deposits))
+
+
+def make_terms(config, n: int, **columns) -> pd.DataFrame:
+    devices = pd.DataFrame({"device_id": [f"D{i}" for i in range(n)], **columns})
+    return resolve_terms(devices, None, config)
+
+
+@pytest.fixture(scope="module")
+def config():
+    return load_config().updated(plan={"horizon_days": 10}, devices={"load_multiple": 10.0, "visit_cost": 50.0})
+
+
+# ---------------------------------------------------------------- terms
+
+
+def test_resolve_terms_fills_defaults_and_derives_capacity(config):
+    dates = pd.date_range("2025-01-01", periods=120, freq="D")
+    daily = pd.DataFrame(
+        {
+            "device_id": np.repeat(["A", "B"], len(dates)),
+            "date": np.tile(dates, 2),
+            "withdrawals": np.r_[np.full(120, 1000.0), np.full(120, 333.0)],
+        }
+    )
+    devices = pd.DataFrame({"device_id": ["A", "C"], "capacity": [50_000.0, np.nan], "visit_weekdays": ["", "Mon,Thu"]})
+    terms = resolve_terms(devices, daily, config).set_index("device_id")
+    assert sorted(terms.index) == ["A", "B", "C"]
+    assert terms.loc["A", "capacity"] == 50_000.0 and terms.loc["A", "capacity_source"] == "master"
+    # 14 days x 333 = 4662, rounded up to the 10-unit bundle.
+    assert terms.loc["B", "capacity"] == 4670.0
+    assert terms.loc["B", "max_balance"] == 4670.0
+    assert terms.loc["A", "visit_weekdays"] == config.devices.visit_weekdays
+    assert terms.loc["C", "weekday_set"] == (0, 3)
+    assert terms.loc["C", "capacity_source"] == "no history"
+    assert terms.loc["B", "visit_cost"] == 50.0 and terms.loc["B", "country"] == "CN"
+
+
+# ---------------------------------------------------------------- naive forecast
+
+
+def test_naive_forecast_repeats_a_clean_weekly_pattern():
+    dates = pd.date_range("2025-01-06", periods=8 * 7, freq="D")
+    pattern = np.array([100.0, 200, 300, 400, 500, 600, 700])
+    daily = pd.DataFrame({"device_id": "A", "date": dates, "withdrawals": pattern[dates.weekday]})
+    as_of = dates[-1] + pd.Timedelta(days=1)
+    forecast = naive_forecast(daily, as_of, 14, n_paths=20, seed=1)
+    assert forecast.withdrawal_paths.shape == (1, 20, 14)
+    assert forecast.dates[0] == as_of
+    expected = pattern[forecast.dates.weekday]
+    np.testing.assert_allclose(forecast.withdrawal_paths[0], np.tile(expected, (20, 1)), rtol=1e-6)
+    assert list(forecast.frame["yhat"]) == list(expected)
+    assert {"q50", "q90", "q95", "q99"} <= set(forecast.frame.columns)
+
+
+def test_naive_forecast_noise_comes_from_history_and_ignores_the_future():
+    rng = np.random.default_rng(3)
+    dates = pd.date_range("2025-01-01", periods=200, freq="D")
+    daily = pd.DataFrame(
+        {"device_id": "A", "date": dates, "withdrawals": 1000 * rng.lognormal(0, 0.3, len(dates))}
+    )
+    as_of = dates[150]
+    with_future = naive_forecast(daily, as_of, 7, n_paths=300, seed=5)
+    without = naive_forecast(daily[daily["date"] < as_of], as_of, 7, n_paths=300, seed=5)
+    np.testing.assert_array_equal(with_future.withdrawal_paths, without.withdrawal_paths)
+    spread = with_future.withdrawal_paths[0].std(axis=0) / with_future.withdrawal_paths[0].mean(axis=0)
+    assert 0.15 < spread.mean() < 0.6
+
+
+# ---------------------------------------------------------------- the DP against brute force
+
+
+def _brute_force_cost(net, allowed, balance, dev: DeviceArrays) -> float:
+    """Cheapest schedule by enumerating every subset of allowed days, simulated day by day."""
+    horizon = len(net)
+    days = np.flatnonzero(allowed)
+    best = np.inf
+    floor = dev.min_balance[0]
+    for size in range(len(days) + 1):
+        for subset in itertools.combinations(days, size):
+            bounds = [*subset, horizon]
+            cost = dev.visit_cost[0] * size
+            loads = {}
+            for first, nxt in itertools.pairwise(bounds):
+                need = max(0.0, np.max(np.cumsum(net[first:nxt])))
+                wanted = np.ceil((need + floor) / dev.load_multiple[0] - 1e-9) * dev.load_multiple[0]
+                loads[first] = min(wanted, dev.max_load[0])
+            # A start below the floor counts every day before the first visit as a breach.
+            breaches = bounds[0] if balance < floor - 1e-6 else 0
+            cash = max(balance - floor, 0.0)
+            for day in range(horizon):
+                if day in loads:
+                    cash = loads[day] - floor
+                elif day > 0 and cash + floor > dev.max_balance[0] + 1e-6:
+                    breaches += 1
+                cost += dev.daily_holding_rate[0] * (cash + floor)
+                cash -= net[day]
+                if cash < 0:
+                    breaches += 1
+                    cash = 0.0
+            best = min(best, cost + dev.breach_penalty[0] * breaches)
+    return best
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    net=st.lists(st.integers(-40, 120), min_size=3, max_size=7),  # whole amounts: exact in float32
+    balance=st.integers(0, 300),
+    min_balance=st.sampled_from([0.0, 30.0]),
+    capacity=st.sampled_from([150.0, 400.0, 2000.0]),
+    mask=st.integers(0, 127),
+    holding=st.sampled_from([0.05, 3.0, 30.0]),
+)
+def test_perfect_foresight_dp_equals_brute_force(net, balance, min_balance, capacity, mask, holding):
+    horizon = len(net)
+    allowed = np.array([(mask >> day) & 1 for day in range(horizon)], dtype=bool)[None, :]
+    terms = pd.DataFrame(
+        {
+            "capacity": [capacity],
+            "max_balance": [capacity],
+            "min_balance": [min_balance],
+            "load_multiple": [10.0],
+            "service_level": [0.99],
+            "holding_rate": [holding],
+            "visit_cost": [20.0],
+        }
+    )
+    dev = DeviceArrays.from_terms(terms, stockout_penalty_visits=20)
+    path = np.array(net, dtype="float32")[None, None, :]
+    loads, costs = segment_table(path, dev)
+    first = prefix_costs(path, np.array([0]), np.array([balance]), dev)
+    visits, next_day, total = solve_visits(costs, first, allowed)
+    assert not visits[~allowed].any()
+    expected = _brute_force_cost(path[0, 0].astype("float64"), allowed[0], balance, dev)
+    assert total[0] == pytest.approx(expected, rel=1e-4, abs=1e-4)
+    targets = chosen_loads(next_day, loads)
+    assert np.all(np.isnan(targets) == ~visits)
+
+
+# ---------------------------------------------------------------- plan properties
+
+
+device_strategy = st.fixed_dictionaries(
+    {
+        "mean": st.sampled_from([0.0, 40.0, 100.0, 250.0]),
+        "capacity": st.sampled_from([60.0, 300.0, 800.0, 2000.0]),
+        "min_balance": st.sampled_from([0.0, 20.0, 100.0]),
+        "max_share": st.sampled_from([0.0, 0.7]),
+        "load_multiple": st.sampled_from([10.0, 50.0]),
+        "lead": st.integers(0, 3),
+        "weekdays": st.sets(st.integers(0, 6), min_size=1, max_size=7),
+        "service_level": st.sampled_from([0.9, 0.99]),
+        "balance": st.floats(0, 1.0),
+        "deposits": st.sampled_from([None, 0.5, 2.0]),
+        "holiday": st.integers(0, 9),
+    }
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(devices=st.lists(device_strategy, min_size=1, max_size=4), swap=st.booleans(), seed=st.integers(0, 99))
+def test_plan_respects_capacity_floor_bundles_and_visit_days(config, devices, swap, seed):
+    horizon = config.plan.horizon_days
+    names = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
+    means = [d["mean"] for d in devices]
+    deposits = [d["mean"] * (d["deposits"] or 0.0) for d in devices]
+    has_deposits = any(d["deposits"] for d in devices)
+    forecast = lognormal_forecast(means, horizon, n_paths=60, deposits=deposits if has_deposits else None, seed=seed)
+    terms = make_terms(
+        config,
+        len(devices),
+        kind=["branch" if d["deposits"] else "atm" for d in devices],
+        capacity=[d["capacity"] for d in devices],
+        max_balance=[d["capacity"] * d["max_share"] for d in devices],
+        min_balance=[d["min_balance"] for d in devices],
+        load_multiple=[d["load_multiple"] for d in devices],
+        lead_time_days=[d["lead"] for d in devices],
+        visit_weekdays=[",".join(names[w] for w in sorted(d["weekdays"])) for d in devices],
+        service_level=[d["service_level"] for d in devices],
+    )
+    balances = pd.DataFrame(
+        {"device_id": terms["device_id"], "balance": terms["max_balance"] * [d["balance"] for d in devices]}
+    )
+    holidays = pd.DataFrame(
+        {
+            "device_id": terms["device_id"],
+            "date": [AS_OF + pd.Timedelta(days=d["holiday"]) for d in devices],
+            "holiday_name": "Test Day",
+        }
+    )
+    cfg = config.updated(plan={"cassette_swap": swap})
+    result = plan_network(forecast, terms, balances, AS_OF, cfg, holidays=holidays)
+    plan = result.plan.merge(terms, on="device_id", suffixes=("", "_terms"))
+    assert list(result.plan.columns[: len(PLAN_COLUMNS)]) == PLAN_COLUMNS
+    tol = 1e-6
+    assert (plan["balance_after"] <= plan["capacity"] + tol).all()
+    assert (plan["balance_after"] <= plan["max_balance"] + tol).all()
+    for row in plan.itertuples():
+        assert row.visit_date.weekday() in row.weekday_set
+        assert row.visit_date >= AS_OF + pd.Timedelta(days=row.lead_time_days)
+        assert row.order_by == row.visit_date - pd.Timedelta(days=row.lead_time_days)
+        holiday = holidays.set_index("device_id").loc[row.device_id, "date"]
+        assert row.visit_date != holiday
+        assert row.action in ("load", "pickup")
+        if swap or row.action == "pickup":
+            assert row.balance_after / row.load_multiple == pytest.approx(round(row.balance_after / row.load_multiple))
+        if row.action == "pickup":
+            assert row.amount == pytest.approx(row.expected_balance_before - row.balance_after, abs=0.02)
+        elif swap:
+            assert row.amount == row.balance_after
+        else:
+            assert row.amount == pytest.approx(row.balance_after - row.expected_balance_before, abs=0.02)
+        capped = row.stockout_risk > 1 - row.service_level + 1e-9
+        if swap and not capped and row.balance_after >= row.min_balance:
+            # An uncapped load keeps the expected cash at or above the floor until the next visit.
+            days = result.projection[
+                (result.projection["device_id"] == row.device_id)
+                & (result.projection["date"] > row.visit_date)
+                & (result.projection["date"] < row.visit_date + pd.Timedelta(days=row.days_covered))
+            ]
+            assert (days["expected_opening_balance"] >= row.min_balance - 1e-3).all()
+        if swap:
+            max_load = np.floor(min(row.capacity, row.max_balance) / row.load_multiple + 1e-9) * row.load_multiple
+            assert row.balance_after >= min(row.min_balance, max_load) - tol
+    covered = plan.groupby("device_id")["days_covered"].sum()
+    first = plan.groupby("device_id")["visit_date"].min()
+    for device, days in covered.items():
+        # The last load may cover up to a week past the plan (the repeated last forecast week).
+        assert horizon <= days + (first[device] - AS_OF).days <= horizon + 7
+    summary = result.summary.set_index("device_id")
+    assert summary.loc["TOTAL", "visits"] == len(result.plan)
+
+
+def test_chance_constraint_holds_on_the_paths(config):
+    forecast = lognormal_forecast([100.0, 300.0], 10, n_paths=200, sigma=0.5, seed=4)
+    terms = make_terms(config, 2, capacity=[100_000.0, 100_000.0], service_level=[0.95, 0.99])
+    result = plan_network(forecast, terms, None, AS_OF, config, holidays=NO_HOLIDAYS)
+    plan = result.plan.merge(terms[["device_id", "service_level"]], on="device_id")
+    assert len(plan) >= 2
+    assert (plan["stockout_risk"] <= 1 - plan["service_level"] + 1e-9).all()
+    # Loads cover the multi-day sum at the service level, so they exceed days x mean.
+    row = plan[plan["device_id"] == "D1"].iloc[0]
+    assert row["balance_after"] > 300.0 * row["days_covered"]
+
+
+def test_branch_with_net_deposits_gets_pickups(config):
+    forecast = lognormal_forecast([100.0], 10, n_paths=80, deposits=[400.0], seed=2)
+    terms = make_terms(config, 1, kind=["branch"], capacity=[2000.0], max_balance=[1500.0], visit_cost=[5.0])
+    balances = pd.DataFrame({"device_id": ["D0"], "balance": [1200.0]})
+    result = plan_network(forecast, terms, balances, AS_OF, config, holidays=NO_HOLIDAYS)
+    pickups = result.plan[result.plan["action"] == "pickup"]
+    assert len(pickups) >= 2
+    assert (pickups["balance_after"] < pickups["expected_balance_before"]).all()
+    assert (pickups["amount"] > 0).all()
+    assert pickups["reason"].str.contains("pickup").all()
+    projection = result.projection
+    assert (projection["expected_opening_balance"] <= 1500.0 + 400.0 * 2).all()
+
+
+def test_capacity_below_one_day_means_daily_visits_and_a_warning(config):
+    forecast = lognormal_forecast([500.0], 10, n_paths=50, seed=1)
+    terms = make_terms(config, 1, capacity=[300.0], lead_time_days=[1])
+    result = plan_network(forecast, terms, None, AS_OF, config, holidays=NO_HOLIDAYS)
+    allowed_days = [d for d in pd.date_range(AS_OF + pd.Timedelta(days=1), periods=9) if d.weekday() < 5]
+    assert list(result.plan["visit_date"]) == allowed_days
+    assert (result.plan["balance_after"] == 300.0).all()
+    assert "below one day's demand" in result.plan["reason"].iloc[0]
+    assert any("below one day's demand" in w for w in result.warnings)
+
+
+def test_degenerate_devices_get_a_plan_and_a_note(config):
+    forecast = lognormal_forecast([0.0, 100.0, 100.0, 100.0], 10, n_paths=40, seed=3)
+    forecast.withdrawal_paths[3] = np.nan
+    forecast.withdrawal_paths[2, :, 4] = np.nan
+    terms = make_terms(
+        config,
+        5,
+        visit_weekdays=["Mon,Tue,Wed,Thu,Fri", "Sun", "Mon,Tue,Wed,Thu,Fri", "Mon,Tue,Wed,Thu,Fri", "Mon"],
+        min_balance=[0.0, 0.0, 500.0, 0.0, 0.0],
+        capacity=[1000.0, 1000.0, 3000.0, 1000.0, 1000.0],
+    )
+    terms["mean_daily_demand"] = [0.0, 100.0, 100.0, 80.0, 60.0]  # D4 has no forecast at all
+    balances = pd.DataFrame({"device_id": ["D0", "D1", "D2", "D3"], "balance": [0.0, 900.0, 100.0, 900.0]})
+    horizon_cfg = config.updated(plan={"horizon_days": 6})  # Mon..Sat: D1 (Sundays only) cannot be visited
+    result = plan_network(forecast, terms, balances, AS_OF, horizon_cfg, holidays=NO_HOLIDAYS)
+    notes = result.summary.set_index("device_id")["notes"]
+    assert "zero forecast demand" in notes["D0"]
+    assert "no allowed visit day" in notes["D1"]
+    assert "below min_balance" in notes["D2"]
+    first_d2 = result.plan[result.plan["device_id"] == "D2"].iloc[0]
+    assert first_d2["visit_date"] == AS_OF + pd.Timedelta(days=1)  # the first day the lead time allows
+    assert "gaps" in notes["D2"] and "no forecast" in notes["D3"]
+    assert "balance unknown" in notes["D4"] and "no forecast" in notes["D4"]
+    assert result.plan[result.plan["device_id"] == "D1"].empty
+    assert np.isfinite(result.plan[["amount", "balance_after", "stockout_risk"]].to_numpy()).all()
+
+
+def test_reason_names_the_span_holiday_and_service_level(config):
+    forecast = lognormal_forecast([100.0], 10, n_paths=50, seed=6)
+    terms = make_terms(config, 1, capacity=[5000.0], visit_cost=[1000.0])
+    holidays = pd.DataFrame({"device_id": ["D0"], "date": [AS_OF + pd.Timedelta(days=5)], "holiday_name": ["Fest"]})
+    balances = pd.DataFrame({"device_id": ["D0"], "balance": [0.0]})
+    result = plan_network(forecast, terms, balances, AS_OF, config, holidays=holidays)
+    row = result.plan.iloc[0]
+    assert row["reason"].startswith("covers Tue-")
+    assert "incl. holiday (Fest)" in row["reason"] and "at 99%" in row["reason"]
+    assert row["days_covered"] == 10  # an expensive visit: the load stretches a day past the plan
+    assert "1 past the plan horizon" in row["reason"]
+
+
+def test_ordered_visits_inside_the_lead_time_are_kept(config):
+    forecast = lognormal_forecast([100.0], 10, n_paths=50, seed=7)
+    terms = make_terms(config, 1, capacity=[5000.0], lead_time_days=[2])
+    ordered = pd.DataFrame(
+        {"device_id": ["D0"], "visit_date": [AS_OF + pd.Timedelta(days=1)], "balance_after": [700.0]}
+    )
+    balances = pd.DataFrame({"device_id": ["D0"], "balance": [0.0]})
+    result = plan_network(forecast, terms, balances, AS_OF, config, holidays=NO_HOLIDAYS, ordered_visits=ordered)
+    first = result.plan.iloc[0]
+    assert first["visit_date"] == AS_OF + pd.Timedelta(days=1) and first["balance_after"] == 700.0
+    assert "already ordered" in first["reason"]
+    assert (result.plan["visit_date"].iloc[1:] >= AS_OF + pd.Timedelta(days=2)).all()
+
+
+def test_plan_uses_public_holidays_by_default(config):
+    # 2025-10-01..07 is China's National Day block: no routine visit falls inside it.
+    start = pd.Timestamp("2025-09-29")
+    forecast = lognormal_forecast([100.0], 10, n_paths=40, seed=8, start=start)
+    terms = make_terms(config, 1, capacity=[3000.0], visit_cost=[5.0], country=["CN"])
+    result = plan_network(forecast, terms, None, start, config)
+    assert not result.plan["visit_date"].between("2025-10-01", "2025-10-07").any()
+    assert result.plan["reason"].str.contains("National Day").any()

@@ -1,0 +1,109 @@
+"""The backtest replay: accounting identities, information hygiene and the optimum as the floor."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cashcast.config import load_config
+from replenishment import naive_forecast, replay, resolve_terms
+
+CUB = Path(__file__).resolve().parents[1] / "data" / "cub_atm" / "daily.csv"
+
+
+@pytest.fixture(scope="module")
+def cub_case():
+    """The real CUB ATMs: 5 devices, a 28-day window at the end of the data (holidays: IN/TN)."""
+    raw = pd.read_csv(CUB, parse_dates=["date"])
+    daily = raw.rename(columns={"series_id": "device_id", "total_amount_withdrawn": "withdrawals"})[
+        ["device_id", "date", "withdrawals"]
+    ]
+    daily = daily[daily["date"] >= "2016-12-01"]
+    end = daily["date"].max()
+    start = end - pd.Timedelta(days=27)
+    config = load_config().updated(
+        devices={"country": "IN", "subdivision": "TN", "visit_cost": 5000.0, "emergency_visit_cost": 15000.0},
+        forecast={"n_paths": 60},
+    )
+    terms = resolve_terms(None, daily[daily["date"] < start], config)
+    seen = []
+
+    def forecaster(history, as_of, horizon):
+        seen.append((history["date"].max(), as_of))
+        return naive_forecast(history, as_of, horizon, n_paths=60, seed=1)
+
+    result = replay(daily, terms, start, end, forecaster, config)
+    return result, daily, start, end, config, seen
+
+
+def test_every_policy_reports_kpis(cub_case):
+    result, *_ = cub_case
+    assert list(result.kpis["policy"]) == ["cashcast", "fixed_weekly", "cover_rule", "perfect_foresight"]
+    kpis = result.kpis.set_index("policy")
+    assert kpis.loc["perfect_foresight", "cost_vs_optimum"] == 1.0
+    parts = kpis["holding_cost"] + kpis["visit_cost"] + kpis["emergency_cost"]
+    np.testing.assert_allclose(kpis["total_cost"], parts)
+    assert (kpis["stockout_rate"] == kpis["stockout_device_days"] / (5 * 28)).all()
+    assert set(result.per_device["policy"]) == set(kpis.index)
+    assert len(result.per_device) == 4 * 5
+
+
+def test_served_plus_lost_is_demand_and_cash_never_negative(cub_case):
+    result, *_ = cub_case
+    daily = result.daily
+    np.testing.assert_allclose(daily["served"] + daily["lost"], daily["demand"], rtol=1e-12, atol=1e-6)
+    assert (daily["opening_balance"] >= 0).all() and (daily["balance_after_visit"] >= 0).all()
+    assert (daily["served"] >= 0).all() and (daily["lost"] >= 0).all()
+    # Cash carries over: tomorrow opens with what today left.
+    for _, group in daily.groupby(["policy", "device_id"]):
+        closing = group["balance_after_visit"] + group["deposits"] - group["served"]
+        np.testing.assert_allclose(group["opening_balance"].to_numpy()[1:], closing.to_numpy()[:-1], atol=1e-6)
+    visits = daily[daily["visit"]]
+    assert (visits["load"] == visits["balance_after_visit"]).all()
+
+
+def test_forecaster_sees_only_the_past_and_replans_weekly(cub_case):
+    _, _, start, _, config, seen = cub_case
+    assert [as_of for _, as_of in seen] == list(pd.date_range(start, periods=4, freq="7D"))
+    assert all(last < as_of for last, as_of in seen)
+
+
+def test_visits_fall_on_allowed_days_after_the_lead_time(cub_case):
+    result, _, start, _, config, _ = cub_case
+    routine = result.daily[result.daily["visit"] & ~result.daily["emergency"]]
+    assert (routine["date"].dt.weekday < 5).all()
+    assert (routine["date"] >= start + pd.Timedelta(days=config.devices.lead_time_days)).all()
+
+
+def test_perfect_foresight_is_the_floor_for_stockout_free_policies():
+    """With ample capacity the optimum has no stockouts and costs no more than any policy without them."""
+    rng = np.random.default_rng(11)
+    dates = pd.date_range("2025-01-01", periods=160, freq="D")
+    ids = ["A", "B", "C"]
+    daily = pd.DataFrame(
+        {
+            "device_id": np.repeat(ids, len(dates)),
+            "date": np.tile(dates, len(ids)),
+            "withdrawals": np.round(np.repeat([1000.0, 3000.0, 500.0], len(dates)) * rng.lognormal(0, 0.25, 480)),
+            "deposits": np.r_[np.full(320, np.nan), np.round(900 * rng.lognormal(0, 0.25, 160))],
+        }
+    )
+    config = load_config().updated(
+        devices={"visit_cost": 40.0, "emergency_visit_cost": 120.0, "capacity_days": 20.0, "load_multiple": 100.0},
+        forecast={"n_paths": 80},
+    )
+    start, end = dates[-35], dates[-1]
+    devices = pd.DataFrame({"device_id": ids, "kind": ["atm", "atm", "recycler"]})
+    terms = resolve_terms(devices, daily[daily["date"] < start], config)
+    result = replay(
+        daily, terms, start, end, lambda h, a, n: naive_forecast(h, a, n, n_paths=80, seed=2), config
+    )
+    kpis = result.kpis.set_index("policy")
+    assert kpis.loc["perfect_foresight", "stockout_device_days"] == 0
+    clean = kpis[kpis["stockout_device_days"] == 0]
+    assert (clean["total_cost"] >= kpis.loc["perfect_foresight", "total_cost"] - 1e-6).all()
+    pf = result.daily[result.daily["policy"] == "perfect_foresight"]
+    assert pf["lost"].sum() == 0
