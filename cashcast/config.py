@@ -91,6 +91,9 @@ class ForecastSettings(_Section):
     experiment: str = "cashcast"
     retrain_every_days: int = Field(7, ge=1)
     drift_threshold: float = Field(0.25, gt=0)
+    gbm_max_rows: int = Field(150_000, ge=1000)
+    gbm_rounds: int = Field(150, ge=10)
+    backtest_refit: bool = False
 
     @field_validator("quantiles")
     @classmethod

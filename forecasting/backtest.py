@@ -1,0 +1,374 @@
+"""Training: rolling-origin backtest, per-device model selection, calibrated quantiles and sample paths.
+
+Backtest: `backtest_folds` origins spaced `backtest_horizon_days` apart at the end of the training
+window; every candidate is refitted on the history before each origin and scored on the following
+days (sMAPE, MASE, WAPE, bias). Candidates: seasonal naive, ETS, pooled LightGBM and their blend
+(mean of ETS and LightGBM). Selection scores each candidate by sMAPE and MASE relative to seasonal
+naive, shrinks each device's scores towards the network median (a few weeks of backtest is a noisy
+judge), picks the best, and falls back to seasonal naive wherever the pick is worse than it on the
+device's own backtest: never worse than the baseline in the backtest. Devices with fewer than
+`min_history_days` observed days (or no backtest) use the pooled LightGBM, which learns from the whole
+network. Folds and final fits of both targets run as tasks in a process pool (`n_jobs`).
+
+Uncertainty: backtest errors of the chosen forecast on a log ratio scale,
+r = log((y + c) / (yhat + c)) with c = 5% of the device's recent mean (zero days stay finite), are
+divided by a per-device spread (robust std, shrunk to the network's) and pooled per horizon bucket
+(days 1-7, 8-14, 15+). Quantile q of a device is (yhat + c) * exp(spread * Q_bucket(q)) - c: conformal
+quantiles, monotone in q and >= 0. Coverage is measured leave-one-fold-out (each fold scored with
+quantiles calibrated on the other folds) and reported. Sample paths for the planner multiply the
+forecast by exp(spread * z) where z is made of contiguous 7-day blocks of standardised backtest
+errors: day-to-day dependence inside a week is kept, so multi-day sums get a realistic spread.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from cashcast.config import Config
+from cashcast.schema import quantile_column
+from forecasting.metrics import bias, mase, smape, wape
+from forecasting.models import ETS, PooledGBM, SeasonalNaive
+from forecasting.panel import Panel, quiet_nan
+
+CANDIDATES = ("seasonal_naive", "ets", "lightgbm", "blend")
+BUCKETS = (0, 7, 14)  # horizon buckets start at these 0-based days ahead
+BLOCK = 7
+SHRINK_POINTS = 60  # backtest points the network's view is worth when judging one device
+FALLBACK = "fallback"
+NO_HISTORY = "network_median"
+PARALLEL_MIN_CELLS = 100_000  # below this (device-days) worker start-up costs more than it saves
+
+
+def _offset(level: np.ndarray) -> np.ndarray:
+    """c in the log ratio: keeps zero-demand days finite without distorting busy days."""
+    return 0.05 * np.nan_to_num(level, nan=0.0) + 1e-6
+
+
+def _recent_mean(panel: Panel) -> np.ndarray:
+    with quiet_nan():
+        recent = np.nanmean(panel.values[:, -28:], axis=1) if panel.n_days else np.full(len(panel.device_ids), np.nan)
+        overall = np.nanmean(panel.values, axis=1)
+    return np.where(np.isnan(recent), overall, recent)
+
+
+def _bucket(days_ahead: np.ndarray) -> np.ndarray:
+    return np.searchsorted(np.array(BUCKETS), days_ahead, side="right") - 1
+
+
+def _n_jobs(config: Config) -> int:
+    return config.forecast.n_jobs or os.cpu_count() or 1
+
+
+def fit_candidates(config: Config, max_horizon: int, panel: Panel) -> dict:
+    """Every enabled candidate fitted on `panel` (one LightGBM thread: parallelism is across tasks)."""
+    fc = config.forecast
+    models: dict = {"seasonal_naive": SeasonalNaive().fit(panel)}
+    if "ets" in fc.models:
+        models["ets"] = ETS().fit(panel)
+    if "lightgbm" in fc.models:
+        models["lightgbm"] = PooledGBM(
+            max_horizon=max_horizon,
+            max_rows=fc.gbm_max_rows,
+            n_estimators=fc.gbm_rounds,
+            seed=fc.seed,
+            n_jobs=1,
+        ).fit(panel)
+    return models
+
+
+def predict_candidates(models: dict, panel: Panel, horizon: int) -> dict[str, np.ndarray]:
+    out = {name: model.predict(panel, horizon) for name, model in models.items()}
+    if "ets" in out and "lightgbm" in out:
+        out["blend"] = 0.5 * (out["ets"] + out["lightgbm"])
+    return out
+
+
+Task = tuple[Panel, int, list[int], int]  # panel, fit on columns < fit_end, forecast origins, horizon
+
+
+def _task(config: Config, max_horizon: int, panel: Panel, fit_end: int, origins: list[int], horizon: int):
+    """Fit on the history before `fit_end`; forecasts of every candidate from each origin, else the models.
+
+    Forecasting a later origin with parameters fitted earlier is exactly how a weekly-trained model
+    serves daily forecasts, so a backtest fitted once at its first origin is still leak-free.
+    """
+    models = fit_candidates(config, max_horizon, panel.truncated(fit_end))
+    if not origins:
+        return models
+    return [predict_candidates(models, panel.truncated(origin), horizon) for origin in origins]
+
+
+def run_tasks(config: Config, max_horizon: int, tasks: list[Task], progress: bool = False) -> list:
+    """Backtests and final fits (of every target) in worker processes when the panels pay for them.
+
+    Workers come from a forkserver (LightGBM's OpenMP state does not survive a plain fork); results
+    come back in task order, so the outcome never depends on the number of workers.
+    """
+    workers = min(_n_jobs(config), len(tasks))
+    cells = max(task[0].values.size for task in tasks)
+    bar = tqdm(total=sum(len(task[0].device_ids) for task in tasks), unit="device", disable=not progress)
+    if workers < 2 or cells < PARALLEL_MIN_CELLS:
+        results = []
+        for task in tasks:
+            results.append(_task(config, max_horizon, *task))
+            bar.update(len(task[0].device_ids))
+        bar.close()
+        return results
+    context = mp.get_context("forkserver")
+    context.set_forkserver_preload(["forecasting.backtest"])
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        futures = {pool.submit(_task, config, max_horizon, *task): len(task[0].device_ids) for task in tasks}
+        for future in as_completed(futures):
+            future.result()
+            bar.update(futures[future])
+        bar.close()
+        return [f.result() for f in futures]
+
+
+class TargetModel:
+    """All candidates, the per-device choice and the error model for one demand column."""
+
+    def __init__(self, config: Config, max_horizon: int = 56, progress: bool = False):
+        self.config = config
+        self.max_horizon = max_horizon
+        self.progress = progress
+
+    def _candidates(self) -> list[str]:
+        enabled = set(self.config.forecast.models)
+        names = ["seasonal_naive"]
+        names += ["ets"] if "ets" in enabled else []
+        names += ["lightgbm"] if "lightgbm" in enabled else []
+        return names + (["blend"] if {"ets", "lightgbm"} <= enabled else [])
+
+    def tasks(self, panel: Panel) -> list[Task]:
+        """The backtest (one fit at the first origin, or one per fold with `backtest_refit`), then the final fit."""
+        fc = self.config.forecast
+        horizon = fc.backtest_horizon_days
+        origins = [panel.n_days - k * horizon for k in range(fc.backtest_folds, 0, -1)]
+        self.origins_ = [o for o in origins if o >= 4 * BLOCK]
+        if fc.backtest_refit:
+            backtests = [(panel, o, [o], horizon) for o in self.origins_]
+        else:
+            backtests = [(panel, self.origins_[0], self.origins_, horizon)] if self.origins_ else []
+        return [*backtests, (panel, panel.n_days, [], horizon)]
+
+    def finish(self, panel: Panel, results: list) -> TargetModel:
+        """Score the folds, select per device and calibrate, from the results of `tasks`."""
+        horizon = self.config.forecast.backtest_horizon_days
+        *backtests, self.models_ = results
+        fold_forecasts = [forecasts for backtest in backtests for forecasts in backtest]
+        rows = []
+        for fold, (origin, forecasts) in enumerate(zip(self.origins_, fold_forecasts, strict=True)):
+            past = panel.truncated(origin)
+            actual = panel.values[:, origin : origin + horizon]
+            level = _recent_mean(past)
+            for name, fcst in forecasts.items():
+                rows.append((fold, name, fcst, actual, past.values, level))
+        self.backtest_, self.choice_, self.reason_ = self._select(panel, rows)
+        self._calibrate(panel, rows)
+        return self
+
+    def fit(self, panel: Panel) -> TargetModel:
+        return self.finish(panel, run_tasks(self.config, self.max_horizon, self.tasks(panel), self.progress))
+
+    def _select(self, panel: Panel, rows: list) -> tuple[pd.DataFrame, pd.Series, pd.Series]:
+        """Per device and candidate metrics over all folds; the choice per device."""
+        ids = panel.device_ids
+        names = self._candidates()
+        table = []
+        for name in names:
+            folds = [r for r in rows if r[1] == name]
+            for i, device in enumerate(ids):
+                actual = np.concatenate([r[3][i] for r in folds]) if folds else np.array([])
+                fcst = np.concatenate([r[2][i] for r in folds]) if folds else np.array([])
+                history = folds[-1][4][i] if folds else np.array([])
+                n_points = int((np.isfinite(actual) & np.isfinite(fcst)).sum())
+                table.append(
+                    {
+                        "device_id": device,
+                        "model": name,
+                        "smape": smape(actual, fcst),
+                        "mase": mase(actual, fcst, history),
+                        "wape": wape(actual, fcst),
+                        "bias": bias(actual, fcst),
+                        "n_points": n_points,
+                    }
+                )
+        backtest = pd.DataFrame(table)
+        wide_s = backtest.pivot(index="device_id", columns="model", values="smape").reindex(ids)
+        wide_m = backtest.pivot(index="device_id", columns="model", values="mase").reindex(ids)
+        points = backtest.pivot(index="device_id", columns="model", values="n_points").reindex(ids)
+        score = wide_s.div(wide_s["seasonal_naive"], axis=0) + wide_m.div(wide_m["seasonal_naive"], axis=0)
+        score = score[names]
+        short = (points["seasonal_naive"].fillna(0) < BLOCK * 2).to_numpy().copy()
+        observed = np.isfinite(panel.values).sum(axis=1)
+        short |= observed < self.config.forecast.min_history_days
+        default = "lightgbm" if "lightgbm" in names else names[-1]
+        # A few weeks of backtest per device is a noisy judge: shrink each device's scores towards the
+        # network's median before picking, then keep the guard on the device's own scores.
+        weight = points["seasonal_naive"].fillna(0).to_numpy()[:, None]
+        shrunk = (score * weight + score.median() * SHRINK_POINTS) / (weight + SHRINK_POINTS)
+        best = shrunk.fillna(np.inf).idxmin(axis=1).where(score.notna().any(axis=1), default)
+        own = np.array([score.iloc[i].get(name, np.nan) for i, name in enumerate(best)])
+        best = best.where(~(own > score["seasonal_naive"].to_numpy()), "seasonal_naive")
+        index = pd.Index(ids, name="device_id")
+        choice = pd.Series(np.where(short, default, best.to_numpy()), index=index)
+        best_smape = np.array([wide_s.iloc[i].get(name, np.nan) for i, name in enumerate(choice)])
+        reasons = [
+            f"short history (< {self.config.forecast.min_history_days} observed days or no backtest): pooled model"
+            if is_short
+            else f"best backtest score, shrunk to the network's (sMAPE {mine:.1f} vs seasonal naive {sn:.1f})"
+            for is_short, mine, sn in zip(short, best_smape, wide_s["seasonal_naive"], strict=True)
+        ]
+        return backtest, choice, pd.Series(reasons, index=index)
+
+    def _calibrate(self, panel: Panel, rows: list) -> None:
+        """Standardised log-ratio errors of the chosen forecast: spreads, bucket quantiles, blocks."""
+        fc = self.config.forecast
+        levels = np.array(fc.quantiles)
+        chosen = self.choice_.to_numpy()
+        folds = sorted({r[0] for r in rows})
+        err_by_fold = []
+        for fold in folds:
+            fold_rows = {r[1]: r for r in rows if r[0] == fold}
+            any_row = next(iter(fold_rows.values()))
+            actual, level = any_row[3], any_row[5]
+            fcst = np.stack([fold_rows[c][2][i] for i, c in enumerate(chosen)]) if len(chosen) else actual
+            c = _offset(level)[:, None]
+            with quiet_nan():
+                err_by_fold.append(np.log((actual + c) / (np.clip(fcst, 0, None) + c)))
+        n_dev = len(panel.device_ids)
+        errors = np.concatenate(err_by_fold, axis=1) if err_by_fold else np.full((n_dev, 0), np.nan)
+        with quiet_nan():
+            center = np.nanmedian(errors, axis=1, keepdims=True)
+            raw = 1.4826 * np.nanmedian(np.abs(errors - center), axis=1)
+        count = np.isfinite(errors).sum(axis=1)
+        network = float(np.nanmedian(raw)) if np.isfinite(raw).any() else 0.3
+        network = network if network > 0 else 0.3
+        spread = (np.nan_to_num(raw, nan=network) * count + network * SHRINK_POINTS) / (count + SHRINK_POINTS)
+        self.spread_ = pd.Series(spread, index=pd.Index(panel.device_ids, name="device_id"))
+        self.network_spread_ = network
+        z_by_fold = [e / spread[:, None] for e in err_by_fold]
+        self.zq_ = self._bucket_quantiles(z_by_fold, levels)
+        blocks = []
+        for z in z_by_fold:
+            for start in range(0, z.shape[1] - BLOCK + 1, BLOCK):
+                block = z[:, start : start + BLOCK]
+                blocks.append(block[np.isfinite(block).all(axis=1)])
+        self.blocks_ = np.concatenate(blocks).astype(np.float32) if blocks else np.zeros((0, BLOCK), np.float32)
+        self.coverage_ = self._loo_coverage(z_by_fold, levels)
+
+    @staticmethod
+    def _bucket_quantiles(z_by_fold: list[np.ndarray], levels: np.ndarray) -> np.ndarray:
+        """(len(BUCKETS), len(levels)) quantiles of standardised errors, forced monotone in level."""
+        out = np.zeros((len(BUCKETS), len(levels)))
+        if not z_by_fold:
+            from scipy.stats import norm
+
+            return np.tile(norm.ppf(levels), (len(BUCKETS), 1))
+        z = np.concatenate(z_by_fold, axis=1)
+        days = _bucket(np.tile(np.arange(z_by_fold[0].shape[1]), len(z_by_fold)))
+        for b in range(len(BUCKETS)):
+            vals = z[:, days == b]
+            vals = vals[np.isfinite(vals)]
+            if len(vals) < 20:
+                vals = z[np.isfinite(z)]
+            out[b] = np.quantile(vals, levels) if len(vals) else 0.0
+        return np.maximum.accumulate(np.maximum.accumulate(out, axis=1), axis=0)
+
+    def _loo_coverage(self, z_by_fold: list[np.ndarray], levels: np.ndarray) -> pd.DataFrame:
+        """Per device share of held-out days under each quantile, calibrated without that fold."""
+        n_dev = len(self.spread_)
+        hits = np.zeros((n_dev, len(levels)))
+        total = np.zeros((n_dev, 1))
+        if len(z_by_fold) < 2:
+            return pd.DataFrame(np.nan, index=self.spread_.index, columns=[quantile_column(q) for q in levels])
+        for k, z in enumerate(z_by_fold):
+            zq = self._bucket_quantiles([f for j, f in enumerate(z_by_fold) if j != k], levels)
+            bound = zq[_bucket(np.arange(z.shape[1]))]  # (H, L)
+            ok = np.isfinite(z)
+            hits += ((z[:, :, None] <= bound[None]) & ok[:, :, None]).sum(axis=1)
+            total += ok.sum(axis=1, keepdims=True)
+        with quiet_nan():
+            share = np.where(total > 0, hits / total, np.nan)
+        return pd.DataFrame(share, index=self.spread_.index, columns=[quantile_column(q) for q in levels])
+
+    def predict(self, panel: Panel, horizon: int, n_paths: int, rng: np.random.Generator):
+        """Point forecasts, chosen model names, quantiles (n, H, L), paths (n, P, H) and failures."""
+        ids = panel.device_ids
+        choice = self.choice_.reindex(ids).fillna("lightgbm" if "lightgbm" in self.models_ else "seasonal_naive")
+        forecasts, failures = _guarded_predict(self.models_, panel, horizon, choice.to_numpy())
+        names = choice.to_numpy().astype(object)
+        yhat = np.zeros((len(ids), horizon))
+        for name in set(names):
+            rows = names == name
+            yhat[rows] = forecasts[name][rows]
+        fallback = forecasts["seasonal_naive"]
+        bad = ~np.isfinite(yhat).all(axis=1) & np.isfinite(panel.values).any(axis=1)
+        for i in np.flatnonzero(bad):
+            failures.setdefault(ids[i], f"non-finite forecast from {names[i]}")
+        for i, device in enumerate(ids):
+            if device in failures:
+                names[i] = FALLBACK
+                yhat[i] = fallback[i]
+        empty = ~np.isfinite(panel.values).any(axis=1)
+        if empty.any() and not empty.all():
+            # A device with no history yet (installed today): the network's median day is a safer load
+            # plan than zero.
+            with quiet_nan():
+                yhat[empty] = np.nanmedian(yhat[~empty], axis=0)
+            names[empty] = NO_HISTORY
+        yhat = np.nan_to_num(yhat, nan=0.0).clip(min=0)
+        spread = self.spread_.reindex(ids).fillna(self.network_spread_).to_numpy()[:, None]
+        c = _offset(_recent_mean(panel))[:, None]
+        zq = self.zq_[_bucket(np.arange(horizon))]  # (H, L)
+        quant = (yhat + c)[:, :, None] * np.exp(spread[:, :, None] * zq[None]) - c[:, :, None]
+        quant = np.maximum.accumulate(quant.clip(min=0), axis=2)
+        paths = self._paths(yhat, spread, c, n_paths, rng)
+        return yhat, names, quant, paths, failures
+
+    def _paths(self, yhat, spread, c, n_paths, rng) -> np.ndarray:
+        """(n, n_paths, H) float32, built in place: 10,000 devices x 200 paths x 56 days is 450 MB."""
+        n, horizon = yhat.shape
+        n_blocks = -(-horizon // BLOCK)
+        if len(self.blocks_):
+            pick = rng.integers(0, len(self.blocks_), size=(n, n_paths, n_blocks), dtype=np.int32)
+            z = self.blocks_[pick].reshape(n, n_paths, n_blocks * BLOCK)[:, :, :horizon]
+        else:
+            z = rng.standard_normal((n, n_paths, horizon), dtype=np.float32)
+        z *= spread[:, :, None].astype(np.float32)
+        np.exp(z, out=z)
+        z *= (yhat + c)[:, None, :].astype(np.float32)
+        z -= c[:, None, :].astype(np.float32)
+        np.clip(z, 0, None, out=z)
+        return np.ascontiguousarray(z)
+
+
+def _guarded_predict(models: dict, panel: Panel, horizon: int, choice: np.ndarray, chunk: int = 2048):
+    """Each model's forecasts; a chunk that raises is retried device by device to isolate the culprit."""
+    n = len(panel.device_ids)
+    out: dict[str, np.ndarray] = {}
+    failures: dict[str, str] = {}
+    for name, model in models.items():
+        needed = np.flatnonzero((choice == name) | (choice == "blend")) if name != "seasonal_naive" else np.arange(n)
+        result = np.full((n, horizon), np.nan)
+        for lo in range(0, len(needed), chunk):
+            rows = needed[lo : lo + chunk]
+            try:
+                result[rows] = model.predict(panel.subset(rows), horizon)
+            except Exception:  # noqa: BLE001 - isolate the failing device, keep the rest
+                for i in rows:
+                    try:
+                        result[i] = model.predict(panel.subset(np.array([i])), horizon)[0]
+                    except Exception as exc:  # noqa: BLE001
+                        failures[panel.device_ids[i]] = f"{name}: {type(exc).__name__}: {exc}"
+        out[name] = result
+    if "ets" in out and "lightgbm" in out:
+        out["blend"] = 0.5 * (out["ets"] + out["lightgbm"])
+    return out, failures

@@ -1,0 +1,205 @@
+"""Public entry points: `train` (backtest + select + calibrate) and the fitted `CashForecaster`.
+
+A CashForecaster holds fitted parameters only, never data: `predict` rebuilds the history panel from
+the daily table it is given, so a model trained weekly forecasts every night from the newest
+history. Devices unseen at training time get the pooled LightGBM forecast (cold start).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cashcast.config import Config
+from cashcast.schema import DemandForecast, quantile_column
+from forecasting.backtest import CANDIDATES, TargetModel, run_tasks
+from forecasting.metrics import mase, smape
+from forecasting.panel import build_panel, quiet_nan
+
+PATH_SEED_OFFSET = 7919  # keeps path draws independent of the model seed's other uses
+
+
+def _deposit_devices(daily: pd.DataFrame, as_of: pd.Timestamp) -> np.ndarray:
+    """Devices that recorded a positive deposit before as_of (recyclers, branches)."""
+    past = daily.loc[(daily["date"] < as_of) & (daily["deposits"] > 0), "device_id"]
+    return np.sort(past.astype(str).unique())
+
+
+@dataclass
+class TrainResult:
+    """What one training run produced: the model and the evidence to log and to compare it by."""
+
+    model: CashForecaster
+    backtest: pd.DataFrame  # device_id, model, smape, mase, wape, bias, n_points, coverage_q.. (selected rows)
+    selection: pd.DataFrame  # device_id, model, reason
+    metrics: dict[str, float]
+    window: dict[str, Any]
+
+
+class CashForecaster:
+    """Fitted withdrawal (and deposit) models of a device network."""
+
+    def __init__(self, config: Config, max_horizon: int = 56, progress: bool = False):
+        self.config = config
+        self.max_horizon = max_horizon
+        self.progress = progress
+
+    def _pad(self, horizon: int) -> int:
+        return max(horizon, self.max_horizon) + 7
+
+    def fit(self, daily: pd.DataFrame, devices: pd.DataFrame | None, as_of) -> CashForecaster:
+        as_of = pd.Timestamp(as_of).normalize()
+        known = np.sort(daily.loc[daily["date"] < as_of, "device_id"].astype(str).unique())
+        panel = build_panel(daily, devices, as_of, self.config, pad=self._pad(self.max_horizon), device_ids=known)
+        self.withdrawals_ = TargetModel(self.config, self.max_horizon)
+        tasks = self.withdrawals_.tasks(panel)
+        n_withdrawal_tasks = len(tasks)
+        self.deposit_devices_ = _deposit_devices(daily, as_of)
+        self.deposits_ = None
+        if len(self.deposit_devices_):
+            dep_panel = build_panel(
+                daily,
+                devices,
+                as_of,
+                self.config,
+                column="deposits",
+                pad=self._pad(self.max_horizon),
+                device_ids=self.deposit_devices_,
+            )
+            self.deposits_ = TargetModel(self.config, self.max_horizon)
+            tasks += self.deposits_.tasks(dep_panel)
+        # One pool for both targets' folds: workers start once and stay busy.
+        results = run_tasks(self.config, self.max_horizon, tasks, self.progress)
+        self.withdrawals_.finish(panel, results[:n_withdrawal_tasks])
+        if self.deposits_ is not None:
+            self.deposits_.finish(dep_panel, results[n_withdrawal_tasks:])
+        self.as_of_ = as_of
+        self.train_start_ = panel.start
+        self.failures_: dict[str, str] = {}
+        return self
+
+    def predict(
+        self, daily: pd.DataFrame, devices: pd.DataFrame | None, as_of, horizon: int, n_paths: int | None = None
+    ) -> DemandForecast:
+        """Forecast days as_of .. as_of + horizon - 1 from history before as_of."""
+        as_of = pd.Timestamp(as_of).normalize()
+        n_paths = n_paths or self.config.forecast.n_paths
+        rng = np.random.default_rng(self.config.forecast.seed + PATH_SEED_OFFSET)
+        levels = self.config.forecast.quantiles
+        panel = build_panel(daily, devices, as_of, self.config, pad=self._pad(horizon))
+        dates = pd.date_range(as_of, periods=horizon, freq="D")
+        yhat, names, quant, paths, failures = self.withdrawals_.predict(panel, horizon, n_paths, rng)
+        ids = panel.device_ids
+        frame = pd.DataFrame(
+            {
+                "device_id": pd.array(np.repeat(ids, horizon), dtype="string"),
+                "date": np.tile(dates.values, len(ids)),
+                "model": pd.array(np.repeat(names, horizon), dtype="string"),
+                "yhat": yhat.ravel(),
+            }
+        )
+        for k, q in enumerate(levels):
+            frame[quantile_column(q)] = quant[:, :, k].ravel()
+        deposit_paths = None
+        if self.deposits_ is not None:
+            deposit_ids = np.intersect1d(ids, _deposit_devices(daily, as_of))
+            dep_panel = build_panel(
+                daily, devices, as_of, self.config, column="deposits", pad=self._pad(horizon), device_ids=deposit_ids
+            )
+            d_hat, _, d_quant, d_paths, d_fail = self.deposits_.predict(dep_panel, horizon, n_paths, rng)
+            failures.update({k: f"deposits {v}" for k, v in d_fail.items()})
+            rows = pd.Index(ids).get_indexer(deposit_ids)
+            full = np.full((len(ids), horizon), np.nan)
+            full[rows] = d_hat
+            frame["deposits_yhat"] = full.ravel()
+            for k, q in enumerate(levels):
+                full = np.full((len(ids), horizon), np.nan)
+                full[rows] = d_quant[:, :, k]
+                frame[f"deposits_{quantile_column(q)}"] = full.ravel()
+            deposit_paths = np.zeros_like(paths)
+            deposit_paths[rows] = d_paths
+        self.failures_ = failures
+        return DemandForecast(frame, np.asarray(ids, dtype=str), dates, paths, deposit_paths)
+
+
+def train(
+    daily: pd.DataFrame, devices: pd.DataFrame | None, as_of, config: Config, progress: bool = False
+) -> TrainResult:
+    """Fit every device's candidates on history before as_of, backtest, select and calibrate."""
+    as_of = pd.Timestamp(as_of).normalize()
+    longest = max(56, config.forecast.backtest_horizon_days, config.plan.horizon_days)
+    model = CashForecaster(config, max_horizon=longest, progress=progress).fit(daily, devices, as_of)
+    target = model.withdrawals_
+    backtest = target.backtest_.copy()
+    chosen = backtest.merge(target.choice_.rename("model").reset_index(), on=["device_id", "model"])
+    chosen = chosen.assign(model="selected").merge(target.coverage_.reset_index(), on="device_id", how="left")
+    backtest = pd.concat([backtest, chosen], ignore_index=True)
+    metrics: dict[str, float] = {}
+    for name in [*CANDIDATES, "selected"]:
+        part = backtest[backtest["model"] == name]
+        if len(part):
+            suffix = "" if name == "selected" else f"_{name}"
+            for col in ("smape", "mase", "wape", "bias"):
+                metrics[f"{col}_mean{suffix}"] = float(part[col].mean())
+    for col in target.coverage_.columns:
+        metrics[f"coverage_{col}"] = float(target.coverage_[col].mean())
+    metrics["n_devices"] = float(len(target.choice_))
+    origins = [model.train_start_ + pd.Timedelta(days=o) for o in target.origins_]
+    window = {
+        "train_start": model.train_start_.date().isoformat(),
+        "train_end": (as_of - pd.Timedelta(days=1)).date().isoformat(),
+        "backtest_origins": [o.date().isoformat() for o in origins],
+        "horizon": config.forecast.backtest_horizon_days,
+    }
+    selection = pd.DataFrame(
+        {
+            "device_id": target.choice_.index.astype(str),
+            "model": target.choice_.to_numpy(),
+            "reason": target.reason_.to_numpy(),
+        }
+    )
+    return TrainResult(model, backtest, selection, metrics, window)
+
+
+def score_window(
+    model: CashForecaster,
+    daily: pd.DataFrame,
+    devices: pd.DataFrame | None,
+    origins: list,
+    horizon: int,
+    config: Config,
+) -> dict[str, float]:
+    """Mean sMAPE and MASE of `model` over devices and origins (champion vs challenger on one window).
+
+    MASE is scaled on the training window before each origin (config.forecast.max_history_days), as in
+    the backtest. Returns smape_mean, mase_mean and n_scores (device-origin pairs scored).
+    """
+    scores = []
+    observed = daily.loc[~daily["censored"]]
+    for origin in origins:
+        origin = pd.Timestamp(origin).normalize()
+        forecast = model.predict(daily, devices, origin, horizon, n_paths=10).frame
+        end = origin + pd.Timedelta(days=horizon)
+        actual = observed.loc[
+            (observed["date"] >= origin) & (observed["date"] < end), ["device_id", "date", "withdrawals"]
+        ]
+        joined = forecast.merge(actual, on=["device_id", "date"], how="inner")
+        history = dict(tuple(observed.loc[observed["date"] < origin].groupby("device_id", sort=False)))
+        for device, part in joined.groupby("device_id", sort=False):
+            past = history.get(device)
+            if past is None:
+                continue
+            first = max(past["date"].min(), origin - pd.Timedelta(days=config.forecast.max_history_days))
+            days = pd.date_range(first, origin - pd.Timedelta(days=1))
+            series = past.set_index("date")["withdrawals"].reindex(days).to_numpy()
+            scores.append((smape(part["withdrawals"], part["yhat"]), mase(part["withdrawals"], part["yhat"], series)))
+    arr = np.array(scores, dtype=float).reshape(-1, 2)
+    with quiet_nan():
+        return {
+            "smape_mean": float(np.nanmean(arr[:, 0])),
+            "mase_mean": float(np.nanmean(arr[:, 1])),
+            "n_scores": float(len(arr)),
+        }

@@ -1,0 +1,249 @@
+"""Forecasting: leakage, censoring, cold start, fallback, quantiles, selection guard, pickling, determinism.
+
+One small synthetic network (CN calendar, censored days and gaps) is trained once per module;
+tests that need a second training keep the data small.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import cloudpickle
+import numpy as np
+import pandas as pd
+import pytest
+
+from cashcast.config import load_config
+from cashcast.synthetic import generate_network
+from forecasting import CashForecaster, mase, score_window, smape, train, wape
+from forecasting.models import SeasonalNaive
+from forecasting.panel import build_panel
+
+HORIZON = 14
+
+
+@pytest.fixture(scope="module")
+def network():
+    return generate_network(n_atms=10, n_branches=2, n_recyclers=0, start="2024-01-01", days=420, seed=3)
+
+
+@pytest.fixture(scope="module")
+def config():
+    return load_config().updated(forecast={"backtest_folds": 3, "backtest_horizon_days": 14, "min_history_days": 90})
+
+
+@pytest.fixture(scope="module")
+def as_of(network):
+    return network.daily["date"].max() - pd.Timedelta(days=HORIZON * 2 - 1)
+
+
+@pytest.fixture(scope="module")
+def trained(network, config, as_of):
+    return train(network.daily, network.devices, as_of, config)
+
+
+def _forecast(model: CashForecaster, daily, devices, as_of, horizon=HORIZON):
+    return model.predict(daily, devices, as_of, horizon)
+
+
+def test_metrics_follow_their_definitions():
+    assert smape([100, 0, np.nan], [50, 0, 10]) == pytest.approx(200 * 50 / 150)  # 0/0 and blank dropped
+    assert smape([1, 2], [1, 2]) == 0.0
+    history = np.array([10, 20, 10, 20, 10, 20, 10, 12, 22, 12, 22, 12, 22, 12], float)  # lag-7 MAE = 2
+    assert mase([15], [11], history) == pytest.approx(2.0)
+    assert wape([100, 100], [90, 130]) == pytest.approx(0.2)
+
+
+def test_train_reports_backtest_selection_metrics_and_window(trained, network, as_of):
+    ids = set(network.daily.loc[network.daily["date"] < as_of, "device_id"].astype(str))
+    assert set(trained.selection["device_id"]) == ids
+    assert set(trained.backtest["model"]) >= {"seasonal_naive", "ets", "lightgbm", "blend", "selected"}
+    for key in ("smape_mean", "mase_mean", "coverage_q95", "smape_mean_seasonal_naive"):
+        assert np.isfinite(trained.metrics[key])
+    assert trained.window["train_end"] == (as_of - pd.Timedelta(days=1)).date().isoformat()
+    assert len(trained.window["backtest_origins"]) == 3 and trained.window["horizon"] == 14
+
+
+def test_selection_never_worse_than_seasonal_naive_in_backtest(trained):
+    bt = trained.backtest
+    wide = bt[bt["model"] != "selected"].pivot(index="device_id", columns="model", values=["smape", "mase"])
+    chosen = trained.selection.set_index("device_id")["model"]
+    backtested = chosen[~trained.selection.set_index("device_id")["reason"].str.startswith("short")]
+    assert len(backtested) >= 8
+    for device, name in backtested.items():
+        relative = (
+            wide.loc[device, ("smape", name)] / wide.loc[device, ("smape", "seasonal_naive")]
+            + wide.loc[device, ("mase", name)] / wide.loc[device, ("mase", "seasonal_naive")]
+        )
+        assert relative <= 2.0 + 1e-9, device
+
+
+def test_forecast_frame_quantiles_monotone_and_paths(trained, network, as_of):
+    fc = _forecast(trained.model, network.daily, network.devices, as_of)
+    frame = fc.frame
+    quantiles = frame[["q50", "q90", "q95", "q99"]].to_numpy()
+    assert (quantiles >= 0).all() and (np.diff(quantiles, axis=1) >= 0).all()
+    assert (frame["yhat"] >= 0).all() and frame["yhat"].notna().all()
+    assert frame["date"].min() == as_of and frame["date"].nunique() == HORIZON
+    assert fc.withdrawal_paths.shape == (len(fc.device_ids), 200, HORIZON)
+    assert fc.withdrawal_paths.dtype == np.float32 and (fc.withdrawal_paths >= 0).all()
+    branches = network.devices.loc[network.devices["kind"] == "branch", "device_id"].astype(str)
+    deposits = frame.loc[frame["device_id"].isin(branches), "deposits_yhat"]
+    assert deposits.notna().all() and (deposits > 0).all()
+    assert frame.loc[~frame["device_id"].isin(branches), "deposits_yhat"].isna().all()
+
+
+def test_quantile_coverage_on_held_out_days(trained, network, as_of):
+    """Forecast the 14 days after as_of and score against the true (uncensored) demand."""
+    fc = _forecast(trained.model, network.daily, network.devices, as_of)
+    joined = fc.frame.merge(network.true_demand, on=["device_id", "date"])
+    assert len(joined) > 100
+    assert 0.8 <= (joined["withdrawals"] <= joined["q95"]).mean() <= 1.0
+    assert 0.25 <= (joined["withdrawals"] <= joined["q50"]).mean() <= 0.75
+    assert 0.0 < trained.metrics["coverage_q50"] < trained.metrics["coverage_q95"] <= 1.0
+    assert trained.metrics["coverage_q95"] >= 0.85
+
+
+def test_no_leakage_from_days_on_or_after_as_of(trained, network, config, as_of):
+    future = network.daily["date"] >= as_of
+    perturbed = network.daily.copy()
+    perturbed.loc[future, "withdrawals"] = perturbed.loc[future, "withdrawals"] * 10 + 12345
+    base = _forecast(trained.model, network.daily, network.devices, as_of).frame
+    shifted = _forecast(trained.model, perturbed, network.devices, as_of).frame
+    pd.testing.assert_frame_equal(base, shifted)
+    retrained = train(perturbed, network.devices, as_of, config)
+    pd.testing.assert_frame_equal(base, _forecast(retrained.model, network.daily, network.devices, as_of).frame)
+    pd.testing.assert_frame_equal(trained.backtest, retrained.backtest)
+
+
+def test_censored_day_is_never_fitted(trained, network, as_of):
+    daily = network.daily
+    device = daily["device_id"].iloc[0]
+    day = as_of - pd.Timedelta(days=2)
+    row = (daily["device_id"] == device) & (daily["date"] == day)
+    censored = daily.copy()
+    censored.loc[row, "censored"] = True
+    huge = censored.copy()
+    huge.loc[row, "withdrawals"] = 1e12
+    a = _forecast(trained.model, censored, network.devices, as_of).frame
+    b = _forecast(trained.model, huge, network.devices, as_of).frame
+    pd.testing.assert_frame_equal(a, b)
+    uncensored_huge = daily.copy()
+    uncensored_huge.loc[row, "withdrawals"] = 1e12
+    c = _forecast(trained.model, uncensored_huge, network.devices, as_of).frame
+    assert not np.allclose(a["yhat"], c["yhat"])  # the same value, not flagged, does move it
+
+
+def test_cold_start_device_gets_sensible_forecast(trained, network, as_of):
+    rng = np.random.default_rng(0)
+    days = pd.date_range(as_of - pd.Timedelta(days=14), periods=14, freq="D")
+    weekly = np.array([1.0, 1.0, 1.0, 1.1, 1.3, 0.8, 0.7])
+    new = pd.DataFrame(
+        {
+            "device_id": pd.array(["ATM-NEW"] * 14, dtype="string"),
+            "date": days,
+            "withdrawals": 150_000 * weekly[days.dayofweek] * rng.lognormal(0, 0.1, 14),
+        }
+    )
+    daily = pd.concat([network.daily, new], ignore_index=True)
+    daily["censored"] = daily["censored"].fillna(False).astype(bool)
+    frame = _forecast(trained.model, daily, network.devices, as_of).frame
+    mine = frame[frame["device_id"] == "ATM-NEW"]
+    assert len(mine) == HORIZON and (mine["model"] == "lightgbm").all()
+    assert 0.6 < mine["yhat"].mean() / new["withdrawals"].mean() < 1.5
+    assert trained.model.failures_ == {}
+
+
+def test_predict_at_later_as_of_uses_newer_history(trained, network, as_of):
+    later = as_of + pd.Timedelta(days=HORIZON)
+    early = _forecast(trained.model, network.daily, network.devices, as_of, HORIZON * 2)
+    late = _forecast(trained.model, network.daily, network.devices, later)
+    assert late.dates[0] == later and len(late.dates) == HORIZON
+    overlap = early.frame[early.frame["date"] >= later].reset_index(drop=True)
+    assert not np.allclose(overlap["yhat"], late.frame["yhat"])  # newer history changed the forecast
+    assert np.isfinite(late.frame["yhat"]).all()
+
+
+class _Exploding:
+    """Wraps a fitted model; raises for one device as a corrupt parameter set would."""
+
+    def __init__(self, inner, device):
+        self.inner = inner
+        self.device = device
+
+    def predict(self, panel, horizon):
+        if self.device in set(panel.device_ids):
+            raise FloatingPointError(f"diverged for {self.device}")
+        return self.inner.predict(panel, horizon)
+
+
+def test_device_whose_model_raises_gets_seasonal_naive_fallback(trained, network, as_of):
+    """The failing device alone falls back; the rest of its chunk keeps its model."""
+    model = cloudpickle.loads(cloudpickle.dumps(trained.model))
+    target = model.withdrawals_
+    bad = str(target.choice_.index[0])
+    target.choice_.loc[bad] = "ets"
+    target.models_["ets"] = _Exploding(target.models_["ets"], bad)
+    frame = _forecast(model, network.daily, network.devices, as_of).frame
+    assert set(model.failures_) == {bad} and "diverged" in model.failures_[bad]
+    mine = frame[frame["device_id"] == bad]
+    assert (mine["model"] == "fallback").all() and mine["yhat"].notna().all()
+    assert (frame.loc[frame["device_id"] != bad, "model"] != "fallback").all()
+    panel = build_panel(network.daily, network.devices, as_of, model.config, device_ids=np.array([bad]))
+    np.testing.assert_allclose(mine["yhat"], SeasonalNaive().fit(panel).predict(panel, HORIZON)[0])
+
+
+def test_pickle_round_trip_in_fresh_process_gives_identical_forecasts(trained, network, as_of, tmp_path):
+    model_file, data_file, out_file = tmp_path / "model.pkl", tmp_path / "daily.parquet", tmp_path / "out.npz"
+    model_file.write_bytes(cloudpickle.dumps(trained.model))
+    network.daily.to_parquet(data_file)
+    network.devices.to_parquet(tmp_path / "devices.parquet")
+    script = textwrap.dedent(f"""
+        import cloudpickle, numpy as np, pandas as pd
+        model = cloudpickle.loads(open({str(model_file)!r}, "rb").read())
+        daily = pd.read_parquet({str(data_file)!r})
+        devices = pd.read_parquet({str(tmp_path / "devices.parquet")!r})
+        fc = model.predict(daily, devices, pd.Timestamp({str(as_of.date())!r}), {HORIZON})
+        np.savez({str(out_file)!r}, yhat=fc.frame["yhat"].to_numpy(), q99=fc.frame["q99"].to_numpy(),
+                 paths=fc.withdrawal_paths)
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=str(tmp_path.parent))
+    here = _forecast(trained.model, pd.read_parquet(data_file), network.devices, as_of)
+    there = np.load(out_file)
+    np.testing.assert_array_equal(there["yhat"], here.frame["yhat"].to_numpy())
+    np.testing.assert_array_equal(there["q99"], here.frame["q99"].to_numpy())
+    np.testing.assert_array_equal(there["paths"], here.withdrawal_paths)
+
+
+def test_parallel_training_is_deterministic_and_equals_serial(network, config, as_of, monkeypatch):
+    import forecasting.backtest as backtest_module
+
+    small = network.daily[network.daily["device_id"].isin(network.daily["device_id"].unique()[:4])]
+    serial = train(small, network.devices, as_of, config.updated(forecast={"n_jobs": 1}))
+    monkeypatch.setattr(backtest_module, "PARALLEL_MIN_CELLS", 0)
+    parallel = train(small, network.devices, as_of, config.updated(forecast={"n_jobs": 2}))
+    a = serial.model.predict(small, network.devices, as_of, HORIZON)
+    b = parallel.model.predict(small, network.devices, as_of, HORIZON)
+    pd.testing.assert_frame_equal(a.frame, b.frame)
+    np.testing.assert_array_equal(a.withdrawal_paths, b.withdrawal_paths)
+    pd.testing.assert_frame_equal(serial.selection, parallel.selection)
+
+
+def test_score_window_compares_models_on_the_same_origins(trained, network, config, as_of):
+    scores = score_window(trained.model, network.daily, network.devices, [as_of], HORIZON, config)
+    assert 0 < scores["smape_mean"] < 60 and 0 < scores["mase_mean"] < 2
+    assert scores["n_scores"] == trained.selection["device_id"].nunique()
+
+
+def test_young_network_without_backtest_still_forecasts_every_device(config):
+    """40 days of history leave no room for a backtest: the pooled model serves, quantiles stay ordered."""
+    young = generate_network(n_atms=3, n_branches=1, n_recyclers=0, start="2024-01-01", days=40, seed=5)
+    as_of = pd.Timestamp("2024-02-10")
+    result = train(young.daily, young.devices, as_of, config)
+    assert (result.selection["model"] == "lightgbm").all()
+    assert result.selection["reason"].str.startswith("short history").all()
+    frame = result.model.predict(young.daily, young.devices, as_of, 60).frame
+    assert len(frame) == 4 * 60 and frame["yhat"].gt(0).all()
+    assert (frame["q99"] >= frame["q95"]).all() and (frame["q50"] >= 0).all()
