@@ -7,7 +7,7 @@ the same functions in tasks, so both paths produce identical files.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -92,7 +92,6 @@ class TrainOutcome:
     version: str
     promoted: bool
     reason: str
-    failures: dict[str, str] = field(default_factory=dict)
 
 
 def run_train(ws: Workspace, config: Config, as_of: pd.Timestamp | None = None, progress: bool = False) -> TrainOutcome:
@@ -126,7 +125,6 @@ def run_train(ws: Workspace, config: Config, as_of: pd.Timestamp | None = None, 
         version=outcome.version,
         promoted=outcome.promoted,
         reason=outcome.reason,
-        failures=dict(getattr(result.model, "failures_", {}) or {}),
     )
 
 
@@ -173,11 +171,11 @@ def plan_devices(model, history: History, config: Config, horizon: int, balances
     terms = replenishment.resolve_terms(history.devices, history.daily, config)
     opening = latest_balances(history.balances if balances is None else balances, history.as_of)
     result = replenishment.plan_network(forecast, terms, opening, history.as_of, config)
-    failures = dict(getattr(model, "failures_", {}) or {})
+    failures = forecast.failures
     if failures and len(result.plan):
         failed = result.plan["device_id"].isin(list(failures))
-        result.plan.loc[failed, "reason"] = result.plan.loc[failed, "reason"].astype(str) + (
-            "; model failed, fallback forecast used"
+        result.plan.loc[failed, "reason"] = (
+            result.plan.loc[failed, "reason"].astype(str) + "; model failed, fallback forecast used"
         )
     return forecast, result, failures
 

@@ -72,4 +72,4 @@ def process_file(ws: Workspace, config: Config, path: Path) -> dict[str, Any]:
         target.with_name(target.name + ".reason.txt").write_text(str(exc) + "\n")
         return {"file": path.name, "outcome": "failed", "reason": str(exc), "moved_to": str(target)}
     target = _move(path, ws.processed)
-    return {"file": path.name, "outcome": "processed", "kind": kind, **report.to_dict(), "moved_to": str(target)}
+    return {**report.to_dict(), "file": path.name, "outcome": "processed", "kind": kind, "moved_to": str(target)}

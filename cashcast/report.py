@@ -1,6 +1,8 @@
 """The nightly report: a Prefect markdown summary and a self-contained HTML page for cash-ops managers.
 
-The HTML embeds its images (base64 PNG) so it can be mailed or opened from any folder.
+The HTML embeds its images (base64 PNG) so it can be mailed or opened from any folder. Each chart
+is a small pure function from frames to a matplotlib Figure (titled, axes labelled with units), so
+the notebooks reuse them and tests check them without looking at pixels.
 """
 
 from __future__ import annotations
@@ -11,15 +13,14 @@ import io
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import pandas as pd
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from cashcast.config import Config  # noqa: E402
-from cashcast.io import atomic_path  # noqa: E402
-from cashcast.workspace import Workspace  # noqa: E402
+from cashcast import analyst
+from cashcast.analyst import new_figure
+from cashcast.config import Config
+from cashcast.io import atomic_path
+from cashcast.workspace import Workspace
 
 RISK_COLUMNS = ["device_id", "visit_date", "action", "amount", "stockout_risk", "reason"]
 
@@ -62,6 +63,8 @@ def summary_markdown(
             f"- MLflow run id: `{trained['run_id']}`, model version {trained['version']}"
             f" ({'promoted to champion' if trained['promoted'] else 'kept out: worse than champion'})"
         )
+    elif trained.get("run_id"):
+        lines.append(f"- MLflow run id of the serving champion: `{trained['run_id']}` (version {trained['version']})")
     number = {k: fleet.get(k) for k in fleet.index}
     lines += ["", "| figure | Cashcast plan | fixed-schedule baseline |", "|---|---|---|"]
     for label, ours, base in (
@@ -87,93 +90,207 @@ def _fmt(value: Any) -> str:
         return "n/a"
 
 
-def _png(fig) -> str:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    return base64.b64encode(buffer.getvalue()).decode()
+HEADLINE = (
+    ("cash deployed", "cash_deployed", "baseline_cash_deployed"),
+    ("expected idle cash (average per day)", "expected_idle_cash", "baseline_expected_idle_cash"),
+    ("visits", "visits", "baseline_visits"),
+    ("expected cost (visits + holding)", "expected_cost", "baseline_expected_cost"),
+    ("expected stockout device-days", "expected_stockout_days", "baseline_expected_stockout_days"),
+)
+PLAN_COLOR, BASELINE_COLOR = "#2a7ab0", "#b0b0b0"
+CURRENCY = analyst.CURRENCY
 
 
-def _img(fig, alt: str) -> str:
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{_png(fig)}">'
-
-
-def cash_chart(summary: pd.DataFrame) -> str:
+def headline_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """The fleet figures of the plan against the fixed-schedule baseline, with the change in percent."""
     fleet = fleet_row(summary)
-    fig, ax = plt.subplots(figsize=(6, 3.2))
+    rows = []
+    for label, ours, base in HEADLINE:
+        plan_value, base_value = float(fleet.get(ours, float("nan"))), float(fleet.get(base, float("nan")))
+        change = 100 * (plan_value - base_value) / base_value if base_value else float("nan")
+        rows.append({"figure": label, "Cashcast plan": plan_value, "baseline": base_value, "change %": change})
+    return pd.DataFrame(rows)
+
+
+def cash_figure(summary: pd.DataFrame) -> Figure:
+    """Fleet cash deployed and average idle cash: the plan against the fixed-schedule baseline."""
+    fleet = fleet_row(summary)
+    fig, axes = new_figure(10, 3.4, ncols=2)
     labels = ["Cashcast plan", "fixed-schedule baseline"]
-    values = [float(fleet.get("cash_deployed", 0) or 0), float(fleet.get("baseline_cash_deployed", 0) or 0)]
-    ax.bar(labels, values, color=["#2a7ab0", "#b0b0b0"])
-    ax.set_title("Fleet cash deployed over the plan horizon")
-    ax.set_ylabel("cash deployed (currency units)")
-    return _img(fig, "cash deployed against baseline")
+    for ax, (title, ours, base) in zip(
+        axes,
+        (
+            ("Fleet cash deployed over the plan horizon", "cash_deployed", "baseline_cash_deployed"),
+            ("Expected idle cash, average per day", "expected_idle_cash", "baseline_expected_idle_cash"),
+        ),
+        strict=True,
+    ):
+        values = [float(fleet.get(ours, 0) or 0), float(fleet.get(base, 0) or 0)]
+        ax.bar(labels, values, color=[PLAN_COLOR, BASELINE_COLOR])
+        ax.set_title(title)
+        ax.set_xlabel("policy")
+        ax.set_ylabel(f"cash ({CURRENCY})")
+        analyst.money_axis(ax)
+    fig.tight_layout()
+    return fig
 
 
-def visits_chart(plan: pd.DataFrame) -> str:
-    fig, ax = plt.subplots(figsize=(7, 3.2))
+def fleet_cash_figure(projection: pd.DataFrame) -> Figure:
+    """Expected cash held across the fleet each day of the plan (after that morning's visits)."""
+    fig, ax = new_figure(10, 3.2)
+    if len(projection):
+        per_day = projection.groupby(pd.to_datetime(projection["date"]))["balance_after"].sum()
+        ax.plot(per_day.index, per_day.to_numpy(), marker="o", color=PLAN_COLOR)
+        fig.autofmt_xdate()
+    analyst.money_axis(ax)
+    ax.set_title("Expected cash held in the fleet, day by day")
+    ax.set_xlabel("date")
+    ax.set_ylabel(f"cash after the morning visit ({CURRENCY})")
+    return fig
+
+
+def visits_figure(plan: pd.DataFrame) -> Figure:
+    """Planned carrier visits per day, split into loads and pickups."""
+    fig, ax = new_figure(10, 3.2)
     if len(plan):
-        per_day = pd.to_datetime(plan["visit_date"]).dt.strftime("%a %d %b").value_counts(sort=False)
-        order = sorted(per_day.index, key=lambda s: pd.to_datetime(s, format="%a %d %b"))
-        ax.bar(order, per_day[order].to_numpy(), color="#2a7ab0")
+        counts = pd.crosstab(pd.to_datetime(plan["visit_date"]), plan["action"]).sort_index()
+        bottom = None
+        for action, color in (("load", PLAN_COLOR), ("pickup", "#e0a030")):
+            if action in counts:
+                labels = counts.index.strftime("%a %d %b")
+                ax.bar(labels, counts[action], bottom=bottom, color=color, label=action)
+                bottom = counts[action] if bottom is None else bottom + counts[action]
         ax.tick_params(axis="x", rotation=45)
+        ax.legend()
     ax.set_title("Planned carrier visits per day")
     ax.set_xlabel("visit date")
     ax.set_ylabel("visits (count)")
-    return _img(fig, "visits per day")
+    return fig
 
 
-def accuracy_chart(actual_vs_forecast: pd.DataFrame) -> str:
-    fig, ax = plt.subplots(figsize=(5, 4))
-    if len(actual_vs_forecast):
-        ax.scatter(actual_vs_forecast["withdrawals"], actual_vs_forecast["yhat"], s=12, alpha=0.7)
-        top = float(max(actual_vs_forecast["withdrawals"].max(), actual_vs_forecast["yhat"].max()))
-        ax.plot([0, top], [0, top], color="grey", linewidth=1)
+def accuracy_figure(accuracy: pd.DataFrame) -> Figure:
+    """Yesterday's forecast against actual withdrawals per device (censored days left out)."""
+    fig, ax = new_figure(5, 4.2)
+    scored = accuracy[~accuracy["censored"]] if "censored" in accuracy else accuracy
+    if len(scored):
+        ax.scatter(scored["withdrawals"], scored["yhat"], s=14, alpha=0.7, color=PLAN_COLOR)
+        top = float(max(scored["withdrawals"].max(), scored["yhat"].max()))
+        ax.plot([0, top], [0, top], color="grey", linewidth=1, label="forecast = actual")
+        ax.legend(fontsize=8)
+    else:
+        ax.text(
+            0.5,
+            0.5,
+            "no forecast made before yesterday\nin this workspace",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+            color="grey",
+        )
+    analyst.money_axis(ax, "x")
+    analyst.money_axis(ax, "y")
+    ax.tick_params(axis="x", rotation=30)
     ax.set_title("Yesterday: forecast against actual withdrawals")
-    ax.set_xlabel("actual withdrawals (currency units)")
-    ax.set_ylabel("forecast (currency units)")
-    return _img(fig, "forecast against actual yesterday")
+    ax.set_xlabel(f"actual withdrawals ({CURRENCY})")
+    ax.set_ylabel(f"forecast ({CURRENCY})")
+    return fig
 
 
-def yesterday_accuracy(ws: Workspace, as_of: pd.Timestamp) -> pd.DataFrame:
-    """Yesterday's actuals against the forecast made for yesterday, where both exist."""
-    import ingest
-
-    yesterday = as_of - pd.Timedelta(days=1)
-    for made in range(1, 8):
-        path = ws.forecasts / f"{as_of - pd.Timedelta(days=made):%Y-%m-%d}" / "forecast.csv"
-        if path.exists():
-            forecast = pd.read_csv(path, usecols=["device_id", "date", "yhat"], parse_dates=["date"])
-            forecast = forecast[forecast["date"] == yesterday].astype({"device_id": "string"})
-            actual = ingest.read_daily(ws, start=yesterday, end=yesterday)
-            return forecast.merge(actual[["device_id", "date", "withdrawals"]], on=["device_id", "date"])
-    return pd.DataFrame(columns=["device_id", "date", "yhat", "withdrawals"])
+def worst_forecasts(accuracy: pd.DataFrame, top: int = 10) -> pd.DataFrame:
+    """Yesterday's largest absolute forecast errors (uncensored days)."""
+    scored = accuracy[~accuracy["censored"]].copy()
+    scored["error"] = scored["yhat"] - scored["withdrawals"]
+    scored["abs_error"] = scored["error"].abs()
+    columns = ["device_id", "model", "withdrawals", "yhat", "error"]
+    ranked = scored.sort_values("abs_error", ascending=False)
+    return ranked[[c for c in columns if c in ranked]].head(top).reset_index(drop=True)
 
 
-def _table(frame: pd.DataFrame) -> str:
-    return frame.to_html(index=False, classes="table", border=0, float_format=lambda v: f"{v:,.2f}", escape=True)
+def _png(fig: Figure) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _img(fig: Figure, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{_png(fig)}">'
+
+
+def _table(frame: pd.DataFrame, wrap_last: bool = False) -> str:
+    classes = ["table", "wrap-last"] if wrap_last else "table"
+    return frame.to_html(index=False, classes=classes, border=0, float_format=lambda v: f"{v:,.2f}", escape=True)
+
+
+def _accuracy_note(accuracy: pd.DataFrame) -> str:
+    from forecasting import smape
+
+    scored = accuracy[~accuracy["censored"]]
+    if scored.empty:
+        return "No device has both a forecast and an uncensored actual for yesterday yet."
+    made = pd.Timestamp(scored["made"].iloc[0])
+    value = smape(scored["withdrawals"].to_numpy(), scored["yhat"].to_numpy())
+    return (
+        f"{len(scored)} device(s) scored against the forecast made on {made:%Y-%m-%d}: sMAPE {value:.1f}%;"
+        f" {int(accuracy['censored'].sum())} censored device-day(s) left out."
+    )
+
+
+STYLE = """body{font-family:sans-serif;margin:2em;max-width:1100px;color:#222}
+.table{border-collapse:collapse;margin:0.5em 0 1.5em}
+.table td,.table th{padding:4px 8px;border-bottom:1px solid #ddd;text-align:right}
+.table td:first-child,.table th:first-child{text-align:left} .table td{white-space:nowrap}
+.wrap-last td:last-child{white-space:normal;text-align:left;min-width:20em} img{max-width:100%}"""
+
+
+def render_report(
+    as_of: pd.Timestamp,
+    plan: pd.DataFrame,
+    summary: pd.DataFrame,
+    projection: pd.DataFrame,
+    accuracy: pd.DataFrame,
+    context: dict[str, str],
+) -> str:
+    """The whole page as one HTML string (pure: frames in, text out)."""
+    at_risk = devices_at_risk(plan)
+    return f"""<!doctype html><html><head><meta charset="utf-8">
+<title>Cashcast nightly report {as_of:%Y-%m-%d}</title><style>{STYLE}</style></head><body>
+<h1>Cashcast nightly report, as of {as_of:%Y-%m-%d}</h1>
+<p>Plan horizon {html.escape(context.get("horizon", ""))} days; plan file
+<code>{html.escape(context.get("plan", ""))}</code>. Training: {html.escape(context.get("training", ""))}.
+Amounts in {CURRENCY} of the devices' currency.</p>
+<h2>Cash deployed against the fixed-schedule baseline</h2>
+{_table(headline_table(summary))}
+{_img(cash_figure(summary), "cash deployed and idle cash against the baseline")}
+{_img(fleet_cash_figure(projection), "expected fleet cash per day")}
+<h2>Visits per day</h2>{_img(visits_figure(plan), "visits per day")}
+<h2>Devices most at risk</h2>
+<p>The planned visit of each device with the highest chance of running out before the next visit.</p>
+{_table(at_risk, wrap_last=True)}
+<h2>Forecast against actual, yesterday</h2>
+<p>{html.escape(_accuracy_note(accuracy))}</p>
+{_img(accuracy_figure(accuracy), "forecast against actual yesterday")}
+{_table(worst_forecasts(accuracy))}
+</body></html>"""
 
 
 def write_report(ws: Workspace, config: Config, as_of: pd.Timestamp, planned: dict, trained: dict) -> Path:
     """Write reports/<as_of>/index.html: cash deployed, visits per day, devices at risk, yesterday's accuracy."""
-    plan = pd.read_csv(planned["plan"])
-    summary = pd.read_csv(planned["summary"])
-    accuracy = yesterday_accuracy(ws, as_of)
-    at_risk = devices_at_risk(plan)
-    body = f"""<!doctype html><html><head><meta charset="utf-8">
-<title>Cashcast nightly report {as_of:%Y-%m-%d}</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}} .table{{border-collapse:collapse}}
-.table td,.table th{{padding:4px 8px;border-bottom:1px solid #ddd;text-align:right}}</style></head><body>
-<h1>Cashcast nightly report, as of {as_of:%Y-%m-%d}</h1>
-<p>Plan horizon {planned.get("horizon", config.plan.horizon_days)} days; plan file
-<code>{html.escape(str(planned["plan"]))}</code>. Training: {html.escape(str(trained.get("reason", "")))}.</p>
-<h2>Cash deployed against the fixed-schedule baseline</h2>{cash_chart(summary)}
-{_table(summary[summary["device_id"].astype(str) == "TOTAL"])}
-<h2>Visits per day</h2>{visits_chart(plan)}
-<h2>Devices most at risk</h2>{_table(at_risk)}
-<h2>Forecast against actual, yesterday</h2>{accuracy_chart(accuracy)}
-<p>{len(accuracy)} device(s) with both a forecast and an actual for yesterday.</p>
-</body></html>"""
+    folder = Path(planned["plan"]).parent
+    projection_path = Path(planned.get("projection") or folder / "projection.csv")
+    projection = pd.read_csv(projection_path) if projection_path.exists() else pd.DataFrame()
+    page = render_report(
+        as_of,
+        plan=pd.read_csv(planned["plan"]),
+        summary=pd.read_csv(planned["summary"]),
+        projection=projection,
+        accuracy=analyst.yesterday_accuracy(ws, as_of),
+        context={
+            "horizon": str(planned.get("horizon", config.plan.horizon_days)),
+            "plan": str(planned["plan"]),
+            "training": str(trained.get("reason", "")),
+        },
+    )
     target = ws.reports / f"{as_of:%Y-%m-%d}" / "index.html"
     with atomic_path(target) as tmp:
-        tmp.write_text(body, encoding="utf-8")
+        tmp.write_text(page, encoding="utf-8")
     return target

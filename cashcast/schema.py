@@ -7,7 +7,7 @@ is "not recorded", never zero demand; a censored day (cash-out, offline) keeps i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -109,6 +109,7 @@ class DemandForecast:
     dates: pd.DatetimeIndex  # (horizon,) the forecast days as_of .. as_of + horizon - 1
     withdrawal_paths: np.ndarray  # float32 (n_devices, n_paths, horizon), >= 0
     deposit_paths: np.ndarray | None = None  # same shape; zeros for devices without deposits
+    failures: dict[str, str] = field(default_factory=dict)  # device_id -> why it got the fallback forecast
 
     def net_outflow_paths(self) -> np.ndarray:
         """Cash leaving each device per day and path: withdrawals minus deposits."""

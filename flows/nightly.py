@@ -20,6 +20,7 @@ from cashcast.config import Config, load_config
 from cashcast.locking import workspace_lock
 from cashcast.workspace import Workspace
 from flows import runners
+from forecasting import registry
 
 
 def _context(home: str | None, config_file: str | None) -> tuple[Workspace, Config]:
@@ -54,7 +55,8 @@ def train_flow(
     due, why = jobs.training_due(ws, config, jobs.parse_date(as_of))
     if not (due or force):
         logger.info("training not due: %s", why)
-        return {"trained": False, "reason": why}
+        serving = registry.champion_version(ws, config)
+        return {"trained": False, "reason": why, "run_id": serving.run_id, "version": serving.version, "promoted": True}
     outcome = jobs.run_train(ws, config, jobs.parse_date(as_of))
     logger.info(
         "trained %d devices as of %s: run %s, version %s, %s (%s)",

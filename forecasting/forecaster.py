@@ -104,8 +104,8 @@ class CashForecaster:
         for k, q in enumerate(levels):
             frame[quantile_column(q)] = quant[:, :, k].ravel()
         deposit_paths = None
-        if self.deposits_ is not None:
-            deposit_ids = np.intersect1d(ids, _deposit_devices(daily, as_of))
+        deposit_ids = np.intersect1d(ids, _deposit_devices(daily, as_of)) if self.deposits_ is not None else []
+        if len(deposit_ids):
             dep_panel = build_panel(
                 daily, devices, as_of, self.config, column="deposits", pad=self._pad(horizon), device_ids=deposit_ids
             )
@@ -122,7 +122,7 @@ class CashForecaster:
             deposit_paths = np.zeros_like(paths)
             deposit_paths[rows] = d_paths
         self.failures_ = failures
-        return DemandForecast(frame, np.asarray(ids, dtype=str), dates, paths, deposit_paths)
+        return DemandForecast(frame, np.asarray(ids, dtype=str), dates, paths, deposit_paths, dict(failures))
 
 
 def train(

@@ -1,8 +1,18 @@
 """Replenishment: least-cost CIT visit and load plans from demand sample paths, and the backtest replay."""
 
 from replenishment.naive import naive_forecast
-from replenishment.plan import PlanResult, plan_network
+from replenishment.plan import PlanResult, device_rows, plan_network, with_fleet_total
 from replenishment.replay import ReplayResult, replay
 from replenishment.terms import device_holidays, resolve_terms
 
-__all__ = ["PlanResult", "ReplayResult", "device_holidays", "naive_forecast", "plan_network", "replay", "resolve_terms"]
+__all__ = [
+    "PlanResult",
+    "ReplayResult",
+    "device_holidays",
+    "naive_forecast",
+    "device_rows",
+    "plan_network",
+    "with_fleet_total",
+    "replay",
+    "resolve_terms",
+]

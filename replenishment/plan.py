@@ -465,9 +465,25 @@ def _summary(terms, dev, plan, run, baseline, baseline_targets, device_notes) ->
     summary["baseline_expected_cost"] = base_visits * dev.visit_cost + baseline_holding
     summary["horizon_days"] = horizon
     summary["notes"] = ["; ".join(notes) for notes in device_notes]
-    total = summary.drop(columns=["device_id", "name", "region", "kind", "notes", "horizon_days"]).sum()
-    total_row = {**total.to_dict(), "device_id": "TOTAL", "name": "fleet", "region": "", "kind": "", "notes": ""}
+    return with_fleet_total(summary)
+
+
+TOTAL_ID = "TOTAL"
+_LABELS = ["device_id", "name", "region", "kind", "notes", "horizon_days"]
+
+
+def device_rows(summary: pd.DataFrame) -> pd.DataFrame:
+    """The per-device rows of a summary, without its fleet TOTAL row."""
+    return summary[summary["device_id"].astype(str) != TOTAL_ID]
+
+
+def with_fleet_total(per_device: pd.DataFrame) -> pd.DataFrame:
+    """Per-device summary rows plus one fleet TOTAL row (so chunked runs can merge summaries)."""
+    rows = device_rows(per_device)
+    total = rows.drop(columns=_LABELS).sum()
+    horizon = int(rows["horizon_days"].max()) if len(rows) else 0
+    total_row = {**total.to_dict(), "device_id": TOTAL_ID, "name": "fleet", "region": "", "kind": "", "notes": ""}
     total_row["horizon_days"] = horizon
-    summary = pd.concat([summary, pd.DataFrame([total_row])], ignore_index=True)
+    summary = pd.concat([rows, pd.DataFrame([total_row])], ignore_index=True)
     summary["device_id"] = summary["device_id"].astype("string")
     return summary

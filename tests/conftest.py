@@ -52,3 +52,23 @@ def sample_files(tmp_path) -> Path:
     target = tmp_path / "sample"
     shutil.copytree(SAMPLE_DIR, target)
     return target
+
+
+class ExplodingModel:
+    """Wraps a fitted candidate model; raises for one device as a corrupt parameter set would."""
+
+    def __init__(self, inner, device: str):
+        self.inner = inner
+        self.device = device
+
+    def predict(self, panel, horizon):
+        if self.device in set(panel.device_ids):
+            raise FloatingPointError(f"diverged for {self.device}")
+        return self.inner.predict(panel, horizon)
+
+
+def make_device_fail(model, device: str) -> None:
+    """Route `device` to a candidate that raises, as if its fitted parameters were corrupt."""
+    target = model.withdrawals_
+    target.choice_.loc[device] = "ets"
+    target.models_["ets"] = ExplodingModel(target.models_["ets"], device)

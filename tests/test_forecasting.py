@@ -14,6 +14,7 @@ import cloudpickle
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import make_device_fail
 
 from cashcast.config import load_config
 from cashcast.synthetic import generate_network
@@ -166,26 +167,11 @@ def test_predict_at_later_as_of_uses_newer_history(trained, network, as_of):
     assert np.isfinite(late.frame["yhat"]).all()
 
 
-class _Exploding:
-    """Wraps a fitted model; raises for one device as a corrupt parameter set would."""
-
-    def __init__(self, inner, device):
-        self.inner = inner
-        self.device = device
-
-    def predict(self, panel, horizon):
-        if self.device in set(panel.device_ids):
-            raise FloatingPointError(f"diverged for {self.device}")
-        return self.inner.predict(panel, horizon)
-
-
 def test_device_whose_model_raises_gets_seasonal_naive_fallback(trained, network, as_of):
     """The failing device alone falls back; the rest of its chunk keeps its model."""
     model = cloudpickle.loads(cloudpickle.dumps(trained.model))
-    target = model.withdrawals_
-    bad = str(target.choice_.index[0])
-    target.choice_.loc[bad] = "ets"
-    target.models_["ets"] = _Exploding(target.models_["ets"], bad)
+    bad = str(model.withdrawals_.choice_.index[0])
+    make_device_fail(model, bad)
     frame = _forecast(model, network.daily, network.devices, as_of).frame
     assert set(model.failures_) == {bad} and "diverged" in model.failures_[bad]
     mine = frame[frame["device_id"] == bad]

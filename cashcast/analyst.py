@@ -1,0 +1,699 @@
+"""The analyst's helper API: one place where notebooks and the nightly report read a workspace.
+
+Notebooks hold narrative and calls, never logic: everything they show comes from a function here,
+so a notebook and the report can never disagree about what the lake, a forecast or a plan says.
+
+Typical session (a fresh workspace sets itself up from the shipped sample)::
+
+    >>> from cashcast import analyst
+    >>> ws = analyst.open_workspace()            # CASHCAST_HOME, else data/
+    >>> config = analyst.quick_config()          # small, fast settings for exploration
+    >>> as_of = analyst.ensure_outputs(ws, config)  # ingest + train + plan only what is missing
+    >>> lake = analyst.load_lake(ws, as_of)
+    >>> runs = analyst.training_runs(ws, config)
+    >>> per_device = analyst.run_table(ws, config, runs["run_id"].iloc[0])
+
+Charts are small pure functions that take frames and return a matplotlib Figure with a title,
+axis labels and units, so they can be checked without looking at pixels. The figures live outside
+pyplot's registry: nothing leaks in a long nightly process, and a notebook (`%matplotlib inline`)
+shows each one once, as the cell's value.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
+
+import ingest
+from cashcast import jobs
+from cashcast.config import Config, load_config
+from cashcast.schema import DemandForecast, quantile_column
+from cashcast.workspace import CHECKOUT_DATA_DIR, Workspace
+from features.holidays import holiday_table
+
+SAMPLE_DIR = CHECKOUT_DATA_DIR / "sample"
+# Five devices that show every behaviour of the sample: two ATMs, a branch with net deposits, a
+# recycler and the cold-start ATM with two weeks of history.
+SAMPLE_DEVICES = ("ATM-00001", "ATM-00002", "BR-0001", "RC-0001", "ATM-00020")
+SAMPLE_KINDS = ("devices", "daily", "status", "balances")
+CURRENCY = "currency units"
+POLICY_COLORS = {
+    "cashcast": "#2a7ab0",
+    "fixed_weekly": "#b0b0b0",
+    "cover_rule": "#e0a030",
+    "perfect_foresight": "#40a040",
+}
+
+
+# ---------------------------------------------------------------- workspace and setup
+
+
+def open_workspace(home: str | Path | None = None) -> Workspace:
+    """The workspace at `home`, else CASHCAST_HOME, else data/ (created if missing).
+
+    >>> ws = open_workspace("/tmp/cashcast-demo")
+    >>> ws.lake
+    PosixPath('/tmp/cashcast-demo/lake')
+    """
+    return Workspace.resolve(home).ensure()
+
+
+def quick_config(config: Config | None = None) -> Config:
+    """Settings that keep exploration fast: 2 short backtest folds, one process, 50 sample paths.
+
+    The backtest needs at least two folds to measure quantile coverage (leave-one-fold-out).
+
+    >>> quick_config().forecast.backtest_folds
+    2
+    """
+    base = config or load_config()
+    return base.updated(
+        forecast={
+            "backtest_folds": 2,
+            "backtest_horizon_days": 14,
+            "n_jobs": 1,
+            "n_paths": 50,
+            "max_history_days": 400,
+        },
+        backtest={"replan_every_days": 7},
+    )
+
+
+def has_history(ws: Workspace) -> bool:
+    """Whether the lake holds any daily history yet."""
+    return bool(jobs.lake_device_ids(ws))
+
+
+def ingest_sample(ws: Workspace, config: Config, device_ids: tuple[str, ...] | None = SAMPLE_DEVICES) -> list:
+    """Ingest the shipped synthetic sample (only `device_ids`; None: all 30) into the lake.
+
+    Returns the IngestReports. The raw sample files are never edited: the subset is written to a
+    temporary folder first.
+    """
+    reports = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in SAMPLE_KINDS:
+            raw = pd.read_csv(SAMPLE_DIR / f"{kind}.csv", dtype=str, keep_default_na=False)
+            if device_ids is not None:
+                raw = raw[raw["device_id"].isin(device_ids)]
+            path = Path(tmp) / f"{kind}-sample.csv"
+            raw.to_csv(path, index=False)
+            reports.append(ingest.ingest_file(path, kind, ws, config))
+    return reports
+
+
+def ensure_lake(ws: Workspace, config: Config) -> pd.Timestamp:
+    """Ingest the sample when the lake is empty; returns the next as-of (the morning after the last day)."""
+    if not has_history(ws):
+        ingest_sample(ws, config)
+    return jobs.next_as_of(ws)
+
+
+def ensure_outputs(ws: Workspace, config: Config, as_of: pd.Timestamp | None = None) -> pd.Timestamp:
+    """Whatever is missing of lake, champion model and plan for `as_of`, produced in that order.
+
+    A workspace that already has them is only read, so notebooks can run against a production
+    workspace without retraining anything.
+    """
+    as_of = as_of or ensure_lake(ws, config)
+    if not (ws.plans / f"{as_of:%Y-%m-%d}" / "plan.csv").exists():
+        jobs.run_plan(ws, config, as_of)
+    return as_of
+
+
+# ---------------------------------------------------------------- the lake
+
+
+@dataclass
+class Lake:
+    """What the lake knows on the morning of `as_of`; `daily.censored` marks cash-out and offline days."""
+
+    daily: pd.DataFrame
+    devices: pd.DataFrame
+    status: pd.DataFrame
+    balances: pd.DataFrame
+    as_of: pd.Timestamp
+
+
+def load_lake(ws: Workspace, as_of: pd.Timestamp | None = None, device_ids: list[str] | None = None) -> Lake:
+    """Daily history before `as_of` with censored flags, device master, status and balances."""
+    history = jobs.load_history(ws, as_of, device_ids)
+    status = ingest.read_table(ws, "status")
+    if device_ids is not None:
+        status = status[status["device_id"].isin(device_ids)]
+    return Lake(history.daily, history.devices, status.reset_index(drop=True), history.balances, history.as_of)
+
+
+def device_days(lake: Lake, device_id: str) -> pd.DataFrame:
+    """One device's calendar from its first to its last recorded day: date, withdrawals, deposits,
+    recorded (False: no row, demand unknown) and censored (True: the amount is a lower bound)."""
+    own = lake.daily[lake.daily["device_id"] == device_id].set_index("date").sort_index()
+    if own.empty:
+        raise KeyError(f"{device_id}: no recorded days in the lake before {lake.as_of:%Y-%m-%d}")
+    days = pd.date_range(own.index.min(), own.index.max(), freq="D", name="date")
+    frame = own[["withdrawals", "deposits", "censored"]].reindex(days)
+    frame["recorded"] = frame["withdrawals"].notna()
+    frame["censored"] = frame["censored"].fillna(False).astype(bool)
+    return frame.reset_index()
+
+
+def device_place(lake: Lake, device_id: str, config: Config) -> tuple[str, str]:
+    """(country, subdivision) of a device: its master row, else the config defaults."""
+    row = lake.devices[lake.devices["device_id"] == device_id]
+
+    def value(column: str, default: str) -> str:
+        if row.empty or column not in row or pd.isna(row[column].iloc[0]) or not str(row[column].iloc[0]).strip():
+            return default
+        return str(row[column].iloc[0]).strip()
+
+    return value("country", config.devices.country), value("subdivision", config.devices.subdivision)
+
+
+def holiday_markers(lake: Lake, device_id: str, start: pd.Timestamp, end: pd.Timestamp, config: Config) -> pd.DataFrame:
+    """Days in [start, end] that are public holidays or make-up workdays in the device's country.
+
+    Columns: date, holiday_name, kind ('holiday' or 'make-up workday': a weekend day worked in lieu).
+    """
+    country, subdivision = device_place(lake, device_id, config)
+    table = holiday_table(country, subdivision, start, end)
+    makeup = table["is_working_day"] & (table["date"].dt.dayofweek >= 5)
+    marked = table[table["is_holiday"] | makeup]
+    return pd.DataFrame(
+        {
+            "date": marked["date"].to_numpy(),
+            "holiday_name": marked["holiday_name"].astype(str).to_numpy(),
+            "kind": np.where(marked["is_holiday"], "holiday", "make-up workday"),
+        }
+    )
+
+
+def device_features(lake: Lake, config: Config, device_id: str, horizon: int = 14) -> pd.DataFrame:
+    """The forecast-time features (`features.build`) of one device for as_of .. as_of + horizon - 1."""
+    import features
+
+    built = features.build(lake.daily, lake.devices, lake.as_of, horizon, config)
+    return built[built["device_id"] == device_id].reset_index(drop=True)
+
+
+# ---------------------------------------------------------------- forecasts and plans
+
+
+def dated_folders(folder: Path) -> list[Path]:
+    """Sub-folders named YYYY-MM-DD..., oldest first (forecasts/, plans/, reports/, backtests/)."""
+    if not folder.exists():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_dir() and p.name[:10].replace("-", "").isdigit())
+
+
+def _latest(folder: Path, name: str) -> Path:
+    candidates = [p / name for p in dated_folders(folder) if (p / name).exists()]
+    if not candidates:
+        raise FileNotFoundError(f"no {name} under {folder}; run `cashcast plan` or `cashcast nightly` first")
+    return candidates[-1]
+
+
+def _read_csv(path: Path, dates: tuple[str, ...]) -> pd.DataFrame:
+    frame = pd.read_csv(path)
+    for column in dates:
+        if column in frame:
+            frame[column] = pd.to_datetime(frame[column])
+    if "device_id" in frame:
+        frame["device_id"] = frame["device_id"].astype("string")
+    return frame
+
+
+def latest_forecast(ws: Workspace) -> pd.DataFrame:
+    """The newest forecasts/<as_of>/forecast.csv (device_id, date, model, yhat, q50..)."""
+    return _read_csv(_latest(ws.forecasts, "forecast.csv"), ("date",))
+
+
+@dataclass
+class PlanFiles:
+    """A plan folder read back: the plan rows, the daily projection and the per-device summary."""
+
+    as_of: pd.Timestamp
+    plan: pd.DataFrame
+    projection: pd.DataFrame
+    summary: pd.DataFrame
+
+
+def read_plan(folder: Path) -> PlanFiles:
+    """plans/<as_of>/ as frames."""
+    return PlanFiles(
+        as_of=pd.Timestamp(folder.name[:10]),
+        plan=_read_csv(folder / "plan.csv", ("visit_date", "order_by")),
+        projection=_read_csv(folder / "projection.csv", ("date",)),
+        summary=_read_csv(folder / "summary.csv", ()),
+    )
+
+
+def latest_plan(ws: Workspace) -> PlanFiles:
+    """The newest plan folder of the workspace."""
+    return read_plan(_latest(ws.plans, "plan.csv").parent)
+
+
+def forecast_against_actuals(
+    lake: Lake, forecast: pd.DataFrame | DemandForecast, device_id: str | None = None
+) -> pd.DataFrame:
+    """Forecast rows joined to what happened: adds withdrawals (NaN: not recorded yet) and censored."""
+    frame = forecast.frame if isinstance(forecast, DemandForecast) else forecast
+    if device_id is not None:
+        frame = frame[frame["device_id"] == device_id]
+    actual = lake.daily[["device_id", "date", "withdrawals", "censored"]]
+    joined = frame.astype({"device_id": "string"}).merge(actual, on=["device_id", "date"], how="left")
+    joined["censored"] = joined["censored"].fillna(False).astype(bool)
+    return joined
+
+
+def yesterday_accuracy(ws: Workspace, as_of: pd.Timestamp, max_age_days: int = 7) -> pd.DataFrame:
+    """Yesterday's actuals against the newest forecast made for yesterday before it (at most a week old).
+
+    Columns: device_id, date, model, yhat, withdrawals, censored, made (the forecast's as-of). Censored
+    days are kept and flagged: their withdrawals are a lower bound, not demand, and must not be scored.
+    """
+    import features
+
+    yesterday = as_of - pd.Timedelta(days=1)
+    columns = ["device_id", "date", "model", "yhat", "withdrawals", "censored", "made"]
+    for age in range(1, max_age_days + 1):
+        made = as_of - pd.Timedelta(days=age)
+        path = ws.forecasts / f"{made:%Y-%m-%d}" / "forecast.csv"
+        if not path.exists():
+            continue
+        forecast = _read_csv(path, ("date",))
+        forecast = forecast[forecast["date"] == yesterday]
+        if forecast.empty:
+            continue
+        actual = ingest.read_daily(ws, start=yesterday, end=yesterday)
+        status, balances = (ingest.read_table(ws, name) for name in ("status", "balances"))
+        actual = features.mark_censored(actual, status, balances)
+        joined = forecast.merge(actual[["device_id", "date", "withdrawals", "censored"]], on=["device_id", "date"])
+        return joined.assign(made=made)[[c for c in columns if c in joined or c == "made"]]
+    return pd.DataFrame({c: pd.Series(dtype="bool" if c == "censored" else "object") for c in columns})
+
+
+def champion_model(ws: Workspace, config: Config):
+    """The serving CashForecaster (`models:/<registered_model>@champion`)."""
+    from forecasting import registry
+
+    model = registry.load_champion(ws, config)
+    if model is None:
+        raise LookupError(f"{ws.home}: no champion model; run `cashcast train` first")
+    return model
+
+
+def backcast(ws: Workspace, config: Config, origin: pd.Timestamp, horizon: int) -> DemandForecast:
+    """The champion's forecast of every device made as if on the morning of `origin` (history before it only).
+
+    The champion's parameters may have been fitted on days after `origin`; for a strictly
+    out-of-sample view use the training run's backtest table (`run_table`).
+    """
+    history = jobs.load_history(ws, origin)
+    return champion_model(ws, config).predict(history.daily, history.devices, origin, horizon, n_paths=0)
+
+
+# ---------------------------------------------------------------- MLflow
+
+
+def training_runs(ws: Workspace, config: Config) -> pd.DataFrame:
+    """Every training run of the workspace's MLflow store, newest first (params, metrics, tags)."""
+    import mlflow
+
+    from forecasting import registry
+
+    registry.use_store(ws, config)
+    runs = mlflow.search_runs(
+        experiment_names=[config.forecast.experiment],
+        filter_string="attributes.run_name LIKE 'train-%'",
+        order_by=["attributes.start_time DESC"],
+    )
+    if runs.empty:
+        raise LookupError(f"{ws.home}: no training run in MLflow; run `cashcast train` first")
+    return runs
+
+
+def run_table(ws: Workspace, config: Config, run_id: str, name: str = "backtest_per_device") -> pd.DataFrame:
+    """A table artifact of a training run: `backtest_per_device` or `selection`."""
+    import mlflow
+
+    from forecasting import registry
+
+    registry.use_store(ws, config)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"tables/{name}.csv", dst_path=tmp)
+        return _read_csv(Path(path), ())
+
+
+def latest_backtest(ws: Workspace) -> dict[str, pd.DataFrame]:
+    """The newest backtests/<start>_<end>/ KPI tables: 'kpis' (per policy) and 'per_device'."""
+    folder = _latest(ws.backtests, "kpis.csv").parent
+    return {name: _read_csv(folder / f"{name}.csv", ()) for name in ("kpis", "per_device")}
+
+
+# ---------------------------------------------------------------- model comparison
+
+
+def metrics_by_model(backtest: pd.DataFrame) -> pd.DataFrame:
+    """Mean and median backtest metrics of each candidate over devices (rows: model)."""
+    table = backtest.groupby("model")[["smape", "mase", "wape", "bias"]].agg(["mean", "median"])
+    table.columns = [f"{metric}_{stat}" for metric, stat in table.columns]
+    table["devices"] = backtest.groupby("model")["device_id"].nunique()
+    return table.sort_values("smape_mean")
+
+
+def device_traits(lake: Lake) -> pd.DataFrame:
+    """Per device what makes forecasting easy or hard: kind, observed days, censored share, volatility."""
+    daily = lake.daily
+    observed = daily[~daily["censored"]]
+    grouped = observed.groupby("device_id")["withdrawals"]
+    traits = pd.DataFrame(
+        {
+            "observed_days": grouped.count(),
+            "censored_share": daily.groupby("device_id")["censored"].mean(),
+            "mean_withdrawals": grouped.mean(),
+            "volatility": grouped.std() / grouped.mean(),
+        }
+    )
+    kinds = lake.devices.set_index("device_id")["kind"] if "kind" in lake.devices else pd.Series(dtype=str)
+    traits["kind"] = traits.index.map(kinds)
+    traits.index = traits.index.astype("string")
+    return traits.rename_axis("device_id").reset_index()
+
+
+def head_to_head(backtest: pd.DataFrame, challenger: str = "lightgbm", incumbent: str = "ets") -> pd.DataFrame:
+    """Per device sMAPE of two candidates, the gap (incumbent - challenger: > 0 means challenger wins)."""
+    wide = backtest.pivot_table(index="device_id", columns="model", values="smape")
+    missing = {challenger, incumbent} - set(wide.columns)
+    if missing:
+        raise KeyError(f"backtest has no rows for {sorted(missing)}")
+    table = wide[[challenger, incumbent]].copy()
+    table["gap"] = table[incumbent] - table[challenger]
+    table["winner"] = np.where(table["gap"] > 0, challenger, incumbent)
+    table.index = table.index.astype("string")
+    return table.reset_index().sort_values("gap", ascending=False, ignore_index=True)
+
+
+def gbm_importance(model) -> pd.DataFrame:
+    """Gain importance of the pooled LightGBM of a CashForecaster (feature, gain, share), largest first."""
+    booster = model.withdrawals_.models_["lightgbm"].booster_
+    gain = booster.feature_importance(importance_type="gain")
+    table = pd.DataFrame({"feature": booster.feature_name(), "gain": gain})
+    table["share"] = table["gain"] / table["gain"].sum()
+    return table.sort_values("gain", ascending=False, ignore_index=True)
+
+
+def coverage_table(backtest: pd.DataFrame, levels: list[float]) -> pd.DataFrame:
+    """Nominal level against the held-out share of days under each quantile.
+
+    The training run stores the leave-one-fold-out coverage on the `selected` rows, one column per level.
+    """
+    selected = backtest[backtest["model"] == "selected"]
+    rows = []
+    for level in levels:
+        column = quantile_column(level)
+        if column in selected:
+            rows.append({"level": level, "observed": selected[column].mean(), "devices": selected[column].count()})
+    return pd.DataFrame(rows, columns=["level", "observed", "devices"])
+
+
+# ---------------------------------------------------------------- replenishment what-if
+
+
+def caching_forecaster(model, devices: pd.DataFrame | None):
+    """A replay forecaster that predicts each (as_of, horizon) once: scenarios share the forecasts.
+
+    What-if scenarios change device terms, never demand, so every scenario sees the same
+    forecasts and the comparison isolates the policy settings.
+    """
+    made: dict[tuple[pd.Timestamp, int], DemandForecast] = {}
+
+    def forecaster(past: pd.DataFrame, as_of: pd.Timestamp, horizon: int) -> DemandForecast:
+        key = (pd.Timestamp(as_of), horizon)
+        if key not in made:
+            made[key] = model.predict(past, devices, as_of, horizon)
+        return made[key]
+
+    return forecaster
+
+
+@dataclass
+class WhatIf:
+    """Replay KPIs per scenario and policy, and the daily balance trajectories behind them."""
+
+    kpis: pd.DataFrame
+    trajectories: pd.DataFrame
+
+
+def what_if(
+    ws: Workspace,
+    config: Config,
+    start: pd.Timestamp,
+    end: pd.Timestamp,
+    scenarios: Mapping[str, Mapping[str, float]],
+    model=None,
+) -> WhatIf:
+    """Replay [start, end] once per scenario: each overrides device terms for every device.
+
+    A scenario maps term columns (holding_rate, visit_cost, service_level, ...) to values, e.g.
+    ``{"default": {}, "sl 0.90": {"service_level": 0.9}, "costly visits": {"visit_cost": 3000}}``.
+    `model` defaults to a CashForecaster trained on the history before `start` (leak-free).
+    """
+    import forecasting
+    import replenishment
+
+    history = jobs.load_history(ws, end + pd.Timedelta(days=1))
+    known = history.daily[history.daily["date"] < start]
+    if model is None:
+        model = forecasting.train(known, history.devices, start, config).model
+    base_terms = replenishment.resolve_terms(history.devices, known, config)
+    opening = jobs.latest_balances(history.balances, start)
+    forecaster = caching_forecaster(model, history.devices)
+    kpis, trajectories = [], []
+    for name, overrides in scenarios.items():
+        unknown = set(overrides) - set(base_terms.columns)
+        if unknown:
+            raise KeyError(f"scenario {name!r}: unknown device term(s) {sorted(unknown)}")
+        terms = base_terms.assign(**dict(overrides))
+        result = replenishment.replay(
+            history.daily,
+            terms,
+            start,
+            end,
+            forecaster,
+            config,
+            initial_balances=opening if len(opening) else None,
+        )
+        kpis.append(result.kpis.assign(scenario=name))
+        trajectories.append(result.daily.assign(scenario=name))
+    return WhatIf(pd.concat(kpis, ignore_index=True), pd.concat(trajectories, ignore_index=True))
+
+
+# ---------------------------------------------------------------- charts
+
+
+def new_figure(width: float, height: float, ncols: int = 1) -> tuple[Figure, Axes]:
+    """A figure outside pyplot (see the module docstring) and its axes (an array when ncols > 1)."""
+    fig = Figure(figsize=(width, height))
+    return fig, fig.subplots(1, ncols)
+
+
+def money_axis(ax, which: str = "y") -> None:
+    """Whole amounts with thousands separators instead of matplotlib's 1e7 offset notation."""
+    axis = ax.yaxis if which == "y" else ax.xaxis
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
+
+
+def history_chart(days: pd.DataFrame, holidays: pd.DataFrame, title: str) -> Figure:
+    """Daily withdrawals with holidays shaded, censored days and unrecorded days marked."""
+    fig, ax = new_figure(11, 3.6)
+    ax.plot(days["date"], days["withdrawals"], color="#2a7ab0", linewidth=0.9, label="withdrawals")
+    censored = days[days["censored"]]
+    ax.scatter(
+        censored["date"],
+        censored["withdrawals"],
+        color="#d03030",
+        s=14,
+        zorder=3,
+        label="censored (cash-out/offline: lower bound)",
+    )
+    gaps = days[~days["recorded"]]
+    if len(gaps):
+        ax.scatter(gaps["date"], np.zeros(len(gaps)), marker="|", color="grey", s=40, label="not recorded")
+    for i, day in enumerate(holidays.loc[holidays["kind"] == "holiday", "date"]):
+        ax.axvspan(
+            day,
+            day + pd.Timedelta(days=1),
+            color="#f0c040",
+            alpha=0.35,
+            lw=0,
+            label="public holiday" if i == 0 else None,
+        )
+    money_axis(ax)
+    ax.set_title(title)
+    ax.set_xlabel("date")
+    ax.set_ylabel(f"withdrawals per day ({CURRENCY})")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.autofmt_xdate()
+    return fig
+
+
+def fan_chart(recent: pd.DataFrame, forecast: pd.DataFrame, levels: list[float], title: str) -> Figure:
+    """Recent actuals, then the forecast's median and its quantile bands (q50..q_top), actuals overlaid."""
+    fig, ax = new_figure(11, 3.6)
+    ax.plot(recent["date"], recent["withdrawals"], color="black", linewidth=1, label="actual withdrawals")
+    upper = sorted(q for q in levels if q > 0.5)
+    shades = np.linspace(0.15, 0.45, len(upper))[::-1]
+    median = forecast[quantile_column(0.5)] if quantile_column(0.5) in forecast else forecast["yhat"]
+    for level, alpha in zip(upper, shades, strict=True):
+        ax.fill_between(
+            forecast["date"],
+            median,
+            forecast[quantile_column(level)],
+            color="#2a7ab0",
+            alpha=alpha,
+            lw=0,
+            label=f"median to q{round(level * 100)}",
+        )
+    ax.plot(forecast["date"], forecast["yhat"], color="#2a7ab0", linewidth=1.5, label="forecast (yhat)")
+    if "withdrawals" in forecast and forecast["withdrawals"].notna().any():
+        censored = forecast["censored"] if "censored" in forecast else pd.Series(False, index=forecast.index)
+        seen, lost = forecast[~censored], forecast[censored]
+        ax.plot(seen["date"], seen["withdrawals"], "o", color="black", ms=3, label="actual in forecast window")
+        if len(lost):
+            ax.plot(lost["date"], lost["withdrawals"], "o", color="#d03030", ms=4, label="censored (lower bound)")
+    money_axis(ax)
+    ax.set_title(title)
+    ax.set_xlabel("date")
+    ax.set_ylabel(f"withdrawals per day ({CURRENCY})")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.autofmt_xdate()
+    return fig
+
+
+def metric_chart(table: pd.DataFrame, metric: str = "smape_mean", unit: str = "%") -> Figure:
+    """One bar per model of a `metrics_by_model` column."""
+    fig, ax = new_figure(6, 3.2)
+    ax.bar(table.index.astype(str), table[metric], color="#2a7ab0")
+    ax.set_title(f"Backtest {metric.replace('_', ' ')} by model (lower is better)")
+    ax.set_xlabel("model")
+    ax.set_ylabel(f"{metric.split('_')[0]} ({unit})")
+    return fig
+
+
+def importance_chart(importance: pd.DataFrame, top: int = 12) -> Figure:
+    """Horizontal bars of the largest gain shares of the pooled LightGBM."""
+    head = importance.head(top).iloc[::-1]
+    fig, ax = new_figure(6, 0.3 * len(head) + 1.2)
+    ax.barh(head["feature"], 100 * head["share"], color="#2a7ab0")
+    ax.set_title("LightGBM feature importance (total gain)")
+    ax.set_xlabel("share of total gain (%)")
+    ax.set_ylabel("feature")
+    return fig
+
+
+def coverage_chart(coverage: pd.DataFrame) -> Figure:
+    """Observed coverage of each quantile against its nominal level (on the diagonal = calibrated)."""
+    fig, ax = new_figure(4.5, 4)
+    ax.plot([0.4, 1], [0.4, 1], color="grey", linewidth=1, label="perfect calibration")
+    ax.plot(coverage["level"], coverage["observed"], "o-", color="#2a7ab0", label="backtest")
+    ax.set_title("Quantile coverage, held-out backtest days")
+    ax.set_xlabel("nominal quantile level (share of days)")
+    ax.set_ylabel("observed share of days below (share of days)")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def frontier_chart(kpis: pd.DataFrame, reference: str | None = None) -> Figure:
+    """Total cost against stockout device-days: the Cashcast policy under every scenario of a `what_if`,
+    the baselines and perfect foresight under the `reference` scenario (default: the first) for scale.
+
+    Scenarios that change prices (holding rate, visit cost) also change what every policy costs, so
+    only the reference scenario's baselines are drawn: one cloud per price world would be unreadable.
+    """
+    reference = reference or str(kpis["scenario"].iloc[0])
+    fig, ax = new_figure(8, 4.5)
+    ours = kpis[kpis["policy"] == "cashcast"]
+    ax.scatter(
+        ours["stockout_device_days"], ours["total_cost"], s=45, color=POLICY_COLORS["cashcast"], label="cashcast"
+    )
+    for _, row in ours.iterrows():
+        ax.annotate(
+            str(row["scenario"]),
+            (row["stockout_device_days"], row["total_cost"]),
+            fontsize=8,
+            xytext=(5, 3),
+            textcoords="offset points",
+        )
+    others = kpis[(kpis["policy"] != "cashcast") & (kpis["scenario"] == reference)]
+    for _, row in others.iterrows():
+        ax.scatter(
+            row["stockout_device_days"],
+            row["total_cost"],
+            s=60,
+            marker="s",
+            facecolors="none",
+            edgecolors=POLICY_COLORS.get(row["policy"], "#804080"),
+            label=f"{row['policy']} ({reference})",
+        )
+    money_axis(ax)
+    ax.margins(x=0.15, y=0.1)
+    ax.set_title("Cost against stockouts per scenario (backtest replay)")
+    ax.set_xlabel("stockout device-days (count)")
+    ax.set_ylabel(f"total cost: holding + visits + emergencies ({CURRENCY})")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def balance_chart(trajectories: pd.DataFrame, device_id: str, policy: str = "cashcast") -> Figure:
+    """Cash held after the morning visit, day by day, of one device under each scenario."""
+    own = trajectories[(trajectories["device_id"] == device_id) & (trajectories["policy"] == policy)]
+    fig, ax = new_figure(11, 3.6)
+    for scenario, group in own.groupby("scenario", sort=False):
+        ax.step(group["date"], group["balance_after_visit"], where="post", label=str(scenario))
+    money_axis(ax)
+    ax.set_title(f"{device_id}: cash in the device after the morning visit ({policy} policy)")
+    ax.set_xlabel("date")
+    ax.set_ylabel(f"balance ({CURRENCY})")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    fig.autofmt_xdate()
+    return fig
+
+
+# ---------------------------------------------------------------- notebooks
+
+NOTEBOOK_DIR = CHECKOUT_DATA_DIR.parent / "notebooks"
+
+
+def strip_outputs(paths: list[str | Path] | None = None) -> list[Path]:
+    """Clear outputs and execution counts of notebooks (default: notebooks/*.ipynb) before committing.
+
+    Returns the notebooks that changed. From a shell: ``python -m cashcast.analyst [NOTEBOOK...]``.
+    """
+    import nbformat
+
+    changed = []
+    for path in [Path(p) for p in paths] if paths else sorted(NOTEBOOK_DIR.glob("*.ipynb")):
+        book = nbformat.read(path, as_version=4)
+        dirty = False
+        for cell in book.cells:
+            if cell.cell_type == "code" and (cell.outputs or cell.execution_count is not None):
+                cell.outputs, cell.execution_count, dirty = [], None, True
+        if dirty:
+            nbformat.write(book, path)
+            changed.append(path)
+    return changed
+
+
+if __name__ == "__main__":
+    import sys
+
+    for stripped in strip_outputs(sys.argv[1:]):
+        print(f"stripped outputs of {stripped}")

@@ -1,0 +1,170 @@
+"""The nightly Prefect flows, run for real against one session-scoped Prefect test harness.
+
+One workspace is built once per module from the shipped sample (ingest + train are the slow part)
+and each test works on its own copy of the lake where it needs to change things.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import make_device_fail
+
+from cashcast import jobs
+from cashcast.config import load_config
+from cashcast.schema import PLAN_COLUMNS
+from cashcast.workspace import Workspace
+from flows import commands
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
+
+
+@pytest.fixture(scope="module")
+def fast_config_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("config") / "fast.toml"
+    path.write_text("[forecast]\nbacktest_folds = 1\nbacktest_horizon_days = 14\n[flows]\ndevices_per_task = 8\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def nightly_run(tmp_path_factory, prefect_harness, fast_config_file):
+    """The demo path: sample staged in the landing folder, nightly flow end to end."""
+    ws = Workspace.resolve(tmp_path_factory.mktemp("nightly") / "home").ensure()
+    config = load_config(fast_config_file)
+    staged = commands.stage_sample(ws)
+    result = commands.run_nightly(ws, config, str(fast_config_file), None)
+    return ws, config, staged, result
+
+
+def test_nightly_end_to_end_on_sample(nightly_run):
+    ws, config, staged, result = nightly_run
+    plan = pd.read_csv(result["planned"]["plan"])
+    assert list(plan.columns[: len(PLAN_COLUMNS)]) == PLAN_COLUMNS
+    assert plan["device_id"].nunique() >= 20
+    assert set(plan["action"]) <= {"load", "pickup"}
+    assert (pd.to_datetime(plan["visit_date"]) >= pd.Timestamp("2026-11-01")).all()
+    assert all(not p.exists() for p in staged)  # moved out of landing
+    assert sorted(p.name for p in ws.processed.iterdir()) == sorted(p.name for p in staged)
+    assert result["trained"]["trained"] and result["trained"]["promoted"]
+    report = Path(result["report"])
+    assert report.exists() and "data:image/png;base64," in report.read_text()
+    forecast = pd.read_csv(result["planned"]["forecast"])
+    assert {"device_id", "date", "model", "yhat", "q50", "q90", "q95", "q99"} <= set(forecast.columns)
+    # The second night finds nothing new, does not retrain, and plans again.
+    again = commands.run_nightly(ws, config, None, None)
+    assert again["ingested"] == [] and not again["trained"]["trained"]
+
+
+def test_nightly_publishes_prefect_artifacts(nightly_run):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    async def read():
+        async with get_client() as client:
+            return await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["cashcast-nightly-summary"]))
+            )
+
+    import asyncio
+
+    artifacts = asyncio.run(read())
+    assert artifacts, "no markdown summary artifact"
+    text = artifacts[-1].data
+    assert "MLflow run id" in text and "cash deployed" in text
+
+
+def test_corrupt_landing_file_goes_to_failed(nightly_run, fast_config_file):
+    ws, config, _, _ = nightly_run
+    (ws.landing).mkdir(exist_ok=True)
+    (ws.landing / "daily-corrupt.csv").write_text("device,when,how much\nx,y,z\n")
+    good = ws.landing / "balances-late.csv"
+    good.write_text("device_id,as_of,balance\nATM-00001,2026-11-01,900000\n")
+    result = commands.run_nightly(ws, config, str(fast_config_file), None)
+    outcomes = {item["file"]: item["outcome"] for item in result["ingested"]}
+    assert outcomes == {"daily-corrupt.csv": "failed", "balances-late.csv": "processed"}
+    reason = (ws.failed / "daily-corrupt.csv.reason.txt").read_text()
+    assert "daily-corrupt.csv" in reason and "column" in reason
+    assert (ws.processed / "balances-late.csv").exists()
+
+
+def test_crash_between_stages_then_clean_rerun(nightly_run, fast_config_file, monkeypatch):
+    ws, config, _, first = nightly_run
+    plan_path = Path(first["planned"]["plan"])
+    before = plan_path.read_bytes()
+    lake_before = sorted((p.relative_to(ws.lake), p.stat().st_size) for p in ws.lake.rglob("*") if p.is_file())
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("simulated crash while writing the plan")
+
+    monkeypatch.setattr(jobs, "write_plan", crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        commands.run_nightly(ws, config, str(fast_config_file), "2026-11-01")
+    assert plan_path.read_bytes() == before  # earlier output intact
+    lake_after = sorted((p.relative_to(ws.lake), p.stat().st_size) for p in ws.lake.rglob("*") if p.is_file())
+    assert lake_after == lake_before
+    monkeypatch.undo()
+    rerun = commands.run_nightly(ws, config, str(fast_config_file), "2026-11-01")
+    assert Path(rerun["planned"]["plan"]) == plan_path and plan_path.exists()
+
+
+def test_device_whose_model_raises_gets_fallback(nightly_run, fast_config_file, monkeypatch):
+    ws, config, _, _ = nightly_run
+    import cloudpickle
+
+    from flows import runners
+
+    model = cloudpickle.loads(cloudpickle.dumps(runners.cached_champion(ws, config)))
+    victim = "ATM-00003"
+    make_device_fail(model, victim)
+    monkeypatch.setattr(runners, "cached_champion", lambda *args: model)
+    result = commands.run_nightly(ws, config, str(fast_config_file), "2026-11-01")
+    assert victim in result["planned"]["failures"]
+    plan = pd.read_csv(result["planned"]["plan"])
+    assert plan["device_id"].nunique() >= 20  # the flow completed for everyone
+    victim_rows = plan[plan["device_id"] == victim]
+    assert len(victim_rows) and victim_rows["reason"].str.contains("fallback").all()
+    forecast = pd.read_csv(result["planned"]["forecast"])
+    assert set(forecast.loc[forecast["device_id"] == victim, "model"]) == {"fallback"}
+
+
+def test_dask_local_cluster_gives_identical_plans(nightly_run, fast_config_file):
+    ws, config, _, first = nightly_run
+    dask_config = config.updated(flows={"task_runner": "dask", "dask_workers": 2})
+    local = pd.read_csv(commands.run_nightly(ws, config, str(fast_config_file), "2026-11-01")["planned"]["plan"])
+    result = commands.run_nightly(ws, dask_config, str(fast_config_file), "2026-11-01")
+    assert result["planned"]["n_chunks"] >= 2
+    dask_plan = pd.read_csv(result["planned"]["plan"])
+    pd.testing.assert_frame_equal(
+        local.sort_values(["device_id", "visit_date"], ignore_index=True),
+        dask_plan.sort_values(["device_id", "visit_date"], ignore_index=True),
+    )
+
+
+def test_served_deployment_schedule_and_parameters(tmp_path, prefect_harness):
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+
+    from flows import serve
+
+    ws = Workspace.resolve(tmp_path / "served").ensure()
+    config = load_config().updated(flows={"cron": "30 1 * * *", "timezone": "Europe/London"})
+    deployment_id = serve.build_deployment(ws, config, None).apply()
+
+    async def read():
+        async with get_client() as client:
+            return await client.read_deployment(deployment_id)
+
+    deployment = asyncio.run(read())
+    assert deployment.name == config.flows.deployment_name
+    assert deployment.parameters["home"] == str(ws.home)
+    schedule = deployment.schedules[0].schedule
+    assert schedule.cron == "30 1 * * *" and schedule.timezone == "Europe/London"
+
+
+def test_workspace_isolation(nightly_run):
+    ws, _, _, _ = nightly_run
+    written = {p.relative_to(ws.home).parts[0] for p in ws.home.iterdir()}
+    assert {"lake", "plans", "forecasts", "reports"} <= written

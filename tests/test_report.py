@@ -1,0 +1,283 @@
+"""The nightly HTML report and the analyst helpers it shares with the notebooks, on real lake files.
+
+The workspace is built from the shipped sample through the real ingest, and the plan through the real
+planner; the seasonal-naive forecaster stands in for a trained model so the file stays fast.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import ingest
+import replenishment
+from cashcast import analyst, jobs, report
+from cashcast.config import load_config
+from cashcast.io import write_table
+from cashcast.workspace import Workspace
+
+AS_OF = pd.Timestamp("2026-11-01")
+YESTERDAY = AS_OF - pd.Timedelta(days=1)
+DEVICES = ["ATM-00001", "ATM-00002", "BR-0001", "RC-0001"]
+CENSORED_YESTERDAY = "ATM-00002"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+class NaiveModel:
+    """The replay's forecaster contract on top of the model-free seasonal naive."""
+
+    def predict(self, daily, devices, as_of, horizon, n_paths=None):
+        return replenishment.naive_forecast(daily, as_of, horizon, n_paths=40)
+
+
+@pytest.fixture(scope="module")
+def config():
+    return analyst.quick_config()
+
+
+@pytest.fixture(scope="module")
+def planned_ws(tmp_path_factory, config):
+    """A workspace with the sample's lake, last night's forecast and tonight's plan files."""
+    ws = Workspace.resolve(tmp_path_factory.mktemp("report") / "home").ensure()
+    analyst.ingest_sample(ws, config, tuple(DEVICES))
+    outage = tmp_path_factory.mktemp("status") / "outage.csv"
+    pd.DataFrame(
+        {
+            "device_id": [CENSORED_YESTERDAY],
+            "start": ["2026-10-31 10:00"],
+            "end": ["2026-10-31 15:00"],
+            "state": ["offline"],
+        }
+    ).to_csv(outage, index=False)
+    ingest.ingest_file(outage, "status", ws, config)
+    history = jobs.load_history(ws, AS_OF)
+    last_night = replenishment.naive_forecast(history.daily, YESTERDAY, 14)
+    write_table(last_night.frame, ws.forecasts / f"{YESTERDAY:%Y-%m-%d}" / "forecast.csv")
+    forecast = replenishment.naive_forecast(history.daily, AS_OF, config.plan.horizon_days, n_paths=60)
+    terms = replenishment.resolve_terms(history.devices, history.daily, config)
+    result = replenishment.plan_network(forecast, terms, jobs.latest_balances(history.balances, AS_OF), AS_OF, config)
+    files = jobs.write_plan(ws, AS_OF, forecast.frame, result, None)
+    planned = {"plan": str(files.plan), "summary": str(files.summary), "projection": str(files.projection)}
+    return ws, planned
+
+
+@pytest.fixture(scope="module")
+def page(planned_ws, config) -> str:
+    ws, planned = planned_ws
+    path = report.write_report(ws, config, AS_OF, planned, {"reason": "no champion model yet"})
+    assert path == ws.reports / "2026-11-01" / "index.html"
+    return path.read_text(encoding="utf-8")
+
+
+def _labels(fig) -> list[tuple[str, str, str]]:
+    return [(ax.get_title(), ax.get_xlabel(), ax.get_ylabel()) for ax in fig.axes]
+
+
+def assert_labelled(fig, y_unit: str) -> None:
+    """Every axes has a title, both axis labels, and the y label names its unit in brackets."""
+    assert fig.axes
+    for title, xlabel, ylabel in _labels(fig):
+        assert title and xlabel and ylabel
+        assert f"({y_unit})" in ylabel, ylabel
+
+
+# ---------------------------------------------------------------- the page
+
+
+def test_report_embeds_its_images_as_png(page):
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(images) == 4  # cash vs baseline, fleet cash per day, visits per day, yesterday's accuracy
+    assert all(base64.b64decode(data).startswith(PNG_SIGNATURE) for data in images)
+    assert 'src="http' not in page and "<link" not in page  # self-contained
+
+
+def test_report_tables_show_the_plan(page, planned_ws):
+    _, planned = planned_ws
+    plan = pd.read_csv(planned["plan"])
+    assert page.count("<table") == 3  # headline, devices at risk, worst forecasts
+    for label in ("cash deployed", "expected idle cash", "visits", "expected cost"):
+        assert label in page
+    at_risk = page.split("Devices most at risk")[1].split("Forecast against actual")[0]
+    assert set(re.findall(r"<td>([A-Z]{2,3}-\d+)</td>", at_risk)) == set(plan["device_id"])
+    assert "no champion model yet" in page
+
+
+def test_report_scores_yesterday_without_censored_days(page):
+    assert "3 device(s) scored against the forecast made on 2026-10-31" in page
+    assert "1 censored device-day(s) left out" in page
+    worst = page.split("Forecast against actual")[1]
+    assert CENSORED_YESTERDAY not in worst
+
+
+def test_report_page_renders_for_a_workspace_with_no_earlier_forecast(planned_ws, config, tmp_path):
+    ws, planned = planned_ws
+    fresh = Workspace.resolve(tmp_path / "fresh").ensure()
+    path = report.write_report(fresh, config, AS_OF, planned, {})
+    assert "No device has both a forecast and an uncensored actual" in path.read_text(encoding="utf-8")
+
+
+# ---------------------------------------------------------------- chart and table functions
+
+
+def test_report_charts_have_titles_labels_and_units(planned_ws):
+    ws, planned = planned_ws
+    plan, summary = pd.read_csv(planned["plan"]), pd.read_csv(planned["summary"])
+    assert_labelled(report.cash_figure(summary), "currency units")
+    assert_labelled(report.fleet_cash_figure(pd.read_csv(planned["projection"])), "currency units")
+    assert_labelled(report.visits_figure(plan), "count")
+    accuracy = analyst.yesterday_accuracy(ws, AS_OF)
+    fig = report.accuracy_figure(accuracy)
+    assert_labelled(fig, "currency units")
+    assert "(currency units)" in fig.axes[0].get_xlabel()
+    points = fig.axes[0].collections[0].get_offsets()
+    assert len(points) == (~accuracy["censored"]).sum() == len(DEVICES) - 1
+
+
+def test_visits_chart_stacks_loads_and_pickups_per_day(planned_ws):
+    _, planned = planned_ws
+    plan = pd.read_csv(planned["plan"])
+    ax = report.visits_figure(plan).axes[0]
+    heights = sum(patch.get_height() for patch in ax.patches)
+    assert heights == len(plan)
+    assert {t.get_text() for t in ax.get_legend().get_texts()} == set(plan["action"])
+
+
+def test_headline_table_compares_the_fleet_row_with_the_baseline(planned_ws):
+    _, planned = planned_ws
+    summary = pd.read_csv(planned["summary"])
+    fleet = summary[summary["device_id"] == "TOTAL"].iloc[0]
+    table = report.headline_table(summary).set_index("figure")
+    row = table.loc["cash deployed"]
+    assert row["Cashcast plan"] == pytest.approx(fleet["cash_deployed"])
+    assert row["baseline"] == pytest.approx(fleet["baseline_cash_deployed"])
+    expected = 100 * (fleet["cash_deployed"] - fleet["baseline_cash_deployed"]) / fleet["baseline_cash_deployed"]
+    assert row["change %"] == pytest.approx(expected)
+
+
+def test_devices_at_risk_keeps_each_devices_riskiest_visit():
+    plan = pd.DataFrame(
+        {
+            "device_id": ["A", "A", "B", "C"],
+            "visit_date": ["2026-11-02", "2026-11-05", "2026-11-03", "2026-11-04"],
+            "action": "load",
+            "amount": 1000.0,
+            "stockout_risk": [0.01, 0.2, 0.05, 0.0],
+            "reason": "r",
+        }
+    )
+    ranked = report.devices_at_risk(plan, top=2)
+    assert ranked["device_id"].tolist() == ["A", "B"]
+    assert ranked["visit_date"].tolist() == ["2026-11-05", "2026-11-03"]
+    assert report.devices_at_risk(plan.iloc[0:0]).empty
+
+
+def test_summary_markdown_links_the_html_report(planned_ws):
+    _, planned = planned_ws
+    summary = pd.read_csv(planned["summary"])
+    target = Path("/tmp/ws/reports/2026-11-01/index.html")
+    text = report.summary_markdown(AS_OF, [], {"trained": False, "reason": "not due"}, planned, summary, target)
+    assert f"[{target}]({target.as_uri()})" in text
+    assert "| cash deployed |" in text
+
+
+# ---------------------------------------------------------------- the analyst helpers behind notebooks
+
+
+def test_lake_view_marks_censored_and_unrecorded_days(planned_ws, config):
+    ws, _ = planned_ws
+    lake = analyst.load_lake(ws, AS_OF)
+    days = analyst.device_days(lake, CENSORED_YESTERDAY)
+    assert days["date"].max() == YESTERDAY
+    assert days.set_index("date").loc[YESTERDAY, "censored"]
+    raw = pd.read_csv(analyst.SAMPLE_DIR / "daily.csv")
+    recorded = raw[(raw["device_id"] == CENSORED_YESTERDAY)]
+    assert days["recorded"].sum() == len(recorded)
+    holidays = analyst.holiday_markers(lake, CENSORED_YESTERDAY, days["date"].min(), YESTERDAY, config)
+    national_day = holidays[holidays["date"] == pd.Timestamp("2026-10-01")]
+    assert national_day["kind"].tolist() == ["holiday"] and "National Day" in national_day["holiday_name"].iloc[0]
+    assert "make-up workday" in set(holidays["kind"])  # China's weekend workdays
+    fig = analyst.history_chart(days, holidays, "history")
+    assert_labelled(fig, "currency units")
+
+
+def test_latest_outputs_read_back_what_was_written(planned_ws):
+    ws, planned = planned_ws
+    plan = analyst.latest_plan(ws)
+    assert plan.as_of == AS_OF
+    assert len(plan.plan) == len(pd.read_csv(planned["plan"]))
+    assert plan.plan["visit_date"].min() >= AS_OF
+    forecast = analyst.latest_forecast(ws)
+    assert forecast["date"].min() == AS_OF and set(forecast["device_id"]) == set(DEVICES)
+
+
+def test_fan_chart_draws_one_band_per_upper_quantile(planned_ws, config):
+    ws, _ = planned_ws
+    lake = analyst.load_lake(ws, AS_OF)
+    past = replenishment.naive_forecast(lake.daily, AS_OF - pd.Timedelta(days=14), 14)
+    joined = analyst.forecast_against_actuals(lake, past, CENSORED_YESTERDAY)
+    assert joined["withdrawals"].notna().all() and joined["censored"].iloc[-1]
+    days = analyst.device_days(lake, CENSORED_YESTERDAY)
+    fig = analyst.fan_chart(days.tail(28), joined, config.forecast.quantiles, "fan")
+    assert_labelled(fig, "currency units")
+    assert len(fig.axes[0].collections) == 3  # median..q90, ..q95, ..q99
+    legend = {t.get_text() for t in fig.axes[0].get_legend().get_texts()}
+    assert "censored (lower bound)" in legend
+
+
+def test_what_if_replays_every_scenario_with_shared_forecasts(planned_ws, config):
+    ws, _ = planned_ws
+    calls = []
+
+    class Counting(NaiveModel):
+        def predict(self, daily, devices, as_of, horizon, n_paths=None):
+            calls.append(as_of)
+            return super().predict(daily, devices, as_of, horizon, n_paths)
+
+    start, end = pd.Timestamp("2026-09-07"), pd.Timestamp("2026-09-27")
+    scenarios = {"default": {}, "cheap cash": {"holding_rate": 0.0}, "dear visits": {"visit_cost": 5000.0}}
+    result = analyst.what_if(ws, config, start, end, scenarios, model=Counting())
+    assert len(calls) == 3  # replans on days 0, 7, 14: forecast once, reused by every scenario
+    ours = result.kpis[result.kpis["policy"] == "cashcast"].set_index("scenario")
+    assert list(ours.index) == list(scenarios)
+    assert ours.loc["cheap cash", "holding_cost"] == 0.0
+    assert ours.loc["dear visits", "visit_cost"] == 5000.0 * ours.loc["dear visits", "visits"]
+    assert_labelled(analyst.frontier_chart(result.kpis), "currency units")
+    fig = analyst.balance_chart(result.trajectories, "ATM-00001")
+    assert len(fig.axes[0].lines) == len(scenarios)
+    assert_labelled(fig, "currency units")
+    with pytest.raises(KeyError, match="unknown device term"):
+        analyst.what_if(ws, config, start, end, {"typo": {"holdng_rate": 0.1}}, model=NaiveModel())
+
+
+def test_model_comparison_tables_from_a_backtest_table():
+    backtest = pd.DataFrame(
+        {
+            "device_id": ["A", "A", "B", "B", "A", "B"],
+            "model": ["ets", "lightgbm", "ets", "lightgbm", "selected", "selected"],
+            "smape": [20.0, 15.0, 10.0, 12.0, 15.0, 10.0],
+            "mase": [1.0, 0.8, 0.5, 0.6, 0.8, 0.5],
+            "wape": 0.1,
+            "bias": 0.0,
+            "q50": [None, None, None, None, 0.5, 0.4],
+            "q90": [None, None, None, None, 0.9, 0.8],
+        }
+    )
+    duel = analyst.head_to_head(backtest).set_index("device_id")
+    assert duel.loc["A", "winner"] == "lightgbm" and duel.loc["A", "gap"] == 5.0
+    assert duel.loc["B", "winner"] == "ets"
+    by_model = analyst.metrics_by_model(backtest)
+    assert by_model.loc["lightgbm", "smape_mean"] == 13.5 and by_model.loc["ets", "devices"] == 2
+    coverage = analyst.coverage_table(backtest, [0.5, 0.9, 0.99])
+    assert coverage["observed"].round(3).tolist() == [0.45, 0.85]  # no q99 column: level left out
+    assert_labelled(analyst.coverage_chart(coverage), "share of days")
+    assert_labelled(analyst.metric_chart(by_model), "%")
+
+
+def test_quick_config_keeps_coverage_measurable():
+    config = analyst.quick_config(load_config())
+    assert config.forecast.backtest_folds >= 2  # leave-one-fold-out coverage needs two folds
+    assert config.forecast.n_jobs == 1
