@@ -362,7 +362,7 @@ def run_backtest(
     folder = out or ws.backtests / f"{start:%Y-%m-%d}_{end:%Y-%m-%d}"
     write_table(result.kpis, folder / "kpis.csv")
     write_table(result.per_device, folder / "per_device.csv")
-    write_table(result.trajectories, folder / "trajectories.parquet")
+    write_table(result.daily, folder / "daily.parquet")
     registry.use_store(ws, config)
     with mlflow.start_run(run_name=f"backtest-{start:%Y-%m-%d}-{end:%Y-%m-%d}"):
         mlflow.set_tag("cashcast.kind", "backtest")

@@ -1,0 +1,167 @@
+"""The command line as CONTRACT.md fixes it: ingest, train, forecast, plan, backtest on real files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from cashcast.schema import PLAN_COLUMNS
+from flows.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+FAST_CONFIG = "[forecast]\nbacktest_folds = 1\nbacktest_horizon_days = 14\nn_paths = 100\n"
+
+
+@pytest.fixture(scope="module")
+def cli_home(tmp_path_factory, sample_dir=REPO / "data" / "sample"):
+    """A workspace with the sample network ingested through the CLI, and a fast config."""
+    home = tmp_path_factory.mktemp("cli") / "home"
+    config = home.parent / "fast.toml"
+    config.write_text(FAST_CONFIG)
+    for kind in ("devices", "daily", "status", "balances"):
+        assert main(["ingest", "--home", str(home), "--kind", kind, str(sample_dir / f"{kind}.csv")]) == 0
+    return home, config
+
+
+def test_ingest_json_accounting_and_idempotence(tmp_path, capsys):
+    home = tmp_path / "home"
+    messy = tmp_path / "daily-messy.csv"
+    messy.write_text(
+        "device_id,date,withdrawals\nA1,2025-01-01,100\nA1,2025-01-02,-5\nA1,not-a-date,10\nA1,2025-01-01,100\n"
+    )
+    assert main(["ingest", "--home", str(home), "--kind", "daily", "--json", str(messy)]) == 0
+    first = json.loads(capsys.readouterr().out.strip())
+    assert set(first) == {"file", "rows_read", "rows_loaded", "rows_rejected", "rows_duplicate", "rejects_path"}
+    assert first["rows_read"] == 4 == first["rows_loaded"] + first["rows_rejected"] + first["rows_duplicate"]
+    assert first["rows_rejected"] == 2 and Path(first["rejects_path"]).exists()
+    rejects = pd.read_csv(first["rejects_path"])
+    assert {"file", "row", "column", "reason"} <= set(rejects.columns)
+    assert main(["ingest", "--home", str(home), "--kind", "daily", "--json", str(messy)]) == 0
+    second = json.loads(capsys.readouterr().out.strip())
+    assert second["rows_loaded"] == 0 and second["rows_read"] == 4
+
+
+def test_bad_input_exits_non_zero_with_one_line_naming_the_file(tmp_path):
+    bad = tmp_path / "daily.csv"
+    bad.write_text("device,when\nx,y\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "flows", "ingest", "--home", str(tmp_path / "h"), "--kind", "daily", str(bad)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and str(bad) in lines[0] and "column" in lines[0]
+    assert not (tmp_path / "h" / "lake" / "daily").exists()
+
+
+def test_bad_config_key_is_named(tmp_path, capsys):
+    config = tmp_path / "bad.toml"
+    config.write_text("[plan]\nhorizon_days = 0\n")
+    assert main(["train", "--home", str(tmp_path / "h"), "--config", str(config)]) == 2
+    assert "plan.horizon_days" in capsys.readouterr().err
+
+
+def test_train_forecast_plan_through_the_cli(cli_home, tmp_path, capsys):
+    home, config = cli_home
+    common = ["--home", str(home), "--config", str(config)]
+    assert main(["train", *common, "--as-of", "2026-10-01"]) == 0
+    assert "promoted to champion" in capsys.readouterr().out
+    out = tmp_path / "forecast.parquet"
+    assert main(["forecast", *common, "--as-of", "2026-11-01", "--horizon", "10", "--out", str(out)]) == 0
+    forecast = pd.read_parquet(out)
+    assert list(forecast.columns[:8]) == ["device_id", "date", "model", "yhat", "q50", "q90", "q95", "q99"]
+    assert len(forecast) == 10 * forecast["device_id"].nunique()
+    assert pd.to_datetime(forecast["date"]).min() == pd.Timestamp("2026-11-01")
+    assert (forecast[["q50", "q90", "q95", "q99"]].diff(axis=1).iloc[:, 1:] >= -1e-6).all().all()
+
+    plan_out = tmp_path / "plan.csv"
+    assert main(["plan", *common, "--as-of", "2026-11-01", "--horizon", "7", "--out", str(plan_out)]) == 0
+    plan = pd.read_csv(plan_out)
+    assert list(plan.columns[: len(PLAN_COLUMNS)]) == PLAN_COLUMNS
+    devices = pd.read_csv(REPO / "data" / "sample" / "devices.csv")
+    terms = plan.merge(devices[["device_id", "lead_time_days", "capacity"]], on="device_id")
+    earliest = pd.Timestamp("2026-11-01") + pd.to_timedelta(terms["lead_time_days"], unit="D")
+    assert (pd.to_datetime(terms["visit_date"]) >= earliest).all()
+    assert (pd.to_datetime(terms["visit_date"]).dt.weekday < 5).all()  # sample devices visit Mon-Fri
+    loads = terms[terms["action"] == "load"]
+    assert (loads["balance_after"] <= loads["capacity"] + 1e-6).all()
+    assert not plan["name"].astype(str).str.startswith("+").any()  # formula-looking names are escaped
+
+
+def test_plan_with_balances_file(cli_home, tmp_path):
+    home, config = cli_home
+    devices = pd.read_csv(REPO / "data" / "sample" / "devices.csv")
+    empty = pd.DataFrame({"device_id": devices["device_id"], "balance": 0.0})
+    balances = tmp_path / "balances.csv"
+    empty.to_csv(balances, index=False)
+    out = tmp_path / "urgent.csv"
+    args = [
+        "plan",
+        "--home",
+        str(home),
+        "--config",
+        str(config),
+        "--as-of",
+        "2026-11-02",
+        "--balances",
+        str(balances),
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 0
+    plan = pd.read_csv(out)
+    atms = devices.loc[devices["kind"] == "atm", "device_id"]
+    first_visit = plan[plan["device_id"].isin(atms)].groupby("device_id")["visit_date"].min()
+    # Empty ATMs are visited on the first allowed weekday their lead time permits, and the reason warns.
+    from cashcast.config import parse_weekdays
+
+    for device in devices[devices["kind"] == "atm"].itertuples():
+        day = pd.Timestamp("2026-11-02") + pd.Timedelta(days=int(device.lead_time_days))
+        while day.weekday() not in parse_weekdays(device.visit_weekdays):
+            day += pd.Timedelta(days=1)
+        assert pd.Timestamp(first_visit[device.device_id]) == day, device.device_id
+    first_rows = plan[plan["device_id"].isin(atms)].sort_values("visit_date").drop_duplicates("device_id")
+    assert first_rows["reason"].str.contains("run out").all()
+
+
+def test_backtest_through_the_cli(cli_home, tmp_path):
+    home, config = cli_home
+    out = tmp_path / "bt"
+    args = [
+        "backtest",
+        "--home",
+        str(home),
+        "--config",
+        str(config),
+        "--start",
+        "2026-09-07",
+        "--end",
+        "2026-10-04",
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 0
+    kpis = pd.read_csv(out / "kpis.csv")
+    assert {"cashcast", "fixed_weekly", "cover_rule", "perfect_foresight"} == set(kpis["policy"])
+    for column in ("holding_cost", "visit_cost", "total_cost", "visits", "stockout_device_days", "avg_idle_cash"):
+        assert column in kpis.columns
+    best = kpis.set_index("policy")["total_cost"]
+    assert best["perfect_foresight"] <= best.min() + 1e-6
+    per_device = pd.read_csv(out / "per_device.csv")
+    assert per_device["device_id"].nunique() == 30
+
+
+def test_help_explains_each_command(capsys):
+    for command in ("ingest", "train", "forecast", "plan", "nightly", "backtest", "demo", "serve"):
+        with pytest.raises(SystemExit) as done:
+            main([command, "--help"])
+        assert done.value.code == 0
+        text = capsys.readouterr().out
+        assert "--home" in text and "--config" in text
