@@ -123,7 +123,8 @@ def ensure_outputs(ws: Workspace, config: Config, as_of: pd.Timestamp | None = N
     A workspace that already has them is only read, so notebooks can run against a production
     workspace without retraining anything.
     """
-    as_of = as_of or ensure_lake(ws, config)
+    next_as_of = ensure_lake(ws, config)
+    as_of = as_of or next_as_of
     if not (ws.plans / f"{as_of:%Y-%m-%d}" / "plan.csv").exists():
         jobs.run_plan(ws, config, as_of)
     return as_of
@@ -144,7 +145,11 @@ class Lake:
 
 
 def load_lake(ws: Workspace, as_of: pd.Timestamp | None = None, device_ids: list[str] | None = None) -> Lake:
-    """Daily history before `as_of` with censored flags, device master, status and balances."""
+    """Daily history before `as_of` with censored flags, device master, status and balances.
+
+    >>> lake = load_lake(ws)                       # as of the morning after the last recorded day
+    >>> lake.daily.loc[lake.daily["censored"], ["device_id", "date", "withdrawals"]]
+    """
     history = jobs.load_history(ws, as_of, device_ids)
     status = ingest.read_table(ws, "status")
     if device_ids is not None:
@@ -154,7 +159,11 @@ def load_lake(ws: Workspace, as_of: pd.Timestamp | None = None, device_ids: list
 
 def device_days(lake: Lake, device_id: str) -> pd.DataFrame:
     """One device's calendar from its first to its last recorded day: date, withdrawals, deposits,
-    recorded (False: no row, demand unknown) and censored (True: the amount is a lower bound)."""
+    recorded (False: no row, demand unknown) and censored (True: the amount is a lower bound).
+
+    >>> days = device_days(lake, "ATM-00002")
+    >>> days[~days["recorded"]]                     # feed gaps: unknown demand, not zero
+    """
     own = lake.daily[lake.daily["device_id"] == device_id].set_index("date").sort_index()
     if own.empty:
         raise KeyError(f"{device_id}: no recorded days in the lake before {lake.as_of:%Y-%m-%d}")
@@ -181,6 +190,9 @@ def holiday_markers(lake: Lake, device_id: str, start: pd.Timestamp, end: pd.Tim
     """Days in [start, end] that are public holidays or make-up workdays in the device's country.
 
     Columns: date, holiday_name, kind ('holiday' or 'make-up workday': a weekend day worked in lieu).
+
+    >>> holiday_markers(lake, "ATM-00001", pd.Timestamp("2026-10-01"), pd.Timestamp("2026-10-10"), config)
+    ... # National Day 10-01..10-07 as holidays, Saturday 10-10 as a make-up workday
     """
     country, subdivision = device_place(lake, device_id, config)
     table = holiday_table(country, subdivision, start, end)
@@ -256,7 +268,11 @@ def read_plan(folder: Path) -> PlanFiles:
 
 
 def latest_plan(ws: Workspace) -> PlanFiles:
-    """The newest plan folder of the workspace."""
+    """The newest plan folder of the workspace.
+
+    >>> plan = latest_plan(ws)
+    >>> plan.plan.groupby("visit_date").size()      # visits per day
+    """
     return read_plan(_latest(ws.plans, "plan.csv").parent)
 
 
@@ -296,7 +312,7 @@ def yesterday_accuracy(ws: Workspace, as_of: pd.Timestamp, max_age_days: int = 7
         status, balances = (ingest.read_table(ws, name) for name in ("status", "balances"))
         actual = features.mark_censored(actual, status, balances)
         joined = forecast.merge(actual[["device_id", "date", "withdrawals", "censored"]], on=["device_id", "date"])
-        return joined.assign(made=made)[[c for c in columns if c in joined or c == "made"]]
+        return joined.assign(made=made)[columns]
     return pd.DataFrame({c: pd.Series(dtype="bool" if c == "censored" else "object") for c in columns})
 
 
@@ -324,7 +340,11 @@ def backcast(ws: Workspace, config: Config, origin: pd.Timestamp, horizon: int) 
 
 
 def training_runs(ws: Workspace, config: Config) -> pd.DataFrame:
-    """Every training run of the workspace's MLflow store, newest first (params, metrics, tags)."""
+    """Every training run of the workspace's MLflow store, newest first (params, metrics, tags).
+
+    >>> runs = training_runs(ws, config)
+    >>> runs[["run_id", "params.as_of", "metrics.smape_mean", "tags.cashcast.promoted"]]
+    """
     import mlflow
 
     from forecasting import registry
@@ -341,7 +361,11 @@ def training_runs(ws: Workspace, config: Config) -> pd.DataFrame:
 
 
 def run_table(ws: Workspace, config: Config, run_id: str, name: str = "backtest_per_device") -> pd.DataFrame:
-    """A table artifact of a training run: `backtest_per_device` or `selection`."""
+    """A table artifact of a training run: `backtest_per_device` or `selection`.
+
+    >>> backtest = run_table(ws, config, runs["run_id"].iloc[0])
+    >>> backtest[backtest["model"] == "selected"]   # the per-device pick with its coverage columns
+    """
     import mlflow
 
     from forecasting import registry
@@ -389,7 +413,10 @@ def device_traits(lake: Lake) -> pd.DataFrame:
 
 
 def head_to_head(backtest: pd.DataFrame, challenger: str = "lightgbm", incumbent: str = "ets") -> pd.DataFrame:
-    """Per device sMAPE of two candidates, the gap (incumbent - challenger: > 0 means challenger wins)."""
+    """Per device sMAPE of two candidates, the gap (incumbent - challenger: > 0 means challenger wins).
+
+    >>> head_to_head(backtest).merge(device_traits(lake), on="device_id")   # who wins, and on what devices
+    """
     wide = backtest.pivot_table(index="device_id", columns="model", values="smape")
     missing = {challenger, incumbent} - set(wide.columns)
     if missing:
@@ -402,7 +429,10 @@ def head_to_head(backtest: pd.DataFrame, challenger: str = "lightgbm", incumbent
 
 
 def gbm_importance(model) -> pd.DataFrame:
-    """Gain importance of the pooled LightGBM of a CashForecaster (feature, gain, share), largest first."""
+    """Gain importance of the pooled LightGBM of a CashForecaster (feature, gain, share), largest first.
+
+    >>> gbm_importance(champion_model(ws, config)).head(10)
+    """
     booster = model.withdrawals_.models_["lightgbm"].booster_
     gain = booster.feature_importance(importance_type="gain")
     table = pd.DataFrame({"feature": booster.feature_name(), "gain": gain})

@@ -26,11 +26,17 @@ RISK_COLUMNS = ["device_id", "visit_date", "action", "amount", "stockout_risk", 
 
 
 def devices_at_risk(plan: pd.DataFrame, top: int = 10) -> pd.DataFrame:
-    """The planned visits with the highest chance of running out before the next one."""
+    """Each device's riskiest planned visit (chance of running out before the next one), riskiest first.
+
+    Ties (a fleet planned at its service level is mostly near zero) go to the visit due soonest.
+    """
     if plan.empty:
         return pd.DataFrame(columns=RISK_COLUMNS)
     columns = [c for c in RISK_COLUMNS if c in plan.columns]
-    ranked = plan.sort_values("stockout_risk", ascending=False).drop_duplicates("device_id")
+    ranked = plan.assign(_due=pd.to_datetime(plan["visit_date"])).sort_values(
+        ["stockout_risk", "_due"], ascending=[False, True], kind="stable"
+    )
+    ranked = ranked.drop_duplicates("device_id")
     return ranked[columns].head(top).reset_index(drop=True)
 
 
@@ -178,6 +184,8 @@ def accuracy_figure(accuracy: pd.DataFrame) -> Figure:
         ax.plot([0, top], [0, top], color="grey", linewidth=1, label="forecast = actual")
         ax.legend(fontsize=8)
     else:
+        ax.set_xticks([])
+        ax.set_yticks([])
         ax.text(
             0.5,
             0.5,
@@ -221,6 +229,16 @@ def _table(frame: pd.DataFrame, wrap_last: bool = False) -> str:
     return frame.to_html(index=False, classes=classes, border=0, float_format=lambda v: f"{v:,.2f}", escape=True)
 
 
+def _risk_table(at_risk: pd.DataFrame) -> str:
+    shown = at_risk.assign(stockout_risk=at_risk["stockout_risk"].map(lambda p: f"{100 * p:.1f}%"))
+    return _table(shown.rename(columns={"stockout_risk": "stockout risk"}), wrap_last=True)
+
+
+def _worst_table(accuracy: pd.DataFrame) -> str:
+    worst = worst_forecasts(accuracy)
+    return f"<h3>Largest errors</h3>{_table(worst)}" if len(worst) else ""
+
+
 def _accuracy_note(accuracy: pd.DataFrame) -> str:
     from forecasting import smape
 
@@ -239,7 +257,8 @@ STYLE = """body{font-family:sans-serif;margin:2em;max-width:1100px;color:#222}
 .table{border-collapse:collapse;margin:0.5em 0 1.5em}
 .table td,.table th{padding:4px 8px;border-bottom:1px solid #ddd;text-align:right}
 .table td:first-child,.table th:first-child{text-align:left} .table td{white-space:nowrap}
-.wrap-last td:last-child{white-space:normal;text-align:left;min-width:20em} img{max-width:100%}"""
+.wrap-last td:last-child{white-space:normal;text-align:left;min-width:20em}
+.wrap-last th:last-child{text-align:left} img{max-width:100%}"""
 
 
 def render_report(
@@ -264,12 +283,13 @@ Amounts in {CURRENCY} of the devices' currency.</p>
 {_img(fleet_cash_figure(projection), "expected fleet cash per day")}
 <h2>Visits per day</h2>{_img(visits_figure(plan), "visits per day")}
 <h2>Devices most at risk</h2>
-<p>The planned visit of each device with the highest chance of running out before the next visit.</p>
-{_table(at_risk, wrap_last=True)}
+<p>Each device's planned visit with the highest chance of running out before the next visit;
+equal chances: the visit due soonest first.</p>
+{_risk_table(at_risk)}
 <h2>Forecast against actual, yesterday</h2>
 <p>{html.escape(_accuracy_note(accuracy))}</p>
 {_img(accuracy_figure(accuracy), "forecast against actual yesterday")}
-{_table(worst_forecasts(accuracy))}
+{_worst_table(accuracy)}
 </body></html>"""
 
 

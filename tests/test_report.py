@@ -33,6 +33,9 @@ class NaiveModel:
     def predict(self, daily, devices, as_of, horizon, n_paths=None):
         return replenishment.naive_forecast(daily, as_of, horizon, n_paths=40)
 
+    def predict_for_replay(self, past, as_of, horizon):
+        return self.predict(past, None, as_of, horizon)
+
 
 @pytest.fixture(scope="module")
 def config():
@@ -98,7 +101,8 @@ def test_report_embeds_its_images_as_png(page):
 def test_report_tables_show_the_plan(page, planned_ws):
     _, planned = planned_ws
     plan = pd.read_csv(planned["plan"])
-    assert page.count("<table") == 3  # headline, devices at risk, worst forecasts
+    assert page.count("<table") == 3  # headline, devices at risk, largest forecast errors
+    assert "%</td>" in page.split("Devices most at risk")[1]  # stockout risk shown in percent
     for label in ("cash deployed", "expected idle cash", "visits", "expected cost"):
         assert label in page
     at_risk = page.split("Devices most at risk")[1].split("Forecast against actual")[0]
@@ -117,7 +121,9 @@ def test_report_page_renders_for_a_workspace_with_no_earlier_forecast(planned_ws
     ws, planned = planned_ws
     fresh = Workspace.resolve(tmp_path / "fresh").ensure()
     path = report.write_report(fresh, config, AS_OF, planned, {})
-    assert "No device has both a forecast and an uncensored actual" in path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8")
+    assert "No device has both a forecast and an uncensored actual" in text
+    assert "Largest errors" not in text and text.count("<table") == 2
 
 
 # ---------------------------------------------------------------- chart and table functions
@@ -173,6 +179,19 @@ def test_devices_at_risk_keeps_each_devices_riskiest_visit():
     assert ranked["device_id"].tolist() == ["A", "B"]
     assert ranked["visit_date"].tolist() == ["2026-11-05", "2026-11-03"]
     assert report.devices_at_risk(plan.iloc[0:0]).empty
+
+
+def test_devices_at_risk_breaks_ties_by_the_visit_due_soonest():
+    plan = pd.DataFrame(
+        {
+            "device_id": ["A", "B", "C", "C"],
+            "visit_date": ["2026-11-09", "2026-11-03", "2026-11-06", "2026-11-02"],
+            "stockout_risk": 0.0,
+        }
+    )
+    ranked = report.devices_at_risk(plan)
+    assert ranked["device_id"].tolist() == ["C", "B", "A"]
+    assert ranked["visit_date"].tolist() == ["2026-11-02", "2026-11-03", "2026-11-09"]
 
 
 def test_summary_markdown_links_the_html_report(planned_ws):
@@ -251,6 +270,23 @@ def test_what_if_replays_every_scenario_with_shared_forecasts(planned_ws, config
     assert_labelled(fig, "currency units")
     with pytest.raises(KeyError, match="unknown device term"):
         analyst.what_if(ws, config, start, end, {"typo": {"holdng_rate": 0.1}}, model=NaiveModel())
+
+
+def test_latest_backtest_reads_the_newest_kpi_folder(planned_ws, config):
+    ws, _ = planned_ws
+    history = jobs.load_history(ws, AS_OF)
+    terms = replenishment.resolve_terms(history.devices, history.daily, config)
+    for start, end in (("2026-08-03", "2026-08-16"), ("2026-09-07", "2026-09-20")):
+        result = replenishment.replay(
+            history.daily, terms, pd.Timestamp(start), pd.Timestamp(end), NaiveModel().predict_for_replay, config
+        )
+        folder = ws.backtests / f"{start}_{end}"
+        write_table(result.kpis, folder / "kpis.csv")
+        write_table(result.per_device, folder / "per_device.csv")
+    tables = analyst.latest_backtest(ws)
+    assert [p.name for p in analyst.dated_folders(ws.backtests)] == ["2026-08-03_2026-08-16", "2026-09-07_2026-09-20"]
+    assert tables["kpis"]["total_cost"].tolist() == pytest.approx(result.kpis["total_cost"].tolist())
+    assert set(tables["per_device"]["device_id"]) == set(DEVICES)
 
 
 def test_model_comparison_tables_from_a_backtest_table():
