@@ -129,14 +129,22 @@ def run_train(ws: Workspace, config: Config, as_of: pd.Timestamp | None = None, 
 
 
 def champion_or_train(ws: Workspace, config: Config, as_of: pd.Timestamp, progress: bool = False):
-    """The serving model; trains one first when the workspace has none (first run)."""
+    """The model to forecast from the morning of `as_of`.
+
+    The champion, training and registering one first when the workspace has none. A champion trained
+    on days on or after `as_of` has seen the future of that morning: then a model is fitted on the
+    history before `as_of` instead (not registered), so a forecast for a past day is an honest one.
+    """
+    import forecasting
     from forecasting import registry
 
-    model = registry.load_champion(ws, config)
-    if model is None:
+    version = registry.champion_version(ws, config)
+    if version is None:
         run_train(ws, config, as_of, progress=progress)
-        model = registry.load_champion(ws, config)
-    return model
+    elif pd.Timestamp(version.tags.get("as_of", "1970-01-01")) > as_of:
+        history = load_history(ws, as_of)
+        return forecasting.train(history.daily, history.devices, as_of, config, progress=progress).model
+    return registry.load_champion(ws, config)
 
 
 # ---------------------------------------------------------------- forecast and plan

@@ -165,3 +165,40 @@ def test_help_explains_each_command(capsys):
         assert done.value.code == 0
         text = capsys.readouterr().out
         assert "--home" in text and "--config" in text
+
+
+def test_forecast_before_the_champion_uses_no_future(cli_home, tmp_path, monkeypatch):
+    """A champion trained on later days must not forecast an earlier morning: a model is fitted for it."""
+    import forecasting
+    from cashcast.config import load_config
+    from cashcast.workspace import Workspace
+    from forecasting import registry
+
+    home, config_file = cli_home
+    config = load_config(config_file)
+    ws = Workspace.resolve(home)
+    assert main(["train", "--home", str(home), "--config", str(config_file), "--as-of", "2026-10-01"]) == 0
+    champion = registry.champion_version(ws, config).version
+    seen = []
+    real_train = forecasting.train
+    monkeypatch.setattr(
+        forecasting, "train", lambda daily, *a, **k: seen.append(daily["date"].max()) or real_train(daily, *a, **k)
+    )
+    out = tmp_path / "past.csv"
+    args = [
+        "forecast",
+        "--home",
+        str(home),
+        "--config",
+        str(config_file),
+        "--as-of",
+        "2026-08-01",
+        "--horizon",
+        "7",
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 0
+    assert seen and max(seen) < pd.Timestamp("2026-08-01")
+    assert pd.to_datetime(pd.read_csv(out)["date"]).min() == pd.Timestamp("2026-08-01")
+    assert registry.champion_version(ws, config).version == champion  # the champion is untouched
