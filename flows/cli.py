@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -145,8 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _short_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings for people: one line, no source location."""
+    print(f"cashcast: warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    warnings.showwarning = _short_warning
     from flows import commands
 
     try:
