@@ -19,6 +19,8 @@ import mlflow
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 from cashcast.config import Config
 from cashcast.workspace import Workspace
@@ -45,6 +47,18 @@ class ForecasterModel(mlflow.pyfunc.PythonModel):
         as_of = pd.Timestamp(params.get("as_of") or daily["date"].max() + pd.Timedelta(days=1))
         horizon = int(params.get("horizon", 14))
         return self.forecaster.predict(daily, None, as_of, horizon).frame
+
+
+def model_signature() -> ModelSignature:
+    """Daily history in (the daily contract), forecast frame out; as_of and horizon as params."""
+    optional = ("deposits", "n_withdrawals", "n_deposits")
+    inputs = Schema(
+        [ColSpec("string", "device_id"), ColSpec("datetime", "date"), ColSpec("double", "withdrawals")]
+        + [ColSpec("double", name, required=False) for name in optional]
+        + [ColSpec("boolean", "censored", required=False)]
+    )
+    params = ParamSchema([ParamSpec("as_of", "string", ""), ParamSpec("horizon", "long", 14)])
+    return ModelSignature(inputs=inputs, params=params)
 
 
 @dataclass
@@ -148,6 +162,7 @@ def log_training(
             name="forecaster",
             python_model=ForecasterModel(result.model),
             pip_requirements=_pip_requirements(),
+            signature=model_signature(),
             registered_model_name=config.forecast.registered_model,
         )
         mlflow.set_tags(

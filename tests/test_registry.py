@@ -1,0 +1,109 @@
+"""MLflow tracking and registry: run contents, champion promotion and refusal, reload in a fresh process."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+import forecasting
+import ingest
+from cashcast import jobs
+from cashcast.config import load_config
+from cashcast.workspace import Workspace
+from forecasting import registry
+
+SAMPLE_DEVICES = ["ATM-00001", "ATM-00002", "ATM-00006", "BR-0001", "RC-0001"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A workspace with five sample devices ingested and one training job registered."""
+    root = tmp_path_factory.mktemp("registry")
+    ws = Workspace.resolve(root / "home").ensure()
+    config = load_config().updated(forecast={"backtest_folds": 2, "backtest_horizon_days": 14, "n_paths": 50})
+    sample = pd.read_csv(Path(__file__).resolve().parents[1] / "data" / "sample" / "daily.csv")
+    daily = root / "daily.csv"
+    sample[sample["device_id"].isin(SAMPLE_DEVICES)].to_csv(daily, index=False)
+    ingest.ingest_file(daily, "daily", ws, config)
+    outcome = jobs.run_train(ws, config, pd.Timestamp("2026-10-01"))
+    return ws, config, outcome
+
+
+def test_one_run_per_training_job_with_params_metrics_and_tables(trained):
+    ws, config, outcome = trained
+    registry.use_store(ws, config)
+    run = MlflowClient().get_run(outcome.run_id)
+    params = run.data.params
+    assert params["as_of"] == "2026-10-01" and len(params["data_fingerprint"]) == 16
+    assert params["forecast.backtest_folds"] == "2" and params["plan.horizon_days"] == "14"
+    assert "window.train_start" in params and "window.backtest_origins" in params
+    assert {"smape_mean", "mase_mean", "coverage_q95"} <= set(run.data.metrics)
+    tables = {a.path for a in MlflowClient().list_artifacts(outcome.run_id, "tables")}
+    assert tables == {"tables/backtest_per_device.csv", "tables/selection.csv"}
+    local = mlflow.artifacts.download_artifacts(run_id=outcome.run_id, artifact_path="tables/backtest_per_device.csv")
+    per_device = pd.read_csv(local)
+    assert set(per_device["device_id"]) == set(SAMPLE_DEVICES)
+    runs = mlflow.search_runs(experiment_names=[config.forecast.experiment])
+    assert len(runs) == 1  # never one run per device
+    assert str(ws.home) in run.info.artifact_uri  # the workspace keeps its own artifacts
+
+
+def test_first_model_becomes_champion(trained):
+    ws, config, outcome = trained
+    assert outcome.promoted and outcome.version == "1"
+    version = registry.champion_version(ws, config)
+    assert str(version.version) == "1" and version.tags["as_of"] == "2026-10-01"
+
+
+def test_worse_challenger_is_kept_but_not_promoted_then_better_one_is(trained, monkeypatch):
+    ws, config, _ = trained
+    challenger_score = None
+
+    def champion_scores(score):
+        def fake(model, *args, **kwargs):
+            return {registry.SCORE_KEY: score}
+
+        return fake
+
+    monkeypatch.setattr(forecasting, "score_window", champion_scores(1.0))  # a champion hard to beat
+    refused = jobs.run_train(ws, config, pd.Timestamp("2026-10-08"))
+    challenger_score = refused.metrics[registry.SCORE_KEY]
+    assert not refused.promoted and challenger_score > 1.0
+    assert str(registry.champion_version(ws, config).version) == "1"
+    client = MlflowClient()
+    flagged = client.get_model_version(config.forecast.registered_model, refused.version)
+    assert flagged.tags["flagged"] == "worse than champion"
+    assert client.get_run(refused.run_id).data.tags["cashcast.promoted"] == "false"
+
+    monkeypatch.setattr(forecasting, "score_window", champion_scores(challenger_score + 50))
+    accepted = jobs.run_train(ws, config, pd.Timestamp("2026-10-08"))
+    assert accepted.promoted
+    assert str(registry.champion_version(ws, config).version) == accepted.version
+
+
+def test_registered_model_reloads_in_fresh_process_with_identical_forecasts(trained, tmp_path):
+    ws, config, _ = trained
+    history = jobs.load_history(ws, pd.Timestamp("2026-10-15"))
+    here = registry.load_champion(ws, config).predict(history.daily, None, pd.Timestamp("2026-10-20"), 10).frame
+    history.daily.to_parquet(tmp_path / "history.parquet")
+    script = textwrap.dedent(
+        f"""
+        import mlflow, pandas as pd
+        mlflow.set_tracking_uri({ws.tracking_uri()!r})
+        model = mlflow.pyfunc.load_model("models:/{config.forecast.registered_model}@champion")
+        daily = pd.read_parquet({str(tmp_path / "history.parquet")!r})
+        out = model.predict(daily, params={{"as_of": "2026-10-20", "horizon": 10}})
+        out.to_parquet({str(tmp_path / "there.parquet")!r})
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path, capture_output=True)
+    there = pd.read_parquet(tmp_path / "there.parquet")
+    assert len(there) == 10 * len(SAMPLE_DEVICES) and there["date"].min() == pd.Timestamp("2026-10-20")
+    pd.testing.assert_frame_equal(here.reset_index(drop=True), there.reset_index(drop=True), check_dtype=False)
