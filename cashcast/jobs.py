@@ -292,7 +292,8 @@ def recent_forecast_error(ws: Workspace, as_of: pd.Timestamp, days: int = 7) -> 
     if not frames:
         return None
     predicted = pd.concat(frames).assign(date=lambda f: pd.to_datetime(f["date"]))
-    predicted = predicted[predicted["date"] < as_of].drop_duplicates(["device_id", "date"], keep="last")
+    # `made` runs newest first: keep the newest forecast of each day.
+    predicted = predicted[predicted["date"] < as_of].drop_duplicates(["device_id", "date"], keep="first")
     actual = ingest.read_daily(ws, start=as_of - pd.Timedelta(days=days), end=as_of - pd.Timedelta(days=1))
     joined = predicted.astype({"device_id": "string"}).merge(
         actual[~actual["censored"]][["device_id", "date", "withdrawals"]], on=["device_id", "date"]

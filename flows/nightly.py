@@ -27,7 +27,7 @@ def _context(home: str | None, config_file: str | None) -> tuple[Workspace, Conf
     return Workspace.resolve(home).ensure(), load_config(config_file)
 
 
-@task(name="ingest-landing-file", retries=2, retry_delay_seconds=2)
+@task(name="ingest-landing-file")
 def ingest_landing_file(home: str, config_file: str | None, path: str) -> dict[str, Any]:
     ws, config = _context(home, config_file)
     return landing.process_file(ws, config, Path(path))
@@ -36,10 +36,11 @@ def ingest_landing_file(home: str, config_file: str | None, path: str) -> dict[s
 @flow(name="ingest")
 def ingest_flow(home: str | None = None, config_file: str | None = None) -> list[dict[str, Any]]:
     """Ingest every new file in the landing folder; each moves to processed/ or failed/ with a reason."""
-    ws, _ = _context(home, config_file)
+    ws, config = _context(home, config_file)
     logger = get_run_logger()
     files = landing.pending_files(ws)
-    results = [ingest_landing_file(str(ws.home), config_file, str(path)) for path in files]
+    ingest_task = ingest_landing_file.with_options(**runners.retry_options(config))
+    results = [ingest_task(str(ws.home), config_file, str(path)) for path in files]
     for item in results:
         logger.info("%s: %s", item["file"], item["outcome"])
     return results
@@ -77,7 +78,7 @@ def train_flow(
     }
 
 
-@task(name="forecast-and-plan-chunk", retries=1, retry_delay_seconds=2)
+@task(name="forecast-and-plan-chunk")
 def plan_chunk(home: str, config_file: str | None, as_of: str, horizon: int, device_ids: list[str]) -> dict[str, Any]:
     """Forecast and plan one chunk of devices; reads only those devices' history."""
     ws, config = _context(home, config_file)
@@ -107,7 +108,8 @@ def forecast_and_plan_flow(
     horizon = horizon or config.plan.horizon_days
     jobs.champion_or_train(ws, config, as_of_ts)
     chunks = jobs.device_chunks(ws, config.flows.devices_per_task)
-    futures = [plan_chunk.submit(str(ws.home), config_file, f"{as_of_ts:%Y-%m-%d}", horizon, chunk) for chunk in chunks]
+    chunk_task = plan_chunk.with_options(**runners.retry_options(config))
+    futures = [chunk_task.submit(str(ws.home), config_file, f"{as_of_ts:%Y-%m-%d}", horizon, chunk) for chunk in chunks]
     parts = [f.result() for f in futures]
     merged = jobs.merge_chunks(parts)
     files = jobs.write_plan(ws, as_of_ts, merged["forecast"], merged["result"], None)

@@ -55,6 +55,16 @@ def share_prefect_api() -> str:
     return url
 
 
+def retry_options(config: Config) -> dict[str, Any]:
+    """Retries with exponential backoff for tasks that read and write the workspace (I/O can flicker)."""
+    from prefect.tasks import exponential_backoff
+
+    return {
+        "retries": config.flows.retries,
+        "retry_delay_seconds": exponential_backoff(backoff_factor=config.flows.retry_delay_seconds),
+    }
+
+
 def cached_champion(ws: Workspace, config: Config) -> Any:
     """Load the champion once per worker process and version, not once per chunk."""
     from forecasting import registry

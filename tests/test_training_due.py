@@ -1,0 +1,63 @@
+"""When the nightly run retrains: no champion, cadence reached, or the serving model's error drifted."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+
+import ingest
+from cashcast import jobs
+from cashcast.config import load_config
+from cashcast.io import write_table
+from forecasting import registry
+
+AS_OF = pd.Timestamp("2025-03-01")
+
+
+@pytest.fixture
+def lake(workspace, tmp_path):
+    """Four weeks of one ATM's history, 100,000 a day, in a real lake."""
+    days = pd.date_range(AS_OF - pd.Timedelta(days=28), AS_OF - pd.Timedelta(days=1))
+    path = tmp_path / "daily.csv"
+    pd.DataFrame({"device_id": "A1", "date": days.strftime("%Y-%m-%d"), "withdrawals": 100_000.0}).to_csv(
+        path, index=False
+    )
+    ingest.ingest_file(path, "daily", workspace, load_config())
+    return workspace
+
+
+def champion(trained_on: str, smape: float):
+    return SimpleNamespace(tags={"as_of": trained_on, registry.SCORE_KEY: str(smape)}, version="3")
+
+
+def forecast_made(ws, made_on: pd.Timestamp, level: float) -> None:
+    days = pd.date_range(made_on, periods=14)
+    frame = pd.DataFrame({"device_id": "A1", "date": days, "model": "ets", "yhat": level})
+    write_table(frame, jobs.output_path(ws.forecasts, made_on, "forecast.csv"))
+
+
+def test_no_champion_means_train(lake, monkeypatch):
+    monkeypatch.setattr(registry, "champion_version", lambda ws, config: None)
+    assert jobs.training_due(lake, load_config(), AS_OF) == (True, "no champion model yet")
+
+
+def test_cadence(lake, monkeypatch):
+    config = load_config()
+    monkeypatch.setattr(registry, "champion_version", lambda ws, c: champion("2025-02-22", 10.0))
+    due, why = jobs.training_due(lake, config, AS_OF)
+    assert due and "7 days ago" in why
+    monkeypatch.setattr(registry, "champion_version", lambda ws, c: champion("2025-02-26", 10.0))
+    assert not jobs.training_due(lake, config, AS_OF)[0]
+
+
+def test_drift_of_recent_error_past_threshold_triggers_training(lake, monkeypatch):
+    config = load_config()
+    monkeypatch.setattr(registry, "champion_version", lambda ws, c: champion("2025-02-26", 10.0))
+    forecast_made(lake, AS_OF - pd.Timedelta(days=3), level=102_000.0)  # 2% off: within bounds
+    assert not jobs.training_due(lake, config, AS_OF)[0]
+    assert jobs.recent_forecast_error(lake, AS_OF) == pytest.approx(200 * 2_000 / 202_000, rel=1e-6)
+    forecast_made(lake, AS_OF - pd.Timedelta(days=2), level=150_000.0)  # the newer forecast is 40% off
+    due, why = jobs.training_due(lake, config, AS_OF)
+    assert due and "drifted" in why
