@@ -94,6 +94,8 @@ class ForecastSettings(_Section):
     gbm_max_rows: int = Field(150_000, ge=1000)
     gbm_rounds: int = Field(150, ge=10)
     backtest_refit: bool = False
+    outage_share: float = Field(0.4, ge=0, lt=1)
+    device_gbm_max_devices: int = Field(300, ge=0)
 
     @field_validator("quantiles")
     @classmethod

@@ -3,10 +3,13 @@
 Backtest: `backtest_folds` origins spaced `backtest_horizon_days` apart at the end of the training
 window; every candidate is refitted on the history before each origin and scored on the following
 days (sMAPE, MASE, WAPE, bias). Candidates: seasonal naive, ETS, pooled LightGBM and their blend
-(mean of ETS and LightGBM). Selection scores each candidate by sMAPE and MASE relative to seasonal
-naive, shrinks each device's scores towards the network median (a few weeks of backtest is a noisy
-judge), picks the best, and falls back to seasonal naive wherever the pick is worse than it on the
-device's own backtest: never worse than the baseline in the backtest. Devices with fewer than
+(mean of ETS and LightGBM). ETS only knows the weekly cycle, so on the calendar's special days
+(holidays, blocks, the days around long blocks, weekdays off, make-up working days) ETS defers to
+LightGBM, in the backtest and in production alike. Selection scores each candidate by sMAPE and
+MASE relative to seasonal naive, shrinks each device's scores towards the network median (a few
+weeks of backtest is a noisy judge; the network's view is worth 250 points, which measured best),
+picks the best, and falls back to seasonal naive wherever the pick is worse than it on the device's
+own backtest: never worse than the baseline in the backtest. Devices with fewer than
 `min_history_days` observed days (or no backtest) use the pooled LightGBM, which learns from the whole
 network. Folds and final fits of both targets run as tasks in a process pool (`n_jobs`).
 
@@ -32,17 +35,30 @@ from tqdm.auto import tqdm
 
 from cashcast.config import Config
 from cashcast.schema import quantile_column
+from features.calendar import CALENDAR_COLUMNS
 from forecasting.metrics import bias, mase, smape, wape
-from forecasting.models import ETS, PooledGBM, SeasonalNaive
+from forecasting.models import ETS, DeviceGBM, PooledGBM, SeasonalNaive
 from forecasting.panel import Panel, quiet_nan
 
 CANDIDATES = ("seasonal_naive", "ets", "lightgbm", "blend")
 BUCKETS = (0, 7, 14)  # horizon buckets start at these 0-based days ahead
 BLOCK = 7
-SHRINK_POINTS = 60  # backtest points the network's view is worth when judging one device
+SHRINK_POINTS = 60  # backtest points the network's error spread is worth when calibrating one device
+# Backtest points the network's view is worth when picking one device's model: a few weeks of one
+# device's errors rarely justify leaving the network's best (measured on CUB and the synthetic network).
+SELECT_SHRINK_POINTS = 250
 FALLBACK = "fallback"
 NO_HISTORY = "network_median"
 PARALLEL_MIN_CELLS = 100_000  # below this (device-days) worker start-up costs more than it saves
+SPECIAL_COLUMNS = ("is_holiday", "holiday_block_length", "pre_holiday_window", "post_holiday_window")
+# Per-device LightGBM joins the pooled one on networks up to this size: ~50 ms a device and fit, so
+# 300 devices add ~15 s to training while 1,000 would break the 60 s budget.
+# The forecasts each choice needs.
+USES = {
+    "ets": ("ets", "blend"),
+    "lightgbm": ("lightgbm", "blend", "ets"),
+    "lightgbm_device": ("lightgbm", "blend", "ets"),
+}
 
 
 def _offset(level: np.ndarray) -> np.ndarray:
@@ -79,14 +95,42 @@ def fit_candidates(config: Config, max_horizon: int, panel: Panel) -> dict:
             seed=fc.seed,
             n_jobs=1,
         ).fit(panel)
+        if len(panel.device_ids) <= fc.device_gbm_max_devices:
+            models["lightgbm_device"] = DeviceGBM(max_horizon=max_horizon, seed=fc.seed).fit(panel)
     return models
 
 
-def predict_candidates(models: dict, panel: Panel, horizon: int) -> dict[str, np.ndarray]:
-    out = {name: model.predict(panel, horizon) for name, model in models.items()}
+def special_days(panel: Panel, horizon: int) -> np.ndarray:
+    """(n, horizon) bool: days ahead that the calendar marks as unusual for the device's place.
+
+    Holidays, holiday blocks and the working days around long blocks, and days whose working status
+    differs from their weekday's (a weekday off, a make-up working Saturday).
+    """
+    cols = {name: CALENDAR_COLUMNS.index(name) for name in SPECIAL_COLUMNS + ("is_weekend", "is_working_day")}
+    ahead = panel.calendar[:, panel.n_days : panel.n_days + horizon][panel.group]  # per place, then device
+    special = (ahead[:, :, [cols[c] for c in SPECIAL_COLUMNS]] > 0).any(axis=2)
+    return special | (ahead[:, :, cols["is_weekend"]] == ahead[:, :, cols["is_working_day"]])
+
+
+def combine(out: dict[str, np.ndarray], panel: Panel, horizon: int) -> dict[str, np.ndarray]:
+    """The pooled and (opt-in) per-device LightGBM averaged; calendar-blind ETS defers to LightGBM on
+    special days; then the blend of ETS and LightGBM.
+
+    ETS only knows the weekly cycle, so a holiday inside its horizon is forecast as a normal day: the
+    holiday effects it would need are exactly what the pooled model learns across the network.
+    """
+    if "lightgbm_device" in out:
+        # The per-device trees join the pooled model as an equal-weight mean where they exist.
+        device = out.pop("lightgbm_device")
+        out["lightgbm"] = np.where(np.isfinite(device), 0.5 * (out["lightgbm"] + device), out["lightgbm"])
     if "ets" in out and "lightgbm" in out:
+        out["ets"] = np.where(special_days(panel, horizon), out["lightgbm"], out["ets"])
         out["blend"] = 0.5 * (out["ets"] + out["lightgbm"])
     return out
+
+
+def predict_candidates(models: dict, panel: Panel, horizon: int) -> dict[str, np.ndarray]:
+    return combine({name: model.predict(panel, horizon) for name, model in models.items()}, panel, horizon)
 
 
 Task = tuple[Panel, int, list[int], int]  # panel, fit on columns < fit_end, forecast origins, horizon
@@ -213,7 +257,7 @@ class TargetModel:
         # A few weeks of backtest per device is a noisy judge: shrink each device's scores towards the
         # network's median before picking, then keep the guard on the device's own scores.
         weight = points["seasonal_naive"].fillna(0).to_numpy()[:, None]
-        shrunk = (score * weight + score.median() * SHRINK_POINTS) / (weight + SHRINK_POINTS)
+        shrunk = (score * weight + score.median() * SELECT_SHRINK_POINTS) / (weight + SELECT_SHRINK_POINTS)
         best = shrunk.fillna(np.inf).idxmin(axis=1).where(score.notna().any(axis=1), default)
         own = np.array([score.iloc[i].get(name, np.nan) for i, name in enumerate(best)])
         best = best.where(~(own > score["seasonal_naive"].to_numpy()), "seasonal_naive")
@@ -356,7 +400,7 @@ def _guarded_predict(models: dict, panel: Panel, horizon: int, choice: np.ndarra
     out: dict[str, np.ndarray] = {}
     failures: dict[str, str] = {}
     for name, model in models.items():
-        needed = np.flatnonzero((choice == name) | (choice == "blend")) if name != "seasonal_naive" else np.arange(n)
+        needed = np.arange(n) if name == "seasonal_naive" else np.flatnonzero(np.isin(choice, USES[name]))
         result = np.full((n, horizon), np.nan)
         for lo in range(0, len(needed), chunk):
             rows = needed[lo : lo + chunk]
@@ -369,6 +413,4 @@ def _guarded_predict(models: dict, panel: Panel, horizon: int, choice: np.ndarra
                     except Exception as exc:  # noqa: BLE001
                         failures[panel.device_ids[i]] = f"{name}: {type(exc).__name__}: {exc}"
         out[name] = result
-    if "ets" in out and "lightgbm" in out:
-        out["blend"] = 0.5 * (out["ets"] + out["lightgbm"])
-    return out, failures
+    return combine(out, panel, horizon), failures

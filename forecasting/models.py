@@ -9,7 +9,8 @@
   statsmodels fit loop (tens of ms per device and fit) cannot meet the 1,000-devices-with-backtests
   budget, and the same recursions re-run with fitted parameters give forecasts at any later as_of.
 - `PooledGBM`: one LightGBM over all devices (direct multi-step: each (origin, target day) pair is a
-  sample with its horizon), target = demand / level_91 of the origin under a Huber loss, features are
+  sample with its horizon), target = demand / level_91 of the origin under an L1 loss (the median
+  ratio: what sMAPE/MASE reward, and robust to festival spikes; beat Huber on CUB and synthetic), features are
   recent levels, weekday profiles, last-year pattern and the calendar of the device's place from
   `features.calendar` (holiday blocks, paydays). History features are gathered from prefix sums of
   the panel, so a training set of 150,000 sampled (device, origin, horizon) rows costs well under a
@@ -184,29 +185,41 @@ GBM_FEATURES = [
     "same_weekday_last_ratio",
     "last_year_ratio",
     "last_year_day_ratio",
+    "days_off_ratio",
     "missing_share_28",
     "history_days",
 ]
 
 
-class _Sums:
-    """Prefix sums of observed demand and counts: O(1) windowed means at any origin."""
+def _prefix(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    observed = np.isfinite(values)
+    pad = np.zeros((len(values), 1))
+    return (
+        np.hstack([pad, np.cumsum(np.where(observed, values, 0.0), axis=1)]),
+        np.hstack([pad, np.cumsum(observed, axis=1)]),
+    )
 
-    def __init__(self, values: np.ndarray):
+
+class _Sums:
+    """Prefix sums of observed demand and counts (all days, and days off): O(1) windowed means at any origin."""
+
+    def __init__(self, panel: Panel):
+        values = panel.values
         observed = np.isfinite(values)
-        pad = np.zeros((len(values), 1))
         self.values = values
-        self.total = np.hstack([pad, np.cumsum(np.where(observed, values, 0.0), axis=1)])
-        self.count = np.hstack([pad, np.cumsum(observed, axis=1)])
+        self.total, self.count = _prefix(values)
+        working = panel.calendar[:, : values.shape[1], CALENDAR_COLUMNS.index("is_working_day")][panel.group] > 0
+        self.off_total, self.off_count = _prefix(np.where(working, np.nan, values))
         self.first = np.where(observed.any(axis=1), observed.argmax(axis=1), values.shape[1])
 
-    def mean(self, dev: np.ndarray, end: np.ndarray, days: int) -> np.ndarray:
-        """Mean of observed values in columns [end - days, end); NaN when none."""
+    def mean(self, dev: np.ndarray, end: np.ndarray, days: int, days_off: bool = False) -> np.ndarray:
+        """Mean of observed values (only on days off with `days_off`) in columns [end - days, end); NaN when none."""
+        total, count = (self.off_total, self.off_count) if days_off else (self.total, self.count)
         end = np.clip(end, 0, self.values.shape[1])
         lo = np.clip(end - days, 0, None)
-        n = self.count[dev, end] - self.count[dev, lo]
+        n = count[dev, end] - count[dev, lo]
         with quiet_nan():
-            return np.where(n > 0, (self.total[dev, end] - self.total[dev, lo]) / n, np.nan)
+            return np.where(n > 0, (total[dev, end] - total[dev, lo]) / n, np.nan)
 
     def count_in(self, dev: np.ndarray, end: np.ndarray, days: int) -> np.ndarray:
         end = np.clip(end, 0, self.values.shape[1])
@@ -252,6 +265,8 @@ def design(panel: Panel, sums: _Sums, dev: np.ndarray, origin: np.ndarray, horiz
             weekly[:, 0] * inv,
             np.nanmean(last_year, axis=1) / ly_level,
             last_year[:, 3] / ly_level,
+            # How this device reacts to days off (weekends, holidays): an office ATM empties, a mall's fills.
+            sums.mean(dev, origin, 364, days_off=True) / sums.mean(dev, origin, 364),
             1 - sums.count_in(dev, origin, 28) / 28,
             np.minimum(origin - sums.first[dev], 400),
         ]
@@ -269,7 +284,7 @@ class PooledGBM:
         n_estimators: int = 150,
         learning_rate: float = 0.08,
         num_leaves: int = 31,
-        objective: str = "huber",
+        objective: str = "l1",
         seed: int = 42,
         n_jobs: int = 0,
     ):
@@ -296,7 +311,7 @@ class PooledGBM:
         return dev[keep][:budget], origin[keep][:budget], horizon[keep][:budget]
 
     def fit(self, panel: Panel) -> PooledGBM:
-        sums = _Sums(panel.values)
+        sums = _Sums(panel)
         dev, origin, horizon = self._samples(panel, sums)
         X, level = design(panel, sums, dev, origin, horizon)
         y = panel.values[dev, origin + horizon - 1]
@@ -323,10 +338,91 @@ class PooledGBM:
 
     def predict(self, panel: Panel, horizon: int) -> np.ndarray:
         n = len(panel.device_ids)
-        sums = _Sums(panel.values)
+        sums = _Sums(panel)
         dev = np.repeat(np.arange(n), horizon)
         h = np.tile(np.arange(1, horizon + 1), n)
         X, level = design(panel, sums, dev, np.full(len(dev), panel.n_days), h)
         X[:, 0] = np.minimum(h, self.max_horizon)
         ratio = self.booster_.predict(X, num_threads=self.n_jobs).clip(min=0)
         return (ratio * level).reshape(n, horizon)
+
+
+class DeviceGBM:
+    """Per-device LightGBM: the pooled model's features and target, fitted on one device's own rows.
+
+    A device's own trees pick up responses the network does not share (its payday or holiday lift).
+    Alone it was no better than the pooled model (CUB 37.2 vs 36.0 sMAPE, synthetic 17.6 vs 17.0), but
+    the mean of both beat the pooled model on both (35.6, 16.7); one small booster per device costs
+    ~50 ms, so it runs on networks up to `forecast.device_gbm_max_devices` (the 1,000-device training
+    budget would not hold).
+    Devices with fewer than `min_rows` usable days get NaN (the pooled forecast stands alone).
+    """
+
+    def __init__(
+        self,
+        max_horizon: int = 56,
+        n_estimators: int = 50,
+        learning_rate: float = 0.1,
+        num_leaves: int = 7,
+        min_rows: int = 100,
+        seed: int = 42,
+    ):
+        self.max_horizon = max_horizon
+        self.n_estimators = n_estimators
+        self.learning_rate = learning_rate
+        self.num_leaves = num_leaves
+        self.min_rows = min_rows
+        self.seed = seed
+
+    def fit(self, panel: Panel) -> DeviceGBM:
+        sums = _Sums(panel)
+        rng = np.random.default_rng(self.seed)
+        dev, target = np.nonzero(np.isfinite(panel.values))  # row-major: grouped by device
+        horizon = rng.integers(1, self.max_horizon + 1, size=len(dev))
+        origin = target - horizon + 1
+        keep = sums.count_in(dev, origin, 10**6) >= 4 * SEASON
+        dev, origin, horizon = dev[keep], origin[keep], horizon[keep]
+        X, level = design(panel, sums, dev, origin, horizon)
+        ok = level > 0
+        dev, X, y = dev[ok], X[ok], panel.values[dev, origin + horizon - 1][ok] / level[ok]
+        params = {
+            "objective": "l1",
+            "learning_rate": self.learning_rate,
+            "num_leaves": self.num_leaves,
+            "min_data_in_leaf": 20,
+            "max_bin": 63,
+            "feature_fraction": 0.8,
+            "bagging_fraction": 0.8,
+            "bagging_freq": 1,
+            "lambda_l2": 1.0,
+            "seed": self.seed,
+            "deterministic": True,
+            "force_row_wise": True,
+            "num_threads": 1,
+            "verbosity": -1,
+        }
+        bounds = np.searchsorted(dev, np.arange(len(panel.device_ids) + 1))
+        self.boosters_: dict[str, lgb.Booster] = {}
+        for i, device in enumerate(panel.device_ids):
+            lo, hi = bounds[i], bounds[i + 1]
+            if hi - lo >= self.min_rows:
+                data = lgb.Dataset(X[lo:hi], y[lo:hi], feature_name=GBM_FEATURES, free_raw_data=True)
+                self.boosters_[str(device)] = lgb.train(params, data, num_boost_round=self.n_estimators)
+        return self
+
+    def predict(self, panel: Panel, horizon: int) -> np.ndarray:
+        n = len(panel.device_ids)
+        out = np.full((n, horizon), np.nan)
+        rows = np.array([i for i, device in enumerate(panel.device_ids) if str(device) in self.boosters_], int)
+        if not len(rows):
+            return out
+        sums = _Sums(panel)
+        dev = np.repeat(rows, horizon)
+        h = np.tile(np.arange(1, horizon + 1), len(rows))
+        X, level = design(panel, sums, dev, np.full(len(dev), panel.n_days), h)
+        X[:, 0] = np.minimum(h, self.max_horizon)
+        for k, i in enumerate(rows):
+            part = slice(k * horizon, (k + 1) * horizon)
+            ratio = self.boosters_[str(panel.device_ids[i])].predict(X[part], num_threads=1).clip(min=0)
+            out[i] = ratio * level[part]
+        return out

@@ -2,7 +2,9 @@
 
 The daily contract is long and sparse; models want a matrix. `Panel.values[i, t]` is the demand of
 device i on day `start + t`, NaN where the day was not recorded or censored (cash-out, offline):
-such days are missing, never zero demand, so no model ever fits them. Calendar features of the
+such days are missing, never zero demand, so no model ever fits them. Days far below the device's
+usual demand on that weekday (`outage_share`) are treated the same way: on an ATM a zero or near-zero
+day is an outage or cash-out the status feed missed, not demand. Calendar features of the
 device's own place (`features.calendar`) run `pad` days past the history so forecasts see the
 holidays ahead.
 """
@@ -20,6 +22,8 @@ import pandas as pd
 from cashcast.config import Config
 from features.calendar import CALENDAR_COLUMNS, calendar_lookup, device_places
 
+SEASON_DAYS = 7
+
 
 @contextmanager
 def quiet_nan() -> Iterator[None]:
@@ -27,6 +31,45 @@ def quiet_nan() -> Iterator[None]:
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         yield
+
+
+OUTAGE_SHARE = 0.4  # a non-holiday day below this share of its weekday reference is an unflagged outage
+# The reference: the larger mean of the same weekday over 4 and 13 weeks either side; the longer
+# window still sees normal demand through a partial outage that lasts weeks.
+OUTAGE_WEEKS = (4, 13)
+
+
+def mask_outages(values: np.ndarray, holiday: np.ndarray, share: float = OUTAGE_SHARE) -> np.ndarray:
+    """`values` with unflagged outages set to NaN: days below `share` x the same-weekday neighbours' mean.
+
+    Comparing with the same weekday keeps a branch's regular closed day (always zero) as demand; public
+    holidays of the device's place (`holiday`, (n, T) bool) are never masked: a closed branch on a
+    holiday is real, forecastable demand.
+    """
+    n, t_end = values.shape
+    out = values.copy()
+    if share <= 0 or t_end == 0:
+        return out
+    for k in range(SEASON_DAYS):
+        column = values[:, k::SEASON_DAYS]
+        observed = np.isfinite(column)
+        pad = np.zeros((n, 1))
+        total = np.hstack([pad, np.cumsum(np.where(observed, column, 0.0), axis=1)])
+        count = np.hstack([pad, np.cumsum(observed, axis=1)])
+        weeks = np.arange(column.shape[1])
+        own = np.where(observed, column, 0.0)
+        reference = np.zeros_like(column)
+        for radius in OUTAGE_WEEKS:
+            lo = np.clip(weeks - radius, 0, None)
+            hi = np.clip(weeks + radius + 1, None, column.shape[1])
+            # Neighbours only: the day itself does not pull its own reference down.
+            n_ref = count[:, hi] - count[:, lo] - observed
+            with quiet_nan():
+                mean = np.where(n_ref > 0, (total[:, hi] - total[:, lo] - own) / n_ref, np.nan)
+            reference = np.fmax(reference, mean)
+        low = observed & (column < share * reference) & ~holiday[:, k::SEASON_DAYS]
+        out[:, k::SEASON_DAYS] = np.where(low, np.nan, column)
+    return out
 
 
 @dataclass(frozen=True)
@@ -101,4 +144,6 @@ def build_panel(
     table, group = calendar_lookup(places, days, config)
     n_places = int(group.max()) + 1 if len(group) else 1
     calendar = table[CALENDAR_COLUMNS].to_numpy(np.float32).reshape(n_places, len(days), len(CALENDAR_COLUMNS))
-    return Panel(device_ids, start, values, calendar, group)
+    holiday = calendar[group, :n_days, CALENDAR_COLUMNS.index("is_holiday")] > 0
+    share = config.forecast.outage_share
+    return Panel(device_ids, start, mask_outages(values, holiday, share), calendar, group)

@@ -19,8 +19,9 @@ from conftest import make_device_fail
 from cashcast.config import load_config
 from cashcast.synthetic import generate_network
 from forecasting import CashForecaster, mase, score_window, smape, train, wape
-from forecasting.models import SeasonalNaive
-from forecasting.panel import build_panel
+from forecasting.backtest import combine, predict_candidates, special_days
+from forecasting.models import DeviceGBM, PooledGBM, SeasonalNaive
+from forecasting.panel import build_panel, mask_outages
 
 HORIZON = 14
 
@@ -55,6 +56,61 @@ def test_metrics_follow_their_definitions():
     history = np.array([10, 20, 10, 20, 10, 20, 10, 12, 22, 12, 22, 12, 22, 12], float)  # lag-7 MAE = 2
     assert mase([15], [11], history) == pytest.approx(2.0)
     assert wape([100, 100], [90, 130]) == pytest.approx(0.2)
+
+
+def test_unflagged_outages_are_masked_but_regular_zero_weekdays_and_holidays_are_demand():
+    weeks = 12
+    atm = np.tile([100.0, 110, 90, 105, 120, 80, 95], weeks)
+    branch = np.tile([100.0, 110, 90, 105, 120, 0, 0], weeks)  # closed at weekends: real zero demand
+    values = np.vstack([atm, branch, atm])
+    values[0, 30] = 0.0  # outage day nobody flagged
+    values[0, 44] = 20.0  # partial outage: 18% of a normal Thursday
+    values[2, 30] = 0.0  # the same zero on a public holiday
+    holiday = np.zeros_like(values, dtype=bool)
+    holiday[2, 30] = True
+    masked = mask_outages(values, holiday, share=0.3)
+    assert np.isnan(masked[0, [30, 44]]).all()
+    assert np.isfinite(np.delete(masked[0], [30, 44])).all()
+    np.testing.assert_array_equal(masked[1], branch)
+    np.testing.assert_array_equal(masked[2], values[2])
+    np.testing.assert_array_equal(mask_outages(values, holiday, share=0.0), values)
+
+
+def test_ets_defers_to_lightgbm_on_holidays_only(trained, network, config, as_of):
+    """2024-05-01..05 is a CN Labour Day block: calendar-blind ETS must not forecast it as a normal week."""
+    block_as_of = pd.Timestamp("2024-04-22")
+    panel = build_panel(network.daily, network.devices, block_as_of, config, pad=HORIZON + 7)
+    special = special_days(panel, HORIZON)
+    dates = pd.date_range(block_as_of, periods=HORIZON)
+    in_block = (dates >= "2024-05-01") & (dates <= "2024-05-05")
+    assert special[:, in_block].all() and not special.all()
+    models = trained.model.withdrawals_.models_
+    raw_ets = models["ets"].predict(panel, HORIZON)
+    out = predict_candidates(models, panel, HORIZON)
+    np.testing.assert_array_equal(out["ets"][special], out["lightgbm"][special])
+    np.testing.assert_array_equal(out["ets"][~special], raw_ets[~special])
+    np.testing.assert_allclose(out["blend"], 0.5 * (out["ets"] + out["lightgbm"]))
+
+
+def test_device_gbm_learns_each_device_and_joins_the_pooled_forecast(network, config, as_of):
+    panel = build_panel(network.daily, network.devices, as_of, config, pad=HORIZON + 7)
+    short = panel.values.copy()
+    short[0, :-60] = np.nan  # 60 days of history: too few rows for its own trees
+    panel = type(panel)(panel.device_ids, panel.start, short, panel.calendar, panel.group)
+    model = DeviceGBM(max_horizon=HORIZON).fit(panel)
+    has_own = np.array([str(d) in model.boosters_ for d in panel.device_ids])
+    assert not has_own[0] and has_own[np.isfinite(short).sum(axis=1) >= 200].all() and has_own.sum() >= 9
+    own = model.predict(panel, HORIZON)
+    assert np.isnan(own[~has_own]).all() and np.isfinite(own[has_own]).all() and (own[has_own] >= 0).all()
+    actual = network.true_demand.pivot(index="device_id", columns="date", values="withdrawals")
+    actual = actual.reindex(index=panel.device_ids, columns=pd.date_range(as_of, periods=HORIZON)).to_numpy()
+    naive = SeasonalNaive().fit(panel).predict(panel, HORIZON)
+    assert smape(actual[has_own], own[has_own]) < smape(actual[has_own], naive[has_own])
+    pooled = PooledGBM(max_horizon=HORIZON, n_jobs=1).fit(panel).predict(panel, HORIZON)
+    out = combine({"lightgbm": pooled.copy(), "lightgbm_device": own}, panel, HORIZON)
+    assert "lightgbm_device" not in out
+    np.testing.assert_allclose(out["lightgbm"][has_own], 0.5 * (pooled[has_own] + own[has_own]))
+    np.testing.assert_array_equal(out["lightgbm"][~has_own], pooled[~has_own])
 
 
 def test_train_reports_backtest_selection_metrics_and_window(trained, network, as_of):
