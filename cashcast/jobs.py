@@ -32,6 +32,7 @@ class History:
     devices: pd.DataFrame
     balances: pd.DataFrame
     as_of: pd.Timestamp
+    events: pd.DataFrame | None = None  # the custom events calendar ([calendar] events_file)
 
 
 def parse_date(text: str | pd.Timestamp | None) -> pd.Timestamp | None:
@@ -39,8 +40,16 @@ def parse_date(text: str | pd.Timestamp | None) -> pd.Timestamp | None:
     return None if text is None else pd.Timestamp(text).normalize()
 
 
-def load_history(ws: Workspace, as_of: pd.Timestamp | None = None, device_ids: list[str] | None = None) -> History:
-    """Read the lake as known on the morning of `as_of` (default: the day after the last recorded day)."""
+def load_history(
+    ws: Workspace,
+    as_of: pd.Timestamp | None = None,
+    device_ids: list[str] | None = None,
+    config: Config | None = None,
+) -> History:
+    """Read the lake as known on the morning of `as_of` (default: the day after the last recorded day).
+
+    With `config`, the custom events calendar ([calendar] events_file) comes along for training.
+    """
     end = None if as_of is None else as_of - pd.Timedelta(days=1)
     daily = ingest.read_daily(ws, end=end, device_ids=device_ids)
     if daily.empty:
@@ -55,7 +64,9 @@ def load_history(ws: Workspace, as_of: pd.Timestamp | None = None, device_ids: l
     known_status = status[pd.to_datetime(status["start"]) < as_of] if len(status) else status
     known_balances = balances[pd.to_datetime(balances["as_of"]) < as_of] if len(balances) else balances
     daily = features.mark_censored(daily, known_status, known_balances)
-    return History(daily=daily, devices=tables["devices"], balances=balances, as_of=as_of)
+    events_file = features.resolve_events_file(config, ws.home) if config is not None else None
+    events = features.load_events(events_file) if events_file is not None else None
+    return History(daily=daily, devices=tables["devices"], balances=balances, as_of=as_of, events=events)
 
 
 def data_fingerprint(daily: pd.DataFrame) -> str:
@@ -99,8 +110,10 @@ def run_train(ws: Workspace, config: Config, as_of: pd.Timestamp | None = None, 
     import forecasting
     from forecasting import registry
 
-    history = load_history(ws, as_of)
-    result = forecasting.train(history.daily, history.devices, history.as_of, config, progress=progress)
+    history = load_history(ws, as_of, config=config)
+    result = forecasting.train(
+        history.daily, history.devices, history.as_of, config, progress=progress, events=history.events
+    )
     champion = registry.load_champion(ws, config)
     champion_score = None
     if champion is not None:
@@ -142,8 +155,10 @@ def champion_or_train(ws: Workspace, config: Config, as_of: pd.Timestamp, progre
     if version is None:
         run_train(ws, config, as_of, progress=progress)
     elif pd.Timestamp(version.tags.get("as_of", "1970-01-01")) > as_of:
-        history = load_history(ws, as_of)
-        return forecasting.train(history.daily, history.devices, as_of, config, progress=progress).model
+        history = load_history(ws, as_of, config=config)
+        return forecasting.train(
+            history.daily, history.devices, as_of, config, progress=progress, events=history.events
+        ).model
     return registry.load_champion(ws, config)
 
 
@@ -344,7 +359,7 @@ def run_backtest(
 
     if end < start:
         raise ValueError(f"--end {end:%Y-%m-%d} is before --start {start:%Y-%m-%d}")
-    history = load_history(ws, end + pd.Timedelta(days=1))
+    history = load_history(ws, end + pd.Timedelta(days=1), config=config)
     known = history.daily[history.daily["date"] < start]
     if known.empty:
         raise NoDataError(f"{ws.home}: no history before {start:%Y-%m-%d} to train on")
@@ -354,7 +369,9 @@ def run_backtest(
     def forecaster(past: pd.DataFrame, as_of: pd.Timestamp, horizon: int) -> DemandForecast:
         trained_at = fitted.get("as_of")
         if trained_at is None or (as_of - trained_at).days >= config.forecast.retrain_every_days:
-            fitted["model"] = forecasting.train(past, history.devices, as_of, config, progress=progress).model
+            fitted["model"] = forecasting.train(
+                past, history.devices, as_of, config, progress=progress, events=history.events
+            ).model
             fitted["as_of"] = as_of
         return fitted["model"].predict(past, history.devices, as_of, horizon)
 

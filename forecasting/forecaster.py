@@ -42,10 +42,13 @@ class TrainResult:
 class CashForecaster:
     """Fitted withdrawal (and deposit) models of a device network."""
 
-    def __init__(self, config: Config, max_horizon: int = 56, progress: bool = False):
+    def __init__(
+        self, config: Config, max_horizon: int = 56, progress: bool = False, events: pd.DataFrame | None = None
+    ):
         self.config = config
         self.max_horizon = max_horizon
         self.progress = progress
+        self.events = events  # custom events calendar, known ahead like holidays (fixed until retrained)
 
     def _pad(self, horizon: int) -> int:
         return max(horizon, self.max_horizon) + 7
@@ -53,7 +56,9 @@ class CashForecaster:
     def fit(self, daily: pd.DataFrame, devices: pd.DataFrame | None, as_of) -> CashForecaster:
         as_of = pd.Timestamp(as_of).normalize()
         known = np.sort(daily.loc[daily["date"] < as_of, "device_id"].astype(str).unique())
-        panel = build_panel(daily, devices, as_of, self.config, pad=self._pad(self.max_horizon), device_ids=known)
+        panel = build_panel(
+            daily, devices, as_of, self.config, pad=self._pad(self.max_horizon), device_ids=known, events=self.events
+        )
         self.withdrawals_ = TargetModel(self.config, self.max_horizon)
         tasks = self.withdrawals_.tasks(panel)
         n_withdrawal_tasks = len(tasks)
@@ -68,6 +73,7 @@ class CashForecaster:
                 column="deposits",
                 pad=self._pad(self.max_horizon),
                 device_ids=self.deposit_devices_,
+                events=self.events,
             )
             self.deposits_ = TargetModel(self.config, self.max_horizon)
             tasks += self.deposits_.tasks(dep_panel)
@@ -89,7 +95,7 @@ class CashForecaster:
         n_paths = n_paths or self.config.forecast.n_paths
         rng = np.random.default_rng(self.config.forecast.seed + PATH_SEED_OFFSET)
         levels = self.config.forecast.quantiles
-        panel = build_panel(daily, devices, as_of, self.config, pad=self._pad(horizon))
+        panel = build_panel(daily, devices, as_of, self.config, pad=self._pad(horizon), events=self.events)
         dates = pd.date_range(as_of, periods=horizon, freq="D")
         yhat, names, quant, paths, failures = self.withdrawals_.predict(panel, horizon, n_paths, rng)
         ids = panel.device_ids
@@ -107,7 +113,14 @@ class CashForecaster:
         deposit_ids = np.intersect1d(ids, _deposit_devices(daily, as_of)) if self.deposits_ is not None else []
         if len(deposit_ids):
             dep_panel = build_panel(
-                daily, devices, as_of, self.config, column="deposits", pad=self._pad(horizon), device_ids=deposit_ids
+                daily,
+                devices,
+                as_of,
+                self.config,
+                column="deposits",
+                pad=self._pad(horizon),
+                device_ids=deposit_ids,
+                events=self.events,
             )
             d_hat, _, d_quant, d_paths, d_fail = self.deposits_.predict(dep_panel, horizon, n_paths, rng)
             failures.update({k: f"deposits {v}" for k, v in d_fail.items()})
@@ -126,12 +139,17 @@ class CashForecaster:
 
 
 def train(
-    daily: pd.DataFrame, devices: pd.DataFrame | None, as_of, config: Config, progress: bool = False
+    daily: pd.DataFrame,
+    devices: pd.DataFrame | None,
+    as_of,
+    config: Config,
+    progress: bool = False,
+    events: pd.DataFrame | None = None,
 ) -> TrainResult:
     """Fit every device's candidates on history before as_of, backtest, select and calibrate."""
     as_of = pd.Timestamp(as_of).normalize()
     longest = max(56, config.forecast.backtest_horizon_days, config.plan.horizon_days)
-    model = CashForecaster(config, max_horizon=longest, progress=progress).fit(daily, devices, as_of)
+    model = CashForecaster(config, max_horizon=longest, progress=progress, events=events).fit(daily, devices, as_of)
     target = model.withdrawals_
     backtest = target.backtest_.copy()
     chosen = backtest.merge(target.choice_.rename("model").reset_index(), on=["device_id", "model"])

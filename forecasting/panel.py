@@ -109,8 +109,11 @@ def build_panel(
     column: str = "withdrawals",
     pad: int = 120,
     device_ids: np.ndarray | None = None,
+    events: pd.DataFrame | None = None,
 ) -> Panel:
     """Panel of `column` over the training window before `as_of` (history on/after as_of is ignored).
+
+    `events` (a `features.load_events` frame) reach the calendar like holidays do.
 
     Default rows: devices with history before as_of and devices of the master (no history: all NaN).
     """
@@ -141,7 +144,7 @@ def build_panel(
     places = device_places(master, config, device_ids=pd.Index(device_ids, dtype="string"))
     places = places.set_index("device_id").loc[pd.Index(device_ids, dtype="string")].reset_index()
     days = pd.date_range(start, periods=n_days + pad, freq="D", unit="ns")
-    table, group = calendar_lookup(places, days, config)
+    table, group = calendar_lookup(places, days, config, events)
     n_places = int(group.max()) + 1 if len(group) else 1
     calendar = table[CALENDAR_COLUMNS].to_numpy(np.float32).reshape(n_places, len(days), len(CALENDAR_COLUMNS))
     holiday = calendar[group, :n_days, CALENDAR_COLUMNS.index("is_holiday")] > 0
