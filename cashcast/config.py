@@ -109,7 +109,7 @@ class PlanSettings(_Section):
     horizon_days: int = Field(14, ge=1, le=90)
     cassette_swap: bool = True
     allow_holiday_visits: bool = False
-    stockout_penalty_visits: float = Field(20.0, ge=0)
+    stockout_penalty_visits: float = Field(3.0, ge=0)
 
 
 class BacktestSettings(_Section):

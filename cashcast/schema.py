@@ -40,6 +40,17 @@ DEVICE_COLUMNS = [
     "region",
     "name",
 ]
+DEVICE_NUMERIC_COLUMNS = [
+    "capacity",
+    "min_balance",
+    "max_balance",
+    "visit_cost",
+    "emergency_visit_cost",
+    "holding_rate",
+    "lead_time_days",
+    "load_multiple",
+    "service_level",
+]
 BALANCE_COLUMNS = ["device_id", "as_of", "balance"]
 STATUS_COLUMNS = ["device_id", "start", "end", "state"]
 STATUS_STATES = ("cash_out", "offline")

@@ -34,7 +34,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from cashcast.io import atomic_path
-from cashcast.schema import DEVICE_COLUMNS, validate_daily
+from cashcast.schema import DEVICE_COLUMNS, DEVICE_NUMERIC_COLUMNS, validate_daily
 from cashcast.workspace import Workspace
 
 COMMIT_FILE = "COMMIT"
@@ -60,20 +60,11 @@ TRANSACTION_SCHEMA = pa.schema(
         ("txn_key", pa.int64()),
     ]
 )
-DEVICE_NUMERIC = [
-    "capacity",
-    "min_balance",
-    "max_balance",
-    "visit_cost",
-    "emergency_visit_cost",
-    "holding_rate",
-    "lead_time_days",
-    "load_multiple",
-    "service_level",
-]
 DEVICE_TABLE_COLUMNS = [*DEVICE_COLUMNS, "timezone"]
 SMALL_SCHEMAS = {
-    "devices": pa.schema([(c, pa.float64() if c in DEVICE_NUMERIC else pa.string()) for c in DEVICE_TABLE_COLUMNS]),
+    "devices": pa.schema(
+        [(c, pa.float64() if c in DEVICE_NUMERIC_COLUMNS else pa.string()) for c in DEVICE_TABLE_COLUMNS]
+    ),
     "balances": pa.schema([("device_id", pa.string()), ("as_of", pa.timestamp("ns")), ("balance", pa.float64())]),
     "status": pa.schema(
         [

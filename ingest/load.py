@@ -493,9 +493,9 @@ def _parse_devices(run: _Run, batch: pa.RecordBatch, first: int) -> pd.DataFrame
     checks = run.id_checks(ids, master=False)
     for column in lk.DEVICE_TABLE_COLUMNS[1:]:
         if column not in columns:
-            out[column] = np.full(batch.num_rows, np.nan if column in lk.DEVICE_NUMERIC else None)
+            out[column] = np.full(batch.num_rows, np.nan if column in lk.DEVICE_NUMERIC_COLUMNS else None)
             continue
-        if column in lk.DEVICE_NUMERIC:
+        if column in lk.DEVICE_NUMERIC_COLUMNS:
             values = to_float(batch[column])
             empty = is_empty(batch[column])
             checks += [

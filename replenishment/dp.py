@@ -12,8 +12,8 @@ Cost model (the same in plans, the replay and the perfect-foresight optimum):
   (deposits piling up in a branch). penalty = stockout_penalty_visits x visit_cost.
 - A segment's load is the smallest whole load_multiple L with
   P(max over the segment's days of the cumulative net outflow > L - min_balance) <= 1 - service_level
-  across the sample paths (the chance constraint on the multi-day sum), capped at
-  min(capacity, max_balance) rounded down to a load multiple.
+  (the chance constraint on the multi-day sum; its quantile read from the paths' body, see
+  need_quantile), capped at min(capacity, max_balance) rounded down to a load multiple.
 With one path holding the actual demand this is the perfect-foresight model: the chance
 constraint becomes exact cover.
 """
@@ -23,9 +23,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.special import ndtri
 
 from replenishment.terms import round_up_to_multiple
 
+BODY_LEVEL = 0.9  # need quantiles above this level extrapolate the paths' body (need_quantile)
+MIN_BODY_PATHS = 20  # fewer paths than this: the sample quantile, there is no body to speak of
 CHUNK_ELEMENTS = 1_500_000  # device-path-day cells per chunk: bounds memory at 10,000 devices
 
 
@@ -73,6 +76,35 @@ def _path_quantile(values: np.ndarray, level: np.ndarray) -> np.ndarray:
     n_paths = values.shape[-1]
     ranks = np.clip(np.ceil(level * n_paths - 1e-9).astype(int) - 1, 0, n_paths - 1)
     return np.take_along_axis(values, np.broadcast_to(ranks[:, None], (*values.shape[:-1], 1)), axis=-1)[..., 0]
+
+
+def extrapolate_body(q50: np.ndarray, q90: np.ndarray, level) -> np.ndarray:
+    """The `level` quantile of a lognormal through the body's q50 and q90: q50 x (q90 / q50) ^
+    (z(level) / z(0.9)). Lognormal because cash needs are positive and right-skewed; the normal
+    (additive) version where q50 is not positive."""
+    ratio = np.asarray(ndtri(level) / ndtri(BODY_LEVEL), dtype="float64")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lognormal = q50 * np.power(q90 / q50, ratio)
+    return np.where(q50 > 0, lognormal, q50 + (q90 - q50) * ratio)
+
+
+def need_quantile(values: np.ndarray, level: np.ndarray) -> np.ndarray:
+    """Per-device quantile of path-sorted segment needs (..., n, paths) at a service level.
+
+    Up to BODY_LEVEL the sample quantile; above it, the extrapolation of the body (q50, q90), see
+    extrapolate_body. Why: the 99% sample quantile of 200 paths is their 2nd largest, and the
+    forecaster's paths (pooled blocks of backtest errors) carry a few runaway ones. Replayed on CUB
+    and synthetic data, 3-10-day sums beat the paths' own q99 in 0-0.06% of cases (nominal 1%)
+    but the extrapolated q99 in 0-1.4%: the body is calibrated, the sample tail is not. With one
+    path (perfect foresight) both are that path: exact cover.
+    """
+    level = np.asarray(level, dtype="float64")
+    sample = _path_quantile(values, level)
+    if values.shape[-1] < MIN_BODY_PATHS:
+        return sample
+    q50 = _path_quantile(values, np.full_like(level, 0.5))
+    q90 = _path_quantile(values, np.full_like(level, BODY_LEVEL))
+    return np.where(level > BODY_LEVEL, extrapolate_body(q50, q90, np.clip(level, BODY_LEVEL, 1 - 1e-9)), sample)
 
 
 class _SegmentStart:
@@ -187,12 +219,13 @@ def segment_table(
         for start in range(visit_days):
             end = min(total_days, start + max_length)
             runs = _SegmentStart(days_first[start:end], withdrawals_only)
-            need = _path_quantile(runs.need_sorted, block.service_level)  # (m, n_c) by segment length
+            need = need_quantile(runs.need_sorted, block.service_level)  # (m, n_c) by segment length
             wanted = round_up_to_multiple(need + block.min_balance, block.load_multiple)
             load = np.clip(wanted, 0.0, block.max_load)
             holding, breach = runs.outcome(np.maximum(load - block.min_balance, 0.0), block)
+            cost = block.visit_cost + holding + block.breach_penalty * breach
             loads[part, start, start + 1 : end + 1] = load.T
-            costs[part, start, start + 1 : end + 1] = (block.visit_cost + holding + block.breach_penalty * breach).T
+            costs[part, start, start + 1 : end + 1] = cost.T
     return loads, costs
 
 

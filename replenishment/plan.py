@@ -15,9 +15,12 @@ import pandas as pd
 
 from cashcast.schema import PLAN_COLUMNS, DemandForecast, quantile_column
 from replenishment.dp import (
+    BODY_LEVEL,
+    MIN_BODY_PATHS,
     DeviceArrays,
     chosen_loads,
     cycle_cost_per_day,
+    extrapolate_body,
     prefix_costs,
     segment_table,
     solve_visits,
@@ -26,6 +29,7 @@ from replenishment.terms import allowed_visit_days, device_holidays, holiday_mat
 
 WEEKDAY_NAMES = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 UNKNOWN_BALANCE_DAYS = 7
+TAIL_LEVEL = 0.995  # weekly path sums beyond the body's extrapolation to this level are tamed (tame_tails)
 EXTENSION_DAYS = 7  # days past the plan horizon the final load may cover (last forecast week repeated)
 
 
@@ -139,9 +143,33 @@ def _clean_paths(
                 if empty[row]
                 else "forecast had gaps: filled with the day's mean"
             )
-    withdrawals = np.clip(withdrawals, 0.0, None)
+    withdrawals = tame_tails(np.clip(withdrawals, 0.0, None))
     net = withdrawals if deposits is None else withdrawals - np.nan_to_num(np.clip(deposits, 0.0, None))
     return withdrawals, net.astype("float32"), notes
+
+
+def tame_tails(paths: np.ndarray, level: float = TAIL_LEVEL) -> np.ndarray:
+    """Paths (n, P, H) with the runaway weeks scaled down: a path whose sum over a week (days 0-6,
+    7-13, ...) lies beyond the extrapolation of that week's body (q50, q90) to `level` is
+    scaled onto it over that week (dp.extrapolate_body); the rest are untouched.
+
+    Why: the forecaster's paths (pooled 7-day blocks of backtest errors) carry a few runaway weeks.
+    Replayed on CUB and synthetic data their body was calibrated but their tail was not (7-day sums
+    above the paths' q99: 0-0.05%, nominal 1%), so the planner priced stockouts that do not happen
+    and bought idle cash and extra visits against them. See dp.need_quantile for the loads.
+    """
+    if paths.shape[1] < MIN_BODY_PATHS:
+        return paths
+    tamed = paths.copy()
+    for first in range(0, paths.shape[2], 7):
+        week = slice(first, first + 7)
+        totals = paths[:, :, week].sum(axis=2, dtype="float64")
+        q50, q90 = np.quantile(totals, [0.5, BODY_LEVEL], axis=1)
+        cap = extrapolate_body(q50, q90, level)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scale = np.where(totals > cap[:, None], cap[:, None] / totals, 1.0)
+        tamed[:, :, week] *= scale[:, :, None].astype(paths.dtype)
+    return tamed
 
 
 def _start_balances(
@@ -309,9 +337,7 @@ def _segment_ends(targets: np.ndarray, final_end: np.ndarray) -> np.ndarray:
     return ends
 
 
-def _device_notes(
-    dev, withdrawals, net, allowed, start_balance, balance_known, forecast_notes, run
-) -> list[list[str]]:
+def _device_notes(dev, withdrawals, net, allowed, start_balance, balance_known, forecast_notes, run) -> list[list[str]]:
     """Per-device warnings for cash ops: the inputs that made this plan unusual."""
     n, n_paths, horizon = net.shape
     one_day = net.mean(axis=1).max(axis=1)
@@ -364,7 +390,8 @@ def _plan_rows(
     holding = (held[rows, np.minimum(days + covered, horizon)] - held[rows, days]) * dev.daily_holding_rate[rows]
     first_visit = np.diff(rows, prepend=-1) != 0  # visits come sorted by device, then day
     ordered = ~np.isnan(fixed[rows, days])
-    flags = zip(ordered, pickup, strict=True)
+    capped = after >= dev.max_load[rows] - 1e-6
+    flags = zip(ordered, pickup, capped, strict=True)
     reasons = [
         _reason(dates, int(day), int(span), horizon, holiday_names[row, day : day + span], dev, row, p_out, flag)
         for row, day, span, p_out, flag in zip(rows, days, covered, risk, flags, strict=True)
@@ -398,7 +425,7 @@ def _plan_rows(
 
 def _reason(dates, day, covered, horizon, holiday_names, dev, row, risk, flags) -> str:
     """'covers Fri-Tue (5 days) incl. holiday (National Day) at 99%' plus what cash ops must know."""
-    ordered, pickup = flags
+    ordered, pickup, capped = flags
     sl = dev.service_level[row]
     beyond = day + covered - horizon
     until = f", {beyond} past the plan horizon" if beyond > 0 else ""
@@ -410,8 +437,10 @@ def _reason(dates, day, covered, horizon, holiday_names, dev, row, risk, flags) 
         parts.insert(0, f"pickup: deposits lift cash above max_balance {dev.max_balance[row]:,.0f}")
     if ordered:
         parts.insert(0, "already ordered (inside the lead time)")
-    elif risk > 1 - sl + 1e-9:
+    elif risk > 1 - sl + 1e-9 and capped:
         parts.append(f"stockout risk {_percent(risk)} above target: load capped at {dev.max_load[row]:,.0f}")
+    elif risk > 1 - sl + 1e-9:
+        parts.append(f"stockout risk {_percent(risk)} on the raw paths (their tail is wider than their body says)")
     return "; ".join(parts)
 
 

@@ -9,7 +9,8 @@ Every policy goes through the same executor, day by day:
   (visit weekday, not a holiday; no lead time) at emergency_visit_cost and fills to capacity,
   unless a routine visit falls on that day anyway.
 Holding cost per day = holding_rate / 365 x the cash held after the morning visit, the rule the
-planner prices with, so the policies and the perfect-foresight optimum are comparable.
+planner prices with, so the policies and the perfect-foresight optimum are comparable. The
+optimum plans on past the window's end, as every plan must, and is scored inside it.
 Missing actual days (not recorded) take the device's median of the same weekday in the window,
 so every policy faces the same demand; their count is reported per device.
 """
@@ -24,7 +25,7 @@ import pandas as pd
 
 from cashcast.schema import DemandForecast, validate_daily
 from replenishment.dp import DeviceArrays, chosen_loads, prefix_costs, segment_table, solve_visits
-from replenishment.plan import fill_level, plan_network, weekly_fill_targets
+from replenishment.plan import extend_weekly, fill_level, plan_network, weekly_fill_targets
 from replenishment.terms import (
     allowed_visit_days,
     device_holidays,
@@ -60,6 +61,8 @@ class _Window:
     imputed: np.ndarray  # bool: actual day not recorded, demand imputed
     allowed: np.ndarray  # routine/emergency visit allowed (weekday, holiday rule), lead time ignored
     after_lead: np.ndarray  # allowed and at least lead_time_days after the replay start
+    beyond_net: np.ndarray  # (n, E) net outflow after the window: recorded, else the last week repeated
+    beyond_allowed: np.ndarray  # (n, E) visit days allowed after the window
     holidays: pd.DataFrame
     initial: np.ndarray
     emergency_cost: np.ndarray
@@ -97,10 +100,11 @@ def _window(actual: pd.DataFrame, terms: pd.DataFrame, start, end, config, initi
     imputed = np.isnan(withdrawals)
     deposits = np.nan_to_num(_actual_matrix(actual, device_ids, dates, "deposits"))
     dev = DeviceArrays.from_terms(terms, config.plan.stockout_penalty_visits)
-    horizon_end = dates[-1] + pd.Timedelta(days=config.plan.horizon_days)
-    holidays = device_holidays(terms, dates[0], horizon_end)
-    is_holiday, _ = holiday_matrix(device_ids, dates, holidays)
-    allowed = allowed_visit_days(terms, dates, is_holiday, config.plan.allow_holiday_visits, np.zeros(len(terms)))
+    extended = pd.date_range(dates[0], periods=len(dates) + config.plan.horizon_days, freq="D")
+    holidays = device_holidays(terms, dates[0], extended[-1])
+    is_holiday, _ = holiday_matrix(device_ids, extended, holidays)
+    allowed = allowed_visit_days(terms, extended, is_holiday, config.plan.allow_holiday_visits, np.zeros(len(terms)))
+    allowed, beyond_allowed = allowed[:, : len(dates)], allowed[:, len(dates) :]
     lead = terms["lead_time_days"].to_numpy(dtype=int)
     after_lead = allowed & (np.arange(len(dates))[None, :] >= lead[:, None])
     before = trailing_mean_demand(actual[actual["date"] < dates[0]]).reindex(device_ids).fillna(0.0).to_numpy()
@@ -110,15 +114,24 @@ def _window(actual: pd.DataFrame, terms: pd.DataFrame, start, end, config, initi
         given = initial_balances.assign(device_id=initial_balances["device_id"].astype(str))
         given = given.groupby("device_id")["balance"].last().reindex(device_ids).to_numpy(dtype="float64")
         initial = np.where(np.isnan(given), initial, given)
+    withdrawals = np.clip(_impute_same_weekday(withdrawals, dates), 0.0, None)
+    deposits = np.clip(deposits, 0.0, None)
+    after = extended[len(dates) :]
+    repeated = extend_weekly(withdrawals - deposits, len(extended))[:, len(dates) :]
+    recorded = np.clip(_actual_matrix(actual, device_ids, after, "withdrawals"), 0.0, None) - np.clip(
+        np.nan_to_num(_actual_matrix(actual, device_ids, after, "deposits")), 0.0, None
+    )
     return _Window(
         terms=terms,
         dev=dev,
         dates=dates,
-        withdrawals=np.clip(_impute_same_weekday(withdrawals, dates), 0.0, None),
-        deposits=np.clip(deposits, 0.0, None),
+        withdrawals=withdrawals,
+        deposits=deposits,
         imputed=imputed,
         allowed=allowed,
         after_lead=after_lead,
+        beyond_net=np.where(np.isnan(recorded), repeated, recorded),
+        beyond_allowed=beyond_allowed,
         holidays=holidays,
         initial=initial,
         emergency_cost=terms["emergency_visit_cost"].to_numpy(dtype="float64"),
@@ -168,12 +181,19 @@ def _empty_schedule(win: _Window) -> np.ndarray:
 
 
 def _perfect_foresight(win: _Window) -> np.ndarray:
-    """The optimum schedule: the planner's DP on one path, the actual net outflow."""
-    net = (win.withdrawals - win.deposits)[:, None, :].astype("float32")
+    """The optimum schedule: the planner's DP on one path, the actual net outflow.
+
+    The DP runs on past the window (actual demand where recorded, else the last week repeated)
+    and its schedule is then scored inside the window like every policy's. Stopping the DP at the
+    window's last day would let the optimum run its cash down to zero there, a saving no plan can
+    make (a plan does not know where the replay stops), so the ratios would overstate the gap.
+    """
+    days = win.withdrawals.shape[1]
+    net = np.concatenate([win.withdrawals - win.deposits, win.beyond_net], axis=1)[:, None, :].astype("float32")
     loads, costs = segment_table(net, win.dev)
     first = prefix_costs(net, np.zeros(len(net), dtype=int), win.initial, win.dev)
-    _, next_day, _ = solve_visits(costs, first, win.after_lead)
-    return chosen_loads(next_day, loads)
+    _, next_day, _ = solve_visits(costs, first, np.concatenate([win.after_lead, win.beyond_allowed], axis=1))
+    return chosen_loads(next_day, loads)[:, :days]
 
 
 def _cover_rule(win: _Window, actual: pd.DataFrame, config) -> Decide:
@@ -325,8 +345,17 @@ def replay(
         daily_tables.append(daily)
     per_device = pd.concat(device_tables, ignore_index=True)
     sums = per_device.groupby("policy", sort=False)[
-        ["holding_cost", "visit_cost", "emergency_cost", "total_cost", "visits", "emergency_visits",
-         "stockout_device_days", "device_days", "lost_demand"]
+        [
+            "holding_cost",
+            "visit_cost",
+            "emergency_cost",
+            "total_cost",
+            "visits",
+            "emergency_visits",
+            "stockout_device_days",
+            "device_days",
+            "lost_demand",
+        ]
     ].sum()
     sums["stockout_rate"] = sums["stockout_device_days"] / sums["device_days"]
     sums["avg_idle_cash"] = per_device.groupby("policy", sort=False)["avg_idle_cash"].mean()

@@ -12,20 +12,9 @@ import numpy as np
 import pandas as pd
 
 from cashcast.config import parse_weekdays
-from cashcast.schema import DEVICE_COLUMNS
+from cashcast.schema import DEVICE_COLUMNS, DEVICE_NUMERIC_COLUMNS
 from features.holidays import holiday_table
 
-NUMERIC_TERMS = [
-    "capacity",
-    "min_balance",
-    "max_balance",
-    "visit_cost",
-    "emergency_visit_cost",
-    "holding_rate",
-    "lead_time_days",
-    "load_multiple",
-    "service_level",
-]
 TEXT_TERMS = ["kind", "visit_weekdays", "country", "subdivision", "region", "name"]
 DEMAND_WINDOW_DAYS = 91
 
@@ -63,7 +52,7 @@ def resolve_terms(devices: pd.DataFrame | None, daily: pd.DataFrame, config) -> 
     extra_ids = [] if daily is None else sorted(set(daily["device_id"].astype("string").dropna()) - known)
     master = pd.concat([master, pd.DataFrame({"device_id": pd.array(extra_ids, dtype="string")})], ignore_index=True)
     terms = pd.DataFrame({"device_id": master["device_id"].to_numpy(dtype=object)})
-    for column in NUMERIC_TERMS:
+    for column in DEVICE_NUMERIC_COLUMNS:
         default = float(getattr(defaults, column))
         values = pd.to_numeric(master[column], errors="coerce") if column in master else np.nan
         terms[column] = pd.Series(values, index=terms.index, dtype="float64").fillna(default)

@@ -98,12 +98,33 @@ def test_perfect_foresight_is_the_floor_for_stockout_free_policies():
     start, end = dates[-35], dates[-1]
     devices = pd.DataFrame({"device_id": ids, "kind": ["atm", "atm", "recycler"]})
     terms = resolve_terms(devices, daily[daily["date"] < start], config)
-    result = replay(
-        daily, terms, start, end, lambda h, a, n: naive_forecast(h, a, n, n_paths=80, seed=2), config
-    )
+    result = replay(daily, terms, start, end, lambda h, a, n: naive_forecast(h, a, n, n_paths=80, seed=2), config)
     kpis = result.kpis.set_index("policy")
     assert kpis.loc["perfect_foresight", "stockout_device_days"] == 0
     clean = kpis[kpis["stockout_device_days"] == 0]
     assert (clean["total_cost"] >= kpis.loc["perfect_foresight", "total_cost"] - 1e-6).all()
     pf = result.daily[result.daily["policy"] == "perfect_foresight"]
     assert pf["lost"].sum() == 0
+
+
+def test_perfect_foresight_keeps_covering_past_the_window_end():
+    """The optimum plans on past the window, as every plan must: it may not empty the device on the
+    window's last day (a saving no plan can make) and stays comparable to the policies."""
+    dates = pd.date_range("2025-03-03", periods=120, freq="D")
+    daily = pd.DataFrame({"device_id": "A", "date": dates, "withdrawals": 1000.0})
+    config = load_config().updated(
+        devices={"visit_cost": 50.0, "emergency_visit_cost": 150.0, "capacity_days": 14.0, "load_multiple": 100.0},
+        backtest={"baselines": []},
+    )
+    start, end = dates[-28], dates[-1]
+    terms = resolve_terms(None, daily[daily["date"] < start], config)
+    result = replay(daily, terms, start, end, lambda h, a, n: naive_forecast(h, a, n, n_paths=20), config)
+    pf = result.daily
+    pf = pf[pf["policy"] == "perfect_foresight"].set_index("date")
+    closing = pf["balance_after_visit"] + pf["deposits"] - pf["served"]
+    assert pf["lost"].sum() == 0
+    # Visits come on the weekdays, so Friday's load carries the weekend: never empty on a Friday night
+    # inside the window, nor on its last night, although the window alone would allow it.
+    assert closing.loc[end] >= 1000.0 - 1e-6
+    last_visit = pf.index[pf["visit"]].max()
+    assert pf.loc[last_visit, "load"] > 1000.0 * ((end - last_visit).days + 1)
