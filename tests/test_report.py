@@ -265,7 +265,7 @@ def test_what_if_replays_every_scenario_with_shared_forecasts(planned_ws, config
     assert ours.loc["cheap cash", "holding_cost"] == 0.0
     assert ours.loc["dear visits", "visit_cost"] == 5000.0 * ours.loc["dear visits", "visits"]
     assert_labelled(analyst.frontier_chart(result.kpis), "currency units")
-    fig = analyst.balance_chart(result.daily, "ATM-00001")
+    fig = analyst.balance_chart(result.trajectories, "ATM-00001")
     assert len(fig.axes[0].lines) == len(scenarios)
     assert_labelled(fig, "currency units")
     with pytest.raises(KeyError, match="unknown device term"):
