@@ -6,8 +6,9 @@ demand, visit cost = 1.36% of mean daily demand, emergency visits 3x, 5%/year ho
 (`forecasting.train` every retrain_every_days, `model.predict`); `--forecasters` adds the seasonal
 naive paths and "oracle" paths (actual future x 15% lognormal noise: a check of the optimiser
 alone). Runs on the real CUB ATM data and a synthetic network; prints each policy's cost ratio to
-perfect foresight and its stockout rate. `--cache DIR` keeps the real forecasts (pickled per data
-set and as-of) so policy changes can be re-measured without retraining.
+perfect foresight and its stockout rate, and how often the realised 3-10-day withdrawal sums from each
+plan origin beat the paths' quantiles (the calibration the loads rely on). `--cache DIR` keeps the real
+forecasts (pickled per data set and as-of) so policy changes can be re-measured without retraining.
 Usage: python benchmarks/bench_replay.py [--devices N] [--forecasters real,naive,oracle] [--cache DIR]
        [--data cub,synthetic] [--stockout-penalty-visits X]
 """
@@ -27,6 +28,8 @@ from cashcast.config import load_config
 from cashcast.schema import validate_daily
 from cashcast.synthetic import generate_network
 from replenishment import naive_forecast, replay, resolve_terms
+from replenishment.dp import extrapolate_body
+from replenishment.plan import tame_tails
 
 ROOT = Path(__file__).resolve().parents[1]
 WINDOW_DAYS = 56
@@ -104,23 +107,53 @@ def oracle_forecaster(actual: pd.DataFrame, n_paths: int, sigma: float = 0.15):
     return forecast
 
 
+def recording(forecaster, kept: list):
+    """The forecaster, keeping every forecast it returns."""
+
+    def forecast(history, as_of, horizon):
+        kept.append(forecaster(history, as_of, horizon))
+        return kept[-1]
+
+    return forecast
+
+
+def sum_exceedance(daily: pd.DataFrame, forecasts: list) -> str:
+    """Share of realised k-day withdrawal sums (k = 3..10 from each plan origin) above the paths' q50, q90 and
+    q99 (sample, and the body extrapolation dp.need_quantile loads from); nominal 50%, 10%, 1%, 1%."""
+    table = daily.pivot_table(index="device_id", columns="date", values="withdrawals")
+    above: dict[str, list] = {"q50": [], "q90": [], "q99": [], "q99 body": []}
+    for fc in forecasts:
+        paths = tame_tails(fc.withdrawal_paths.astype("float64"))  # as the planner sees them
+        sums = np.cumsum(paths, axis=2)[:, :, 2:10]
+        actual = np.cumsum(table.reindex(index=fc.device_ids, columns=fc.dates).to_numpy(), axis=1)[:, 2:10]
+        q50, q90, q99 = np.quantile(sums, [0.5, 0.9, 0.99], axis=1)
+        known = np.isfinite(actual)
+        for name, bound in zip(above, (q50, q90, q99, extrapolate_body(q50, q90, 0.99)), strict=True):
+            above[name].append((actual > bound)[known])
+    return "  ".join(f"{name} {np.concatenate(hits).mean():.2%}" for name, hits in above.items())
+
+
 def run(name: str, daily: pd.DataFrame, config, chosen: list[str], cache: Path | None) -> None:
     end = daily["date"].max()
     start = end - pd.Timedelta(days=WINDOW_DAYS - 1)
     terms = resolve_terms(device_master(daily, start), daily[daily["date"] < start], config)
     forecasters = {
         "real": lambda: real_forecaster(config, cache, name.split()[0]),
-        "naive": lambda: lambda history, as_of, horizon: naive_forecast(
-            history, as_of, horizon, config.forecast.n_paths, config.forecast.seed
+        "naive": lambda: (
+            lambda history, as_of, horizon: naive_forecast(
+                history, as_of, horizon, config.forecast.n_paths, config.forecast.seed
+            )
         ),
         "oracle": lambda: oracle_forecaster(daily, config.forecast.n_paths),
     }
     print(f"\n{name}: {len(terms)} devices, {start:%Y-%m-%d}..{end:%Y-%m-%d}")
     for label in chosen:
         began = time.perf_counter()
-        result = replay(daily, terms, start, end, forecasters[label](), config)
+        forecasts: list = []
+        result = replay(daily, terms, start, end, recording(forecasters[label](), forecasts), config)
         elapsed = time.perf_counter() - began
         print(f"  forecaster = {label}: replay {elapsed:.1f} s (contended machine)")
+        print(f"    realised 3-10-day sums above the paths': {sum_exceedance(daily, forecasts)}")
         for note in result.notes:
             print(f"    note: {note}")
         for row in result.kpis.itertuples():
