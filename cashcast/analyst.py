@@ -497,30 +497,18 @@ def what_if(
     `model` defaults to a CashForecaster trained on the history before `start` (leak-free).
     """
     import forecasting
-    import replenishment
 
-    history = jobs.load_history(ws, end + pd.Timedelta(days=1))
-    known = history.daily[history.daily["date"] < start]
+    window = jobs.replay_window(ws, config, start, end)
+    history = window.history
     if model is None:
-        model = forecasting.train(known, history.devices, start, config).model
-    base_terms = replenishment.resolve_terms(history.devices, known, config)
-    opening = jobs.latest_balances(history.balances, start)
+        model = forecasting.train(window.known, history.devices, start, config, events=history.events).model
     forecaster = caching_forecaster(model, history.devices)
     kpis, trajectories = [], []
     for name, overrides in scenarios.items():
-        unknown = set(overrides) - set(base_terms.columns)
+        unknown = set(overrides) - set(window.terms.columns)
         if unknown:
             raise KeyError(f"scenario {name!r}: unknown device term(s) {sorted(unknown)}")
-        terms = base_terms.assign(**dict(overrides))
-        result = replenishment.replay(
-            history.daily,
-            terms,
-            start,
-            end,
-            forecaster,
-            config,
-            initial_balances=opening if len(opening) else None,
-        )
+        result = window.replay(start, end, forecaster, config, terms=window.terms.assign(**dict(overrides)))
         kpis.append(result.kpis.assign(scenario=name))
         trajectories.append(result.daily.assign(scenario=name))
     return WhatIf(pd.concat(kpis, ignore_index=True), pd.concat(trajectories, ignore_index=True))

@@ -7,6 +7,7 @@ the same functions in tasks, so both paths produce identical files.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -342,6 +343,47 @@ def training_due(ws: Workspace, config: Config, as_of: pd.Timestamp | None) -> t
 # ---------------------------------------------------------------- backtest
 
 
+@dataclass
+class ReplayWindow:
+    """What a replay over [start, end] starts from: the history, the terms and balances known at start."""
+
+    history: History  # through `end`: the actual demand the plans are executed against
+    known: pd.DataFrame  # the daily history before `start`
+    terms: pd.DataFrame
+    opening: pd.DataFrame | None  # balances on the morning of `start`, None: the replay's default
+
+    def replay(
+        self,
+        start: pd.Timestamp,
+        end: pd.Timestamp,
+        forecaster: Callable[[pd.DataFrame, pd.Timestamp, int], DemandForecast],
+        config: Config,
+        terms: pd.DataFrame | None = None,
+    ):
+        """Replay every policy over [start, end]; `terms` overrides the window's device terms."""
+        import replenishment
+
+        chosen = self.terms if terms is None else terms
+        return replenishment.replay(
+            self.history.daily, chosen, start, end, forecaster, config, initial_balances=self.opening
+        )
+
+
+def replay_window(ws: Workspace, config: Config, start: pd.Timestamp, end: pd.Timestamp) -> ReplayWindow:
+    """Read what a backtest over [start, end] needs; terms and balances as known on the morning of `start`."""
+    import replenishment
+
+    if end < start:
+        raise ValueError(f"--end {end:%Y-%m-%d} is before --start {start:%Y-%m-%d}")
+    history = load_history(ws, end + pd.Timedelta(days=1), config=config)
+    known = history.daily[history.daily["date"] < start]
+    if known.empty:
+        raise NoDataError(f"{ws.home}: no history before {start:%Y-%m-%d} to train on")
+    opening = latest_balances(history.balances, start)
+    terms = replenishment.resolve_terms(history.devices, known, config)
+    return ReplayWindow(history, known, terms, opening if len(opening) else None)
+
+
 def run_backtest(
     ws: Workspace,
     config: Config,
@@ -354,16 +396,10 @@ def run_backtest(
     import mlflow
 
     import forecasting
-    import replenishment
     from forecasting import registry
 
-    if end < start:
-        raise ValueError(f"--end {end:%Y-%m-%d} is before --start {start:%Y-%m-%d}")
-    history = load_history(ws, end + pd.Timedelta(days=1), config=config)
-    known = history.daily[history.daily["date"] < start]
-    if known.empty:
-        raise NoDataError(f"{ws.home}: no history before {start:%Y-%m-%d} to train on")
-    terms = replenishment.resolve_terms(history.devices, known, config)
+    window = replay_window(ws, config, start, end)
+    history = window.history
     fitted: dict[str, object] = {}
 
     def forecaster(past: pd.DataFrame, as_of: pd.Timestamp, horizon: int) -> DemandForecast:
@@ -375,16 +411,7 @@ def run_backtest(
             fitted["as_of"] = as_of
         return fitted["model"].predict(past, history.devices, as_of, horizon)
 
-    opening = latest_balances(history.balances, start)
-    result = replenishment.replay(
-        history.daily,
-        terms,
-        start,
-        end,
-        forecaster,
-        config,
-        initial_balances=opening if len(opening) else None,
-    )
+    result = window.replay(start, end, forecaster, config)
     folder = out or ws.backtests / f"{start:%Y-%m-%d}_{end:%Y-%m-%d}"
     write_table(result.kpis, folder / "kpis.csv")
     write_table(result.per_device, folder / "per_device.csv")
