@@ -326,6 +326,8 @@ def training_due(ws: Workspace, config: Config, as_of: pd.Timestamp | None) -> t
     as_of = as_of or next_as_of(ws)
     version = registry.champion_version(ws, config)
     if version is None:
+        if registry.champion_version(ws, config, any_code=True) is not None:
+            return True, "the champion was built by another version of the code"
         return True, "no champion model yet"
     trained = pd.Timestamp(version.tags.get("as_of", "1970-01-01"))
     age = (as_of - trained).days

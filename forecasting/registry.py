@@ -8,6 +8,8 @@ new version only when its backtest score is no worse than the serving champion's
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import math
 import tempfile
@@ -98,13 +100,40 @@ def use_store(ws: Workspace, config: Config) -> str:
     return uri
 
 
-def champion_version(ws: Workspace, config: Config) -> Any | None:
-    """The registered version serving as champion, or None before the first promotion."""
+@functools.cache
+def code_fingerprint() -> str:
+    """Hash of the code a pickled forecaster depends on (forecasting, features, config and data contracts).
+
+    A champion pickled by other code may not load or may silently mis-read its state, so it is
+    treated as absent: the next run retrains instead of crashing or falling back everywhere.
+    """
+    import cashcast.config
+    import cashcast.schema
+    import features
+
+    here = Path(__file__).resolve().parent
+    files = sorted([*here.glob("*.py"), *Path(features.__file__).resolve().parent.glob("*.py")])
+    files += [Path(cashcast.config.__file__), Path(cashcast.schema.__file__)]
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def champion_version(ws: Workspace, config: Config, any_code: bool = False) -> Any | None:
+    """The registered champion version, or None before the first promotion.
+
+    Unless `any_code`, a champion built by other code (see code_fingerprint) counts as none.
+    """
     client = MlflowClient(tracking_uri=use_store(ws, config))
     try:
-        return client.get_model_version_by_alias(config.forecast.registered_model, CHAMPION)
+        version = client.get_model_version_by_alias(config.forecast.registered_model, CHAMPION)
     except MlflowException:
         return None
+    if not any_code and version.tags.get("code") != code_fingerprint():
+        return None
+    return version
 
 
 def load_champion(ws: Workspace, config: Config) -> Any | None:
@@ -146,7 +175,7 @@ def log_training(
     challenger = float(result.metrics[SCORE_KEY])
     promote = champion_score is None or (math.isfinite(challenger) and challenger <= champion_score + 1e-9)
     reason = (
-        "first model"
+        "no comparable champion (first model, or one built by other code)"
         if champion_score is None
         else f"backtest sMAPE {challenger:.3f} vs champion {champion_score:.3f} on the same window"
     )
@@ -179,6 +208,7 @@ def log_training(
     client = MlflowClient()
     client.set_model_version_tag(config.forecast.registered_model, version, "as_of", f"{as_of:%Y-%m-%d}")
     client.set_model_version_tag(config.forecast.registered_model, version, SCORE_KEY, f"{challenger:.6f}")
+    client.set_model_version_tag(config.forecast.registered_model, version, "code", code_fingerprint())
     if promote:
         client.set_registered_model_alias(config.forecast.registered_model, CHAMPION, version)
     else:

@@ -107,3 +107,15 @@ def test_registered_model_reloads_in_fresh_process_with_identical_forecasts(trai
     there = pd.read_parquet(tmp_path / "there.parquet")
     assert len(there) == 10 * len(SAMPLE_DEVICES) and there["date"].min() == pd.Timestamp("2026-10-20")
     pd.testing.assert_frame_equal(here.reset_index(drop=True), there.reset_index(drop=True), check_dtype=False)
+
+
+def test_champion_built_by_other_code_is_retrained_not_loaded(trained, monkeypatch):
+    """A pickled champion from another code version is treated as absent: the night retrains, never crashes."""
+    ws, config, _ = trained
+    assert registry.load_champion(ws, config) is not None
+    monkeypatch.setattr(registry, "code_fingerprint", lambda: "another-version")
+    assert registry.champion_version(ws, config) is None
+    assert registry.load_champion(ws, config) is None
+    assert registry.champion_version(ws, config, any_code=True) is not None
+    due, why = jobs.training_due(ws, config, pd.Timestamp("2026-10-09"))
+    assert due and "another version of the code" in why

@@ -39,22 +39,22 @@ def forecast_made(ws, made_on: pd.Timestamp, level: float) -> None:
 
 
 def test_no_champion_means_train(lake, monkeypatch):
-    monkeypatch.setattr(registry, "champion_version", lambda ws, config: None)
+    monkeypatch.setattr(registry, "champion_version", lambda ws, config, **kw: None)
     assert jobs.training_due(lake, load_config(), AS_OF) == (True, "no champion model yet")
 
 
 def test_cadence(lake, monkeypatch):
     config = load_config()
-    monkeypatch.setattr(registry, "champion_version", lambda ws, c: champion("2025-02-22", 10.0))
+    monkeypatch.setattr(registry, "champion_version", lambda ws, c, **kw: champion("2025-02-22", 10.0))
     due, why = jobs.training_due(lake, config, AS_OF)
     assert due and "7 days ago" in why
-    monkeypatch.setattr(registry, "champion_version", lambda ws, c: champion("2025-02-26", 10.0))
+    monkeypatch.setattr(registry, "champion_version", lambda ws, c, **kw: champion("2025-02-26", 10.0))
     assert not jobs.training_due(lake, config, AS_OF)[0]
 
 
 def test_drift_of_recent_error_past_threshold_triggers_training(lake, monkeypatch):
     config = load_config()
-    monkeypatch.setattr(registry, "champion_version", lambda ws, c: champion("2025-02-26", 10.0))
+    monkeypatch.setattr(registry, "champion_version", lambda ws, c, **kw: champion("2025-02-26", 10.0))
     forecast_made(lake, AS_OF - pd.Timedelta(days=3), level=102_000.0)  # 2% off: within bounds
     assert not jobs.training_due(lake, config, AS_OF)[0]
     assert jobs.recent_forecast_error(lake, AS_OF) == pytest.approx(200 * 2_000 / 202_000, rel=1e-6)
