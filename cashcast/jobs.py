@@ -142,6 +142,17 @@ def run_train(ws: Workspace, config: Config, as_of: pd.Timestamp | None = None, 
     )
 
 
+def ensure_champion(ws: Workspace, config: Config, as_of: pd.Timestamp, progress: bool = False):
+    """The champion's registered version, training and registering a first one when there is none."""
+    from forecasting import registry
+
+    version = registry.champion_version(ws, config)
+    if version is None:
+        run_train(ws, config, as_of, progress=progress)
+        version = registry.champion_version(ws, config)
+    return version
+
+
 def champion_or_train(ws: Workspace, config: Config, as_of: pd.Timestamp, progress: bool = False):
     """The model to forecast from the morning of `as_of`.
 
@@ -152,10 +163,8 @@ def champion_or_train(ws: Workspace, config: Config, as_of: pd.Timestamp, progre
     import forecasting
     from forecasting import registry
 
-    version = registry.champion_version(ws, config)
-    if version is None:
-        run_train(ws, config, as_of, progress=progress)
-    elif pd.Timestamp(version.tags.get("as_of", "1970-01-01")) > as_of:
+    version = ensure_champion(ws, config, as_of, progress=progress)
+    if pd.Timestamp(version.tags.get("as_of", "1970-01-01")) > as_of:
         history = load_history(ws, as_of, config=config)
         return forecasting.train(
             history.daily, history.devices, as_of, config, progress=progress, events=history.events

@@ -42,7 +42,9 @@ def devices_at_risk(plan: pd.DataFrame, top: int = 10) -> pd.DataFrame:
 
 def fleet_row(summary: pd.DataFrame) -> pd.Series:
     """The fleet total row of a plan summary."""
-    total = summary[summary["device_id"].astype(str) == "TOTAL"]
+    from replenishment.plan import TOTAL_ID
+
+    total = summary[summary["device_id"].astype(str) == TOTAL_ID]
     return total.iloc[0] if len(total) else summary.select_dtypes("number").sum()
 
 

@@ -106,7 +106,7 @@ def forecast_and_plan_flow(
     logger = get_run_logger()
     as_of_ts = jobs.parse_date(as_of) or jobs.next_as_of(ws)
     horizon = horizon or config.plan.horizon_days
-    jobs.champion_or_train(ws, config, as_of_ts)
+    jobs.ensure_champion(ws, config, as_of_ts)  # the chunks load it where they run
     chunks = jobs.device_chunks(ws, config.flows.devices_per_task)
     chunk_task = plan_chunk.with_options(**runners.retry_options(config))
     futures = [chunk_task.submit(str(ws.home), config_file, f"{as_of_ts:%Y-%m-%d}", horizon, chunk) for chunk in chunks]

@@ -17,7 +17,7 @@ from cashcast.config import Config
 from cashcast.schema import DemandForecast, quantile_column
 from forecasting.backtest import CANDIDATES, TargetModel, run_tasks
 from forecasting.metrics import mase, smape
-from forecasting.panel import build_panel, quiet_nan
+from forecasting.panel import Panel, build_panel, quiet_nan
 
 PATH_SEED_OFFSET = 7919  # keeps path draws independent of the model seed's other uses
 
@@ -53,28 +53,30 @@ class CashForecaster:
     def _pad(self, horizon: int) -> int:
         return max(horizon, self.max_horizon) + 7
 
+    def _panel(self, daily, devices, as_of, horizon: int, device_ids, column: str = "withdrawals") -> Panel:
+        """The panel every fit and predict reads: history before as_of, calendar `horizon` days ahead."""
+        return build_panel(
+            daily,
+            devices,
+            as_of,
+            self.config,
+            column=column,
+            pad=self._pad(horizon),
+            device_ids=device_ids,
+            events=self.events,
+        )
+
     def fit(self, daily: pd.DataFrame, devices: pd.DataFrame | None, as_of) -> CashForecaster:
         as_of = pd.Timestamp(as_of).normalize()
         known = np.sort(daily.loc[daily["date"] < as_of, "device_id"].astype(str).unique())
-        panel = build_panel(
-            daily, devices, as_of, self.config, pad=self._pad(self.max_horizon), device_ids=known, events=self.events
-        )
+        panel = self._panel(daily, devices, as_of, self.max_horizon, known)
         self.withdrawals_ = TargetModel(self.config, self.max_horizon)
         tasks = self.withdrawals_.tasks(panel)
         n_withdrawal_tasks = len(tasks)
         self.deposit_devices_ = _deposit_devices(daily, as_of)
         self.deposits_ = None
         if len(self.deposit_devices_):
-            dep_panel = build_panel(
-                daily,
-                devices,
-                as_of,
-                self.config,
-                column="deposits",
-                pad=self._pad(self.max_horizon),
-                device_ids=self.deposit_devices_,
-                events=self.events,
-            )
+            dep_panel = self._panel(daily, devices, as_of, self.max_horizon, self.deposit_devices_, "deposits")
             self.deposits_ = TargetModel(self.config, self.max_horizon)
             tasks += self.deposits_.tasks(dep_panel)
         # One pool for both targets' folds: workers start once and stay busy.
@@ -95,7 +97,7 @@ class CashForecaster:
         n_paths = n_paths or self.config.forecast.n_paths
         rng = np.random.default_rng(self.config.forecast.seed + PATH_SEED_OFFSET)
         levels = self.config.forecast.quantiles
-        panel = build_panel(daily, devices, as_of, self.config, pad=self._pad(horizon), events=self.events)
+        panel = self._panel(daily, devices, as_of, horizon, None)
         dates = pd.date_range(as_of, periods=horizon, freq="D")
         yhat, names, quant, paths, failures = self.withdrawals_.predict(panel, horizon, n_paths, rng)
         ids = panel.device_ids
@@ -112,16 +114,7 @@ class CashForecaster:
         deposit_paths = None
         deposit_ids = np.intersect1d(ids, _deposit_devices(daily, as_of)) if self.deposits_ is not None else []
         if len(deposit_ids):
-            dep_panel = build_panel(
-                daily,
-                devices,
-                as_of,
-                self.config,
-                column="deposits",
-                pad=self._pad(horizon),
-                device_ids=deposit_ids,
-                events=self.events,
-            )
+            dep_panel = self._panel(daily, devices, as_of, horizon, deposit_ids, "deposits")
             d_hat, _, d_quant, d_paths, d_fail = self.deposits_.predict(dep_panel, horizon, n_paths, rng)
             failures.update({k: f"deposits {v}" for k, v in d_fail.items()})
             rows = pd.Index(ids).get_indexer(deposit_ids)
