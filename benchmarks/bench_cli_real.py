@@ -7,7 +7,7 @@ days of mean demand, visit cost 1.36% of mean daily demand, 5%/year holding, Mon
 size left to the default) and runs `cashcast backtest` over the held-out weeks, printing each policy's
 cost against perfect foresight.
 
-Run: python benchmarks/bench_cli_real.py [--daily FILE --country IN --subdivision TN --holdout 56]
+Run: python benchmarks/bench_cli_real.py [--daily FILE --country IN --subdivision TN --holdout 56 --config FILE]
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ def main() -> int:
     parser.add_argument("--country", default="IN")
     parser.add_argument("--subdivision", default="TN")
     parser.add_argument("--holdout", type=int, default=56)
+    parser.add_argument("--config", type=Path, default=None, help="TOML merged over the defaults (what-if runs)")
     args = parser.parse_args()
 
     daily = load_daily(args.daily)
@@ -86,7 +87,7 @@ def main() -> int:
     )
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        home = ["--home", str(root / "home")]
+        home = ["--home", str(root / "home")] + (["--config", str(args.config.resolve())] if args.config else [])
         daily_file, devices_file = root / "daily.csv", root / "devices.csv"
         daily.assign(date=daily["date"].dt.strftime("%Y-%m-%d")).to_csv(daily_file, index=False)
         devices.to_csv(devices_file, index=False)

@@ -20,7 +20,9 @@ divided by a per-device spread (robust std, shrunk to the network's) and pooled 
 quantiles, monotone in q and >= 0. Coverage is measured leave-one-fold-out (each fold scored with
 quantiles calibrated on the other folds) and reported. Sample paths for the planner multiply the
 forecast by exp(spread * z) where z is made of contiguous 7-day blocks of standardised backtest
-errors: day-to-day dependence inside a week is kept, so multi-day sums get a realistic spread.
+errors: day-to-day dependence inside a week is kept, so multi-day sums get a realistic spread. The
+blocks are standardised per horizon week (median and robust scale of the errors k weeks ahead) and
+put back on week k's scale in a path's week k: near days are as sure as the backtest proved them.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from forecasting.panel import Panel, quiet_nan
 CANDIDATES = ("seasonal_naive", "ets", "lightgbm", "blend")
 BUCKETS = (0, 7, 14)  # horizon buckets start at these 0-based days ahead
 BLOCK = 7
+MIN_WEEK_POINTS = 50  # backtest errors a horizon week needs for its own centre and scale (else 0 and 1)
 SHRINK_POINTS = 60  # backtest points the network's error spread is worth when calibrating one device
 # Backtest points the network's view is worth when picking one device's model: a few weeks of one
 # device's errors rarely justify leaving the network's best (measured on CUB and the synthetic network).
@@ -300,11 +303,20 @@ class TargetModel:
         self.network_spread_ = network
         z_by_fold = [e / spread[:, None] for e in err_by_fold]
         self.zq_ = self._bucket_quantiles(z_by_fold, levels)
+        # Errors grow with the horizon: each backtest week k ahead gets its own centre and scale, its
+        # blocks are standardised by them, and week k of a path is put back on week k's scale.
+        n_weeks = min((z.shape[1] for z in z_by_fold), default=0) // BLOCK
+        self.week_center_, self.week_scale_ = np.zeros(max(n_weeks, 1)), np.ones(max(n_weeks, 1))
         blocks = []
-        for z in z_by_fold:
-            for start in range(0, z.shape[1] - BLOCK + 1, BLOCK):
-                block = z[:, start : start + BLOCK]
-                blocks.append(block[np.isfinite(block).all(axis=1)])
+        for k in range(n_weeks):
+            week = np.concatenate([z[:, k * BLOCK : (k + 1) * BLOCK] for z in z_by_fold], axis=0)
+            values = week[np.isfinite(week)]
+            if len(values) >= MIN_WEEK_POINTS:
+                center = float(np.median(values))
+                scale = 1.4826 * float(np.median(np.abs(values - center)))
+                self.week_center_[k], self.week_scale_[k] = center, scale if scale > 0 else 1.0
+            complete = week[np.isfinite(week).all(axis=1)]
+            blocks.append((complete - self.week_center_[k]) / self.week_scale_[k])
         self.blocks_ = np.concatenate(blocks).astype(np.float32) if blocks else np.zeros((0, BLOCK), np.float32)
         self.coverage_ = self._loo_coverage(z_by_fold, levels)
 
@@ -384,6 +396,9 @@ class TargetModel:
         if len(self.blocks_):
             pick = rng.integers(0, len(self.blocks_), size=(n, n_paths, n_blocks), dtype=np.int32)
             z = self.blocks_[pick].reshape(n, n_paths, n_blocks * BLOCK)[:, :, :horizon]
+            week = np.minimum(np.arange(horizon) // BLOCK, len(self.week_scale_) - 1)
+            z *= self.week_scale_[week].astype(np.float32)
+            z += self.week_center_[week].astype(np.float32)
         else:
             z = rng.standard_normal((n, n_paths, horizon), dtype=np.float32)
         z *= spread[:, :, None].astype(np.float32)

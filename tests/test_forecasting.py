@@ -19,7 +19,7 @@ from conftest import make_device_fail
 from cashcast.config import load_config
 from cashcast.synthetic import generate_network
 from forecasting import CashForecaster, mase, score_window, smape, train, wape
-from forecasting.backtest import combine, predict_candidates, special_days
+from forecasting.backtest import TargetModel, combine, predict_candidates, special_days
 from forecasting.models import DeviceGBM, PooledGBM, SeasonalNaive
 from forecasting.panel import build_panel, mask_outages
 
@@ -150,6 +150,22 @@ def test_forecast_frame_quantiles_monotone_and_paths(trained, network, as_of):
     deposits = frame.loc[frame["device_id"].isin(branches), "deposits_yhat"]
     assert deposits.notna().all() and (deposits > 0).all()
     assert frame.loc[~frame["device_id"].isin(branches), "deposits_yhat"].isna().all()
+
+
+def test_paths_take_each_horizon_weeks_error_scale(trained, config):
+    """Week k of a path is as wide (and as biased) as the backtest's errors k weeks ahead; days past
+    the backtest's last week keep its scale."""
+    fitted = trained.model.withdrawals_
+    assert len(fitted.week_scale_) == 2 and (fitted.week_scale_ > 0).all()  # 14-day backtest: 2 weeks
+    model = TargetModel(config)
+    model.blocks_ = np.random.default_rng(0).standard_normal((2000, 7)).astype(np.float32)
+    model.week_center_, model.week_scale_ = np.array([0.0, 0.3]), np.array([0.1, 0.4])
+    paths = model._paths(np.full((4, 21), 100.0), np.ones((4, 1)), np.full((4, 1), 1e-6), 500, np.random.default_rng(1))
+    log_ratio = np.log(paths / 100.0)
+    for days, center, scale in ((slice(0, 7), 0.0, 0.1), (slice(7, 14), 0.3, 0.4), (slice(14, 21), 0.3, 0.4)):
+        week = log_ratio[:, :, days]
+        assert np.median(week) == pytest.approx(center, abs=0.02)
+        assert week.std() == pytest.approx(scale, rel=0.08)
 
 
 def test_quantile_coverage_on_held_out_days(trained, network, as_of):
