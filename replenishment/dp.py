@@ -92,11 +92,10 @@ def need_quantile(values: np.ndarray, level: np.ndarray) -> np.ndarray:
     """Per-device quantile of path-sorted segment needs (..., n, paths) at a service level.
 
     Up to BODY_LEVEL the sample quantile; above it, the extrapolation of the body (q50, q90), see
-    extrapolate_body. Why: the 99% sample quantile of 200 paths is their 2nd largest, and the
-    forecaster's paths (pooled blocks of backtest errors) carry a few runaway ones. Replayed on CUB
-    and synthetic data, 3-10-day sums beat the paths' own q99 in 0-0.06% of cases (nominal 1%)
-    but the extrapolated q99 in 0-1.4%: the body is calibrated, the sample tail is not. With one
-    path (perfect foresight) both are that path: exact cover.
+    extrapolate_body. Why: the 99% sample quantile of 200 paths is their 2nd largest, a noisy
+    figure, and the forecaster's paths (resampled blocks of backtest errors) carry a few runaway
+    ones. Replayed on CUB and synthetic data, 3-10-day sums beat the extrapolated q99 in 1.1-1.2%
+    of cases (nominal 1%). With one path (perfect foresight) both are that path: exact cover.
     """
     level = np.asarray(level, dtype="float64")
     sample = _path_quantile(values, level)

@@ -153,10 +153,10 @@ def tame_tails(paths: np.ndarray, level: float = TAIL_LEVEL) -> np.ndarray:
     7-13, ...) lies beyond the extrapolation of that week's body (q50, q90) to `level` is
     scaled onto it over that week (dp.extrapolate_body); the rest are untouched.
 
-    Why: the forecaster's paths (pooled 7-day blocks of backtest errors) carry a few runaway weeks.
-    Replayed on CUB and synthetic data their body was calibrated but their tail was not (7-day sums
-    above the paths' q99: 0-0.05%, nominal 1%), so the planner priced stockouts that do not happen
-    and bought idle cash and extra visits against them. See dp.need_quantile for the loads.
+    Why: the forecaster's paths (resampled 7-day blocks of backtest errors) carry a few runaway
+    weeks, one bad backtest week drawn again and again; left alone they make the planner price
+    stockouts that do not happen and buy idle cash and extra visits against them. See
+    dp.need_quantile for the loads.
     """
     if paths.shape[1] < MIN_BODY_PATHS:
         return paths
