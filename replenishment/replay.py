@@ -197,8 +197,9 @@ def _perfect_foresight(win: _Window) -> np.ndarray:
 
 
 def _cover_rule(win: _Window, actual: pd.DataFrame, config) -> Decide:
-    """Forecast-free baseline: order when cash would cover fewer than cover_rule_days of trailing
-    mean demand on the next reachable visit day; load that many days x (1 + buffer)."""
+    """Forecast-free baseline, a weekly cover with a buffer: load cover_rule_days x (1 + buffer)
+    days of trailing mean demand; order again when, on the next reachable visit day, the cash
+    would be down to the buffer (cover_rule_days x buffer days)."""
     cover_days = config.backtest.cover_rule_days
     buffer = config.backtest.cover_rule_buffer
     device_ids = win.terms["device_id"].astype(str).to_numpy(dtype=object)
@@ -221,7 +222,7 @@ def _cover_rule(win: _Window, actual: pd.DataFrame, config) -> Decide:
         planned = np.concatenate([np.zeros((n, 1)), np.cumsum(~np.isnan(schedule), axis=1)], axis=1)
         free = planned[rows, np.minimum(visit_day + 1, days)] == planned[:, day]  # none in [day, visit_day]
         projected = cash - (visit_day - day) * mean
-        order = reachable & free & (projected < win.dev.min_balance + cover_days * mean)
+        order = reachable & free & (projected < win.dev.min_balance + cover_days * buffer * mean)
         target = round_up_to_multiple(win.dev.min_balance + cover_days * mean * (1 + buffer), win.dev.load_multiple)
         schedule[rows[order], visit_day[order]] = np.minimum(target, win.dev.max_load)[order]
 

@@ -128,3 +128,32 @@ def test_perfect_foresight_keeps_covering_past_the_window_end():
     assert closing.loc[end] >= 1000.0 - 1e-6
     last_visit = pf.index[pf["visit"]].max()
     assert pf.loc[last_visit, "load"] > 1000.0 * ((end - last_visit).days + 1)
+
+
+def test_cover_rule_loads_a_week_and_buffer_and_reorders_at_the_buffer():
+    """Constant demand of 100 a day, Mon-Fri visits, lead 1: loads of 875 (7 days + 25%), and an order
+    whenever the cash on the next reachable visit day would be down to 175 (the buffer)."""
+    dates = pd.date_range("2025-03-03", periods=90, freq="D")  # a Monday
+    daily = pd.DataFrame({"device_id": "A", "date": dates, "withdrawals": 100.0})
+    config = load_config().updated(
+        devices={"country": "GB", "capacity": 5000.0, "load_multiple": 1.0},
+        plan={"allow_holiday_visits": True},  # a bank-holiday Monday would stretch the buffer (see below)
+        backtest={"baselines": ["cover_rule"]},
+    )
+    start, end = dates[56], dates[-1]
+    terms = resolve_terms(None, daily[daily["date"] < start], config)
+
+    def run(config):
+        result = replay(daily, terms, start, end, lambda h, a, n: naive_forecast(h, a, n, n_paths=20), config)
+        return result.daily[result.daily["policy"] == "cover_rule"].reset_index(drop=True)
+
+    days = run(config)
+    visits = days[days["visit"]]
+    assert len(visits) >= 3 and (visits["load"] == 875.0).all()
+    assert (days["lost"] == 0).all()
+    # Each visit comes when the cash left is down to the buffer (less the days to a weekday), never sooner.
+    assert (visits["opening_balance"] <= 175.0).all() and (visits["opening_balance"] >= 0.0).all()
+    # Forecast-free: with visits barred on the bank-holiday Monday 2025-05-05 the buffer runs dry first.
+    barred = run(config.updated(plan={"allow_holiday_visits": False}))
+    lost = barred[barred["lost"] > 0]
+    assert list(lost["date"]) == [pd.Timestamp("2025-05-05")]
