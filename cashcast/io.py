@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
@@ -65,9 +66,16 @@ def escape_formulas(frame: pd.DataFrame) -> pd.DataFrame:
     """Prefix text cells that a spreadsheet would run as a formula with a quote."""
     out = frame.copy()
     for column in out.columns:
-        if out[column].dtype == object or pd.api.types.is_string_dtype(out[column]):
-            values = out[column].astype("object")
-            mask = values.map(lambda v: isinstance(v, str) and v.startswith(FORMULA_PREFIXES))
+        values = out[column]
+        if isinstance(values.dtype, pd.StringDtype):
+            # Vectorised: the projection and forecast files have ~10^5 text cells per column.
+            mask = values.str.startswith(FORMULA_PREFIXES).fillna(False).to_numpy(bool)
+        elif values.dtype == object or pd.api.types.is_string_dtype(values):
+            mask = np.array([isinstance(v, str) and v.startswith(FORMULA_PREFIXES) for v in values], dtype=bool)
+        else:
+            continue
+        if mask.any():
+            values = values.astype("object")
             out[column] = values.where(~mask, "'" + values.astype(str))
     return out
 

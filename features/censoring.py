@@ -20,7 +20,7 @@ def mark_censored(daily: pd.DataFrame, status: pd.DataFrame, balances: pd.DataFr
     (an empty end: still open, up to the last recorded day). A balance of 0 (or less) taken on the
     morning of a day censors that day. Already censored days stay censored.
     """
-    out = daily.copy()
+    out = daily.copy(deep=False)  # copy-on-write: setting `censored` below never touches `daily`
     previous = out["censored"].fillna(False).astype(bool) if "censored" in out else False
     ids = unique_ids(out["device_id"])
     keys = _day_keys(ids, out["device_id"], out["date"])

@@ -30,11 +30,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from cashcast.io import atomic_path
-from cashcast.schema import DEVICE_COLUMNS, DEVICE_NUMERIC_COLUMNS, validate_daily
+from cashcast.schema import DAILY_COLUMNS, DEVICE_COLUMNS, DEVICE_NUMERIC_COLUMNS, validate_daily
 from cashcast.workspace import Workspace
 
 COMMIT_FILE = "COMMIT"
@@ -230,7 +231,44 @@ def read_daily(
     if device_ids is not None:
         terms.append(ds.field("device_id").isin(pa.array(list(device_ids), pa.string())))
     condition = functools.reduce(operator.and_, terms) if terms else None
-    return validate_daily(dataset.to_table(filter=condition).to_pandas(), source=str(folder))
+    return _daily_frame(dataset.to_table(filter=condition), source=str(folder))
+
+
+DAY_NS = 86_400 * 10**9
+
+
+def _daily_frame(table: pa.Table, source: str) -> pd.DataFrame:
+    """Lake daily rows in the daily contract (`validate_daily`'s result), sorted by device and date.
+
+    The lake holds contract rows already (ingest validated them); only the order is missing. One
+    integer sort key (device rank, day) replaces validate_daily's string sort and duplicate scan: a
+    third of the time on 10,000 devices x 2 years. Anything unexpected (an empty id or date, a time
+    of day, a duplicate device-day) goes through validate_daily, which fixes or reports it.
+    """
+    ids, dates = table.column("device_id"), table.column("date")
+    if table.num_rows == 0 or ids.null_count or dates.null_count:
+        return validate_daily(table.to_pandas(), source=source)
+    encoded = pc.dictionary_encode(ids.combine_chunks())
+    by_name = pc.sort_indices(encoded.dictionary).to_numpy()
+    rank = np.empty(len(by_name), np.int64)
+    rank[by_name] = np.arange(len(by_name))
+    ns = dates.to_numpy().view(np.int64)
+    day = (ns - ns.min()) // DAY_NS
+    span = int(day.max()) + 1
+    key = rank[encoded.indices.to_numpy()] * span + day
+    order = np.argsort(key, kind="stable")
+    key = key[order]
+    if (ns % DAY_NS).any() or (key[1:] == key[:-1]).any():
+        return validate_daily(table.to_pandas(), source=source)
+    device = encoded.dictionary.take(pa.array(by_name[key // span]))
+    columns = {
+        column: table.column(column).to_numpy()[order].astype(dtype, copy=False)
+        for column, dtype in DAILY_COLUMNS.items()
+        if column != "device_id"
+    }
+    columns["device_id"] = pd.array(device, dtype=DAILY_COLUMNS["device_id"])
+    columns["censored"] = np.zeros(len(order), dtype=bool)
+    return pd.DataFrame(columns, columns=[*DAILY_COLUMNS, "censored"], copy=False)  # fresh arrays: no copy
 
 
 def read_table(workspace: Workspace, name: str) -> pd.DataFrame:
