@@ -140,7 +140,8 @@ def load_champion(ws: Workspace, config: Config) -> Any | None:
     """The champion CashForecaster from `models:/<name>@champion`, or None when there is none yet."""
     if champion_version(ws, config) is None:
         return None
-    model = mlflow.pyfunc.load_model(f"models:/{config.forecast.registered_model}@{CHAMPION}")
+    # suppress_warnings skips MLflow's check of the logged requirements against this environment (~1 s).
+    model = mlflow.pyfunc.load_model(f"models:/{config.forecast.registered_model}@{CHAMPION}", suppress_warnings=True)
     return model.unwrap_python_model().forecaster
 
 

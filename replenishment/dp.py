@@ -106,6 +106,15 @@ def need_quantile(values: np.ndarray, level: np.ndarray) -> np.ndarray:
     return np.where(level > BODY_LEVEL, extrapolate_body(q50, q90, np.clip(level, BODY_LEVEL, 1 - 1e-9)), sample)
 
 
+def _running(op: np.ufunc, days_first: np.ndarray, in_place: bool = False) -> np.ndarray:
+    """op accumulated along axis 0 (days), a day at a time: the same numbers as op.accumulate in the
+    same order, ~4x faster on (days, devices, paths) arrays, whose day slices are contiguous."""
+    out = days_first if in_place else days_first.copy()
+    for day in range(1, len(out)):
+        op(out[day - 1], out[day], out=out[day])
+    return out
+
+
 class _SegmentStart:
     """Path statistics of segments that start on one day, for every segment length at once.
 
@@ -118,16 +127,13 @@ class _SegmentStart:
 
     def __init__(self, days_first: np.ndarray, withdrawals_only: bool):
         m, n, n_paths = days_first.shape  # net outflow, (days, devices, paths)
-        cum = np.cumsum(days_first, axis=0)
-        need = np.maximum(cum, 0.0)
-        np.maximum.accumulate(need, axis=0, out=need)
+        cum = _running(np.add, days_first)
+        need = _running(np.maximum, np.maximum(cum, 0.0), in_place=True)
         zeros = np.zeros_like(cum[:1])
         self.n_paths = n_paths
         self.need_sorted = np.sort(need, axis=-1)  # the segment's cash need, per length
         self.before_sorted = np.concatenate([zeros, self.need_sorted[:-1]])  # R_{k-1}, sorted
-        # (m, P + 1, n): sum of the lowest p paths; paths on the middle axis keep cumsum vectorised.
-        self.partial_sums = np.zeros((m, n_paths + 1, n), dtype=cum.dtype)
-        np.cumsum(self.before_sorted.transpose(0, 2, 1), axis=1, out=self.partial_sums[:, 1:])
+        self.partial_sums = np.cumsum(self.before_sorted, axis=-1)  # [k, d, p]: the lowest p + 1 paths of R_{k-1}
         if withdrawals_only:
             # Withdrawals only: C_k = R_k and every day is a new maximum.
             self.short_sorted = self.need_sorted
@@ -169,9 +175,9 @@ class _SegmentStart:
         threshold = available[lengths]  # (pairs, n): the cash level of the segment day k belongs to
         at_most = self._count_at_most(self.before_sorted, threshold, days)
         # Sum over paths of max(available, R_{k-1}): paths at or below take `available`, the rest their own.
-        offsets = (days[:, None] * (self.n_paths + 1) * n + np.arange(n)[None, :]) + at_most * n
-        below = self.partial_sums.reshape(-1)[offsets]
-        above = self.partial_sums[days, -1] - below
+        offsets = (days[:, None] * n + np.arange(n)[None, :]) * self.n_paths + np.maximum(at_most - 1, 0)
+        below = np.where(at_most > 0, self.partial_sums.reshape(-1)[offsets], 0.0)
+        above = self.partial_sums[days, :, -1] - below
         level_sum = at_most * threshold.astype("float64") + above
         held = (np.add.reduceat(level_sum, runs, axis=0) - self.cum_before_sum) / self.n_paths
         held = held + np.arange(1, m + 1)[:, None] * dev.min_balance

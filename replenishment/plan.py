@@ -340,8 +340,9 @@ def extend_weekly(paths: np.ndarray, total_days: int) -> np.ndarray:
     the final visit's load can be weighed against the days just after the plan."""
     days = paths.shape[-1]
     period = min(7, days)
-    extra = days - period + np.arange(total_days - days) % period
-    return np.concatenate([paths, paths[..., extra]], axis=-1)
+    last_period = paths[..., days - period :]
+    repeats = -(-(total_days - days) // period)
+    return np.concatenate([paths, *[last_period] * repeats], axis=-1)[..., :total_days]
 
 
 def _segment_ends(targets: np.ndarray, final_end: np.ndarray) -> np.ndarray:

@@ -49,7 +49,8 @@ def resolve_terms(devices: pd.DataFrame | None, daily: pd.DataFrame, config) -> 
     master = pd.DataFrame(columns=["device_id"]) if devices is None else devices.copy()
     master["device_id"] = master["device_id"].astype("string")
     known = set(master["device_id"].dropna())
-    extra_ids = [] if daily is None else sorted(set(daily["device_id"].astype("string").dropna()) - known)
+    seen = [] if daily is None else daily["device_id"].dropna().unique()  # unique first: millions of rows
+    extra_ids = sorted({str(device) for device in seen} - known)
     master = pd.concat([master, pd.DataFrame({"device_id": pd.array(extra_ids, dtype="string")})], ignore_index=True)
     terms = pd.DataFrame({"device_id": master["device_id"].to_numpy(dtype=object)})
     for column in DEVICE_NUMERIC_COLUMNS:
