@@ -134,6 +134,7 @@ class _SegmentStart:
         self.need_sorted = np.sort(need, axis=-1)  # the segment's cash need, per length
         self.before_sorted = np.concatenate([zeros, self.need_sorted[:-1]])  # R_{k-1}, sorted
         self.partial_sums = np.cumsum(self.before_sorted, axis=-1)  # [k, d, p]: the lowest p + 1 paths of R_{k-1}
+        self.withdrawals_only = withdrawals_only
         if withdrawals_only:
             # Withdrawals only: C_k = R_k and every day is a new maximum.
             self.short_sorted = self.need_sorted
@@ -173,7 +174,13 @@ class _SegmentStart:
         available = available.astype(self.before_sorted.dtype)
         lengths, days, runs = self._pairs()
         threshold = available[lengths]  # (pairs, n): the cash level of the segment day k belongs to
-        at_most = self._count_at_most(self.before_sorted, threshold, days)
+        short_at_most = self._count_at_most(self.short_sorted, threshold, days)
+        if self.withdrawals_only:
+            # R_{k-1} is the need of day k - 1, the pair before (l, k); R_{-1} = 0 <= any cash level.
+            before = np.concatenate([np.zeros_like(short_at_most[:1]), short_at_most[:-1]])
+            at_most = np.where(days[:, None] == 0, self.n_paths, before)
+        else:
+            at_most = self._count_at_most(self.before_sorted, threshold, days)
         # Sum over paths of max(available, R_{k-1}): paths at or below take `available`, the rest their own.
         offsets = (days[:, None] * n + np.arange(n)[None, :]) * self.n_paths + np.maximum(at_most - 1, 0)
         below = np.where(at_most > 0, self.partial_sums.reshape(-1)[offsets], 0.0)
@@ -181,7 +188,7 @@ class _SegmentStart:
         level_sum = at_most * threshold.astype("float64") + above
         held = (np.add.reduceat(level_sum, runs, axis=0) - self.cum_before_sum) / self.n_paths
         held = held + np.arange(1, m + 1)[:, None] * dev.min_balance
-        short = self.n_paths - self._count_at_most(self.short_sorted, threshold, days)
+        short = self.n_paths - short_at_most
         breach = np.add.reduceat(short, runs, axis=0).astype("float64")
         room = dev.max_balance - dev.min_balance + 1e-6
         # Cash only rises above max_balance through deposits or from a start above it.
