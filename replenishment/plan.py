@@ -465,22 +465,24 @@ def _reason(weekdays, day, covered, horizon, holiday_names, dev, row, risk, flag
 
 
 def _projection(device_ids, dates, withdrawals, net, targets, run, quantiles) -> pd.DataFrame:
-    """Day-by-day expected cash per device under the plan."""
+    """Day-by-day expected cash per device under the plan, in cents and risks to 4 places as in the
+    plan rows (a 10,000-device projection is 140,000 rows: full float digits made its CSV 40% larger
+    and slower to write, for nothing cash ops can use)."""
     n, horizon = targets.shape
     frame = pd.DataFrame(
         {
             "device_id": pd.array(np.repeat(device_ids, horizon), dtype="string"),
             "date": np.tile(dates.to_numpy(), n),
-            "expected_opening_balance": run.before.ravel(),
-            "expected_net_outflow": net.mean(axis=1).ravel(),
+            "expected_opening_balance": np.round(run.before.ravel(), 2),
+            "expected_net_outflow": np.round(net.mean(axis=1, dtype="float64").ravel(), 2),
         }
     )
     ordered = np.sort(withdrawals, axis=1)  # one sort serves every level
     for level in quantiles:
-        frame[f"demand_{quantile_column(level)}"] = _sorted_quantile(ordered, level).ravel()
+        frame[f"demand_{quantile_column(level)}"] = np.round(_sorted_quantile(ordered, level).ravel(), 2)
     frame["visit"] = ~np.isnan(targets).ravel()
-    frame["balance_after"] = run.after.ravel()
-    frame["stockout_probability"] = run.short.ravel()
+    frame["balance_after"] = np.round(run.after.ravel(), 2)
+    frame["stockout_probability"] = np.round(run.short.ravel(), 4)
     return frame
 
 
