@@ -460,7 +460,7 @@ def _reason(weekdays, day, covered, horizon, holiday_names, dev, row, risk, flag
     elif risk > 1 - sl + 1e-9 and capped:
         parts.append(f"stockout risk {_percent(risk)} above target: load capped at {dev.max_load[row]:,.0f}")
     elif risk > 1 - sl + 1e-9:
-        parts.append(f"stockout risk {_percent(risk)} on the raw paths (their tail is wider than their body says)")
+        parts.append(f"stockout risk {_percent(risk)} in simulation (rare demand surges the load does not chase)")
     return "; ".join(parts)
 
 

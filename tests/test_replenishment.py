@@ -431,4 +431,4 @@ def test_loads_follow_the_body_of_the_paths_not_their_runaway_tail(config):
     assert first["balance_after"] >= np.quantile(runaway_free, 0.95)
     # The runaway paths still run out under it, so the plan says so without blaming the capacity.
     assert first["stockout_risk"] > 0.01
-    assert "raw paths" in first["reason"] and "capped" not in first["reason"]
+    assert "rare demand surges" in first["reason"] and "capped" not in first["reason"]
