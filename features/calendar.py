@@ -129,7 +129,7 @@ def place_calendar(
     parts = [
         date_features(dates),
         table[["is_holiday", "is_working_day"]].astype(np.int8),
-        holiday_blocks(table, cap).drop(columns="date"),
+        holiday_blocks(table, cap, country).drop(columns="date"),
         payday_features(dates, working, config.calendar).drop(columns="date"),
     ]
     frame = pd.concat([part.reset_index(drop=True) for part in parts], axis=1)

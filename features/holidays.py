@@ -25,6 +25,8 @@ NAMED_BLOCKS = {
     "block_christmas": re.compile(r"christmas|boxing day", re.IGNORECASE),
     "block_easter": re.compile(r"easter|good friday", re.IGNORECASE),
 }
+# Flags whose holiday name is too common to mean the block elsewhere: many countries have a "National Day".
+BLOCK_COUNTRIES = {"block_golden_week": {"CN"}}
 BLOCK_COLUMNS = [
     "holiday_block_length",
     "day_in_block",
@@ -128,8 +130,8 @@ def _estimated_holidays(country: str, names: dict[date, str], year: int) -> dict
     return estimated
 
 
-def holiday_blocks(table: pd.DataFrame, distance_cap: int) -> pd.DataFrame:
-    """Block features for the days of a `holiday_table` (contiguous days, padded by the caller).
+def holiday_blocks(table: pd.DataFrame, distance_cap: int, country: str) -> pd.DataFrame:
+    """Block features for the days of a `holiday_table` of `country` (contiguous days, padded by the caller).
 
     A block is a run of consecutive non-working days that contains at least one holiday, so a plain
     weekend is not a block but a Saturday glued to a Spring Festival is. Distances to blocks are 0 inside
@@ -166,6 +168,8 @@ def holiday_blocks(table: pd.DataFrame, distance_cap: int) -> pd.DataFrame:
     named_any = np.zeros(n, bool)
     for column, pattern in NAMED_BLOCKS.items():
         run_flag = run_text.str.contains(pattern).to_numpy(bool)
+        if column in BLOCK_COUNTRIES and country.upper() not in BLOCK_COUNTRIES[column]:
+            run_flag = np.zeros_like(run_flag)  # a plain block there, counted in block_other
         flag = in_block & run_flag[np.maximum(run_id, 0)]
         named_any |= flag
         out[column] = flag.astype(np.int8)

@@ -82,6 +82,24 @@ def test_distances_to_blocks_are_zero_inside_and_capped(china):
     assert china["days_to_next_holiday"].max() == cap and china["days_since_last_holiday"].max() == cap
 
 
+def test_golden_week_is_chinas_national_day_only():
+    """Singapore's National Day (Aug 9) is a plain holiday block there, not Golden Week."""
+    dates = pd.date_range("2030-08-05", periods=10, freq="D")
+    holiday = dates == pd.Timestamp("2030-08-09")  # a Friday: Fri-Sun is a 3-day block
+    table = pd.DataFrame(
+        {
+            "date": dates,
+            "is_holiday": holiday,
+            "is_working_day": (dates.day_of_week < 5) & ~holiday,
+            "holiday_name": np.where(holiday, "National Day", ""),
+        }
+    )
+    for country, golden in (("SG", 0), ("CN", 1)):
+        blocks = holiday_blocks(table, distance_cap=5, country=country)
+        assert list(blocks["block_golden_week"][4:7]) == [golden] * 3, country
+        assert list(blocks["block_other"][4:7]) == [1 - golden] * 3, country
+
+
 def test_holiday_blocks_on_a_hand_made_table():
     # Mon holiday, Tue-Wed working, Sat-Sun plain weekend, then Sat..Mon holiday-bearing run of 3 days.
     dates = pd.date_range("2030-01-07", periods=15, freq="D")
@@ -90,7 +108,7 @@ def test_holiday_blocks_on_a_hand_made_table():
     working = (dates.day_of_week < 5) & ~holiday
     table = pd.DataFrame({"date": dates, "is_holiday": holiday, "is_working_day": working, "holiday_name": ""})
     table.loc[0, "holiday_name"], table.loc[14, "holiday_name"] = "Easter Monday", "Founders Day"
-    blocks = holiday_blocks(table, distance_cap=5)
+    blocks = holiday_blocks(table, distance_cap=5, country="GB")
     assert list(blocks["holiday_block_length"]) == [1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3, 3, 3]
     assert list(blocks["block_easter"]) == [1] + [0] * 14
     assert list(blocks["block_other"]) == [0] * 12 + [1, 1, 1]
