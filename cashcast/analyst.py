@@ -529,6 +529,17 @@ def money_axis(ax, which: str = "y") -> None:
     axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
 
 
+def _daily_withdrawals_axes(fig: Figure, ax: Axes, title: str) -> Figure:
+    """The axes of a withdrawals-per-day chart: money ticks, title, labels, legend, slanted dates."""
+    money_axis(ax)
+    ax.set_title(title)
+    ax.set_xlabel("date")
+    ax.set_ylabel(f"withdrawals per day ({CURRENCY})")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.autofmt_xdate()
+    return fig
+
+
 def history_chart(days: pd.DataFrame, holidays: pd.DataFrame, title: str) -> Figure:
     """Daily withdrawals with holidays shaded, censored days and unrecorded days marked."""
     fig, ax = new_figure(11, 3.6)
@@ -554,13 +565,7 @@ def history_chart(days: pd.DataFrame, holidays: pd.DataFrame, title: str) -> Fig
             lw=0,
             label="public holiday" if i == 0 else None,
         )
-    money_axis(ax)
-    ax.set_title(title)
-    ax.set_xlabel("date")
-    ax.set_ylabel(f"withdrawals per day ({CURRENCY})")
-    ax.legend(loc="upper left", fontsize=8)
-    fig.autofmt_xdate()
-    return fig
+    return _daily_withdrawals_axes(fig, ax, title)
 
 
 def fan_chart(recent: pd.DataFrame, forecast: pd.DataFrame, levels: list[float], title: str) -> Figure:
@@ -587,13 +592,7 @@ def fan_chart(recent: pd.DataFrame, forecast: pd.DataFrame, levels: list[float],
         ax.plot(seen["date"], seen["withdrawals"], "o", color="black", ms=3, label="actual in forecast window")
         if len(lost):
             ax.plot(lost["date"], lost["withdrawals"], "o", color="#d03030", ms=4, label="censored (lower bound)")
-    money_axis(ax)
-    ax.set_title(title)
-    ax.set_xlabel("date")
-    ax.set_ylabel(f"withdrawals per day ({CURRENCY})")
-    ax.legend(loc="upper left", fontsize=8)
-    fig.autofmt_xdate()
-    return fig
+    return _daily_withdrawals_axes(fig, ax, title)
 
 
 def metric_chart(table: pd.DataFrame, metric: str = "smape_mean", unit: str = "%") -> Figure:

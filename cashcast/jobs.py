@@ -12,7 +12,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 import features
@@ -198,33 +197,11 @@ def run_forecast(
     return write_table(forecast.frame, target)
 
 
-def terms_history(daily: pd.DataFrame) -> pd.DataFrame:
-    """The rows of `daily` that `resolve_terms` reads: each device's last DEMAND_WINDOW_DAYS uncensored
-    days with withdrawals (its trailing mean demand) and its first row (so every device is named).
-
-    The terms are those of the whole history; on 10,000 devices x 2 years 7M rows become 1M, and
-    resolve_terms (which walks the device ids in Python) drops from ~12 s to ~1 s. Needs the daily
-    contract's order (device, then date); any other order is handed over whole.
-    """
-    from replenishment.terms import DEMAND_WINDOW_DAYS
-
-    codes, _ = pd.factorize(daily["device_id"])
-    dates = daily["date"].to_numpy("datetime64[ns]")
-    first = np.r_[True, codes[1:] != codes[:-1]]
-    if (np.diff(codes) < 0).any() or (np.diff(dates)[~first[1:]] <= np.timedelta64(0)).any():
-        return daily
-    usable = ~daily["censored"].to_numpy(bool) & daily["withdrawals"].notna().to_numpy(bool)
-    seen = np.cumsum(usable)
-    last = np.r_[np.flatnonzero(first[1:]), len(codes) - 1]  # each device's last row
-    later = seen[last][codes] - seen  # usable days after this row, same device
-    return daily[first | (usable & (later < DEMAND_WINDOW_DAYS))]
-
-
 def device_terms(history: History, config: Config) -> pd.DataFrame:
     """The resolved terms of the devices in `history` (master fields, trailing mean demand)."""
     import replenishment
 
-    return replenishment.resolve_terms(history.devices, terms_history(history.daily), config)
+    return replenishment.resolve_terms(history.devices, history.daily, config)
 
 
 def plan_forecast(
@@ -456,7 +433,7 @@ def replay_window(ws: Workspace, config: Config, start: pd.Timestamp, end: pd.Ti
     if known.empty:
         raise NoDataError(f"{ws.home}: no history before {start:%Y-%m-%d} to train on")
     opening = latest_balances(history.balances, start)
-    terms = replenishment.resolve_terms(history.devices, terms_history(known), config)
+    terms = replenishment.resolve_terms(history.devices, known, config)
     return ReplayWindow(history, known, terms, opening if len(opening) else None)
 
 

@@ -40,17 +40,8 @@ DEVICE_COLUMNS = [
     "region",
     "name",
 ]
-DEVICE_NUMERIC_COLUMNS = [
-    "capacity",
-    "min_balance",
-    "max_balance",
-    "visit_cost",
-    "emergency_visit_cost",
-    "holding_rate",
-    "lead_time_days",
-    "load_multiple",
-    "service_level",
-]
+DEVICE_TEXT_COLUMNS = ["kind", "visit_weekdays", "country", "subdivision", "region", "name"]
+DEVICE_NUMERIC_COLUMNS = [c for c in DEVICE_COLUMNS if c != "device_id" and c not in DEVICE_TEXT_COLUMNS]
 BALANCE_COLUMNS = ["device_id", "as_of", "balance"]
 STATUS_COLUMNS = ["device_id", "start", "end", "state"]
 STATUS_STATES = ("cash_out", "offline")

@@ -76,6 +76,13 @@ def _recent_mean(panel: Panel) -> np.ndarray:
     return np.where(np.isnan(recent), overall, recent)
 
 
+def _robust_center_scale(values: np.ndarray, axis: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Median and normal-consistent MAD (NaN ignored): error spreads that a few runaway days do not move."""
+    center = np.nanmedian(values, axis=axis, keepdims=True)
+    scale = 1.4826 * np.nanmedian(np.abs(values - center), axis=axis)
+    return np.squeeze(center, axis=axis), scale
+
+
 def _bucket(days_ahead: np.ndarray) -> np.ndarray:
     return np.searchsorted(np.array(BUCKETS), days_ahead, side="right") - 1
 
@@ -293,8 +300,7 @@ class TargetModel:
         n_dev = len(panel.device_ids)
         errors = np.concatenate(err_by_fold, axis=1) if err_by_fold else np.full((n_dev, 0), np.nan)
         with quiet_nan():
-            center = np.nanmedian(errors, axis=1, keepdims=True)
-            raw = 1.4826 * np.nanmedian(np.abs(errors - center), axis=1)
+            _, raw = _robust_center_scale(errors, axis=1)
         count = np.isfinite(errors).sum(axis=1)
         network = float(np.nanmedian(raw)) if np.isfinite(raw).any() else 0.3
         network = network if network > 0 else 0.3
@@ -313,8 +319,7 @@ class TargetModel:
             week = np.concatenate([z[:, k * BLOCK : (k + 1) * BLOCK] for z in z_by_fold], axis=0)
             values = week[np.isfinite(week)]
             if len(values) >= MIN_WEEK_POINTS:
-                center = float(np.median(values))
-                scale = 1.4826 * float(np.median(np.abs(values - center)))
+                center, scale = _robust_center_scale(values)
                 self.week_center_[k], self.week_scale_[k] = center, scale if scale > 0 else 1.0
             complete = week[np.isfinite(week).all(axis=1)]
             blocks.append((complete - self.week_center_[k]) / self.week_scale_[k])

@@ -274,6 +274,38 @@ def design(panel: Panel, sums: _Sums, dev: np.ndarray, origin: np.ndarray, horiz
     return X, level
 
 
+def forecast_design(panel: Panel, rows: np.ndarray, horizon: int, max_horizon: int) -> tuple[np.ndarray, np.ndarray]:
+    """Design rows for days 1..horizon ahead of the panel's end, device by device (`rows`); horizons past
+    the trained max_horizon are read as max_horizon."""
+    dev = np.repeat(rows, horizon)
+    h = np.tile(np.arange(1, horizon + 1), len(rows))
+    X, level = design(panel, _Sums(panel), dev, np.full(len(dev), panel.n_days), h)
+    X[:, 0] = np.minimum(h, max_horizon)
+    return X, level
+
+
+def _gbm_params(
+    objective: str, learning_rate: float, num_leaves: int, min_data_in_leaf: int, seed: int, threads: int
+) -> dict:
+    """LightGBM settings shared by the pooled and the per-device models (deterministic, row-wise)."""
+    return {
+        "objective": objective,
+        "learning_rate": learning_rate,
+        "num_leaves": num_leaves,
+        "min_data_in_leaf": min_data_in_leaf,
+        "max_bin": 63,
+        "feature_fraction": 0.8,
+        "bagging_fraction": 0.8,
+        "bagging_freq": 1,
+        "lambda_l2": 1.0,
+        "seed": seed,
+        "deterministic": True,
+        "force_row_wise": True,
+        "num_threads": threads,
+        "verbosity": -1,
+    }
+
+
 class PooledGBM:
     """One LightGBM for all devices on demand/level ratios (direct multi-horizon)."""
 
@@ -316,33 +348,14 @@ class PooledGBM:
         X, level = design(panel, sums, dev, origin, horizon)
         y = panel.values[dev, origin + horizon - 1]
         keep = level > 0
-        params = {
-            "objective": self.objective,
-            "learning_rate": self.learning_rate,
-            "num_leaves": self.num_leaves,
-            "min_data_in_leaf": 50,
-            "max_bin": 63,
-            "feature_fraction": 0.8,
-            "bagging_fraction": 0.8,
-            "bagging_freq": 1,
-            "lambda_l2": 1.0,
-            "seed": self.seed,
-            "deterministic": True,
-            "force_row_wise": True,
-            "num_threads": self.n_jobs,
-            "verbosity": -1,
-        }
+        params = _gbm_params(self.objective, self.learning_rate, self.num_leaves, 50, self.seed, self.n_jobs)
         data = lgb.Dataset(X[keep], y[keep] / level[keep], feature_name=GBM_FEATURES, free_raw_data=True)
         self.booster_ = lgb.train(params, data, num_boost_round=self.n_estimators)
         return self
 
     def predict(self, panel: Panel, horizon: int) -> np.ndarray:
         n = len(panel.device_ids)
-        sums = _Sums(panel)
-        dev = np.repeat(np.arange(n), horizon)
-        h = np.tile(np.arange(1, horizon + 1), n)
-        X, level = design(panel, sums, dev, np.full(len(dev), panel.n_days), h)
-        X[:, 0] = np.minimum(h, self.max_horizon)
+        X, level = forecast_design(panel, np.arange(n), horizon, self.max_horizon)
         ratio = self.booster_.predict(X, num_threads=self.n_jobs).clip(min=0)
         return (ratio * level).reshape(n, horizon)
 
@@ -385,22 +398,7 @@ class DeviceGBM:
         X, level = design(panel, sums, dev, origin, horizon)
         ok = level > 0
         dev, X, y = dev[ok], X[ok], panel.values[dev, origin + horizon - 1][ok] / level[ok]
-        params = {
-            "objective": "l1",
-            "learning_rate": self.learning_rate,
-            "num_leaves": self.num_leaves,
-            "min_data_in_leaf": 20,
-            "max_bin": 63,
-            "feature_fraction": 0.8,
-            "bagging_fraction": 0.8,
-            "bagging_freq": 1,
-            "lambda_l2": 1.0,
-            "seed": self.seed,
-            "deterministic": True,
-            "force_row_wise": True,
-            "num_threads": 1,
-            "verbosity": -1,
-        }
+        params = _gbm_params("l1", self.learning_rate, self.num_leaves, 20, self.seed, 1)
         bounds = np.searchsorted(dev, np.arange(len(panel.device_ids) + 1))
         self.boosters_: dict[str, lgb.Booster] = {}
         for i, device in enumerate(panel.device_ids):
@@ -416,11 +414,7 @@ class DeviceGBM:
         rows = np.array([i for i, device in enumerate(panel.device_ids) if str(device) in self.boosters_], int)
         if not len(rows):
             return out
-        sums = _Sums(panel)
-        dev = np.repeat(rows, horizon)
-        h = np.tile(np.arange(1, horizon + 1), len(rows))
-        X, level = design(panel, sums, dev, np.full(len(dev), panel.n_days), h)
-        X[:, 0] = np.minimum(h, self.max_horizon)
+        X, level = forecast_design(panel, rows, horizon, self.max_horizon)
         for k, i in enumerate(rows):
             part = slice(k * horizon, (k + 1) * horizon)
             ratio = self.boosters_[str(panel.device_ids[i])].predict(X[part], num_threads=1).clip(min=0)

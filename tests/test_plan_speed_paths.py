@@ -69,7 +69,7 @@ def test_lake_read_sorts_shuffled_rows_and_still_refuses_a_duplicate_day():
         _daily_frame(duplicated, "lake")
 
 
-def test_terms_from_the_trailing_rows_equal_the_terms_from_the_whole_history(sample_lake):
+def test_terms_from_contract_ordered_history_equal_the_terms_from_shuffled_rows(sample_lake):
     history = jobs.load_history(sample_lake, pd.Timestamp("2026-10-01"))
     daily = history.daily.copy()
     # A device whose every day is censored and one missing from the master still get terms.
@@ -78,13 +78,14 @@ def test_terms_from_the_trailing_rows_equal_the_terms_from_the_whole_history(sam
     extra = daily[daily["device_id"] == daily["device_id"].iloc[-1]].assign(device_id="NEW-1")
     daily = validate_daily(pd.concat([daily, extra.iloc[:150]], ignore_index=True))
     config = load_config()
-    trimmed = jobs.terms_history(daily)
-    assert len(trimmed) < len(daily) / 3
-    expected = replenishment.resolve_terms(history.devices, daily, config)
-    pd.testing.assert_frame_equal(replenishment.resolve_terms(history.devices, trimmed, config), expected)
-    assert "NEW-1" in set(expected["device_id"])
+    # The contract's order (device, then date) skips the sort; any other order is sorted first.
     shuffled = daily.sample(frac=1.0, random_state=0)
-    assert len(jobs.terms_history(shuffled)) == len(shuffled)  # not in contract order: handed over whole
+    expected = replenishment.resolve_terms(history.devices, shuffled, config)
+    pd.testing.assert_frame_equal(replenishment.resolve_terms(history.devices, daily, config), expected)
+    assert "NEW-1" in set(expected["device_id"])
+    means = replenishment.terms.trailing_mean_demand(daily)
+    last = daily[~daily["censored"] & daily["withdrawals"].notna()].groupby("device_id").tail(91)
+    np.testing.assert_allclose(means.loc[last["device_id"].unique()], last.groupby("device_id")["withdrawals"].mean())
 
 
 def test_marking_censored_days_leaves_the_input_alone(sample_lake):
