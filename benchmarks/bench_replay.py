@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-import forecasting
 from cashcast.config import load_config
+from cashcast.jobs import retraining_forecaster
 from cashcast.schema import validate_daily
 from cashcast.synthetic import generate_network
 from replenishment import naive_forecast, replay, resolve_terms
@@ -65,18 +65,14 @@ def device_master(daily: pd.DataFrame, before: pd.Timestamp) -> pd.DataFrame:
 
 
 def real_forecaster(config, cache: Path | None, label: str):
-    """forecasting.train every retrain_every_days and model.predict, exactly as run_backtest does."""
-    fitted: dict[str, object] = {}
+    """jobs.retraining_forecaster, the one `cashcast backtest` runs, with its forecasts cached in `cache`."""
+    forecaster = retraining_forecaster(config)
 
     def forecast(history, as_of, horizon):
         path = None if cache is None else cache / f"{label}_{as_of:%Y%m%d}_{horizon}.pkl"
         if path is not None and path.exists():
             return pickle.loads(path.read_bytes())
-        trained_at = fitted.get("as_of")
-        if trained_at is None or (as_of - trained_at).days >= config.forecast.retrain_every_days:
-            fitted["model"] = forecasting.train(history, None, as_of, config).model
-            fitted["as_of"] = as_of
-        result = fitted["model"].predict(history, None, as_of, horizon)
+        result = forecaster(history, as_of, horizon)
         if path is not None:
             path.write_bytes(pickle.dumps(result))
         return result

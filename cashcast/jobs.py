@@ -437,6 +437,28 @@ def replay_window(ws: Workspace, config: Config, start: pd.Timestamp, end: pd.Ti
     return ReplayWindow(history, known, terms, opening if len(opening) else None)
 
 
+def retraining_forecaster(
+    config: Config,
+    devices: pd.DataFrame | None = None,
+    events: pd.DataFrame | None = None,
+    progress: bool = False,
+) -> Callable[[pd.DataFrame, pd.Timestamp, int], DemandForecast]:
+    """The nightly cycle's forecaster for a replay: trained on the history before a plan day, again
+    once the model is `[forecast] retrain_every_days` old, and predicting from each plan day."""
+    import forecasting
+
+    fitted: dict[str, object] = {}
+
+    def forecaster(past: pd.DataFrame, as_of: pd.Timestamp, horizon: int) -> DemandForecast:
+        trained_at = fitted.get("as_of")
+        if trained_at is None or (as_of - trained_at).days >= config.forecast.retrain_every_days:
+            fitted["model"] = forecasting.train(past, devices, as_of, config, progress=progress, events=events).model
+            fitted["as_of"] = as_of
+        return fitted["model"].predict(past, devices, as_of, horizon)
+
+    return forecaster
+
+
 def run_backtest(
     ws: Workspace,
     config: Config,
@@ -448,22 +470,11 @@ def run_backtest(
     """Replay the nightly cycle over [start, end] against actual demand; KPIs per policy, logged to MLflow."""
     import mlflow
 
-    import forecasting
     from forecasting import registry
 
     window = replay_window(ws, config, start, end)
     history = window.history
-    fitted: dict[str, object] = {}
-
-    def forecaster(past: pd.DataFrame, as_of: pd.Timestamp, horizon: int) -> DemandForecast:
-        trained_at = fitted.get("as_of")
-        if trained_at is None or (as_of - trained_at).days >= config.forecast.retrain_every_days:
-            fitted["model"] = forecasting.train(
-                past, history.devices, as_of, config, progress=progress, events=history.events
-            ).model
-            fitted["as_of"] = as_of
-        return fitted["model"].predict(past, history.devices, as_of, horizon)
-
+    forecaster = retraining_forecaster(config, history.devices, history.events, progress)
     result = window.replay(start, end, forecaster, config)
     folder = out or ws.backtests / f"{start:%Y-%m-%d}_{end:%Y-%m-%d}"
     write_table(result.kpis, folder / "kpis.csv")
