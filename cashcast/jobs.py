@@ -17,7 +17,7 @@ import pandas as pd
 import features
 import ingest
 from cashcast.config import Config
-from cashcast.io import write_table
+from cashcast.io import atomic_path, write_table
 from cashcast.schema import DemandForecast
 from cashcast.workspace import Workspace
 
@@ -107,12 +107,22 @@ class TrainOutcome:
     reason: str
 
 
-def run_train(ws: Workspace, config: Config, as_of: pd.Timestamp | None = None, progress: bool = False) -> TrainOutcome:
-    """Fit every device's models on history before `as_of`, backtest, select, log and register."""
+def run_train(
+    ws: Workspace,
+    config: Config,
+    as_of: pd.Timestamp | None = None,
+    progress: bool = False,
+    history: History | None = None,
+) -> TrainOutcome:
+    """Fit every device's models on history before `as_of`, backtest, select, log and register.
+
+    `history`, when the caller has already read it (with `config`, for the events), saves a lake read.
+    """
     import forecasting
     from forecasting import registry
 
-    history = load_history(ws, as_of, config=config)
+    if history is None:
+        history = load_history(ws, as_of, config=config)
     result = forecasting.train(
         history.daily, history.devices, history.as_of, config, progress=progress, events=history.events
     )
@@ -143,34 +153,93 @@ def run_train(ws: Workspace, config: Config, as_of: pd.Timestamp | None = None, 
     )
 
 
-def ensure_champion(ws: Workspace, config: Config, as_of: pd.Timestamp, progress: bool = False):
-    """The champion's registered version, training and registering a first one when there is none."""
+def ensure_champion(
+    ws: Workspace,
+    config: Config,
+    as_of: pd.Timestamp,
+    progress: bool = False,
+    history: Callable[[], History] | None = None,
+):
+    """The champion's registered version, training and registering a first one when there is none.
+
+    `history` hands over the caller's read of the lake (see `champion_or_train`).
+    """
     from forecasting import registry
 
     version = registry.champion_version(ws, config)
     if version is None:
-        run_train(ws, config, as_of, progress=progress)
+        run_train(ws, config, as_of, progress=progress, history=None if history is None else history())
         version = registry.champion_version(ws, config)
     return version
 
 
-def champion_or_train(ws: Workspace, config: Config, as_of: pd.Timestamp, progress: bool = False):
+def trained_after(version, as_of: pd.Timestamp) -> bool:
+    """Whether a registered model saw days on or after `as_of`: it knows that morning's future."""
+    return pd.Timestamp(version.tags.get("as_of", "1970-01-01")) > as_of
+
+
+def fit_before(config: Config, history: History, progress: bool = False):
+    """A model fitted on `history` alone (not registered): the honest forecaster for a past morning."""
+    import forecasting
+
+    return forecasting.train(
+        history.daily, history.devices, history.as_of, config, progress=progress, events=history.events
+    ).model
+
+
+def champion_or_train(
+    ws: Workspace,
+    config: Config,
+    as_of: pd.Timestamp,
+    progress: bool = False,
+    history: Callable[[], History] | None = None,
+):
     """The model to forecast from the morning of `as_of`.
 
     The champion, training and registering one first when the workspace has none. A champion trained
     on days on or after `as_of` has seen the future of that morning: then a model is fitted on the
     history before `as_of` instead (not registered), so a forecast for a past day is an honest one.
+    `history` returns the caller's read of the lake before `as_of` (read with `config`), so a
+    command that trains first reads the lake once; by default it is read here when needed.
     """
-    import forecasting
     from forecasting import registry
 
-    version = ensure_champion(ws, config, as_of, progress=progress)
-    if pd.Timestamp(version.tags.get("as_of", "1970-01-01")) > as_of:
-        history = load_history(ws, as_of, config=config)
-        return forecasting.train(
-            history.daily, history.devices, as_of, config, progress=progress, events=history.events
-        ).model
+    read = _once(history or (lambda: load_history(ws, as_of, config=config)))
+    version = ensure_champion(ws, config, as_of, progress=progress, history=read)
+    if trained_after(version, as_of):
+        return fit_before(config, read(), progress=progress)
     return registry.load_champion(ws, config)
+
+
+def morning_model_file(ws: Workspace, config: Config, as_of: pd.Timestamp, progress: bool = False) -> Path | None:
+    """Where the nightly chunks find their model for `as_of`: None means the champion.
+
+    For a morning before the champion's training, the honest model of `champion_or_train` is fitted
+    once here and pickled into the workspace, where every chunk (thread or Dask worker) loads it.
+    """
+    import pickle
+
+    read = _once(lambda: load_history(ws, as_of, config=config))
+    version = ensure_champion(ws, config, as_of, progress=progress, history=read)
+    if not trained_after(version, as_of):
+        return None
+    target = ws.models / f"before-{as_of:%Y-%m-%d}.pkl"
+    model = fit_before(config, read(), progress=progress)
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL))
+    return target
+
+
+def _once(read: Callable[[], History]) -> Callable[[], History]:
+    """`read`, run at most once: the first call's History serves every later one."""
+    kept: list[History] = []
+
+    def first() -> History:
+        if not kept:
+            kept.append(read())
+        return kept[0]
+
+    return first
 
 
 # ---------------------------------------------------------------- forecast and plan
@@ -190,8 +259,8 @@ def run_forecast(
     progress: bool = False,
 ) -> Path:
     """Daily forecasts for as_of .. as_of+horizon-1 from the champion, written to `out` (CSV or Parquet)."""
-    model = champion_or_train(ws, config, as_of, progress=progress)
-    history = load_history(ws, as_of)
+    history = load_history(ws, as_of, config=config)
+    model = champion_or_train(ws, config, as_of, progress=progress, history=lambda: history)
     forecast = forecast_devices(model, history, horizon, n_paths=0)
     target = out or output_path(ws.forecasts, as_of, "forecast.csv")
     return write_table(forecast.frame, target)
@@ -291,8 +360,8 @@ def run_plan(
     """
     balances = None if balances_file is None else read_balances_file(balances_file, as_of)
     with ThreadPoolExecutor(max_workers=1) as helper:
-        reading = helper.submit(load_history, ws, as_of)
-        model = champion_or_train(ws, config, as_of, progress=progress)
+        reading = helper.submit(load_history, ws, as_of, config=config)
+        model = champion_or_train(ws, config, as_of, progress=progress, history=reading.result)
         history = reading.result()
         resolving = helper.submit(device_terms, history, config)
         forecast = forecast_devices(model, history, horizon or config.plan.horizon_days)

@@ -79,10 +79,15 @@ def train_flow(
 
 
 @task(name="forecast-and-plan-chunk")
-def plan_chunk(home: str, config_file: str | None, as_of: str, horizon: int, device_ids: list[str]) -> dict[str, Any]:
-    """Forecast and plan one chunk of devices; reads only those devices' history."""
+def plan_chunk(
+    home: str, config_file: str | None, as_of: str, horizon: int, device_ids: list[str], model_file: str | None = None
+) -> dict[str, Any]:
+    """Forecast and plan one chunk of devices; reads only those devices' history.
+
+    The champion forecasts unless `model_file` names the model fitted for a morning before it.
+    """
     ws, config = _context(home, config_file)
-    model = runners.cached_champion(ws, config)
+    model = runners.cached_model(ws, config, model_file)
     history = jobs.load_history(ws, jobs.parse_date(as_of), device_ids=device_ids)
     forecast, result, failures = jobs.plan_devices(model, history, config, horizon)
     return {
@@ -106,10 +111,14 @@ def forecast_and_plan_flow(
     logger = get_run_logger()
     as_of_ts = jobs.parse_date(as_of) or jobs.next_as_of(ws)
     horizon = horizon or config.plan.horizon_days
-    jobs.ensure_champion(ws, config, as_of_ts)  # the chunks load it where they run
+    model_file = jobs.morning_model_file(ws, config, as_of_ts)  # None: the champion; chunks load it where they run
+    if model_file is not None:
+        logger.info("the champion saw days after %s: forecasting with a model fitted before it", f"{as_of_ts:%Y-%m-%d}")
     chunks = jobs.device_chunks(ws, config.flows.devices_per_task)
     chunk_task = plan_chunk.with_options(**runners.retry_options(config))
-    futures = [chunk_task.submit(str(ws.home), config_file, f"{as_of_ts:%Y-%m-%d}", horizon, chunk) for chunk in chunks]
+    day = f"{as_of_ts:%Y-%m-%d}"
+    model_arg = None if model_file is None else str(model_file)
+    futures = [chunk_task.submit(str(ws.home), config_file, day, horizon, chunk, model_arg) for chunk in chunks]
     parts = [f.result() for f in futures]
     merged = jobs.merge_chunks(parts)
     files = jobs.write_plan(ws, as_of_ts, merged["forecast"], merged["result"], None)

@@ -1,4 +1,4 @@
-"""Task runners chosen by configuration, and a per-process cache of the champion model.
+"""Task runners chosen by configuration, and a per-process cache of the forecasting model.
 
 Production scale-out is configuration, not code: `[flows] task_runner = "dask"` with a
 `dask_address` runs the same flows on an existing cluster.
@@ -7,7 +7,9 @@ Production scale-out is configuration, not code: `[flows] task_runner = "dask"` 
 from __future__ import annotations
 
 import os
+import pickle
 import threading
+from pathlib import Path
 from typing import Any
 
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -65,15 +67,24 @@ def retry_options(config: Config) -> dict[str, Any]:
     }
 
 
-def cached_champion(ws: Workspace, config: Config) -> Any:
-    """Load the champion once per worker process and version, not once per chunk."""
+def cached_model(ws: Workspace, config: Config, model_file: str | None = None) -> Any:
+    """Load the model once per worker process and version, not once per chunk.
+
+    The champion by default; `model_file` is a model pickled by `jobs.morning_model_file` for a
+    morning before the champion's training.
+    """
     from forecasting import registry
 
-    version = registry.champion_version(ws, config)
-    if version is None:
-        raise RuntimeError(f"{ws.home}: no champion model registered; run `cashcast train` first")
-    key = (ws.tracking_uri(config.forecast.tracking_uri), str(version.version))
+    if model_file is not None:
+        key = (model_file, str(os.stat(model_file).st_mtime_ns))
+        load = lambda: pickle.loads(Path(model_file).read_bytes())  # noqa: E731
+    else:
+        version = registry.champion_version(ws, config)
+        if version is None:
+            raise RuntimeError(f"{ws.home}: no champion model registered; run `cashcast train` first")
+        key = (ws.tracking_uri(config.forecast.tracking_uri), str(version.version))
+        load = lambda: registry.load_champion(ws, config)  # noqa: E731
     with _cache_lock:
         if key not in _cache:
-            _cache[key] = registry.load_champion(ws, config)
+            _cache[key] = load()
         return _cache[key]

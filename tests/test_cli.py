@@ -95,6 +95,30 @@ def test_train_forecast_plan_through_the_cli(cli_home, tmp_path, capsys):
     assert not plan["name"].astype(str).str.startswith("+").any()  # formula-looking names are escaped
 
 
+def test_plan_on_a_workspace_without_champion_trains_and_reads_the_lake_once(tmp_path, monkeypatch):
+    """The first `plan` trains a champion, then forecasts from the same read of the lake."""
+    import ingest
+    from cashcast.config import load_config
+    from cashcast.workspace import Workspace
+    from forecasting import registry
+
+    home, config = tmp_path / "home", tmp_path / "fast.toml"
+    config.write_text(FAST_CONFIG)
+    sample = REPO / "data" / "sample"
+    for kind in ("devices", "daily", "status", "balances"):
+        assert main(["ingest", "--home", str(home), "--kind", kind, str(sample / f"{kind}.csv")]) == 0
+    reads = []
+    real_read_daily = ingest.read_daily
+    monkeypatch.setattr(ingest, "read_daily", lambda *a, **k: reads.append(k) or real_read_daily(*a, **k))
+    out = tmp_path / "plan.csv"
+    args = ["plan", "--home", str(home), "--config", str(config), "--as-of", "2026-11-01", "--out", str(out)]
+    assert main(args) == 0
+    version = registry.champion_version(Workspace.resolve(home), load_config(config))
+    assert version is not None and version.tags["as_of"] == "2026-11-01"
+    assert len(reads) == 1 and reads[0]["end"] == pd.Timestamp("2026-10-31")
+    assert pd.read_csv(out)["device_id"].nunique() >= 20
+
+
 def test_plan_with_balances_file(cli_home, tmp_path):
     home, config = cli_home
     devices = pd.read_csv(REPO / "data" / "sample" / "devices.csv")

@@ -115,10 +115,10 @@ def test_device_whose_model_raises_gets_fallback(nightly_run, fast_config_file, 
 
     from flows import runners
 
-    model = cloudpickle.loads(cloudpickle.dumps(runners.cached_champion(ws, config)))
+    model = cloudpickle.loads(cloudpickle.dumps(runners.cached_model(ws, config)))
     victim = "ATM-00003"
     make_device_fail(model, victim)
-    monkeypatch.setattr(runners, "cached_champion", lambda *args: model)
+    monkeypatch.setattr(runners, "cached_model", lambda *args: model)
     result = commands.run_nightly(ws, config, str(fast_config_file), "2026-11-01")
     assert victim in result["planned"]["failures"]
     plan = pd.read_csv(result["planned"]["plan"])
@@ -127,6 +127,32 @@ def test_device_whose_model_raises_gets_fallback(nightly_run, fast_config_file, 
     assert len(victim_rows) and victim_rows["reason"].str.contains("fallback").all()
     forecast = pd.read_csv(result["planned"]["forecast"])
     assert set(forecast.loc[forecast["device_id"] == victim, "model"]) == {"fallback"}
+
+
+def test_plan_for_a_morning_before_the_champion_uses_no_future(nightly_run, fast_config_file, monkeypatch):
+    """A past morning's chunks must not forecast with a champion trained on later days."""
+    import pickle
+
+    from flows import nightly, runners
+    from forecasting import registry
+
+    ws, config, _, _ = nightly_run
+    champion = registry.champion_version(ws, config)
+    assert pd.Timestamp(champion.tags["as_of"]) > pd.Timestamp("2026-09-01")
+    used = []
+    real_cached_model = runners.cached_model
+    monkeypatch.setattr(runners, "cached_model", lambda *a: used.append(a[2]) or real_cached_model(*a))
+    result = nightly.forecast_and_plan_flow(str(ws.home), str(fast_config_file), "2026-09-01")
+    model_file = ws.models / "before-2026-09-01.pkl"
+    assert used and set(used) == {str(model_file)}
+    assert pickle.loads(model_file.read_bytes()).as_of_ == pd.Timestamp("2026-09-01")
+    forecast = pd.read_csv(result["forecast"])
+    assert pd.to_datetime(forecast["date"]).min() == pd.Timestamp("2026-09-01")
+    assert registry.champion_version(ws, config).version == champion.version  # the champion is untouched
+    # On the champion's own morning the chunks load the champion.
+    used.clear()
+    nightly.forecast_and_plan_flow(str(ws.home), str(fast_config_file), champion.tags["as_of"])
+    assert set(used) == {None}
 
 
 def test_dask_local_cluster_gives_identical_plans(nightly_run, fast_config_file):
