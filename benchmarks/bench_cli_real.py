@@ -75,7 +75,7 @@ def main() -> int:
         {
             "device_id": mean_demand.index,
             "kind": "atm",
-            "capacity": (14 * mean_demand).round(-2).to_numpy(),
+            "capacity": (14 * mean_demand).round(2).to_numpy(),  # not to hundreds: NN5-like data runs ~10 a day
             "visit_cost": (0.0136 * mean_demand).round(2).to_numpy(),
             "emergency_visit_cost": (3 * 0.0136 * mean_demand).round(2).to_numpy(),
             "holding_rate": 0.05,
