@@ -1,4 +1,5 @@
-"""Plan benchmark: plan_network for a large fleet (default 10,000 devices x 14 days x 200 paths).
+"""Plan benchmark: plan_network for a large fleet (default 10,000 devices x 14 days x 200 paths,
+forecast 14 days further for the lookahead).
 
 Target: <= 30 s. Paths are lognormal around per-device weekly profiles; every tenth device is a
 branch with deposits. Usage: python benchmarks/bench_plan.py [--devices N] [--paths P]
@@ -53,7 +54,8 @@ def main() -> None:
     args = parser.parse_args()
     as_of = pd.Timestamp("2025-09-01")  # clear of Golden Week (no visits Oct 1-8 in CN)
     config = load_config().updated(plan={"horizon_days": args.horizon}, devices={"load_multiple": 10_000.0})
-    forecast, devices, balances = fleet(args.devices, args.paths, args.horizon, as_of)
+    # The forecast runs on past the plan: the optimiser looks ahead ([plan] lookahead_days).
+    forecast, devices, balances = fleet(args.devices, args.paths, config.plan.forecast_days, as_of)
     terms = resolve_terms(devices, None, config)
     began, cpu = time.perf_counter(), time.process_time()
     result = plan_network(forecast, terms, balances, as_of, config)

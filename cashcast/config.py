@@ -107,9 +107,15 @@ class ForecastSettings(_Section):
 
 class PlanSettings(_Section):
     horizon_days: int = Field(14, ge=1, le=90)
+    lookahead_days: int = Field(7, ge=0, le=90)
     cassette_swap: bool = True
     allow_holiday_visits: bool = False
     stockout_penalty_visits: float = Field(3.0, ge=0)
+
+    @property
+    def forecast_days(self) -> int:
+        """Days a plan needs forecast: its horizon and the optimiser's lookahead past it."""
+        return self.horizon_days + self.lookahead_days
 
 
 class BacktestSettings(_Section):

@@ -294,9 +294,13 @@ def plan_forecast(
     return result
 
 
-def plan_devices(model, history: History, config: Config, horizon: int, balances: pd.DataFrame | None = None):
-    """Forecast with sample paths and plan the visits of the devices in `history` (pure apart from the model)."""
-    forecast = forecast_devices(model, history, horizon)
+def plan_devices(model, history: History, config: Config, balances: pd.DataFrame | None = None):
+    """Forecast with sample paths and plan the visits of the devices in `history` (pure apart from the model).
+
+    The forecast runs `[plan] lookahead_days` past the plan's horizon: the optimiser weighs the
+    plan's last loads against the visits that follow.
+    """
+    forecast = forecast_devices(model, history, config.plan.forecast_days)
     result = plan_forecast(forecast, history, config, device_terms(history, config), balances)
     return forecast, result, forecast.failures
 
@@ -358,13 +362,15 @@ def run_plan(
     the lake is read while the champion is imported and unpickled, the device terms are resolved
     while the forecast runs, and the forecast file is written while the planner works.
     """
+    if horizon is not None:
+        config = config.updated(plan={"horizon_days": horizon})
     balances = None if balances_file is None else read_balances_file(balances_file, as_of)
     with ThreadPoolExecutor(max_workers=1) as helper:
         reading = helper.submit(load_history, ws, as_of, config=config)
         model = champion_or_train(ws, config, as_of, progress=progress, history=reading.result)
         history = reading.result()
         resolving = helper.submit(device_terms, history, config)
-        forecast = forecast_devices(model, history, horizon or config.plan.horizon_days)
+        forecast = forecast_devices(model, history, config.plan.forecast_days)
         terms = resolving.result()
         written = helper.submit(write_table, forecast.frame, output_path(ws.forecasts, as_of, "forecast.csv"))
         result = plan_forecast(forecast, history, config, terms, balances)

@@ -89,7 +89,8 @@ def plan_chunk(
     ws, config = _context(home, config_file)
     model = runners.cached_model(ws, config, model_file)
     history = jobs.load_history(ws, jobs.parse_date(as_of), device_ids=device_ids)
-    forecast, result, failures = jobs.plan_devices(model, history, config, horizon)
+    config = config.updated(plan={"horizon_days": horizon})
+    forecast, result, failures = jobs.plan_devices(model, history, config)
     return {
         "forecast": forecast.frame,
         "plan": result.plan,

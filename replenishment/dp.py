@@ -20,6 +20,8 @@ constraint becomes exact cover.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -207,36 +209,41 @@ class _SegmentStart:
 
 
 def segment_table(
-    net: np.ndarray, dev: DeviceArrays, visit_days: int | None = None, max_length: int | None = None
+    net: np.ndarray, dev: DeviceArrays, allowed: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Loads and costs of every segment: (load, cost), each (n, D, T+1), [d, i, j] = visit on i, next on j.
 
-    `net` is (n, paths, T) net outflow; visits start on the first `visit_days` days (default T)
-    and a segment lasts at most `max_length` days. Entries not computed are +inf cost.
+    `net` is (n, paths, T) net outflow; visits may start on the D days of `allowed` (n, D) (default:
+    every day). Entries not computed are +inf cost: the segments of a day no device of a chunk may
+    visit are skipped (a Mon-Fri fleet saves 2/7).
+    Chunks of devices run on the machine's cores (numpy's sorts and sums release the GIL).
     """
     n, n_paths, total_days = net.shape
-    visit_days = total_days if visit_days is None else visit_days
-    max_length = total_days if max_length is None else max_length
+    allowed = np.ones((n, total_days), dtype=bool) if allowed is None else allowed
+    visit_days = allowed.shape[1]
     loads = np.zeros((n, visit_days, total_days + 1))
     costs = np.full((n, visit_days, total_days + 1), np.inf)
-    chunk = max(1, CHUNK_ELEMENTS // max(1, n_paths * min(max_length, total_days)))
+    chunk = max(1, CHUNK_ELEMENTS // max(1, n_paths * total_days))
     # Withdrawal-only devices first: their chunks take the cheaper path (no deposits to track).
     order = np.argsort((net <= 0).any(axis=(1, 2)), kind="stable")
-    for lo in range(0, n, chunk):
-        part = order[lo : lo + chunk]
+
+    def fill(part: np.ndarray) -> None:
         block = dev.take(part)
         days_first = np.ascontiguousarray(np.moveaxis(net[part], -1, 0))
         withdrawals_only = bool((days_first > 0).all())
-        for start in range(visit_days):
-            end = min(total_days, start + max_length)
-            runs = _SegmentStart(days_first[start:end], withdrawals_only)
+        for start in np.flatnonzero(allowed[part].any(axis=0)):
+            runs = _SegmentStart(days_first[start:], withdrawals_only)
             need = need_quantile(runs.need_sorted, block.service_level)  # (m, n_c) by segment length
             wanted = round_up_to_multiple(need + block.min_balance, block.load_multiple)
             load = np.clip(wanted, 0.0, block.max_load)
             holding, breach = runs.outcome(np.maximum(load - block.min_balance, 0.0), block)
             cost = block.visit_cost + holding + block.breach_penalty * breach
-            loads[part, start, start + 1 : end + 1] = load.T
-            costs[part, start, start + 1 : end + 1] = cost.T
+            loads[part, start, start + 1 :] = load.T
+            costs[part, start, start + 1 :] = cost.T
+
+    parts = [order[lo : lo + chunk] for lo in range(0, n, chunk)]
+    with ThreadPoolExecutor(max_workers=min(len(parts), os.cpu_count() or 1)) as pool:
+        list(pool.map(fill, parts))  # list(): re-raises a chunk's exception here
     return loads, costs
 
 
@@ -320,10 +327,11 @@ def chosen_loads(next_day: np.ndarray, loads: np.ndarray) -> np.ndarray:
 
 
 def cycle_cost_per_day(seg_costs: np.ndarray) -> np.ndarray:
-    """Cheapest cost per covered day (n,) of a segment starting on day 0: the long-run price of a
-    day of cash. Covering a day past the plan with today's load saves the next plan about this."""
-    lengths = np.arange(seg_costs.shape[2])[None, :]
+    """Cheapest cost per covered day (n,) of any segment: the long-run price of a day of cash.
+    Covering a day past the plan with today's load saves the next plan about this."""
+    _, visit_days, ends = seg_costs.shape
+    lengths = np.arange(ends)[None, :] - np.arange(visit_days)[:, None]  # [i, j] = j - i
     with np.errstate(divide="ignore", invalid="ignore"):
-        per_day = np.where(lengths > 0, seg_costs[:, 0, :] / np.maximum(lengths, 1), np.inf)
-    best = per_day.min(axis=1)
+        per_day = np.where(lengths > 0, seg_costs / np.maximum(lengths, 1), np.inf)
+    best = per_day.min(axis=(1, 2))
     return np.where(np.isfinite(best), best, 0.0)

@@ -30,7 +30,7 @@ from replenishment.terms import allowed_visit_days, device_holidays, holiday_mat
 WEEKDAY_NAMES = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 UNKNOWN_BALANCE_DAYS = 7
 TAIL_LEVEL = 0.995  # weekly path sums beyond the body's extrapolation to this level are tamed (tame_tails)
-EXTENSION_DAYS = 7  # days past the plan horizon the final load may cover (last forecast week repeated)
+EXTENSION_DAYS = 7  # days past the optimiser's last visit day a load may cover (last forecast week repeated)
 SIMULATE_BLOCK = 512  # devices simulated together: their paths (~20 MB at 200 paths x 21 days) stay in cache
 
 
@@ -270,10 +270,17 @@ def plan_network(
     offset = forecast.dates.get_loc(as_of) if as_of in forecast.dates else None
     if offset is None:
         raise ValueError(f"forecast covers {forecast.dates[0]:%Y-%m-%d}.. but the plan starts {as_of:%Y-%m-%d}")
-    horizon = min(config.plan.horizon_days, len(forecast.dates) - offset)
+    forecast_days = len(forecast.dates) - offset
+    horizon = min(config.plan.horizon_days, forecast_days)
     if horizon < config.plan.horizon_days:
         warnings.append(f"forecast covers only {horizon} of the {config.plan.horizon_days} plan days")
     dates = forecast.dates[offset : offset + horizon]
+    # The optimiser plans visits on past the horizon (lookahead), so the plan's last loads are
+    # weighed against the visits that follow; only the horizon's visits are emitted. Its last
+    # loads may cover a week further, credited at the cheapest cost per day of cash.
+    planned_days = horizon + config.plan.lookahead_days
+    total_days = planned_days + min(EXTENSION_DAYS, planned_days)
+    seen_days = min(planned_days, forecast_days)
     terms = terms.reset_index(drop=True)
     device_ids = terms["device_id"].astype(str).to_numpy(dtype=object)
     unplanned = sorted(set(np.asarray(forecast.device_ids, dtype=str)) - set(device_ids))
@@ -281,32 +288,35 @@ def plan_network(
         warnings.append(f"{len(unplanned)} forecast device(s) without terms were not planned: {unplanned[:5]}")
     dev = DeviceArrays.from_terms(terms, config.plan.stockout_penalty_visits)
     withdrawals, net, forecast_notes = _clean_paths(
-        forecast, device_ids, slice(offset, offset + horizon), terms["mean_daily_demand"].to_numpy(dtype="float64")
+        forecast, device_ids, slice(offset, offset + seen_days), terms["mean_daily_demand"].to_numpy(dtype="float64")
     )
+    withdrawals = withdrawals[:, :, :horizon]
     week_need = net[:, :, :UNKNOWN_BALANCE_DAYS].sum(axis=2).mean(axis=1)
     assumed = np.maximum(round_up_to_multiple(dev.min_balance + week_need, dev.load_multiple), dev.min_balance)
     start_balance, balance_known = _start_balances(balances, device_ids, as_of, np.minimum(assumed, dev.max_load))
 
-    total_days = horizon + min(EXTENSION_DAYS, horizon)
-    net = extend_weekly(net, total_days)
+    net = extend_weekly(net, total_days)  # days the forecast does not reach: its last week repeated
     all_dates = pd.date_range(dates[0], periods=total_days, freq="D")
     if holidays is None:
         holidays = device_holidays(terms, all_dates[0], all_dates[-1])
     is_holiday, holiday_names = holiday_matrix(device_ids, all_dates, holidays)
     lead = terms["lead_time_days"].to_numpy(dtype=int)
-    allowed = allowed_visit_days(terms, dates, is_holiday[:, :horizon], config.plan.allow_holiday_visits, lead)
+    allowed_ahead = allowed_visit_days(terms, all_dates, is_holiday, config.plan.allow_holiday_visits, lead)
     fixed = _ordered_targets(ordered_visits, device_ids, dates)
     has_fixed = ~np.isnan(fixed).all(axis=1)
     start_day = np.where(has_fixed, horizon - 1 - np.argmax(~np.isnan(fixed[:, ::-1]), axis=1), 0)
-    allowed &= np.arange(horizon)[None, :] > np.where(has_fixed, start_day, -1)[:, None]
+    allowed_ahead = allowed_ahead[:, :planned_days] & (
+        np.arange(planned_days)[None, :] > np.where(has_fixed, start_day, -1)[:, None]
+    )
+    allowed = allowed_ahead[:, :horizon]
     prefix_balance = np.where(has_fixed, fixed[np.arange(len(device_ids)), start_day], start_balance)
 
-    loads, seg_costs = segment_table(net, dev, visit_days=horizon, max_length=horizon)
+    loads, seg_costs = segment_table(net, dev, allowed_ahead)
     first_costs = prefix_costs(net, start_day, prefix_balance, dev)
-    # Days past the plan that today's load already covers spare the next plan a day of cash.
-    end_value = -cycle_cost_per_day(seg_costs)[:, None] * np.arange(total_days - horizon + 1)[None, :]
-    visits, next_day, _ = solve_visits(seg_costs, first_costs, allowed, end_value)
-    targets = np.where(has_fixed[:, None] & ~np.isnan(fixed), fixed, chosen_loads(next_day, loads))
+    end_value = -cycle_cost_per_day(seg_costs)[:, None] * np.arange(total_days - planned_days + 1)[None, :]
+    _, next_day, _ = solve_visits(seg_costs, first_costs, allowed_ahead, end_value)
+    next_day = next_day[:, :horizon]
+    targets = np.where(has_fixed[:, None] & ~np.isnan(fixed), fixed, chosen_loads(next_day, loads[:, :horizon]))
     # A cassette smaller than one day's demand runs dry every day whatever the DP picks: a day
     # counts as a stockout either way, so serve as much as possible by visiting every allowed day.
     one_day = net[:, :, :horizon].mean(axis=1).max(axis=1)

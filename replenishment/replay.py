@@ -190,9 +190,10 @@ def _perfect_foresight(win: _Window) -> np.ndarray:
     """
     days = win.withdrawals.shape[1]
     net = np.concatenate([win.withdrawals - win.deposits, win.beyond_net], axis=1)[:, None, :].astype("float32")
-    loads, costs = segment_table(net, win.dev)
+    allowed = np.concatenate([win.after_lead, win.beyond_allowed], axis=1)
+    loads, costs = segment_table(net, win.dev, allowed)
     first = prefix_costs(net, np.zeros(len(net), dtype=int), win.initial, win.dev)
-    _, next_day, _ = solve_visits(costs, first, np.concatenate([win.after_lead, win.beyond_allowed], axis=1))
+    _, next_day, _ = solve_visits(costs, first, allowed)
     return chosen_loads(next_day, loads)[:, :days]
 
 
@@ -232,7 +233,7 @@ def _cover_rule(win: _Window, actual: pd.DataFrame, config) -> Decide:
 def _cashcast(win: _Window, actual: pd.DataFrame, forecaster: Forecaster, config) -> Decide:
     """The nightly cycle: every replan_every_days, forecast from history before the day and plan."""
     every = config.backtest.replan_every_days
-    horizon = config.plan.horizon_days
+    horizon = config.plan.forecast_days
     device_ids = win.terms["device_id"].astype(str).to_numpy(dtype=object)
     lead = win.terms["lead_time_days"].to_numpy(dtype=int)
 

@@ -18,6 +18,7 @@ from replenishment.dp import (
     DeviceArrays,
     _path_quantile,
     chosen_loads,
+    cycle_cost_per_day,
     need_quantile,
     prefix_costs,
     segment_table,
@@ -178,7 +179,7 @@ def test_perfect_foresight_dp_equals_brute_force(net, balance, min_balance, capa
     )
     dev = DeviceArrays.from_terms(terms, stockout_penalty_visits=20)
     path = np.array(net, dtype="float32")[None, None, :]
-    loads, costs = segment_table(path, dev)
+    loads, costs = segment_table(path, dev, allowed)
     first = prefix_costs(path, np.array([0]), np.array([balance]), dev)
     visits, next_day, total = solve_visits(costs, first, allowed)
     assert not visits[~allowed].any()
@@ -186,6 +187,36 @@ def test_perfect_foresight_dp_equals_brute_force(net, balance, min_balance, capa
     assert total[0] == pytest.approx(expected, rel=1e-4, abs=1e-4)
     targets = chosen_loads(next_day, loads)
     assert np.all(np.isnan(targets) == ~visits)
+
+
+def test_segments_start_only_on_visit_days_and_the_day_price_survives():
+    """Segments starting on a day no device of the chunk may visit are skipped (the fleet's weekends,
+    the lead time); the rest are unchanged, and the price of a day of cash (the end-of-plan credit)
+    comes from the segments computed, even when the first day is not among them."""
+    rng = np.random.default_rng(3)
+    net = rng.lognormal(np.log(100.0), 0.2, (2, 30, 10)).astype("float32")
+    terms = pd.DataFrame(
+        {
+            "capacity": [2000.0, 600.0],
+            "max_balance": [2000.0, 600.0],
+            "min_balance": [0.0, 50.0],
+            "load_multiple": [10.0, 10.0],
+            "service_level": [0.99, 0.95],
+            "holding_rate": [3.0, 3.0],
+            "visit_cost": [20.0, 40.0],
+        }
+    )
+    dev = DeviceArrays.from_terms(terms, stockout_penalty_visits=3)
+    allowed = np.ones((2, 10), dtype=bool)
+    allowed[:, [0, 5, 6]] = False
+    loads, costs = segment_table(net, dev, allowed)
+    full_loads, full_costs = segment_table(net, dev)
+    assert np.isinf(costs[:, [0, 5, 6]]).all()
+    kept = [1, 2, 3, 4, 7, 8, 9]
+    np.testing.assert_array_equal(costs[:, kept], full_costs[:, kept])
+    np.testing.assert_array_equal(loads[:, kept], full_loads[:, kept])
+    expected = [min(full_costs[d, i, j] / (j - i) for i in kept for j in range(i + 1, 11)) for d in range(2)]
+    np.testing.assert_allclose(cycle_cost_per_day(costs), expected)
 
 
 # ---------------------------------------------------------------- plan properties
@@ -276,8 +307,8 @@ def test_plan_respects_capacity_floor_bundles_and_visit_days(config, devices, sw
     covered = plan.groupby("device_id")["days_covered"].sum()
     first = plan.groupby("device_id")["visit_date"].min()
     for device, days in covered.items():
-        # The last load may cover up to a week past the plan (the repeated last forecast week).
-        assert horizon <= days + (first[device] - AS_OF).days <= horizon + 7
+        # The last load may cover the lookahead and a week past it (the repeated last forecast week).
+        assert horizon <= days + (first[device] - AS_OF).days <= horizon + config.plan.lookahead_days + 7
     summary = result.summary.set_index("device_id")
     assert summary.loc["TOTAL", "visits"] == len(result.plan)
 
@@ -357,8 +388,9 @@ def test_reason_names_the_span_holiday_and_service_level(config):
     row = result.plan.iloc[0]
     assert row["reason"].startswith("covers Tue-")
     assert "incl. holiday (Fest)" in row["reason"] and "at 99%" in row["reason"]
-    assert row["days_covered"] == 10  # an expensive visit: the load stretches a day past the plan
-    assert "1 past the plan horizon" in row["reason"]
+    # An expensive visit: the load stretches past the 10-day plan, into the optimiser's lookahead.
+    assert row["days_covered"] > 9
+    assert f"{row['days_covered'] - 9} past the plan horizon" in row["reason"]
 
 
 def test_ordered_visits_inside_the_lead_time_are_kept(config):
@@ -421,7 +453,7 @@ def test_need_quantile_reads_the_tail_from_the_body():
 
 
 def test_loads_follow_the_body_of_the_paths_not_their_runaway_tail(config):
-    forecast = lognormal_forecast([1000.0], 14, n_paths=200, sigma=0.2, seed=9)
+    forecast = lognormal_forecast([1000.0], 30, n_paths=200, sigma=0.2, seed=9)  # past plan and lookahead
     forecast.withdrawal_paths[0, :8] *= 3.0  # 4% runaway paths: the sample q99 is one of them
     terms = make_terms(config, 1, capacity=[1e6], load_multiple=[1.0])
     result = plan_network(forecast, terms, None, AS_OF, config, holidays=NO_HOLIDAYS)
