@@ -85,6 +85,12 @@ def test_train_forecast_plan_through_the_cli(cli_home, tmp_path, capsys):
     assert main(["plan", *common, "--as-of", "2026-11-01", "--horizon", "7", "--out", str(plan_out)]) == 0
     plan = pd.read_csv(plan_out)
     assert list(plan.columns[: len(PLAN_COLUMNS)]) == PLAN_COLUMNS
+    # --horizon sets the plan's horizon: visits inside it, the forecast behind it runs the lookahead further.
+    assert (pd.to_datetime(plan["visit_date"]) < pd.Timestamp("2026-11-08")).all()
+    summary = pd.read_csv(home / "plans" / "2026-11-01" / "summary.csv")
+    assert (summary["horizon_days"] == 7).all()
+    behind = pd.read_csv(home / "forecasts" / "2026-11-01" / "forecast.csv", parse_dates=["date"])
+    assert behind["date"].max() == pd.Timestamp("2026-11-07") + pd.Timedelta(days=7)
     devices = pd.read_csv(REPO / "data" / "sample" / "devices.csv")
     terms = plan.merge(devices[["device_id", "lead_time_days", "capacity"]], on="device_id")
     earliest = pd.Timestamp("2026-11-01") + pd.to_timedelta(terms["lead_time_days"], unit="D")
