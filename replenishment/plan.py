@@ -31,7 +31,7 @@ WEEKDAY_NAMES = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 UNKNOWN_BALANCE_DAYS = 7
 TAIL_LEVEL = 0.995  # weekly path sums beyond the body's extrapolation to this level are tamed (tame_tails)
 EXTENSION_DAYS = 7  # days past the optimiser's last visit day a load may cover (last forecast week repeated)
-SIMULATE_BLOCK = 512  # devices simulated together: their paths (~20 MB at 200 paths x 21 days) stay in cache
+SIMULATE_BLOCK = 512  # devices simulated together: their paths (~30 MB at 200 paths x 28 days) stay in cache
 
 
 @dataclass
