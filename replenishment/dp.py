@@ -156,17 +156,8 @@ class _SegmentStart:
         return lengths, days, np.flatnonzero(np.r_[True, np.diff(lengths) > 0])
 
     def _count_at_most(self, sorted_values: np.ndarray, threshold: np.ndarray, days: np.ndarray) -> np.ndarray:
-        """(pairs, n): how many paths of day days[p] have a value <= threshold[p] (branchless binary search)."""
-        flat = sorted_values.reshape(-1)
-        base = self.base[days]
-        count = np.zeros(threshold.shape, dtype=np.int32)
-        step = 1 << (self.n_paths.bit_length() - 1)
-        while step:
-            candidate = count + step
-            probe = flat[base + np.minimum(candidate, self.n_paths) - 1]
-            count = np.where((candidate <= self.n_paths) & (probe <= threshold), candidate, count)
-            step >>= 1
-        return count
+        """(pairs, n): how many paths of day days[p] have a value <= threshold[p]."""
+        return _count_at_most(sorted_values, self.base[days], threshold, self.n_paths)
 
     def outcome(self, available: np.ndarray, dev: DeviceArrays) -> tuple[np.ndarray, np.ndarray]:
         """Expected holding cost and breach days, (m, n), of the segment of length l + 1 starting
@@ -199,13 +190,36 @@ class _SegmentStart:
         return held * dev.daily_holding_rate, breach / self.n_paths
 
     def _overflow(self, available: np.ndarray, room: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """Path-days (m, len(rows)) whose opening cash (after day 0) exceeds max_balance."""
-        level_before, cum_before = self.need[:, rows], self.cum[:, rows]  # day k + 1 sees R_k, C_k
-        over = np.zeros(available.shape)
-        for last in range(1, available.shape[0]):
-            level = np.maximum(available[last][None, :, None], level_before[:last])
-            over[last] = np.count_nonzero(level - cum_before[:last] > room[None, :, None], axis=(0, 2))
-        return over
+        """Path-days (m, len(rows)) whose opening cash (after day 0) exceeds max_balance.
+
+        Day k + 1 opens with max(available, R_k) - C_k; it is within max_balance exactly when
+        R_k - C_k <= room and -C_k <= room - available. Sorting -C_k over the paths that meet the
+        first condition prices every (length, available) pair with one binary search.
+        """
+        cum, need = self.cum[:, rows], self.need[:, rows]
+        m, r, n_paths = cum.shape
+        calm = need - cum <= room[None, :, None]
+        within = np.sort(np.where(calm, -cum, np.inf), axis=-1)
+        lengths, days, runs = self._pairs()
+        base = ((np.arange(m)[:, None] * r + np.arange(r)[None, :]) * n_paths)[days]
+        threshold = (room[None, :] - available.astype("float64"))[lengths]
+        over = n_paths - _count_at_most(within, base, threshold, n_paths)
+        over = np.where((days < lengths)[:, None], over, 0)  # day k + 1 opens inside a segment of l + 1 days
+        return np.add.reduceat(over, runs, axis=0).astype("float64")
+
+
+def _count_at_most(sorted_values: np.ndarray, base: np.ndarray, threshold: np.ndarray, n_paths: int) -> np.ndarray:
+    """How many of the n_paths sorted values starting at each flat offset `base` are <= `threshold`
+    (branchless binary search, elementwise over base and threshold)."""
+    flat = sorted_values.reshape(-1)
+    count = np.zeros(threshold.shape, dtype=np.int32)
+    step = 1 << (n_paths.bit_length() - 1)
+    while step:
+        candidate = count + step
+        probe = flat[base + np.minimum(candidate, n_paths) - 1]
+        count = np.where((candidate <= n_paths) & (probe <= threshold), candidate, count)
+        step >>= 1
+    return count
 
 
 def segment_table(
