@@ -61,14 +61,14 @@ def main() -> int:
 
     from cashcast import jobs
     from cashcast.config import load_config
-    from flows import commands, runners
-    from flows.nightly import forecast_and_plan_flow
+    from flows import commands
+    from flows.nightly import forecast_and_plan_flow, on_configured_runner
 
     config = load_config()
     with tempfile.TemporaryDirectory() as tmp, prefect_test_harness(server_startup_timeout=120):
         ws, n = network_workspace(Path(tmp), args.small, seed=1)
         started = time.perf_counter()
-        result = commands.run_nightly(ws, config, None, None, force_train=True)
+        result = commands.run_nightly(ws, None, None, force_train=True)
         small = time.perf_counter() - started
         print(
             f"nightly with retrain, {n} devices x 730 days: {small:.1f} s wall "
@@ -86,7 +86,7 @@ def main() -> int:
         started = time.perf_counter()
         jobs.run_train(ws, config, as_of)
         print(f"(untimed set-up) training {n} devices: {time.perf_counter() - started:.1f} s")
-        flow = forecast_and_plan_flow.with_options(task_runner=runners.make_task_runner(config))
+        flow = on_configured_runner(forecast_and_plan_flow, config)
         started = time.perf_counter()
         planned = flow(str(ws.home), None, f"{as_of:%Y-%m-%d}")
         large = time.perf_counter() - started

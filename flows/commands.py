@@ -66,22 +66,19 @@ def cmd_backtest(ws: Workspace, config: Config, args: argparse.Namespace) -> int
 
 def run_nightly(
     ws: Workspace,
-    config: Config,
     config_file: str | None,
     as_of: str | None,
     force_train: bool = False,
     wait: float = 0.0,
 ) -> dict:
-    """Run the nightly flow with the configured task runner."""
-    from flows import runners
+    """Run the nightly flow; its forecast-and-plan chunks run on the configured task runner."""
     from flows.nightly import nightly_flow
 
-    flow = nightly_flow.with_options(task_runner=runners.make_task_runner(config))
-    return flow(str(ws.home), config_file, as_of, force_train, wait)
+    return nightly_flow(str(ws.home), config_file, as_of, force_train, wait)
 
 
 def cmd_nightly(ws: Workspace, config: Config, args: argparse.Namespace) -> int:
-    result = run_nightly(ws, config, args.config, args.as_of, args.force_train, args.wait)
+    result = run_nightly(ws, args.config, args.as_of, args.force_train, args.wait)
     print(f"plan written to {result['planned']['plan']}")
     print(f"report written to {result['report']}")
     return 0
@@ -102,7 +99,7 @@ def stage_sample(ws: Workspace) -> list[Path]:
 def cmd_demo(ws: Workspace, config: Config, args: argparse.Namespace) -> int:
     stage_sample(ws)
     print(f"demo: synthetic network staged in {ws.landing}; running the nightly flow (Prefect, MLflow in {ws.home})")
-    result = run_nightly(ws, config, args.config, None)
+    result = run_nightly(ws, args.config, None)
     print(f"plan written to {result['planned']['plan']}")
     print(f"report written to {result['report']}")
     return 0

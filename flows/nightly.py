@@ -8,6 +8,8 @@ data is read and only small frames travel back.
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +94,7 @@ def plan_chunk(
     config = config.updated(plan={"horizon_days": horizon})
     forecast, result, failures = jobs.plan_devices(model, history, config)
     return {
+        "worker": f"{socket.gethostname()}:{os.getpid()}",
         "forecast": forecast.frame,
         "plan": result.plan,
         "projection": result.projection,
@@ -135,7 +138,18 @@ def forecast_and_plan_flow(
         "forecast": str(files.forecast),
         "failures": failures,
         "n_chunks": len(chunks),
+        "workers": sorted({part["worker"] for part in parts}),  # host:pid of the processes that ran the chunks
     }
+
+
+def on_configured_runner(subflow, config: Config):
+    """`subflow` with the task runner `[flows]` configures (threads, or Dask).
+
+    Prefect gives a subflow its own default runner, not its parent's, and a served deployment runs the
+    flow as decorated: so the runner is chosen here, from the config the run reads. Ingest stays on
+    threads (a few landing files, I/O bound); forecast-and-plan is where the chunks are.
+    """
+    return subflow.with_options(task_runner=runners.make_task_runner(config))
 
 
 @flow(name="nightly")
@@ -153,7 +167,9 @@ def nightly_flow(
         ingested = ingest_flow(str(ws.home), config_file)
         as_of_ts = jobs.parse_date(as_of) or jobs.next_as_of(ws)
         trained = train_flow(str(ws.home), config_file, f"{as_of_ts:%Y-%m-%d}", force_train)
-        planned = forecast_and_plan_flow(str(ws.home), config_file, f"{as_of_ts:%Y-%m-%d}")
+        planned = on_configured_runner(forecast_and_plan_flow, config)(
+            str(ws.home), config_file, f"{as_of_ts:%Y-%m-%d}"
+        )
         report_path = report.write_report(ws, config, as_of_ts, planned, trained)
     summary = pd.read_csv(planned["summary"])
     create_markdown_artifact(

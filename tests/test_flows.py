@@ -6,6 +6,8 @@ and each test works on its own copy of the lake where it needs to change things.
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 
 import pandas as pd
@@ -34,7 +36,7 @@ def nightly_run(tmp_path_factory, prefect_harness, fast_config_file):
     ws = Workspace.resolve(tmp_path_factory.mktemp("nightly") / "home").ensure()
     config = load_config(fast_config_file)
     staged = commands.stage_sample(ws)
-    result = commands.run_nightly(ws, config, str(fast_config_file), None)
+    result = commands.run_nightly(ws, str(fast_config_file), None)
     return ws, config, staged, result
 
 
@@ -53,7 +55,7 @@ def test_nightly_end_to_end_on_sample(nightly_run):
     forecast = pd.read_csv(result["planned"]["forecast"])
     assert {"device_id", "date", "model", "yhat", "q50", "q90", "q95", "q99"} <= set(forecast.columns)
     # The second night finds nothing new, does not retrain, and plans again.
-    again = commands.run_nightly(ws, config, None, None)
+    again = commands.run_nightly(ws, None, None)
     assert again["ingested"] == [] and not again["trained"]["trained"]
 
 
@@ -81,7 +83,7 @@ def test_corrupt_landing_file_goes_to_failed(nightly_run, fast_config_file):
     (ws.landing / "daily-corrupt.csv").write_text("device,when,how much\nx,y,z\n")
     good = ws.landing / "balances-late.csv"
     good.write_text("device_id,as_of,balance\nATM-00001,2026-11-01,900000\n")
-    result = commands.run_nightly(ws, config, str(fast_config_file), None)
+    result = commands.run_nightly(ws, str(fast_config_file), None)
     outcomes = {item["file"]: item["outcome"] for item in result["ingested"]}
     assert outcomes == {"daily-corrupt.csv": "failed", "balances-late.csv": "processed"}
     reason = (ws.failed / "daily-corrupt.csv.reason.txt").read_text()
@@ -100,12 +102,12 @@ def test_crash_between_stages_then_clean_rerun(nightly_run, fast_config_file, mo
 
     monkeypatch.setattr(jobs, "write_plan", crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        commands.run_nightly(ws, config, str(fast_config_file), "2026-11-01")
+        commands.run_nightly(ws, str(fast_config_file), "2026-11-01")
     assert plan_path.read_bytes() == before  # earlier output intact
     lake_after = sorted((p.relative_to(ws.lake), p.stat().st_size) for p in ws.lake.rglob("*") if p.is_file())
     assert lake_after == lake_before
     monkeypatch.undo()
-    rerun = commands.run_nightly(ws, config, str(fast_config_file), "2026-11-01")
+    rerun = commands.run_nightly(ws, str(fast_config_file), "2026-11-01")
     assert Path(rerun["planned"]["plan"]) == plan_path and plan_path.exists()
 
 
@@ -119,7 +121,7 @@ def test_device_whose_model_raises_gets_fallback(nightly_run, fast_config_file, 
     victim = "ATM-00003"
     make_device_fail(model, victim)
     monkeypatch.setattr(runners, "cached_model", lambda *args: model)
-    result = commands.run_nightly(ws, config, str(fast_config_file), "2026-11-01")
+    result = commands.run_nightly(ws, str(fast_config_file), "2026-11-01")
     assert victim in result["planned"]["failures"]
     plan = pd.read_csv(result["planned"]["plan"])
     assert plan["device_id"].nunique() >= 20  # the flow completed for everyone
@@ -157,10 +159,17 @@ def test_plan_for_a_morning_before_the_champion_uses_no_future(nightly_run, fast
 
 def test_dask_local_cluster_gives_identical_plans(nightly_run, fast_config_file):
     ws, config, _, first = nightly_run
-    dask_config = config.updated(flows={"task_runner": "dask", "dask_workers": 2})
-    local = pd.read_csv(commands.run_nightly(ws, config, str(fast_config_file), "2026-11-01")["planned"]["plan"])
-    result = commands.run_nightly(ws, dask_config, str(fast_config_file), "2026-11-01")
+    dask_config_file = fast_config_file.with_name("dask.toml")
+    dask_config_file.write_text(fast_config_file.read_text() + 'task_runner = "dask"\ndask_workers = 2\n')  # [flows]
+    local_run = commands.run_nightly(ws, str(fast_config_file), "2026-11-01")
+    local = pd.read_csv(local_run["planned"]["plan"])
+    here = f"{socket.gethostname()}:{os.getpid()}"
+    assert local_run["planned"]["workers"] == [here]  # threads of this process
+    result = commands.run_nightly(ws, str(dask_config_file), "2026-11-01")
     assert result["planned"]["n_chunks"] >= 2
+    # The chunks ran in the LocalCluster's worker processes, not in the flow's (subflows do not inherit
+    # their parent's task runner: the nightly flow sets it on forecast-and-plan from the config).
+    assert result["planned"]["workers"] and here not in result["planned"]["workers"]
     dask_plan = pd.read_csv(result["planned"]["plan"])
     pd.testing.assert_frame_equal(
         local.sort_values(["device_id", "visit_date"], ignore_index=True),
