@@ -111,6 +111,7 @@ class PlanSettings(_Section):
     cassette_swap: bool = True
     allow_holiday_visits: bool = False
     stockout_penalty_visits: float = Field(3.0, ge=0)
+    max_cover_days: int = Field(14, ge=1, le=90)
 
     @property
     def forecast_days(self) -> int:

@@ -223,21 +223,22 @@ def _count_at_most(sorted_values: np.ndarray, base: np.ndarray, threshold: np.nd
 
 
 def segment_table(
-    net: np.ndarray, dev: DeviceArrays, allowed: np.ndarray | None = None
+    net: np.ndarray, dev: DeviceArrays, allowed: np.ndarray | None = None, max_length: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Loads and costs of every segment: (load, cost), each (n, D, T+1), [d, i, j] = visit on i, next on j.
 
     `net` is (n, paths, T) net outflow; visits may start on the D days of `allowed` (n, D) (default:
-    every day). Entries not computed are +inf cost: the segments of a day no device of a chunk may
-    visit are skipped (a Mon-Fri fleet saves 2/7).
-    Chunks of devices run on the machine's cores (numpy's sorts and sums release the GIL).
+    every day) and last at most `max_length` days (default: to the end). Entries not computed are +inf
+    cost: the segments of a day no device of a chunk may visit are skipped (a Mon-Fri fleet saves 2/7).
+    Chunks of devices run on the machine's cores.
     """
     n, n_paths, total_days = net.shape
     allowed = np.ones((n, total_days), dtype=bool) if allowed is None else allowed
     visit_days = allowed.shape[1]
+    max_length = total_days if max_length is None else max_length
     loads = np.zeros((n, visit_days, total_days + 1))
     costs = np.full((n, visit_days, total_days + 1), np.inf)
-    chunk = max(1, CHUNK_ELEMENTS // max(1, n_paths * total_days))
+    chunk = max(1, CHUNK_ELEMENTS // max(1, n_paths * min(max_length, total_days)))
     # Withdrawal-only devices first: their chunks take the cheaper path (no deposits to track).
     order = np.argsort((net <= 0).any(axis=(1, 2)), kind="stable")
 
@@ -246,19 +247,25 @@ def segment_table(
         days_first = np.ascontiguousarray(np.moveaxis(net[part], -1, 0))
         withdrawals_only = bool((days_first > 0).all())
         for start in np.flatnonzero(allowed[part].any(axis=0)):
-            runs = _SegmentStart(days_first[start:], withdrawals_only)
+            end = min(total_days, start + max_length)
+            runs = _SegmentStart(days_first[start:end], withdrawals_only)
             need = need_quantile(runs.need_sorted, block.service_level)  # (m, n_c) by segment length
             wanted = round_up_to_multiple(need + block.min_balance, block.load_multiple)
             load = np.clip(wanted, 0.0, block.max_load)
             holding, breach = runs.outcome(np.maximum(load - block.min_balance, 0.0), block)
             cost = block.visit_cost + holding + block.breach_penalty * breach
-            loads[part, start, start + 1 :] = load.T
-            costs[part, start, start + 1 :] = cost.T
+            loads[part, start, start + 1 : end + 1] = load.T
+            costs[part, start, start + 1 : end + 1] = cost.T
 
-    parts = [order[lo : lo + chunk] for lo in range(0, n, chunk)]
-    with ThreadPoolExecutor(max_workers=min(len(parts), os.cpu_count() or 1)) as pool:
-        list(pool.map(fill, parts))  # list(): re-raises a chunk's exception here
+    _on_cores(fill, [order[lo : lo + chunk] for lo in range(0, n, chunk)])
     return loads, costs
+
+
+def _on_cores(work, items: list) -> None:
+    """Run `work(item)` for every item on the machine's cores: each item writes its own rows of the
+    result, and numpy's sorts and sums release the GIL."""
+    with ThreadPoolExecutor(max_workers=max(1, min(len(items), os.cpu_count() or 1))) as pool:
+        list(pool.map(work, items))  # list(): re-raises an item's exception here
 
 
 def prefix_costs(net: np.ndarray, start_day: np.ndarray, start_balance: np.ndarray, dev: DeviceArrays) -> np.ndarray:
@@ -272,15 +279,19 @@ def prefix_costs(net: np.ndarray, start_day: np.ndarray, start_balance: np.ndarr
     below_floor = (start_balance < dev.min_balance - 1e-6).astype(float)
     available = np.maximum(start_balance - dev.min_balance, 0.0)
     chunk = max(1, CHUNK_ELEMENTS // max(1, n_paths * horizon))
+    parts = []
     for start in np.unique(start_day):
         same_start = np.flatnonzero(start_day == start)
         costs[same_start, start] = 0.0
-        if start == horizon:
-            continue
-        for lo in range(0, len(same_start), chunk):
-            rows = same_start[lo : lo + chunk]
-            block = dev.take(rows)
-            costs[rows, start + 1 :] = _prefix_block(net[rows, :, start:], available[rows], below_floor[rows], block)
+        if start < horizon:
+            parts += [(start, same_start[lo : lo + chunk]) for lo in range(0, len(same_start), chunk)]
+
+    def fill(part: tuple[int, np.ndarray]) -> None:
+        start, rows = part
+        block = dev.take(rows)
+        costs[rows, start + 1 :] = _prefix_block(net[rows, :, start:], available[rows], below_floor[rows], block)
+
+    _on_cores(fill, parts)
     return costs
 
 

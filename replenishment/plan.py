@@ -311,7 +311,7 @@ def plan_network(
     allowed = allowed_ahead[:, :horizon]
     prefix_balance = np.where(has_fixed, fixed[np.arange(len(device_ids)), start_day], start_balance)
 
-    loads, seg_costs = segment_table(net, dev, allowed_ahead)
+    loads, seg_costs = segment_table(net, dev, allowed_ahead, max_length=config.plan.max_cover_days)
     first_costs = prefix_costs(net, start_day, prefix_balance, dev)
     end_value = -cycle_cost_per_day(seg_costs)[:, None] * np.arange(total_days - planned_days + 1)[None, :]
     _, next_day, _ = solve_visits(seg_costs, first_costs, allowed_ahead, end_value)

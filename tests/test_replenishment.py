@@ -464,3 +464,17 @@ def test_loads_follow_the_body_of_the_paths_not_their_runaway_tail(config):
     # The runaway paths still run out under it, so the plan says so without blaming the capacity.
     assert first["stockout_risk"] > 0.01
     assert "rare demand surges" in first["reason"] and "capped" not in first["reason"]
+
+
+def test_max_cover_days_bounds_how_long_one_load_is_planned_to_last(config):
+    """An expensive visit and a huge cassette make the longest cover the cheapest; [plan] max_cover_days
+    caps it (the optimiser's work grows with its square)."""
+    forecast = lognormal_forecast([100.0], 40, n_paths=50, seed=3)
+    terms = make_terms(config, 1, capacity=[100_000.0], visit_cost=[5000.0])
+    empty = pd.DataFrame({"device_id": ["D0"], "balance": [0.0]})
+    capped = config.updated(plan={"horizon_days": 28})
+    plan = plan_network(forecast, terms, empty, AS_OF, capped, holidays=NO_HOLIDAYS).plan
+    assert len(plan) >= 2 and plan["days_covered"].max() <= 14
+    longer = capped.updated(plan={"max_cover_days": 28})
+    plan = plan_network(forecast, terms, empty, AS_OF, longer, holidays=NO_HOLIDAYS).plan
+    assert plan["days_covered"].max() > 14
