@@ -162,7 +162,7 @@ def ensure_champion(
 ):
     """The champion's registered version, training and registering a first one when there is none.
 
-    `history` hands over the caller's read of the lake (see `champion_or_train`).
+    `history` hands over the caller's read of the lake (see `_past_morning_model`).
     """
     from forecasting import registry
 
@@ -173,18 +173,33 @@ def ensure_champion(
     return version
 
 
-def trained_after(version, as_of: pd.Timestamp) -> bool:
-    """Whether a registered model saw days on or after `as_of`: it knows that morning's future."""
-    return pd.Timestamp(version.tags.get("as_of", "1970-01-01")) > as_of
+def trained_as_of(version) -> pd.Timestamp:
+    """The as-of morning a registered model was trained for: it saw the days before it."""
+    return pd.Timestamp(version.tags.get("as_of", "1970-01-01"))
 
 
-def fit_before(config: Config, history: History, progress: bool = False):
-    """A model fitted on `history` alone (not registered): the honest forecaster for a past morning."""
+def _past_morning_model(
+    ws: Workspace,
+    config: Config,
+    as_of: pd.Timestamp,
+    progress: bool = False,
+    history: Callable[[], History] | None = None,
+):
+    """None when the champion may forecast the morning of `as_of` (training and registering a first
+    one when the workspace has none); else a model fitted on the history before `as_of`, not
+    registered: a champion trained on days on or after `as_of` has seen that morning's future.
+
+    `history` returns the caller's read of the lake before `as_of` (read with `config`), so a
+    command that trains first reads the lake once; by default it is read here when needed.
+    """
     import forecasting
 
-    return forecasting.train(
-        history.daily, history.devices, history.as_of, config, progress=progress, events=history.events
-    ).model
+    read = _once(history or (lambda: load_history(ws, as_of, config=config)))
+    version = ensure_champion(ws, config, as_of, progress=progress, history=read)
+    if trained_as_of(version) <= as_of:
+        return None
+    past = read()
+    return forecasting.train(past.daily, past.devices, as_of, config, progress=progress, events=past.events).model
 
 
 def champion_or_train(
@@ -194,37 +209,26 @@ def champion_or_train(
     progress: bool = False,
     history: Callable[[], History] | None = None,
 ):
-    """The model to forecast from the morning of `as_of`.
-
-    The champion, training and registering one first when the workspace has none. A champion trained
-    on days on or after `as_of` has seen the future of that morning: then a model is fitted on the
-    history before `as_of` instead (not registered), so a forecast for a past day is an honest one.
-    `history` returns the caller's read of the lake before `as_of` (read with `config`), so a
-    command that trains first reads the lake once; by default it is read here when needed.
-    """
+    """The model to forecast from the morning of `as_of`: the champion, or the honest model of
+    `_past_morning_model` for a morning before the champion's training."""
     from forecasting import registry
 
-    read = _once(history or (lambda: load_history(ws, as_of, config=config)))
-    version = ensure_champion(ws, config, as_of, progress=progress, history=read)
-    if trained_after(version, as_of):
-        return fit_before(config, read(), progress=progress)
-    return registry.load_champion(ws, config)
+    model = _past_morning_model(ws, config, as_of, progress, history)
+    return registry.load_champion(ws, config) if model is None else model
 
 
 def morning_model_file(ws: Workspace, config: Config, as_of: pd.Timestamp, progress: bool = False) -> Path | None:
     """Where the nightly chunks find their model for `as_of`: None means the champion.
 
-    For a morning before the champion's training, the honest model of `champion_or_train` is fitted
-    once here and pickled into the workspace, where every chunk (thread or Dask worker) loads it.
+    For a morning before the champion's training, the honest model of `_past_morning_model` is
+    fitted once here and pickled into the workspace, where every chunk (thread or Dask worker) loads it.
     """
     import pickle
 
-    read = _once(lambda: load_history(ws, as_of, config=config))
-    version = ensure_champion(ws, config, as_of, progress=progress, history=read)
-    if not trained_after(version, as_of):
+    model = _past_morning_model(ws, config, as_of, progress)
+    if model is None:
         return None
     target = ws.models / f"before-{as_of:%Y-%m-%d}.pkl"
-    model = fit_before(config, read(), progress=progress)
     with atomic_path(target) as tmp:
         tmp.write_bytes(pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL))
     return target
@@ -455,8 +459,7 @@ def training_due(ws: Workspace, config: Config, as_of: pd.Timestamp | None) -> t
         if registry.champion_version(ws, config, any_code=True) is not None:
             return True, "the champion was built by another version of the code"
         return True, "no champion model yet"
-    trained = pd.Timestamp(version.tags.get("as_of", "1970-01-01"))
-    age = (as_of - trained).days
+    age = (as_of - trained_as_of(version)).days
     if age >= config.forecast.retrain_every_days:
         return True, f"champion trained {age} days ago (cadence {config.forecast.retrain_every_days})"
     if age < 0:

@@ -301,13 +301,13 @@ def plan_network(
         holidays = device_holidays(terms, all_dates[0], all_dates[-1])
     is_holiday, holiday_names = holiday_matrix(device_ids, all_dates, holidays)
     lead = terms["lead_time_days"].to_numpy(dtype=int)
-    allowed_ahead = allowed_visit_days(terms, all_dates, is_holiday, config.plan.allow_holiday_visits, lead)
+    allowed_ahead = allowed_visit_days(
+        terms, all_dates[:planned_days], is_holiday[:, :planned_days], config.plan.allow_holiday_visits, lead
+    )
     fixed = _ordered_targets(ordered_visits, device_ids, dates)
     has_fixed = ~np.isnan(fixed).all(axis=1)
     start_day = np.where(has_fixed, horizon - 1 - np.argmax(~np.isnan(fixed[:, ::-1]), axis=1), 0)
-    allowed_ahead = allowed_ahead[:, :planned_days] & (
-        np.arange(planned_days)[None, :] > np.where(has_fixed, start_day, -1)[:, None]
-    )
+    allowed_ahead &= np.arange(planned_days)[None, :] > np.where(has_fixed, start_day, -1)[:, None]
     allowed = allowed_ahead[:, :horizon]
     prefix_balance = np.where(has_fixed, fixed[np.arange(len(device_ids)), start_day], start_balance)
 
