@@ -186,18 +186,24 @@ def _past_morning_model(
     history: Callable[[], History] | None = None,
 ):
     """None when the champion may forecast the morning of `as_of` (training and registering a first
-    one when the workspace has none); else a model fitted on the history before `as_of`, not
-    registered: a champion trained on days on or after `as_of` has seen that morning's future.
+    one when the workspace has none); else a model that saw only the history before `as_of`: a
+    champion trained on days on or after `as_of` has seen that morning's future. That model is a
+    version registered for this very morning (a past-date nightly run trains one, which may lose to
+    the champion), or else one fitted here and not registered.
 
     `history` returns the caller's read of the lake before `as_of` (read with `config`), so a
     command that trains first reads the lake once; by default it is read here when needed.
     """
     import forecasting
+    from forecasting import registry
 
     read = _once(history or (lambda: load_history(ws, as_of, config=config)))
     version = ensure_champion(ws, config, as_of, progress=progress, history=read)
     if trained_as_of(version) <= as_of:
         return None
+    own = registry.version_trained_for(ws, config, as_of)
+    if own is not None:
+        return registry.load_version(ws, config, own)
     past = read()
     return forecasting.train(past.daily, past.devices, as_of, config, progress=progress, events=past.events).model
 

@@ -122,8 +122,12 @@ def forecast_and_plan_flow(
     chunk_task = plan_chunk.with_options(**runners.retry_options(config))
     day = f"{as_of_ts:%Y-%m-%d}"
     model_arg = None if model_file is None else str(model_file)
-    futures = [chunk_task.submit(str(ws.home), config_file, day, horizon, chunk, model_arg) for chunk in chunks]
-    parts = [f.result() for f in futures]
+    try:
+        futures = [chunk_task.submit(str(ws.home), config_file, day, horizon, chunk, model_arg) for chunk in chunks]
+        parts = [f.result() for f in futures]
+    finally:
+        if model_file is not None:  # ~1 kB a device: one per past morning would pile up
+            model_file.unlink(missing_ok=True)
     merged = jobs.merge_chunks(parts)
     files = jobs.write_plan(ws, as_of_ts, merged["forecast"], merged["result"], None)
     failures = merged["failures"]

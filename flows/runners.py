@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pickle
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,8 @@ from cashcast.config import Config
 from cashcast.workspace import Workspace
 
 _shared_server: Any = None
-_cache: dict[tuple[str, str], Any] = {}
+_cache: OrderedDict[tuple[str, str], Any] = OrderedDict()  # the last CACHED_MODELS models loaded
+CACHED_MODELS = 2  # the champion and one past morning's: a served process must not keep every version
 _cache_lock = threading.Lock()
 
 
@@ -77,14 +79,22 @@ def cached_model(ws: Workspace, config: Config, model_file: str | None = None) -
 
     if model_file is not None:
         key = (model_file, str(os.stat(model_file).st_mtime_ns))
-        load = lambda: pickle.loads(Path(model_file).read_bytes())  # noqa: E731
     else:
         version = registry.champion_version(ws, config)
         if version is None:
             raise RuntimeError(f"{ws.home}: no champion model registered; run `cashcast train` first")
         key = (ws.tracking_uri(config.forecast.tracking_uri), str(version.version))
-        load = lambda: registry.load_champion(ws, config)  # noqa: E731
     with _cache_lock:
         if key not in _cache:
-            _cache[key] = load()
+            _cache[key] = _load_model(ws, config, model_file)
+            while len(_cache) > CACHED_MODELS:
+                _cache.popitem(last=False)
+        _cache.move_to_end(key)
         return _cache[key]
+
+
+def _load_model(ws: Workspace, config: Config, model_file: str | None) -> Any:
+    """The champion from the registry, or the model pickled in `model_file`."""
+    from forecasting import registry
+
+    return registry.load_champion(ws, config) if model_file is None else pickle.loads(Path(model_file).read_bytes())

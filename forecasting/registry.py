@@ -136,6 +136,29 @@ def champion_version(ws: Workspace, config: Config, any_code: bool = False) -> A
     return version
 
 
+def version_trained_for(ws: Workspace, config: Config, as_of: pd.Timestamp) -> Any | None:
+    """The newest registered version of this code trained for the morning of `as_of`, promoted or not.
+
+    A past-date nightly run trains for its own morning; when that version loses to a later champion it
+    is still the honest model for that morning, so it is reused instead of fitting another one.
+    """
+    client = MlflowClient(tracking_uri=use_store(ws, config))
+    try:
+        versions = client.search_model_versions(f"name='{config.forecast.registered_model}'")
+    except MlflowException:
+        return None
+    day, code = f"{pd.Timestamp(as_of):%Y-%m-%d}", code_fingerprint()
+    mine = [v for v in versions if v.tags.get("as_of") == day and v.tags.get("code") == code]
+    return max(mine, key=lambda v: int(v.version), default=None)
+
+
+def load_version(ws: Workspace, config: Config, version: Any) -> Any:
+    """The CashForecaster of one registered version."""
+    use_store(ws, config)
+    uri = f"models:/{config.forecast.registered_model}/{version.version}"
+    return mlflow.pyfunc.load_model(uri, suppress_warnings=True).unwrap_python_model().forecaster
+
+
 def load_champion(ws: Workspace, config: Config) -> Any | None:
     """The champion CashForecaster from `models:/<name>@champion`, or None when there is none yet."""
     if champion_version(ws, config) is None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from conftest import make_device_fail
+from mlflow import MlflowClient
 
 from cashcast import jobs
 from cashcast.config import load_config
@@ -133,21 +134,26 @@ def test_device_whose_model_raises_gets_fallback(nightly_run, fast_config_file, 
 
 def test_plan_for_a_morning_before_the_champion_uses_no_future(nightly_run, fast_config_file, monkeypatch):
     """A past morning's chunks must not forecast with a champion trained on later days."""
-    import pickle
-
     from flows import nightly, runners
     from forecasting import registry
 
     ws, config, _, _ = nightly_run
     champion = registry.champion_version(ws, config)
     assert pd.Timestamp(champion.tags["as_of"]) > pd.Timestamp("2026-09-01")
-    used = []
+    used, models = [], []
     real_cached_model = runners.cached_model
-    monkeypatch.setattr(runners, "cached_model", lambda *a: used.append(a[2]) or real_cached_model(*a))
+
+    def recording(*args):
+        used.append(args[2])
+        models.append(real_cached_model(*args))
+        return models[-1]
+
+    monkeypatch.setattr(runners, "cached_model", recording)
     result = nightly.forecast_and_plan_flow(str(ws.home), str(fast_config_file), "2026-09-01")
     model_file = ws.models / "before-2026-09-01.pkl"
     assert used and set(used) == {str(model_file)}
-    assert pickle.loads(model_file.read_bytes()).as_of_ == pd.Timestamp("2026-09-01")
+    assert {model.as_of_ for model in models} == {pd.Timestamp("2026-09-01")}
+    assert not model_file.exists()  # removed once the chunks are done: past mornings do not pile up
     forecast = pd.read_csv(result["forecast"])
     assert pd.to_datetime(forecast["date"]).min() == pd.Timestamp("2026-09-01")
     assert registry.champion_version(ws, config).version == champion.version  # the champion is untouched
@@ -155,6 +161,35 @@ def test_plan_for_a_morning_before_the_champion_uses_no_future(nightly_run, fast
     used.clear()
     nightly.forecast_and_plan_flow(str(ws.home), str(fast_config_file), champion.tags["as_of"])
     assert set(used) == {None}
+
+
+def test_a_version_trained_for_a_past_morning_serves_it_without_refitting(nightly_run, fast_config_file, monkeypatch):
+    """A past-date nightly run trains for its morning; if that version loses to the later champion, the
+    morning's forecast still uses it instead of fitting a second model for the same morning."""
+    import forecasting
+    from flows import nightly, runners
+    from forecasting import registry
+
+    ws, config, _, _ = nightly_run
+    champion = registry.champion_version(ws, config)
+    jobs.run_train(ws, config, pd.Timestamp("2026-08-20"))
+    own = registry.version_trained_for(ws, config, pd.Timestamp("2026-08-20"))
+    assert own is not None and own.version != champion.version
+    MlflowClient(tracking_uri=ws.tracking_uri(config.forecast.tracking_uri)).set_registered_model_alias(
+        config.forecast.registered_model, registry.CHAMPION, champion.version
+    )  # as if the morning's version had lost the comparison
+
+    def no_fitting(*args, **kwargs):
+        raise AssertionError("fitted a second model for a morning that has a registered one")
+
+    monkeypatch.setattr(forecasting, "train", no_fitting)
+    models = []
+    real_cached_model = runners.cached_model
+    monkeypatch.setattr(runners, "cached_model", lambda *a: models.append(real_cached_model(*a)) or models[-1])
+    result = nightly.forecast_and_plan_flow(str(ws.home), str(fast_config_file), "2026-08-20")
+    assert {model.as_of_ for model in models} == {pd.Timestamp("2026-08-20")}
+    assert pd.to_datetime(pd.read_csv(result["forecast"])["date"]).min() == pd.Timestamp("2026-08-20")
+    assert registry.champion_version(ws, config).version == champion.version
 
 
 def test_dask_local_cluster_gives_identical_plans(nightly_run, fast_config_file):
@@ -203,3 +238,19 @@ def test_workspace_isolation(nightly_run):
     ws, _, _, _ = nightly_run
     written = {p.relative_to(ws.home).parts[0] for p in ws.home.iterdir()}
     assert {"lake", "plans", "forecasts", "reports"} <= written
+
+
+def test_worker_model_cache_keeps_only_the_latest_models(tmp_path):
+    """A served process or Dask worker lives for months: it must not keep every model it ever loaded."""
+    import pickle
+
+    from flows import runners
+
+    ws, config = Workspace(tmp_path), load_config()
+    files = []
+    for day in range(runners.CACHED_MODELS + 2):
+        files.append(tmp_path / f"before-2026-01-0{day + 1}.pkl")
+        files[-1].write_bytes(pickle.dumps({"morning": day}))
+        assert runners.cached_model(ws, config, str(files[-1])) == {"morning": day}
+    assert len(runners._cache) == runners.CACHED_MODELS
+    assert runners.cached_model(ws, config, str(files[-1])) == {"morning": len(files) - 1}  # still cached
