@@ -261,10 +261,19 @@ def segment_table(
     return loads, costs
 
 
+def usable_threads() -> int:
+    """Threads this process may keep busy: OMP_NUM_THREADS when set (Dask's nanny sets it to 1 in each
+    worker process, which already runs tasks side by side), else the cores the process may run on."""
+    try:
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    except (KeyError, ValueError):
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def _on_cores(work, items: list) -> None:
-    """Run `work(item)` for every item on the machine's cores: each item writes its own rows of the
+    """Run `work(item)` for every item on the usable cores: each item writes its own rows of the
     result, and numpy's sorts and sums release the GIL."""
-    with ThreadPoolExecutor(max_workers=max(1, min(len(items), os.cpu_count() or 1))) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, min(len(items), usable_threads()))) as pool:
         list(pool.map(work, items))  # list(): re-raises an item's exception here
 
 

@@ -219,6 +219,49 @@ def test_segments_start_only_on_visit_days_and_the_day_price_survives():
     np.testing.assert_allclose(cycle_cost_per_day(costs), expected)
 
 
+def test_segment_table_threads_follow_omp_num_threads(monkeypatch):
+    """Dask's nanny sets OMP_NUM_THREADS=1 in each worker process, which already runs tasks side by
+    side: the optimiser then stays on one thread, with the same numbers as on all cores."""
+    from replenishment import dp
+
+    rng = np.random.default_rng(5)
+    n = 40
+    net = rng.lognormal(np.log(100.0), 0.3, (n, 50, 12)).astype("float32")
+    ones = np.ones(n)
+    dev = DeviceArrays.from_terms(
+        pd.DataFrame(
+            {
+                "capacity": 900.0 * ones,
+                "max_balance": 900.0 * ones,
+                "min_balance": 0.0 * ones,
+                "load_multiple": 10.0 * ones,
+                "service_level": 0.99 * ones,
+                "holding_rate": 3.0 * ones,
+                "visit_cost": 30.0 * ones,
+            }
+        ),
+        stockout_penalty_visits=3,
+    )
+    monkeypatch.setattr(dp, "CHUNK_ELEMENTS", 50 * 12 * 5)  # chunks of 5 devices: 8 items to share out
+    pools = []
+    real_pool = dp.ThreadPoolExecutor
+
+    def recording_pool(max_workers):
+        pools.append(max_workers)
+        return real_pool(max_workers)
+
+    monkeypatch.setattr(dp, "ThreadPoolExecutor", recording_pool)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    many = segment_table(net, dev)
+    assert pools[-1] == min(8, dp.usable_threads())
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert dp.usable_threads() == 1
+    one = segment_table(net, dev)
+    assert pools[-1] == 1
+    for a, b in zip(many, one, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 # ---------------------------------------------------------------- plan properties
 
 
