@@ -34,22 +34,29 @@ def quiet_nan() -> Iterator[None]:
 
 
 OUTAGE_SHARE = 0.4  # a non-holiday day below this share of its weekday reference is an unflagged outage
+MAX_OUTAGE_DAYS = 7  # low for longer up to the end of the history: demand has changed, kept
+LASTING_LOW_SHARE = 0.8  # of the usual days since a spell began: a payday or a spike does not end it
 # The reference: the larger mean of the same weekday over 4 and 13 weeks either side; the longer
 # window still sees normal demand through a partial outage that lasts weeks.
 OUTAGE_WEEKS = (4, 13)
 
 
 def mask_outages(values: np.ndarray, holiday: np.ndarray, share: float = OUTAGE_SHARE) -> np.ndarray:
-    """`values` with unflagged outages set to NaN: days below `share` x the same-weekday neighbours' mean.
+    """`values` with unflagged outages set to NaN: days below `share` x the same-weekday neighbours' mean,
+    except in a spell of more than MAX_OUTAGE_DAYS low days still going on at the end of the history.
 
     Comparing with the same weekday keeps a branch's regular closed day (always zero) as demand; public
     holidays of the device's place (`holiday`, (n, T) bool) are never masked: a closed branch on a
-    holiday is real, forecastable demand.
+    holiday is real, forecastable demand. A low spell that ended, however long (a repair, India's
+    2016 demonetisation), says nothing of normal demand; one still going on after a week is the
+    device's demand now (a closure nearby, a lost employer), and masking it would keep forecasting
+    the old level for months.
     """
     n, t_end = values.shape
     out = values.copy()
     if share <= 0 or t_end == 0:
         return out
+    low = np.zeros(values.shape, dtype=bool)
     for k in range(SEASON_DAYS):
         column = values[:, k::SEASON_DAYS]
         observed = np.isfinite(column)
@@ -67,9 +74,19 @@ def mask_outages(values: np.ndarray, holiday: np.ndarray, share: float = OUTAGE_
             with quiet_nan():
                 mean = np.where(n_ref > 0, (total[:, hi] - total[:, lo] - own) / n_ref, np.nan)
             reference = np.fmax(reference, mean)
-        low = observed & (column < share * reference) & ~holiday[:, k::SEASON_DAYS]
-        out[:, k::SEASON_DAYS] = np.where(low, np.nan, column)
+        low[:, k::SEASON_DAYS] = observed & (column < share * reference) & ~holiday[:, k::SEASON_DAYS]
+    out[low & ~_lasting_low_spell(low, np.isfinite(values) & ~holiday)] = np.nan
     return out
+
+
+def _lasting_low_spell(low: np.ndarray, usual: np.ndarray) -> np.ndarray:
+    """(n, T) bool: the low days of a spell still going on at the end of the history that holds more than
+    MAX_OUTAGE_DAYS low days. A spell starts on a low day from which on at least LASTING_LOW_SHARE of
+    the `usual` days (recorded, not holidays) to the end are low: a payday or a spike does not end it."""
+    low_after = np.cumsum(low[:, ::-1], axis=1)[:, ::-1]
+    usual_after = np.cumsum(usual[:, ::-1], axis=1)[:, ::-1]
+    starts = low & (low_after > MAX_OUTAGE_DAYS) & (low_after >= LASTING_LOW_SHARE * usual_after)
+    return low & np.logical_or.accumulate(starts, axis=1)
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,37 @@ def test_unflagged_outages_are_masked_but_regular_zero_weekdays_and_holidays_are
     np.testing.assert_array_equal(mask_outages(values, holiday, share=0.0), values)
 
 
+def test_low_spells_are_masked_unless_demand_is_still_low_after_a_week():
+    """A low spell that ended is an outage, however long; one lasting past MAX_OUTAGE_DAYS up to the
+    end of the history is the device's demand now."""
+    from forecasting.panel import MAX_OUTAGE_DAYS
+
+    values = np.tile([100.0, 110, 90, 105, 120, 80, 95], (4, 20))
+    holiday = np.zeros_like(values, dtype=bool)
+    values[0, 40:68] = 0.0  # four weeks out of cash, then back to normal (demonetisation)
+    values[1, -MAX_OUTAGE_DAYS:] = 0.0  # a fault in its first week: still an outage
+    values[2, -30:] *= 0.2  # demand fell to a fifth for the last month, and stays there
+    values[3, -9:] = 0.0
+    values[3, -5] = np.nan  # a day not recorded neither ends nor lengthens a run
+    masked = mask_outages(values, holiday, share=0.4)
+    assert np.isnan(masked[0, 40:68]).all() and np.isfinite(np.delete(masked[0], range(40, 68))).all()
+    assert np.isnan(masked[1, -MAX_OUTAGE_DAYS:]).all()
+    np.testing.assert_array_equal(masked[2:], values[2:])
+
+
+def test_forecast_follows_a_device_whose_demand_fell(network, config, as_of):
+    """An ATM whose withdrawals fell to 15% five weeks ago is forecast at its new level, not its old."""
+    daily = network.daily.copy()
+    device = sorted(daily.loc[daily["deposits"].isna(), "device_id"].unique())[0]
+    fell = (daily["device_id"] == device) & (daily["date"] >= as_of - pd.Timedelta(days=35))
+    daily.loc[fell, "withdrawals"] *= 0.15
+    before = daily[(daily["device_id"] == device) & ~fell & (daily["date"] < as_of)]["withdrawals"].tail(56).mean()
+    model = train(daily, network.devices, as_of, config).model
+    forecast = _forecast(model, daily, network.devices, as_of).frame
+    level = forecast.loc[forecast["device_id"] == device, "yhat"].mean()
+    assert level < 0.3 * before
+
+
 def test_ets_defers_to_lightgbm_on_holidays_only(trained, network, config, as_of):
     """2024-05-01..05 is a CN Labour Day block: calendar-blind ETS must not forecast it as a normal week."""
     block_as_of = pd.Timestamp("2024-04-22")
