@@ -50,7 +50,8 @@ def load_history(
 ) -> History:
     """Read the lake as known on the morning of `as_of` (default: the day after the last recorded day).
 
-    With `config`, the custom events calendar ([calendar] events_file) comes along for training.
+    With `config`, the custom events calendar ([calendar] events_file, none when it is empty) comes
+    along for training and forecasting.
     """
     end = None if as_of is None else as_of - pd.Timedelta(days=1)
     daily = ingest.read_daily(ws, end=end, device_ids=device_ids)
@@ -67,7 +68,9 @@ def load_history(
     known_balances = balances[pd.to_datetime(balances["as_of"]) < as_of] if len(balances) else balances
     daily = features.mark_censored(daily, known_status, known_balances)
     events_file = features.resolve_events_file(config, ws.home) if config is not None else None
-    events = features.load_events(events_file) if events_file is not None else None
+    events = None if config is None else features.no_events()
+    if events_file is not None:
+        events = features.load_events(events_file)
     return History(daily=daily, devices=tables["devices"], balances=balances, as_of=as_of, events=events)
 
 
@@ -256,8 +259,8 @@ def _once(read: Callable[[], History]) -> Callable[[], History]:
 
 
 def forecast_devices(model, history: History, horizon: int, n_paths: int | None = None) -> DemandForecast:
-    """Forecast the devices of `history` from `history.as_of` on."""
-    return model.predict(history.daily, history.devices, history.as_of, horizon, n_paths=n_paths)
+    """Forecast the devices of `history` from `history.as_of` on, with the events calendar read with it."""
+    return model.predict(history.daily, history.devices, history.as_of, horizon, n_paths=n_paths, events=history.events)
 
 
 def run_forecast(

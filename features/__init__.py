@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from cashcast.config import Config
-from features.calendar import CALENDAR_COLUMNS, calendar_features, calendar_lookup, device_places
+from features.calendar import CALENDAR_COLUMNS, calendar_features, calendar_lookup, device_places, no_events
 from features.censoring import mark_censored
 from features.events import EVENT_PREFIX, load_events, resolve_events_file
 from features.history import HISTORY_COLUMNS, dense_amounts, history_features, origin_pairs, pair_history
@@ -43,6 +43,7 @@ __all__ = [
     "history_features",
     "holiday_table",
     "load_events",
+    "no_events",
     "mark_censored",
     "resolve_events_file",
 ]

@@ -182,7 +182,7 @@ def calendar_lookup(
     """
     if not len(places):
         return pd.DataFrame({column: np.zeros(0, np.int16) for column in CALENDAR_COLUMNS}), np.zeros(0, np.int64)
-    events = events if events is not None and len(events) else _no_events()
+    events = events if events is not None and len(events) else no_events()
     scoped_regions = set(events.loc[events["scope"] == "region", "scope_value"])
     scoped_devices = set(events.loc[events["scope"] == "device", "scope_value"])
     keys = pd.DataFrame(
@@ -231,7 +231,8 @@ def calendar_features(
     return out
 
 
-def _no_events() -> pd.DataFrame:
+def no_events() -> pd.DataFrame:
+    """An events calendar without events (the `load_events` columns)."""
     return pd.DataFrame(
         {c: pd.Series(dtype="string") for c in ("scope", "scope_value", "flag")}
         | {"date_start": pd.Series(dtype="datetime64[ns]"), "date_end": pd.Series(dtype="datetime64[ns]")}

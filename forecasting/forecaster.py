@@ -48,12 +48,14 @@ class CashForecaster:
         self.config = config
         self.max_horizon = max_horizon
         self.progress = progress
-        self.events = events  # custom events calendar, known ahead like holidays (fixed until retrained)
+        self.events = events  # custom events calendar, known ahead like holidays
 
     def _pad(self, horizon: int) -> int:
         return max(horizon, self.max_horizon) + 7
 
-    def _panel(self, daily, devices, as_of, horizon: int, device_ids, column: str = "withdrawals") -> Panel:
+    def _panel(
+        self, daily, devices, as_of, horizon: int, device_ids, column: str = "withdrawals", events=None
+    ) -> Panel:
         """The panel every fit and predict reads: history before as_of, calendar `horizon` days ahead."""
         return build_panel(
             daily,
@@ -63,7 +65,7 @@ class CashForecaster:
             column=column,
             pad=self._pad(horizon),
             device_ids=device_ids,
-            events=self.events,
+            events=self.events if events is None else events,
         )
 
     def fit(self, daily: pd.DataFrame, devices: pd.DataFrame | None, as_of) -> CashForecaster:
@@ -90,14 +92,25 @@ class CashForecaster:
         return self
 
     def predict(
-        self, daily: pd.DataFrame, devices: pd.DataFrame | None, as_of, horizon: int, n_paths: int | None = None
+        self,
+        daily: pd.DataFrame,
+        devices: pd.DataFrame | None,
+        as_of,
+        horizon: int,
+        n_paths: int | None = None,
+        events: pd.DataFrame | None = None,
     ) -> DemandForecast:
-        """Forecast days as_of .. as_of + horizon - 1 from history before as_of."""
+        """Forecast days as_of .. as_of + horizon - 1 from history before as_of.
+
+        `events` is the custom events calendar as it stands now (default: the one the model was trained
+        with): an event added after training reaches tomorrow's forecast through the generic event
+        features the model learned from earlier events.
+        """
         as_of = pd.Timestamp(as_of).normalize()
         n_paths = n_paths or self.config.forecast.n_paths
         rng = np.random.default_rng(self.config.forecast.seed + PATH_SEED_OFFSET)
         levels = self.config.forecast.quantiles
-        panel = self._panel(daily, devices, as_of, horizon, None)
+        panel = self._panel(daily, devices, as_of, horizon, None, events=events)
         dates = pd.date_range(as_of, periods=horizon, freq="D")
         yhat, names, quant, paths, failures = self.withdrawals_.predict(panel, horizon, n_paths, rng)
         ids = panel.device_ids
@@ -114,7 +127,7 @@ class CashForecaster:
         deposit_paths = None
         deposit_ids = np.intersect1d(ids, _deposit_devices(daily, as_of)) if self.deposits_ is not None else []
         if len(deposit_ids):
-            dep_panel = self._panel(daily, devices, as_of, horizon, deposit_ids, "deposits")
+            dep_panel = self._panel(daily, devices, as_of, horizon, deposit_ids, "deposits", events=events)
             d_hat, _, d_quant, d_paths, d_fail = self.deposits_.predict(dep_panel, horizon, n_paths, rng)
             failures.update({k: f"deposits {v}" for k, v in d_fail.items()})
             rows = pd.Index(ids).get_indexer(deposit_ids)

@@ -29,7 +29,7 @@ def test_event_days_are_learnt_and_forecast(tmp_path):
     ).to_csv(tmp_path / "events.csv", index=False)
 
     forecasts = {}
-    for label, events_file in (("with", str(tmp_path / "events.csv")), ("without", "")):
+    for label, events_file in (("without", ""), ("with", str(tmp_path / "events.csv"))):
         ws = Workspace.resolve(tmp_path / label).ensure()
         config = load_config().updated(
             calendar={"events_file": events_file}, forecast={"backtest_folds": 1, "backtest_horizon_days": 14}
@@ -40,3 +40,12 @@ def test_event_days_are_learnt_and_forecast(tmp_path):
     lift_with = forecasts["with"][future_event] / forecasts["with"].median()
     lift_without = forecasts["without"][future_event] / forecasts["without"].median()
     assert lift_with > 1.6 and lift_with > lift_without + 0.4, (lift_with, lift_without)
+
+    # A market added to the calendar after training reaches the next forecast, without retraining.
+    extra = future_event + pd.Timedelta(days=8)
+    with_events = pd.read_csv(tmp_path / "events.csv", dtype=str, keep_default_na=False)
+    added = with_events.iloc[:1].assign(date_start=f"{extra:%Y-%m-%d}")
+    pd.concat([with_events, added]).to_csv(tmp_path / "events.csv", index=False)
+    out = jobs.run_forecast(ws, config.updated(calendar={"events_file": str(tmp_path / "events.csv")}), AS_OF, 28)
+    again = pd.read_csv(out, parse_dates=["date"]).groupby("date")["yhat"].sum()
+    assert again[extra] / again.median() > 1.6 and forecasts["with"][extra] / forecasts["with"].median() < 1.3
