@@ -100,14 +100,15 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
     """CSV through Arrow's writer: 5-8x faster than pandas' on the 10^5-row forecast and projection files,
     and it leaves the GIL free for the planner working beside it. Dates as YYYY-MM-DD, text quoted,
     whole amounts without a trailing ".0"."""
-    columns = {}
-    for name, values in frame.items():
+    arrays = []
+    for position in range(frame.shape[1]):
+        values = frame.iloc[:, position]
         if pd.api.types.is_datetime64_any_dtype(values):
             values = values.dt.date
-        elif values.dtype == object:
+        elif values.dtype == object or pd.api.types.is_timedelta64_dtype(values):
             values = values.astype("string")  # mixed cells (an escaped "+44" beside a 3) as their text
-        columns[str(name)] = values
-    table = pa.Table.from_pandas(pd.DataFrame(columns), preserve_index=False)
+        arrays.append(pa.Array.from_pandas(values))
+    table = pa.Table.from_arrays(arrays, names=[str(name) for name in frame.columns])
     pa_csv.write_csv(table, path, pa_csv.WriteOptions(quoting_style="needed"))
 
 
