@@ -7,6 +7,7 @@ the same functions in tasks, so both paths produce identical files.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,6 +25,13 @@ from cashcast.workspace import Workspace
 
 class NoDataError(RuntimeError):
     """The workspace has no history to work from."""
+
+
+class StaleHistoryWarning(UserWarning):
+    """The lake's last recorded day is well before the morning asked for: forecasts rest on old history."""
+
+
+STALE_HISTORY_DAYS = 7  # days between the last recorded day and the as-of morning worth a warning
 
 
 @dataclass
@@ -57,8 +65,17 @@ def load_history(
     daily = ingest.read_daily(ws, end=end, device_ids=device_ids)
     if daily.empty:
         raise NoDataError(f"{ws.home}: no daily history in the lake before {as_of or 'now'}; run `cashcast ingest`")
+    last = daily["date"].max()
     if as_of is None:
-        as_of = daily["date"].max() + pd.Timedelta(days=1)
+        as_of = last + pd.Timedelta(days=1)
+    elif (as_of - last).days - 1 > STALE_HISTORY_DAYS:
+        warnings.warn(
+            StaleHistoryWarning(
+                f"{ws.home}: the last recorded day is {last:%Y-%m-%d}; the {(as_of - last).days - 1} days before"
+                f" {as_of:%Y-%m-%d} have no record, so forecasts and plans rest on older history"
+            ),
+            stacklevel=2,
+        )
     tables = {name: ingest.read_table(ws, name) for name in ("status", "balances", "devices")}
     if device_ids is not None:
         wanted = set(device_ids)

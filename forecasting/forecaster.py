@@ -72,6 +72,13 @@ class CashForecaster:
         as_of = pd.Timestamp(as_of).normalize()
         known = np.sort(daily.loc[daily["date"] < as_of, "device_id"].astype(str).unique())
         panel = self._panel(daily, devices, as_of, self.max_horizon, known)
+        if not np.isfinite(panel.values).any():
+            last = daily.loc[daily["date"] < as_of, "date"].max()
+            raise ValueError(
+                f"no usable withdrawals in the {self.config.forecast.max_history_days} days before {as_of:%Y-%m-%d}"
+                f" (the last recorded day is {last:%Y-%m-%d}): ingest newer history, or raise"
+                " [forecast] max_history_days"
+            )
         self.withdrawals_ = TargetModel(self.config, self.max_horizon)
         tasks = self.withdrawals_.tasks(panel)
         n_withdrawal_tasks = len(tasks)

@@ -107,6 +107,13 @@ def test_forecast_follows_a_device_whose_demand_fell(network, config, as_of):
     assert level < 0.3 * before
 
 
+def test_training_long_after_the_last_recorded_day_says_why_it_cannot(network, config):
+    last = network.daily["date"].max()
+    late = last + pd.Timedelta(days=config.forecast.max_history_days + 30)
+    with pytest.raises(ValueError, match=f"last recorded day is {last:%Y-%m-%d}.*max_history_days"):
+        train(network.daily, network.devices, late, config)
+
+
 def test_ets_defers_to_lightgbm_on_holidays_only(trained, network, config, as_of):
     """2024-05-01..05 is a CN Labour Day block: calendar-blind ETS must not forecast it as a normal week."""
     block_as_of = pd.Timestamp("2024-04-22")

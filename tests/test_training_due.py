@@ -61,3 +61,14 @@ def test_drift_of_recent_error_past_threshold_triggers_training(lake, monkeypatc
     forecast_made(lake, AS_OF - pd.Timedelta(days=2), level=150_000.0)  # the newer forecast is 40% off
     due, why = jobs.training_due(lake, config, AS_OF)
     assert due and "drifted" in why
+
+
+def test_history_that_ends_long_before_the_morning_is_warned_about(lake):
+    import warnings
+
+    stale = "last recorded day is 2025-02-28; the 20 days before 2025-03-21 have no record"
+    with pytest.warns(jobs.StaleHistoryWarning, match=stale):
+        jobs.load_history(lake, AS_OF + pd.Timedelta(days=20))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", jobs.StaleHistoryWarning)
+        jobs.load_history(lake, AS_OF + pd.Timedelta(days=jobs.STALE_HISTORY_DAYS))  # a week's gap: fine
