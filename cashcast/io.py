@@ -16,9 +16,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+PLAIN_DIGITS_BELOW = 1e10  # Arrow writes floats from here on with an exponent
 
 
 def _umask_mode(mode: int) -> int:
@@ -107,9 +109,20 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
             values = values.dt.date
         elif values.dtype == object or pd.api.types.is_timedelta64_dtype(values):
             values = values.astype("string")  # mixed cells (an escaped "+44" beside a 3) as their text
-        arrays.append(pa.Array.from_pandas(values))
+        arrays.append(_plain_number(pa.Array.from_pandas(values)))
     table = pa.Table.from_arrays(arrays, names=[str(name) for name in frame.columns])
     pa_csv.write_csv(table, path, pa_csv.WriteOptions(quoting_style="needed"))
+
+
+def _plain_number(array: pa.Array) -> pa.Array:
+    """Amounts of 10^10 and more (a fleet's total cash) as plain digits to the cent, as a person reading
+    the file expects: Arrow writes such floats with an exponent (1.627531e+10)."""
+    if not pa.types.is_floating(array.type):
+        return array
+    largest = pc.max(pc.abs(array)).as_py()  # NaN came in as null
+    if largest is None or largest < PLAIN_DIGITS_BELOW or largest == float("inf"):
+        return array
+    return pc.round(array, 2).cast(pa.decimal128(38, 2), safe=False)
 
 
 def read_table(path: str | Path) -> pd.DataFrame:

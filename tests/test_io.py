@@ -6,6 +6,7 @@ import multiprocessing
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -69,3 +70,25 @@ def test_second_run_refuses_or_waits(tmp_path: Path):
         waited = time.monotonic() - started
     holder.join()
     assert waited > 0.5
+
+
+def test_csv_conventions_for_people_reading_the_files(tmp_path: Path):
+    """Dates as days, text quoted, missing as empty, a fleet's total cash in plain digits (no 1.6e+10)."""
+    frame = pd.DataFrame(
+        {
+            "device_id": pd.array(["ATM-1", "TOTAL"], dtype="string"),
+            "visit_date": pd.to_datetime(["2026-11-03", None]),
+            "visit": [True, False],
+            "cash_deployed": [1_470_000.0, 16_275_310_000.0],
+            "expected_idle_cash": [np.nan, 12_082_138_845.137367],
+            "stockout_risk": [0.005, np.nan],
+        }
+    )
+    lines = write_table(frame, tmp_path / "out.csv").read_text().splitlines()
+    assert lines == [
+        '"device_id","visit_date","visit","cash_deployed","expected_idle_cash","stockout_risk"',
+        '"ATM-1",2026-11-03,true,1470000.00,,0.005',
+        '"TOTAL",,false,16275310000.00,12082138845.14,',
+    ]
+    back = read_table(tmp_path / "out.csv")
+    assert back["cash_deployed"].tolist() == [1_470_000.0, 16_275_310_000.0]
