@@ -371,6 +371,18 @@ def read_balances_file(path: Path, as_of: pd.Timestamp) -> pd.DataFrame:
     missing = {"device_id", "balance"} - set(balances.columns)
     if missing:
         raise ValueError(f"{path}: missing column(s) {sorted(missing)}")
+    amount = pd.to_numeric(balances["balance"], errors="coerce")
+    for column, problem, bad in (
+        ("device_id", "empty", balances["device_id"].isna()),
+        ("balance", "not a number", amount.isna()),
+        ("balance", "negative", amount < 0),
+    ):
+        if bad.any():
+            row = int(bad.to_numpy().argmax())
+            cell = balances[column].iloc[row]
+            shown = "" if pd.isna(cell) else f" ({cell})"
+            raise ValueError(f"{path}: row {row + 1}, column {column}: {problem}{shown}")
+    balances["balance"] = amount
     if "as_of" not in balances.columns:
         balances["as_of"] = as_of
     balances["device_id"] = balances["device_id"].astype("string")

@@ -8,6 +8,7 @@ exception, so one bad device never blocks the nightly plan of the fleet.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,6 +33,10 @@ UNKNOWN_BALANCE_DAYS = 7
 TAIL_LEVEL = 0.995  # weekly path sums beyond the body's extrapolation to this level are tamed (tame_tails)
 EXTENSION_DAYS = 7  # days past the optimiser's last visit day a load may cover (last forecast week repeated)
 SIMULATE_BLOCK = 512  # devices simulated together: their paths (~30 MB at 200 paths x 28 days) stay in cache
+
+
+class PlanWarning(UserWarning):
+    """Something about the whole plan's inputs (not one device's) that its reader should know."""
 
 
 @dataclass
@@ -229,7 +234,7 @@ def _ordered_targets(
 
 def weekly_fill_targets(allowed: np.ndarray, dates: pd.DatetimeIndex, max_load: np.ndarray) -> np.ndarray:
     """Fixed-schedule baseline: fill to capacity on the first allowed day of each calendar week."""
-    week = np.asarray((dates - pd.to_timedelta(dates.weekday, unit="D")).normalize().asi8)
+    week = np.asarray((dates - pd.to_timedelta(dates.day_of_week, unit="D")).normalize().asi8)
     targets = np.full(allowed.shape, np.nan)
     for value in np.unique(week):
         cols = np.flatnonzero(week == value)
@@ -266,14 +271,14 @@ def plan_network(
     kept as given and planned around.
     """
     as_of = pd.Timestamp(as_of).normalize()
-    warnings: list[str] = []
+    messages: list[str] = []
     offset = forecast.dates.get_loc(as_of) if as_of in forecast.dates else None
     if offset is None:
         raise ValueError(f"forecast covers {forecast.dates[0]:%Y-%m-%d}.. but the plan starts {as_of:%Y-%m-%d}")
     forecast_days = len(forecast.dates) - offset
     horizon = min(config.plan.horizon_days, forecast_days)
     if horizon < config.plan.horizon_days:
-        warnings.append(f"forecast covers only {horizon} of the {config.plan.horizon_days} plan days")
+        messages.append(f"forecast covers only {horizon} of the {config.plan.horizon_days} plan days")
     dates = forecast.dates[offset : offset + horizon]
     # The optimiser plans visits on past the horizon (lookahead), so the plan's last loads are
     # weighed against the visits that follow; only the horizon's visits are emitted. Its last
@@ -285,7 +290,13 @@ def plan_network(
     device_ids = terms["device_id"].astype(str).to_numpy(dtype=object)
     unplanned = sorted(set(np.asarray(forecast.device_ids, dtype=str)) - set(device_ids))
     if unplanned:
-        warnings.append(f"{len(unplanned)} forecast device(s) without terms were not planned: {unplanned[:5]}")
+        messages.append(f"{len(unplanned)} forecast device(s) without terms were not planned: {unplanned[:5]}")
+    if balances is not None and len(balances):
+        strangers = sorted(set(balances["device_id"].astype(str)) - set(device_ids))
+        if strangers:
+            messages.append(f"balances of {len(strangers)} device(s) not in the plan were ignored: {strangers[:5]}")
+    for message in messages:
+        warnings.warn(PlanWarning(message), stacklevel=2)
     dev = DeviceArrays.from_terms(terms, config.plan.stockout_penalty_visits)
     withdrawals, net, forecast_notes = _clean_paths(
         forecast, device_ids, slice(offset, offset + seen_days), terms["mean_daily_demand"].to_numpy(dtype="float64")
@@ -335,14 +346,14 @@ def plan_network(
         dev, withdrawals, net[:, :, :horizon], allowed, start_balance, balance_known, forecast_notes, run
     )
     for device, notes in zip(device_ids, device_notes, strict=True):
-        warnings.extend(f"{device}: {note}" for note in notes)
+        messages.extend(f"{device}: {note}" for note in notes)
     plan = _plan_rows(
         terms, dev, all_dates, targets, segment_end, fixed, run, holiday_names, device_notes, top_up, is_atm
     )
     quantiles = config.forecast.quantiles
     projection = _projection(device_ids, dates, withdrawals, net[:, :, :horizon], targets, run, quantiles)
     summary = _summary(terms, dev, plan, run, baseline, baseline_targets, device_notes)
-    return PlanResult(plan=plan, projection=projection, summary=summary, warnings=warnings)
+    return PlanResult(plan=plan, projection=projection, summary=summary, warnings=messages)
 
 
 def extend_weekly(paths: np.ndarray, total_days: int) -> np.ndarray:
@@ -379,6 +390,8 @@ def _device_notes(dev, withdrawals, net, allowed, start_balance, balance_known, 
             found.append(f"balance unknown: assumed {start_balance[row]:,.0f} (min_balance + 7-day forecast)")
         if start_balance[row] < dev.min_balance[row] - 1e-6:
             found.append(f"balance {start_balance[row]:,.0f} is below min_balance {dev.min_balance[row]:,.0f}")
+        elif start_balance[row] > dev.max_balance[row] + 1e-6:
+            found.append(f"balance {start_balance[row]:,.0f} is above max_balance {dev.max_balance[row]:,.0f}")
         if no_demand[row]:
             found.append("zero forecast demand")
         if not allowed[row].any():
@@ -421,7 +434,7 @@ def _plan_rows(
     ordered = ~np.isnan(fixed[rows, days])
     capped = after >= dev.max_load[rows] - 1e-6
     flags = zip(ordered, pickup, capped, strict=True)
-    weekdays = [WEEKDAY_NAMES[day] for day in dates.weekday]
+    weekdays = [WEEKDAY_NAMES[day] for day in dates.day_of_week]
     reasons = [
         _reason(weekdays, int(day), int(span), horizon, holiday_names[row, day : day + span], dev, row, p_out, flag)
         for row, day, span, p_out, flag in zip(rows, days, covered, risk, flags, strict=True)

@@ -79,7 +79,7 @@ def _actual_matrix(daily: pd.DataFrame, device_ids, dates, column: str) -> np.nd
 def _impute_same_weekday(values: np.ndarray, dates: pd.DatetimeIndex) -> np.ndarray:
     """Fill NaN days with the device's median of that weekday in the window (0 if none)."""
     filled = values.copy()
-    weekday = np.asarray(dates.weekday)
+    weekday = np.asarray(dates.day_of_week)
     for day in range(7):
         cols = weekday == day
         if not cols.any():

@@ -154,7 +154,7 @@ def allowed_visit_days(
     before day index `earliest` (as_of + lead_time_days, the carrier's order cutoff).
     """
     codes, sets = pd.factorize(terms["weekday_set"])
-    weekdays = np.asarray(dates.weekday)
+    weekdays = np.asarray(dates.day_of_week)
     by_set = np.array([np.isin(weekdays, list(days)) for days in sets], dtype=bool).reshape(len(sets), len(dates))
     weekday_ok = by_set[codes]
     after_lead = np.arange(len(dates))[None, :] >= np.asarray(earliest)[:, None]

@@ -95,7 +95,7 @@ def test_train_forecast_plan_through_the_cli(cli_home, tmp_path, capsys):
     terms = plan.merge(devices[["device_id", "lead_time_days", "capacity"]], on="device_id")
     earliest = pd.Timestamp("2026-11-01") + pd.to_timedelta(terms["lead_time_days"], unit="D")
     assert (pd.to_datetime(terms["visit_date"]) >= earliest).all()
-    assert (pd.to_datetime(terms["visit_date"]).dt.weekday < 5).all()  # sample devices visit Mon-Fri
+    assert (pd.to_datetime(terms["visit_date"]).dt.day_of_week < 5).all()  # sample devices visit Mon-Fri
     loads = terms[terms["action"] == "load"]
     assert (loads["balance_after"] <= loads["capacity"] + 1e-6).all()
     assert not plan["name"].astype(str).str.startswith("+").any()  # formula-looking names are escaped
@@ -159,6 +159,21 @@ def test_plan_with_balances_file(cli_home, tmp_path):
         assert pd.Timestamp(first_visit[device.device_id]) == day, device.device_id
     first_rows = plan[plan["device_id"].isin(atms)].sort_values("visit_date").drop_duplicates("device_id")
     assert first_rows["reason"].str.contains("run out").all()
+
+
+@pytest.mark.parametrize(
+    ("rows", "error"),
+    [
+        ("A1,100\nA2,abc\n", "row 2, column balance: not a number (abc)"),
+        ("A1,-5000\n", "row 1, column balance: negative (-5000)"),
+        ("A1,100\n,200\n", "row 2, column device_id: empty"),
+    ],
+)
+def test_bad_balances_file_names_row_and_column(tmp_path, capsys, rows, error):
+    balances = tmp_path / "balances.csv"
+    balances.write_text("device_id,balance\n" + rows)
+    assert main(["plan", "--home", str(tmp_path / "ws"), "--as-of", "2026-11-02", "--balances", str(balances)]) != 0
+    assert f"{balances}: {error}" in capsys.readouterr().err
 
 
 def test_backtest_through_the_cli(cli_home, tmp_path):

@@ -96,12 +96,12 @@ def test_resolve_terms_fills_defaults_and_derives_capacity(config):
 def test_naive_forecast_repeats_a_clean_weekly_pattern():
     dates = pd.date_range("2025-01-06", periods=8 * 7, freq="D")
     pattern = np.array([100.0, 200, 300, 400, 500, 600, 700])
-    daily = pd.DataFrame({"device_id": "A", "date": dates, "withdrawals": pattern[dates.weekday]})
+    daily = pd.DataFrame({"device_id": "A", "date": dates, "withdrawals": pattern[dates.day_of_week]})
     as_of = dates[-1] + pd.Timedelta(days=1)
     forecast = naive_forecast(daily, as_of, 14, n_paths=20, seed=1)
     assert forecast.withdrawal_paths.shape == (1, 20, 14)
     assert forecast.dates[0] == as_of
-    expected = pattern[forecast.dates.weekday]
+    expected = pattern[forecast.dates.day_of_week]
     np.testing.assert_allclose(forecast.withdrawal_paths[0], np.tile(expected, (20, 1)), rtol=1e-6)
     assert list(forecast.frame["yhat"]) == list(expected)
     assert {"q50", "q90", "q95", "q99"} <= set(forecast.frame.columns)
@@ -395,6 +395,21 @@ def test_capacity_below_one_day_means_daily_visits_and_a_warning(config):
     assert any("below one day's demand" in w for w in result.warnings)
 
 
+def test_whole_plan_warnings_reach_the_reader(config):
+    """Warnings about the plan's inputs as a whole are raised (the command line prints them), not only listed."""
+    from replenishment.plan import PlanWarning
+
+    forecast = lognormal_forecast([100.0, 100.0], 8, n_paths=20, seed=2)  # the plan has 10 days
+    terms = make_terms(config, 2)
+    balances = pd.DataFrame({"device_id": ["D0", "GONE-7"], "balance": [500.0, 800.0]})
+    with pytest.warns(PlanWarning) as caught:
+        result = plan_network(forecast, terms, balances, AS_OF, config, holidays=NO_HOLIDAYS)
+    raised = [str(w.message) for w in caught if w.category is PlanWarning]
+    assert "balances of 1 device(s) not in the plan were ignored: ['GONE-7']" in raised
+    assert "forecast covers only 8 of the 10 plan days" in raised
+    assert set(raised) <= set(result.warnings)
+
+
 def test_degenerate_devices_get_a_plan_and_a_note(config):
     forecast = lognormal_forecast([0.0, 100.0, 100.0, 100.0], 10, n_paths=40, seed=3)
     forecast.withdrawal_paths[3] = np.nan
@@ -407,7 +422,7 @@ def test_degenerate_devices_get_a_plan_and_a_note(config):
         capacity=[1000.0, 1000.0, 3000.0, 1000.0, 1000.0],
     )
     terms["mean_daily_demand"] = [0.0, 100.0, 100.0, 80.0, 60.0]  # D4 has no forecast at all
-    balances = pd.DataFrame({"device_id": ["D0", "D1", "D2", "D3"], "balance": [0.0, 900.0, 100.0, 900.0]})
+    balances = pd.DataFrame({"device_id": ["D0", "D1", "D2", "D3"], "balance": [0.0, 900.0, 100.0, 5000.0]})
     horizon_cfg = config.updated(plan={"horizon_days": 6})  # Mon..Sat: D1 (Sundays only) cannot be visited
     result = plan_network(forecast, terms, balances, AS_OF, horizon_cfg, holidays=NO_HOLIDAYS)
     notes = result.summary.set_index("device_id")["notes"]
@@ -417,6 +432,7 @@ def test_degenerate_devices_get_a_plan_and_a_note(config):
     first_d2 = result.plan[result.plan["device_id"] == "D2"].iloc[0]
     assert first_d2["visit_date"] == AS_OF + pd.Timedelta(days=1)  # the first day the lead time allows
     assert "gaps" in notes["D2"] and "no forecast" in notes["D3"]
+    assert "balance 5,000 is above max_balance 1,000" in notes["D3"]  # a feed error worth a look
     assert "balance unknown" in notes["D4"] and "no forecast" in notes["D4"]
     assert result.plan[result.plan["device_id"] == "D1"].empty
     assert np.isfinite(result.plan[["amount", "balance_after", "stockout_risk"]].to_numpy()).all()

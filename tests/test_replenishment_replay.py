@@ -74,7 +74,7 @@ def test_forecaster_sees_only_the_past_and_replans_weekly(cub_case):
 def test_visits_fall_on_allowed_days_after_the_lead_time(cub_case):
     result, _, start, _, config, _ = cub_case
     routine = result.daily[result.daily["visit"] & ~result.daily["emergency"]]
-    assert (routine["date"].dt.weekday < 5).all()
+    assert (routine["date"].dt.day_of_week < 5).all()
     assert (routine["date"] >= start + pd.Timedelta(days=config.devices.lead_time_days)).all()
 
 
@@ -167,7 +167,7 @@ def test_with_exact_forecasts_the_lookahead_brings_the_rolling_plan_nearer_the_o
     dates = pd.date_range("2025-01-06", periods=160, freq="D")
     level = np.geomspace(500.0, 3000.0, 12)
     ids = [f"D{i}" for i in range(len(level))]
-    weekly = np.array([1.0, 0.9, 0.9, 1.0, 1.3, 1.2, 0.7])[np.asarray(dates.weekday)]
+    weekly = np.array([1.0, 0.9, 0.9, 1.0, 1.3, 1.2, 0.7])[np.asarray(dates.day_of_week)]
     demand = level[:, None] * weekly[None, :] * rng.lognormal(0.0, 0.15, (len(level), len(dates)))
     daily = pd.DataFrame(
         {
