@@ -44,6 +44,7 @@ class Source:
     batch_rows: int
     bad_texts: list[str] = field(default_factory=list)
     size_bytes: int = 0
+    delimiter: str = ","
 
     @classmethod
     def open(cls, path: str | Path, batch_rows: int) -> Source:
@@ -52,18 +53,19 @@ class Source:
         if not path.is_file():
             raise IngestError(f"{path}: file not found")
         size = path.stat().st_size
+        delimiter = ","
         if path.suffix.lower() == ".parquet":
             try:
                 names = pq.ParquetFile(path).schema_arrow.names
             except (pa.ArrowException, OSError) as exc:
                 raise IngestError(f"{path}: not a readable Parquet file ({exc})") from None
         else:
-            names = _csv_header(path)
+            names, delimiter = _csv_header(path)
         columns = [str(name).strip().lower() for name in names]
         duplicated = sorted({c for c in columns if columns.count(c) > 1})
         if duplicated:
             raise IngestError(f"{path}: column(s) {duplicated} appear more than once in the header")
-        return cls(path, columns, batch_rows, size_bytes=size)
+        return cls(path, columns, batch_rows, size_bytes=size, delimiter=delimiter)
 
     def require(self, required: list[str]) -> None:
         missing = [c for c in required if c not in self.columns]
@@ -98,7 +100,7 @@ class Source:
                 block_size=int(min(max(self.batch_rows * bytes_per_row, 1 << 14), MAX_BLOCK_BYTES)),
                 use_threads=True,
             ),
-            parse_options=pcsv.ParseOptions(invalid_row_handler=keep_aside),
+            parse_options=pcsv.ParseOptions(delimiter=self.delimiter, invalid_row_handler=keep_aside),
             convert_options=pcsv.ConvertOptions(
                 column_types={c: pa.string() for c in self.columns},
                 strings_can_be_null=True,
@@ -125,17 +127,21 @@ class Source:
         return found
 
 
-def _csv_header(path: Path) -> list[str]:
+def _csv_header(path: Path) -> tuple[list[str], str]:
+    """The header's cells and the file's delimiter: a comma, or the semicolon or tab of a header that has
+    no comma (spreadsheets in locales with a decimal comma save semicolon-separated CSV)."""
     try:
         with open(path, encoding="utf-8-sig", newline="") as handle:
-            header = next(csv.reader(handle), None)
+            first = handle.readline()
+            delimiter = next((d for d in (";", "\t") if "," not in first and d in first), ",")
+            header = next(csv.reader([first], delimiter=delimiter), None)
     except UnicodeDecodeError:
         raise IngestError(f"{path}: not a UTF-8 text file") from None
     except (OSError, csv.Error) as exc:
         raise IngestError(f"{path}: cannot read the file ({exc})") from None
     if not header or not any(cell.strip() for cell in header):
         raise IngestError(f"{path}: the file is empty")
-    return header
+    return header, delimiter
 
 
 def text(column: pa.Array) -> pa.Array:

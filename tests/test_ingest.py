@@ -351,6 +351,17 @@ A,2024-01-01,12,
     assert read_daily(ws)["withdrawals"].tolist() == [12.0]
 
 
+def test_semicolon_and_tab_separated_files_from_spreadsheets_load(tmp_path, ws, config):
+    """Spreadsheets in decimal-comma locales save CSV with semicolons: read by the header's separator."""
+    semicolons = write(tmp_path / "semi.csv", "device_id;date;withdrawals\nA;2024-01-01;10\nA;2024-01-02;2,5\n")
+    report = ingest_file(semicolons, "daily", ws, config)
+    assert (report.rows_loaded, report.rows_rejected) == (1, 1)  # a decimal comma is refused, not misread as 25
+    assert pd.read_csv(report.rejects_path)["reason"].tolist() == ["unparseable withdrawals"]
+    tabs = write(tmp_path / "tab.csv", "device_id\tdate\twithdrawals\nB\t2024-01-01\t7\n")
+    assert ingest_file(tabs, "daily", ws, config).rows_loaded == 1
+    assert read_daily(ws).set_index("device_id")["withdrawals"].to_dict() == {"A": 10.0, "B": 7.0}
+
+
 def test_a_file_of_only_bad_rows_loads_nothing_and_keeps_the_lake(tmp_path, ws, config):
     ingest_file(write(tmp_path / "good.csv", "device_id,date,withdrawals\nA,2024-01-01,10\n"), "daily", ws, config)
     before = lake_snapshot(ws)
