@@ -6,6 +6,8 @@ crash never leaves a half-written plan or lake partition behind.
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import shutil
 import tempfile
@@ -100,8 +102,8 @@ def write_table(frame: pd.DataFrame, path: str | Path) -> Path:
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> None:
     """CSV through Arrow's writer: 5-8x faster than pandas' on the 10^5-row forecast and projection files,
-    and it leaves the GIL free for the planner working beside it. Dates as YYYY-MM-DD, text quoted,
-    whole amounts without a trailing ".0"."""
+    and it leaves the GIL free for the planner working beside it. A bare header row, dates as YYYY-MM-DD,
+    text cells quoted, whole amounts without a trailing ".0"."""
     arrays = []
     for position in range(frame.shape[1]):
         values = frame.iloc[:, position]
@@ -110,8 +112,13 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
         elif values.dtype == object or pd.api.types.is_timedelta64_dtype(values):
             values = values.astype("string")  # mixed cells (an escaped "+44" beside a 3) as their text
         arrays.append(_plain_number(pa.Array.from_pandas(values)))
-    table = pa.Table.from_arrays(arrays, names=[str(name) for name in frame.columns])
-    pa_csv.write_csv(table, path, pa_csv.WriteOptions(quoting_style="needed"))
+    names = [str(name) for name in frame.columns]
+    header = io.StringIO()
+    csv.writer(header, lineterminator="\n").writerow(names)  # bare names, as any reader of a header expects
+    with open(path, "wb") as handle:
+        handle.write(header.getvalue().encode())
+        table = pa.Table.from_arrays(arrays, names=names)
+        pa_csv.write_csv(table, handle, pa_csv.WriteOptions(include_header=False, quoting_style="needed"))
 
 
 def _plain_number(array: pa.Array) -> pa.Array:

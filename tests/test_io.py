@@ -86,7 +86,7 @@ def test_csv_conventions_for_people_reading_the_files(tmp_path: Path):
     )
     lines = write_table(frame, tmp_path / "out.csv").read_text().splitlines()
     assert lines == [
-        '"device_id","visit_date","visit","cash_deployed","expected_idle_cash","stockout_risk"',
+        "device_id,visit_date,visit,cash_deployed,expected_idle_cash,stockout_risk",
         '"ATM-1",2026-11-03,true,1470000.00,,0.005',
         '"TOTAL",,false,16275310000.00,12082138845.14,',
     ]
