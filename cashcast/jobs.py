@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 import features
@@ -310,17 +311,25 @@ def plan_forecast(
     terms: pd.DataFrame,
     balances: pd.DataFrame | None = None,
 ):
-    """Plan the visits of the forecast devices; a device whose model failed says so in its reasons."""
+    """Plan the visits of the forecast devices. A device whose model failed, or whose last usable record
+    is more than STALE_HISTORY_DAYS old (a stopped feed, a device out of service), says so in every
+    plan row's reason and in the summary's notes."""
     import replenishment
 
     opening = latest_balances(history.balances if balances is None else balances, history.as_of)
     result = replenishment.plan_network(forecast, terms, opening, history.as_of, config)
-    failures = forecast.failures
-    if failures and len(result.plan):
-        failed = result.plan["device_id"].isin(list(failures))
-        result.plan.loc[failed, "reason"] = (
-            result.plan.loc[failed, "reason"].astype(str) + "; model failed, fallback forecast used"
-        )
+    notes = dict.fromkeys(forecast.failures, "model failed, fallback forecast used")
+    gap = (history.as_of - terms["last_observed"]).dt.days - 1
+    for device, last, days in zip(terms["device_id"], terms["last_observed"], gap, strict=True):
+        if days > STALE_HISTORY_DAYS:
+            note = f"no usable record since {last:%Y-%m-%d} ({days:.0f} days): check the device and its feed"
+            notes[device] = f"{notes[device]}; {note}" if device in notes else note
+    for frame, column in ((result.plan, "reason"), (result.summary, "notes")):
+        noted = frame["device_id"].astype(str).map(notes)
+        has = noted.notna().to_numpy()
+        if has.any():
+            text = frame.loc[has, column].fillna("").astype(str)
+            frame.loc[has, column] = np.where(text == "", noted[has], text + "; " + noted[has])
     return result
 
 

@@ -86,6 +86,26 @@ def test_terms_from_contract_ordered_history_equal_the_terms_from_shuffled_rows(
     means = replenishment.terms.trailing_mean_demand(daily)
     last = daily[~daily["censored"] & daily["withdrawals"].notna()].groupby("device_id").tail(91)
     np.testing.assert_allclose(means.loc[last["device_id"].unique()], last.groupby("device_id")["withdrawals"].mean())
+    last_day = last.groupby("device_id")["date"].max()
+    observed = expected.set_index("device_id")["last_observed"]
+    assert (observed.loc[list(last_day.index)].to_numpy() == last_day.to_numpy()).all()
+
+
+def test_a_device_whose_feed_stopped_says_so_in_its_plan(sample_lake):
+    """Its forecast rests on weeks-old history: every plan row and its summary line tell cash ops to check it."""
+    config = load_config().updated(plan={"horizon_days": 7})
+    as_of = pd.Timestamp("2026-11-01")
+    history = jobs.load_history(sample_lake, as_of, config=config)
+    quiet = "ATM-00004"
+    stopped = (history.daily["device_id"] == quiet) & (history.daily["date"] >= as_of - pd.Timedelta(days=20))
+    history.daily = history.daily[~stopped]
+    forecast = replenishment.naive_forecast(history.daily, as_of, config.plan.forecast_days, n_paths=50)
+    result = jobs.plan_forecast(forecast, history, config, jobs.device_terms(history, config))
+    note = "no usable record since 2026-10-11 (20 days): check the device and its feed"
+    reasons = result.plan.groupby("device_id")["reason"].apply(lambda r: r.str.contains(note, regex=False).all())
+    assert reasons[quiet] and not reasons.drop(quiet).any()
+    notes = result.summary.set_index("device_id")["notes"]
+    assert note in notes[quiet] and not notes.drop(quiet).str.contains("no usable record").any()
 
 
 def test_marking_censored_days_leaves_the_input_alone(sample_lake):
