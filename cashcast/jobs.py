@@ -33,6 +33,7 @@ class StaleHistoryWarning(UserWarning):
 
 
 STALE_HISTORY_DAYS = 7  # days between the last recorded day and the as-of morning worth a warning
+QUIET_DEVICE_NOTE = "no usable record since"  # how a plan names a device whose feed stopped
 
 
 @dataclass
@@ -322,7 +323,7 @@ def plan_forecast(
     gap = (history.as_of - terms["last_observed"]).dt.days - 1
     for device, last, days in zip(terms["device_id"], terms["last_observed"], gap, strict=True):
         if days > STALE_HISTORY_DAYS:
-            note = f"no usable record since {last:%Y-%m-%d} ({days:.0f} days): check the device and its feed"
+            note = f"{QUIET_DEVICE_NOTE} {last:%Y-%m-%d} ({days:.0f} days): check the device and its feed"
             notes[device] = f"{notes[device]}; {note}" if device in notes else note
     for frame, column in ((result.plan, "reason"), (result.summary, "notes")):
         noted = frame["device_id"].astype(str).map(notes)

@@ -40,6 +40,16 @@ def devices_at_risk(plan: pd.DataFrame, top: int = 10) -> pd.DataFrame:
     return ranked[columns].head(top).reset_index(drop=True)
 
 
+def quiet_devices(summary: pd.DataFrame) -> pd.DataFrame:
+    """Devices with no usable record for over a week (device_id, name, notes): their plans rest on old
+    history, so someone should check the device or its feed."""
+    from cashcast.jobs import QUIET_DEVICE_NOTE
+
+    notes = summary.get("notes", pd.Series("", index=summary.index)).fillna("").astype(str)
+    quiet = summary[notes.str.contains(QUIET_DEVICE_NOTE, regex=False)]
+    return quiet[[c for c in ("device_id", "name", "notes") if c in quiet.columns]].reset_index(drop=True)
+
+
 def fleet_row(summary: pd.DataFrame) -> pd.Series:
     """The fleet total row of a plan summary."""
     from replenishment.plan import TOTAL_ID
@@ -85,6 +95,9 @@ def summary_markdown(
     failures = planned.get("failures") or {}
     lines += ["", f"- Devices on the fallback forecast: {len(failures)}"]
     lines += [f"  - `{d}`: {e}" for d, e in sorted(failures.items())]
+    quiet = quiet_devices(summary)
+    lines += [f"- Devices with no usable record for over a week: {len(quiet)}"]
+    lines += [f"  - `{d}`" for d in quiet["device_id"].head(20)]
     lines += ["", f"- Plan CSV: `{planned['plan']}`"]
     if report_path:
         lines.append(f"- Report: [{report_path}]({Path(report_path).as_uri()})")
@@ -273,6 +286,7 @@ def render_report(
 ) -> str:
     """The whole page as one HTML string (pure: frames in, text out)."""
     at_risk = devices_at_risk(plan)
+    quiet = quiet_devices(summary)
     return f"""<!doctype html><html><head><meta charset="utf-8">
 <title>Cashcast nightly report {as_of:%Y-%m-%d}</title><style>{STYLE}</style></head><body>
 <h1>Cashcast nightly report, as of {as_of:%Y-%m-%d}</h1>
@@ -288,6 +302,9 @@ Amounts in {CURRENCY} of the devices' currency.</p>
 <p>Each device's planned visit with the highest chance of running out before the next visit;
 equal chances: the visit due soonest first.</p>
 {_risk_table(at_risk)}
+<h2>Devices with no usable record for over a week</h2>
+<p>Their forecasts rest on old history: check the device and its data feed.</p>
+{_table(quiet, wrap_last=True) if len(quiet) else "<p>None.</p>"}
 <h2>Forecast against actual, yesterday</h2>
 <p>{html.escape(_accuracy_note(accuracy))}</p>
 {_img(accuracy_figure(accuracy), "forecast against actual yesterday")}

@@ -201,6 +201,22 @@ def test_summary_markdown_links_the_html_report(planned_ws):
     text = report.summary_markdown(AS_OF, [], {"trained": False, "reason": "not due"}, planned, summary, target)
     assert f"[{target}]({target.as_uri()})" in text
     assert "| cash deployed |" in text
+    assert "- Devices with no usable record for over a week: 0" in text
+
+
+def test_devices_whose_feed_stopped_are_listed_for_a_look(planned_ws, config, tmp_path):
+    ws, planned = planned_ws
+    summary = pd.read_csv(planned["summary"])
+    quiet = summary["device_id"].iloc[2]
+    summary["notes"] = summary["notes"].astype(object)
+    summary.loc[2, "notes"] = "no usable record since 2026-10-11 (20 days): check the device and its feed"
+    assert report.quiet_devices(summary)["device_id"].tolist() == [quiet]
+    text = report.summary_markdown(AS_OF, [], {"trained": False, "reason": "not due"}, planned, summary, None)
+    assert f"- Devices with no usable record for over a week: 1\n  - `{quiet}`" in text
+    write_table(summary, tmp_path / "summary.csv")
+    page = report.write_report(ws, config, AS_OF, {**planned, "summary": str(tmp_path / "summary.csv")}, {})
+    section = page.read_text(encoding="utf-8").split("no usable record for over a week")[1].split("<h2>")[0]
+    assert f"<td>{quiet}</td>" in section and "20 days" in section
 
 
 # ---------------------------------------------------------------- the analyst helpers behind notebooks
