@@ -71,8 +71,8 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
 def escape_formulas(frame: pd.DataFrame) -> pd.DataFrame:
     """Prefix text cells that a spreadsheet would run as a formula with a quote."""
     out = frame.copy()
-    for column in out.columns:
-        values = out[column]
+    for position in range(out.shape[1]):  # by position: a column name may repeat
+        values = out.iloc[:, position]
         if isinstance(values.dtype, pd.StringDtype):
             # Vectorised: the projection and forecast files have ~10^5 text cells per column.
             mask = values.str.startswith(FORMULA_PREFIXES).fillna(False).to_numpy(bool)
@@ -82,7 +82,7 @@ def escape_formulas(frame: pd.DataFrame) -> pd.DataFrame:
             continue
         if mask.any():
             values = values.astype("object")
-            out[column] = values.where(~mask, "'" + values.astype(str))
+            out.isetitem(position, values.where(~mask, "'" + values.astype(str)))
     return out
 
 

@@ -92,3 +92,5 @@ def test_csv_conventions_for_people_reading_the_files(tmp_path: Path):
     ]
     back = read_table(tmp_path / "out.csv")
     assert back["cash_deployed"].tolist() == [1_470_000.0, 16_275_310_000.0]
+    repeated = pd.DataFrame([["=1", "+2"]], columns=["note", "note"])  # e.g. a raw file's rows in a rejects table
+    assert write_table(repeated, tmp_path / "rep.csv").read_text().splitlines() == ["note,note", '"\'=1","\'+2"']
