@@ -11,8 +11,12 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import math
 import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -211,13 +215,14 @@ def log_training(
                 path = Path(tmp) / f"{name}.csv"
                 table.to_csv(path, index=False)
                 mlflow.log_artifact(str(path), artifact_path="tables")
-        info = mlflow.pyfunc.log_model(
-            name="forecaster",
-            python_model=ForecasterModel(result.model),
-            pip_requirements=_pip_requirements(),
-            signature=model_signature(),
-            registered_model_name=config.forecast.registered_model,
-        )
+        with _quiet_model_logging():
+            info = mlflow.pyfunc.log_model(
+                name="forecaster",
+                python_model=ForecasterModel(result.model),
+                pip_requirements=_pip_requirements(),
+                signature=model_signature(),
+                registered_model_name=config.forecast.registered_model,
+            )
         mlflow.set_tags(
             {
                 "cashcast.as_of": f"{as_of:%Y-%m-%d}",
@@ -238,6 +243,21 @@ def log_training(
     else:
         client.set_model_version_tag(config.forecast.registered_model, version, "flagged", "worse than champion")
     return RegistryOutcome(run.info.run_id, version, promote, challenger, champion_score, reason)
+
+
+@contextmanager
+def _quiet_model_logging() -> Iterator[None]:
+    """MLflow's advice to pass an input example and to log models from code is for other models: the
+    signature is given, and the bundle is pickled on purpose. Kept out of users' terminals."""
+    pyfunc_log = logging.getLogger("mlflow.pyfunc")
+    level = pyfunc_log.level
+    pyfunc_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*input example was not provided", category=UserWarning)
+            yield
+    finally:
+        pyfunc_log.setLevel(level)
 
 
 def _is_number(value: Any) -> bool:
