@@ -68,12 +68,12 @@ def load_history(
     if daily.empty:
         raise NoDataError(f"{ws.home}: no daily history in the lake before {as_of or 'now'}; run `cashcast ingest`")
     last = daily["date"].max()
-    if as_of is None:
-        as_of = last + pd.Timedelta(days=1)
-    elif (as_of - last).days - 1 > STALE_HISTORY_DAYS:
+    as_of = as_of if as_of is not None else last + pd.Timedelta(days=1)
+    unrecorded = (as_of - last).days - 1
+    if unrecorded > STALE_HISTORY_DAYS:
         warnings.warn(
             StaleHistoryWarning(
-                f"{ws.home}: the last recorded day is {last:%Y-%m-%d}; the {(as_of - last).days - 1} days before"
+                f"{ws.home}: the last recorded day is {last:%Y-%m-%d}; the {unrecorded} days before"
                 f" {as_of:%Y-%m-%d} have no record, so forecasts and plans rest on older history"
             ),
             stacklevel=2,

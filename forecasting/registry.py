@@ -160,16 +160,14 @@ def load_version(ws: Workspace, config: Config, version: Any) -> Any:
     """The CashForecaster of one registered version."""
     use_store(ws, config)
     uri = f"models:/{config.forecast.registered_model}/{version.version}"
+    # suppress_warnings skips MLflow's check of the logged requirements against this environment (~1 s).
     return mlflow.pyfunc.load_model(uri, suppress_warnings=True).unwrap_python_model().forecaster
 
 
 def load_champion(ws: Workspace, config: Config) -> Any | None:
-    """The champion CashForecaster from `models:/<name>@champion`, or None when there is none yet."""
-    if champion_version(ws, config) is None:
-        return None
-    # suppress_warnings skips MLflow's check of the logged requirements against this environment (~1 s).
-    model = mlflow.pyfunc.load_model(f"models:/{config.forecast.registered_model}@{CHAMPION}", suppress_warnings=True)
-    return model.unwrap_python_model().forecaster
+    """The champion CashForecaster (the version `champion_version` checked), or None when there is none yet."""
+    version = champion_version(ws, config)
+    return None if version is None else load_version(ws, config, version)
 
 
 def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
