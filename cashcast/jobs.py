@@ -13,14 +13,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 import features
 import ingest
 from cashcast.config import Config
 from cashcast.io import atomic_path, write_table
-from cashcast.schema import DemandForecast
+from cashcast.schema import STALE_HISTORY_DAYS, DemandForecast
 from cashcast.workspace import Workspace
 
 
@@ -30,10 +29,6 @@ class NoDataError(RuntimeError):
 
 class StaleHistoryWarning(UserWarning):
     """The lake's last recorded day is well before the morning asked for: forecasts rest on old history."""
-
-
-STALE_HISTORY_DAYS = 7  # days between the last recorded day and the as-of morning worth a warning
-QUIET_DEVICE_NOTE = "no usable record since"  # how a plan names a device whose feed stopped
 
 
 @dataclass
@@ -312,26 +307,11 @@ def plan_forecast(
     terms: pd.DataFrame,
     balances: pd.DataFrame | None = None,
 ):
-    """Plan the visits of the forecast devices. A device whose model failed, or whose last usable record
-    is more than STALE_HISTORY_DAYS old (a stopped feed, a device out of service), says so in every
-    plan row's reason and in the summary's notes."""
+    """Plan the visits of the forecast devices from the latest balances before `history.as_of`."""
     import replenishment
 
     opening = latest_balances(history.balances if balances is None else balances, history.as_of)
-    result = replenishment.plan_network(forecast, terms, opening, history.as_of, config)
-    notes = dict.fromkeys(forecast.failures, "model failed, fallback forecast used")
-    gap = (history.as_of - terms["last_observed"]).dt.days - 1
-    for device, last, days in zip(terms["device_id"], terms["last_observed"], gap, strict=True):
-        if days > STALE_HISTORY_DAYS:
-            note = f"{QUIET_DEVICE_NOTE} {last:%Y-%m-%d} ({days:.0f} days): check the device and its feed"
-            notes[device] = f"{notes[device]}; {note}" if device in notes else note
-    for frame, column in ((result.plan, "reason"), (result.summary, "notes")):
-        noted = frame["device_id"].astype(str).map(notes)
-        has = noted.notna().to_numpy()
-        if has.any():
-            text = frame.loc[has, column].fillna("").astype(str)
-            frame.loc[has, column] = np.where(text == "", noted[has], text + "; " + noted[has])
-    return result
+    return replenishment.plan_network(forecast, terms, opening, history.as_of, config)
 
 
 def plan_devices(model, history: History, config: Config, balances: pd.DataFrame | None = None):

@@ -20,6 +20,7 @@ from cashcast import analyst
 from cashcast.analyst import new_figure
 from cashcast.config import Config
 from cashcast.io import atomic_path
+from cashcast.schema import STALE_HISTORY_DAYS
 from cashcast.workspace import Workspace
 
 RISK_COLUMNS = ["device_id", "visit_date", "action", "amount", "stockout_risk", "reason"]
@@ -40,14 +41,16 @@ def devices_at_risk(plan: pd.DataFrame, top: int = 10) -> pd.DataFrame:
     return ranked[columns].head(top).reset_index(drop=True)
 
 
-def quiet_devices(summary: pd.DataFrame) -> pd.DataFrame:
-    """Devices with no usable record for over a week (device_id, name, notes): their plans rest on old
-    history, so someone should check the device or its feed."""
-    from cashcast.jobs import QUIET_DEVICE_NOTE
+def quiet_devices(summary: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
+    """Devices with no usable record for over STALE_HISTORY_DAYS before `as_of` (device_id, name,
+    last_observed, notes): their plans rest on old history, so someone should check the device or its feed."""
+    from replenishment.plan import device_rows
 
-    notes = summary.get("notes", pd.Series("", index=summary.index)).fillna("").astype(str)
-    quiet = summary[notes.str.contains(QUIET_DEVICE_NOTE, regex=False)]
-    return quiet[[c for c in ("device_id", "name", "notes") if c in quiet.columns]].reset_index(drop=True)
+    devices = device_rows(summary)
+    last = pd.to_datetime(devices["last_observed"])
+    quiet = devices[(as_of - last).dt.days - 1 > STALE_HISTORY_DAYS]
+    columns = [c for c in ("device_id", "name", "last_observed", "notes") if c in quiet.columns]
+    return quiet[columns].reset_index(drop=True)
 
 
 def fleet_row(summary: pd.DataFrame) -> pd.Series:
@@ -95,9 +98,12 @@ def summary_markdown(
     failures = planned.get("failures") or {}
     lines += ["", f"- Devices on the fallback forecast: {len(failures)}"]
     lines += [f"  - `{d}`: {e}" for d, e in sorted(failures.items())]
-    quiet = quiet_devices(summary)
+    quiet = quiet_devices(summary, as_of)
     lines += [f"- Devices with no usable record for over a week: {len(quiet)}"]
-    lines += [f"  - `{d}`" for d in quiet["device_id"].head(20)]
+    lines += [
+        f"  - `{d}`: last record {pd.Timestamp(day):%Y-%m-%d}"
+        for d, day in zip(quiet["device_id"].head(20), quiet["last_observed"], strict=False)
+    ]
     lines += ["", f"- Plan CSV: `{planned['plan']}`"]
     if report_path:
         lines.append(f"- Report: [{report_path}]({Path(report_path).as_uri()})")
@@ -286,7 +292,7 @@ def render_report(
 ) -> str:
     """The whole page as one HTML string (pure: frames in, text out)."""
     at_risk = devices_at_risk(plan)
-    quiet = quiet_devices(summary)
+    quiet = quiet_devices(summary, as_of)
     return f"""<!doctype html><html><head><meta charset="utf-8">
 <title>Cashcast nightly report {as_of:%Y-%m-%d}</title><style>{STYLE}</style></head><body>
 <h1>Cashcast nightly report, as of {as_of:%Y-%m-%d}</h1>

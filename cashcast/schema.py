@@ -46,6 +46,10 @@ BALANCE_COLUMNS = ["device_id", "as_of", "balance"]
 STATUS_COLUMNS = ["device_id", "start", "end", "state"]
 STATUS_STATES = ("cash_out", "offline")
 
+# A record older than this many days before the as-of morning is stale: the lake-wide warning of
+# load_history and each plan's note on a device whose feed stopped both go by it.
+STALE_HISTORY_DAYS = 7
+
 FORECAST_KEY = ["device_id", "date", "model", "yhat"]
 PLAN_COLUMNS = [
     "device_id",

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from cashcast.schema import PLAN_COLUMNS, DemandForecast, quantile_column
+from cashcast.schema import PLAN_COLUMNS, STALE_HISTORY_DAYS, DemandForecast, quantile_column
 from replenishment.dp import (
     BODY_LEVEL,
     MIN_BODY_PATHS,
@@ -32,6 +32,7 @@ WEEKDAY_NAMES = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 UNKNOWN_BALANCE_DAYS = 7
 TAIL_LEVEL = 0.995  # weekly path sums beyond the body's extrapolation to this level are tamed (tame_tails)
 EXTENSION_DAYS = 7  # days past the optimiser's last visit day a load may cover (last forecast week repeated)
+QUIET_DEVICE_NOTE = "no usable record since"  # how a plan names a device whose feed stopped
 SIMULATE_BLOCK = 512  # devices simulated together: their paths (~30 MB at 200 paths x 28 days) stay in cache
 
 
@@ -345,14 +346,26 @@ def plan_network(
     device_notes = _device_notes(
         dev, withdrawals, net[:, :, :horizon], allowed, start_balance, balance_known, forecast_notes, run
     )
-    for device, notes in zip(device_ids, device_notes, strict=True):
-        messages.extend(f"{device}: {note}" for note in notes)
+    standing_notes = _standing_notes(terms, forecast.failures, as_of)
+    for device, notes, standing in zip(device_ids, device_notes, standing_notes, strict=True):
+        messages.extend(f"{device}: {note}" for note in [*notes, *standing])
     plan = _plan_rows(
-        terms, dev, all_dates, targets, segment_end, fixed, run, holiday_names, device_notes, top_up, is_atm
+        terms,
+        dev,
+        all_dates,
+        targets,
+        segment_end,
+        fixed,
+        run,
+        holiday_names,
+        (device_notes, standing_notes),
+        top_up,
+        is_atm,
     )
     quantiles = config.forecast.quantiles
     projection = _projection(device_ids, dates, withdrawals, net[:, :, :horizon], targets, run, quantiles)
-    summary = _summary(terms, dev, plan, run, baseline, baseline_targets, device_notes)
+    summary_notes = [[*notes, *standing] for notes, standing in zip(device_notes, standing_notes, strict=True)]
+    summary = _summary(terms, dev, plan, run, baseline, baseline_targets, summary_notes)
     return PlanResult(plan=plan, projection=projection, summary=summary, warnings=messages)
 
 
@@ -413,13 +426,30 @@ def _device_notes(dev, withdrawals, net, allowed, start_balance, balance_known, 
     return notes
 
 
+def _standing_notes(terms: pd.DataFrame, failures: dict[str, str], as_of: pd.Timestamp) -> list[list[str]]:
+    """Notes on the device rather than on this plan, for every row of it: its model failed (the plan
+    rests on the fallback forecast), or its last usable record is over STALE_HISTORY_DAYS old (a
+    stopped feed, a device out of service), so someone should check it."""
+    last = pd.DatetimeIndex(_last_observed(terms))
+    silent = (as_of - last).days - 1
+    notes: list[list[str]] = []
+    for device, last_day, days in zip(terms["device_id"].astype(str), last, silent, strict=True):
+        found = ["model failed, fallback forecast used"] if device in failures else []
+        if days > STALE_HISTORY_DAYS:
+            found.append(f"{QUIET_DEVICE_NOTE} {last_day:%Y-%m-%d} ({days:.0f} days): check the device and its feed")
+        notes.append(found)
+    return notes
+
+
 def _plan_rows(
-    terms, dev, dates, targets, segment_end, fixed, run, holiday_names, device_notes, top_up, is_atm
+    terms, dev, dates, targets, segment_end, fixed, run, holiday_names, notes, top_up, is_atm
 ) -> pd.DataFrame:
     """CONTRACT.md plan rows, one per device and visit, with a reason for cash ops.
 
-    `dates` and `holiday_names` run past the horizon as far as a final load may cover.
+    `dates` and `holiday_names` run past the horizon as far as a final load may cover. `notes` are
+    per-device lists: the plan's notes (on a device's first row) and the standing notes (on every row).
     """
+    device_notes, standing_notes = notes
     horizon = targets.shape[1]
     rows, days = np.nonzero(~np.isnan(targets))
     covered = segment_end[rows, days] - days
@@ -440,7 +470,7 @@ def _plan_rows(
         for row, day, span, p_out, flag in zip(rows, days, covered, risk, flags, strict=True)
     ]
     reasons = [
-        "; ".join([text, *device_notes[row]]) if first else text
+        "; ".join([text, *(device_notes[row] if first else []), *standing_notes[row]])
         for text, row, first in zip(reasons, rows, first_visit, strict=True)
     ]
     visit_dates = dates[days]
@@ -534,6 +564,7 @@ def _summary(terms, dev, plan, run, baseline, baseline_targets, device_notes) ->
             "name": terms["name"],
             "region": terms["region"],
             "kind": terms["kind"],
+            "last_observed": _last_observed(terms),
             "visits": ids.map(visits).fillna(0).astype(int).to_numpy(),
             "cash_deployed": ids.map(loads).fillna(0.0).to_numpy(),
             "expected_idle_cash": run.after.mean(axis=1),
@@ -555,8 +586,15 @@ def _summary(terms, dev, plan, run, baseline, baseline_targets, device_notes) ->
     return with_fleet_total(summary)
 
 
+def _last_observed(terms: pd.DataFrame) -> np.ndarray:
+    """Each device's last usable day of history (NaT where terms do not say)."""
+    if "last_observed" not in terms:
+        return np.full(len(terms), np.datetime64("NaT"), dtype="datetime64[ns]")
+    return pd.to_datetime(terms["last_observed"]).to_numpy(dtype="datetime64[ns]")
+
+
 TOTAL_ID = "TOTAL"
-_LABELS = ["device_id", "name", "region", "kind", "notes", "horizon_days"]
+_LABELS = ["device_id", "name", "region", "kind", "last_observed", "notes", "horizon_days"]
 
 
 def device_rows(summary: pd.DataFrame) -> pd.DataFrame:
@@ -570,6 +608,7 @@ def with_fleet_total(per_device: pd.DataFrame) -> pd.DataFrame:
     total = rows.drop(columns=_LABELS).sum()
     horizon = int(rows["horizon_days"].max()) if len(rows) else 0
     total_row = {**total.to_dict(), "device_id": TOTAL_ID, "name": "fleet", "region": "", "kind": "", "notes": ""}
+    total_row["last_observed"] = rows["last_observed"].max()  # the fleet's newest record
     total_row["horizon_days"] = horizon
     summary = pd.concat([rows, pd.DataFrame([total_row])], ignore_index=True)
     summary["device_id"] = summary["device_id"].astype("string")

@@ -100,12 +100,23 @@ def test_a_device_whose_feed_stopped_says_so_in_its_plan(sample_lake):
     stopped = (history.daily["device_id"] == quiet) & (history.daily["date"] >= as_of - pd.Timedelta(days=20))
     history.daily = history.daily[~stopped]
     forecast = replenishment.naive_forecast(history.daily, as_of, config.plan.forecast_days, n_paths=50)
+    failed = "BR-0004"  # visited twice in the week: the note is on both rows
+    forecast.failures = {failed: "ets: ValueError: no convergence"}
     result = jobs.plan_forecast(forecast, history, config, jobs.device_terms(history, config))
-    note = "no usable record since 2026-10-11 (20 days): check the device and its feed"
-    reasons = result.plan.groupby("device_id")["reason"].apply(lambda r: r.str.contains(note, regex=False).all())
-    assert reasons[quiet] and not reasons.drop(quiet).any()
-    notes = result.summary.set_index("device_id")["notes"]
-    assert note in notes[quiet] and not notes.drop(quiet).str.contains("no usable record").any()
+    for device, note in (
+        (quiet, "no usable record since 2026-10-11 (20 days): check the device and its feed"),
+        (failed, "model failed, fallback forecast used"),
+    ):
+        reasons = result.plan.groupby("device_id")["reason"].apply(lambda r: r.str.contains(note, regex=False).all())
+        assert reasons[device] and not reasons.drop(device).any()
+        notes = result.summary.set_index("device_id")["notes"]
+        assert note in notes[device] and not notes.drop(device).str.contains(note, regex=False).any()
+    assert (result.plan["device_id"] == failed).sum() >= 2
+    last = result.summary.set_index("device_id")["last_observed"]
+    assert (
+        last[quiet] == pd.Timestamp("2026-10-11") and last.drop([quiet, "TOTAL"]).eq(as_of - pd.Timedelta(days=1)).all()
+    )
+    assert last["TOTAL"] == as_of - pd.Timedelta(days=1)
 
 
 def test_marking_censored_days_leaves_the_input_alone(sample_lake):

@@ -210,9 +210,14 @@ def test_devices_whose_feed_stopped_are_listed_for_a_look(planned_ws, config, tm
     quiet = summary["device_id"].iloc[2]
     summary["notes"] = summary["notes"].astype(object)
     summary.loc[2, "notes"] = "no usable record since 2026-10-11 (20 days): check the device and its feed"
-    assert report.quiet_devices(summary)["device_id"].tolist() == [quiet]
+    summary.loc[2, "last_observed"] = "2026-10-11"
+    assert report.quiet_devices(summary, AS_OF)["device_id"].tolist() == [quiet]
+    # A week without a record is still a normal gap: the device is not listed.
+    summary.loc[2, "last_observed"] = f"{AS_OF - pd.Timedelta(days=8):%Y-%m-%d}"
+    assert report.quiet_devices(summary, AS_OF).empty
+    summary.loc[2, "last_observed"] = "2026-10-11"
     text = report.summary_markdown(AS_OF, [], {"trained": False, "reason": "not due"}, planned, summary, None)
-    assert f"- Devices with no usable record for over a week: 1\n  - `{quiet}`" in text
+    assert f"- Devices with no usable record for over a week: 1\n  - `{quiet}`: last record 2026-10-11" in text
     write_table(summary, tmp_path / "summary.csv")
     page = report.write_report(ws, config, AS_OF, {**planned, "summary": str(tmp_path / "summary.csv")}, {})
     section = page.read_text(encoding="utf-8").split("no usable record for over a week")[1].split("<h2>")[0]
