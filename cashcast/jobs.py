@@ -7,6 +7,7 @@ the same functions in tasks, so both paths produce identical files.
 from __future__ import annotations
 
 import hashlib
+import pickle
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -195,18 +196,30 @@ def trained_as_of(version) -> pd.Timestamp:
     return pd.Timestamp(version.tags.get("as_of", "1970-01-01"))
 
 
+@dataclass(frozen=True)
+class ModelRef:
+    """Which model forecasts a morning, as a name every worker can load: the champion (both None),
+    a registered `version`, or a model `file` fitted for the morning and pickled into the workspace."""
+
+    version: str | None = None
+    file: str | None = None
+
+
 def _past_morning_model(
     ws: Workspace,
     config: Config,
     as_of: pd.Timestamp,
     progress: bool = False,
     history: Callable[[], History] | None = None,
-):
-    """None when the champion may forecast the morning of `as_of` (training and registering a first
-    one when the workspace has none); else a model that saw only the history before `as_of`: a
-    champion trained on days on or after `as_of` has seen that morning's future. That model is a
-    version registered for this very morning (a past-date nightly run trains one, which may lose to
-    the champion), or else one fitted here and not registered.
+) -> tuple[ModelRef, object | None]:
+    """The model for the morning of `as_of` that saw only the history before it, as (ref, fitted):
+
+    - the champion (ModelRef(), None) when it may forecast that morning (training and registering a
+      first one when the workspace has none); a champion trained on days on or after `as_of` has
+      seen that morning's future, so then
+    - the version registered for this very morning (a past-date nightly run trains one, which may
+      lose to the champion): (ModelRef(version=...), None);
+    - else a model fitted here and not registered: (ModelRef(), the model).
 
     `history` returns the caller's read of the lake before `as_of` (read with `config`), so a
     command that trains first reads the lake once; by default it is read here when needed.
@@ -217,12 +230,13 @@ def _past_morning_model(
     read = _once(history or (lambda: load_history(ws, as_of, config=config)))
     version = ensure_champion(ws, config, as_of, progress=progress, history=read)
     if trained_as_of(version) <= as_of:
-        return None
+        return ModelRef(), None
     own = registry.version_trained_for(ws, config, as_of)
     if own is not None:
-        return registry.load_version(ws, config, own)
+        return ModelRef(version=str(own.version)), None
     past = read()
-    return forecasting.train(past.daily, past.devices, as_of, config, progress=progress, events=past.events).model
+    fitted = forecasting.train(past.daily, past.devices, as_of, config, progress=progress, events=past.events).model
+    return ModelRef(), fitted
 
 
 def champion_or_train(
@@ -234,27 +248,36 @@ def champion_or_train(
 ):
     """The model to forecast from the morning of `as_of`: the champion, or the honest model of
     `_past_morning_model` for a morning before the champion's training."""
+    ref, fitted = _past_morning_model(ws, config, as_of, progress, history)
+    return fitted if fitted is not None else load_model(ws, config, ref)
+
+
+def load_model(ws: Workspace, config: Config, ref: ModelRef):
+    """The model `ref` names: the champion, a registered version or a pickled file."""
     from forecasting import registry
 
-    model = _past_morning_model(ws, config, as_of, progress, history)
-    return registry.load_champion(ws, config) if model is None else model
+    if ref.file is not None:
+        return pickle.loads(Path(ref.file).read_bytes())
+    if ref.version is not None:
+        return registry.load_version(ws, config, ref.version)
+    return registry.load_champion(ws, config)
 
 
-def morning_model_file(ws: Workspace, config: Config, as_of: pd.Timestamp, progress: bool = False) -> Path | None:
-    """Where the nightly chunks find their model for `as_of`: None means the champion.
+def morning_model(ws: Workspace, config: Config, as_of: pd.Timestamp, progress: bool = False) -> ModelRef:
+    """Where the nightly chunks find their model for `as_of`.
 
-    For a morning before the champion's training, the honest model of `_past_morning_model` is
-    fitted once here and pickled into the workspace, where every chunk (thread or Dask worker) loads it.
+    A model fitted here for a morning before the champion's training is pickled into the workspace
+    (the caller removes it when the chunks are done), where every chunk (thread or Dask worker) loads it.
     """
     import pickle
 
-    model = _past_morning_model(ws, config, as_of, progress)
-    if model is None:
-        return None
+    ref, fitted = _past_morning_model(ws, config, as_of, progress)
+    if fitted is None:
+        return ref
     target = ws.models / f"before-{as_of:%Y-%m-%d}.pkl"
     with atomic_path(target) as tmp:
-        tmp.write_bytes(pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL))
-    return target
+        tmp.write_bytes(pickle.dumps(fitted, protocol=pickle.HIGHEST_PROTOCOL))
+    return ModelRef(file=str(target))
 
 
 def _once(read: Callable[[], History]) -> Callable[[], History]:

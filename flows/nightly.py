@@ -82,14 +82,11 @@ def train_flow(
 
 @task(name="forecast-and-plan-chunk")
 def plan_chunk(
-    home: str, config_file: str | None, as_of: str, horizon: int, device_ids: list[str], model_file: str | None = None
+    home: str, config_file: str | None, as_of: str, horizon: int, device_ids: list[str], model: jobs.ModelRef
 ) -> dict[str, Any]:
-    """Forecast and plan one chunk of devices; reads only those devices' history.
-
-    The champion forecasts unless `model_file` names the model fitted for a morning before it.
-    """
+    """Forecast and plan one chunk of devices with the `model` of the morning; reads only those devices' history."""
     ws, config = _context(home, config_file)
-    model = runners.cached_model(ws, config, model_file)
+    model = runners.cached_model(ws, config, model)
     history = jobs.load_history(ws, jobs.parse_date(as_of), device_ids=device_ids)
     config = config.updated(plan={"horizon_days": horizon})
     forecast, result, failures = jobs.plan_devices(model, history, config)
@@ -115,19 +112,20 @@ def forecast_and_plan_flow(
     logger = get_run_logger()
     as_of_ts = jobs.parse_date(as_of) or jobs.next_as_of(ws)
     horizon = horizon or config.plan.horizon_days
-    model_file = jobs.morning_model_file(ws, config, as_of_ts)  # None: the champion; chunks load it where they run
-    if model_file is not None:
-        logger.info("the champion saw days after %s: forecasting with a model fitted before it", f"{as_of_ts:%Y-%m-%d}")
+    model = jobs.morning_model(ws, config, as_of_ts)  # the chunks load it where they run
+    if model != jobs.ModelRef():
+        logger.info(
+            "the champion saw days after %s: forecasting with a model trained before it", f"{as_of_ts:%Y-%m-%d}"
+        )
     chunks = jobs.device_chunks(ws, config.flows.devices_per_task)
     chunk_task = plan_chunk.with_options(**runners.retry_options(config))
     day = f"{as_of_ts:%Y-%m-%d}"
-    model_arg = None if model_file is None else str(model_file)
     try:
-        futures = [chunk_task.submit(str(ws.home), config_file, day, horizon, chunk, model_arg) for chunk in chunks]
+        futures = [chunk_task.submit(str(ws.home), config_file, day, horizon, chunk, model) for chunk in chunks]
         parts = [f.result() for f in futures]
     finally:
-        if model_file is not None:  # ~1 kB a device: one per past morning would pile up
-            model_file.unlink(missing_ok=True)
+        if model.file is not None:  # ~1 kB a device: one per past morning would pile up
+            Path(model.file).unlink(missing_ok=True)
     merged = jobs.merge_chunks(parts)
     files = jobs.write_plan(ws, as_of_ts, merged["forecast"], merged["result"], None)
     failures = merged["failures"]

@@ -7,15 +7,14 @@ Production scale-out is configuration, not code: `[flows] task_runner = "dask"` 
 from __future__ import annotations
 
 import os
-import pickle
 import threading
 from collections import OrderedDict
-from pathlib import Path
 from typing import Any
 
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from cashcast.config import Config
+from cashcast.jobs import ModelRef, load_model
 from cashcast.workspace import Workspace
 
 _shared_server: Any = None
@@ -69,32 +68,29 @@ def retry_options(config: Config) -> dict[str, Any]:
     }
 
 
-def cached_model(ws: Workspace, config: Config, model_file: str | None = None) -> Any:
+def cached_model(ws: Workspace, config: Config, ref: ModelRef | None = None) -> Any:
     """Load the model once per worker process and version, not once per chunk.
 
-    The champion by default; `model_file` is a model pickled by `jobs.morning_model_file` for a
-    morning before the champion's training.
+    `ref` (from `jobs.morning_model`) names a registered version or a pickled file for a morning
+    before the champion's training; the champion by default.
     """
     from forecasting import registry
 
-    if model_file is not None:
-        key = (model_file, str(os.stat(model_file).st_mtime_ns))
+    ref = ref or ModelRef()
+    uri = ws.tracking_uri(config.forecast.tracking_uri)
+    if ref.file is not None:
+        key = (ref.file, str(os.stat(ref.file).st_mtime_ns))
+    elif ref.version is not None:
+        key = (uri, ref.version)
     else:
         version = registry.champion_version(ws, config)
         if version is None:
             raise RuntimeError(f"{ws.home}: no champion model registered; run `cashcast train` first")
-        key = (ws.tracking_uri(config.forecast.tracking_uri), str(version.version))
+        key, ref = (uri, str(version.version)), ModelRef(version=str(version.version))
     with _cache_lock:
         if key not in _cache:
-            _cache[key] = _load_model(ws, config, model_file)
+            _cache[key] = load_model(ws, config, ref)
             while len(_cache) > CACHED_MODELS:
                 _cache.popitem(last=False)
         _cache.move_to_end(key)
         return _cache[key]
-
-
-def _load_model(ws: Workspace, config: Config, model_file: str | None) -> Any:
-    """The champion from the registry, or the model pickled in `model_file`."""
-    from forecasting import registry
-
-    return registry.load_champion(ws, config) if model_file is None else pickle.loads(Path(model_file).read_bytes())

@@ -156,10 +156,10 @@ def version_trained_for(ws: Workspace, config: Config, as_of: pd.Timestamp) -> A
     return max(mine, key=lambda v: int(v.version), default=None)
 
 
-def load_version(ws: Workspace, config: Config, version: Any) -> Any:
-    """The CashForecaster of one registered version."""
+def load_version(ws: Workspace, config: Config, number: str | int) -> Any:
+    """The CashForecaster of the registered version `number`."""
     use_store(ws, config)
-    uri = f"models:/{config.forecast.registered_model}/{version.version}"
+    uri = f"models:/{config.forecast.registered_model}/{number}"
     # suppress_warnings skips MLflow's check of the logged requirements against this environment (~1 s).
     return mlflow.pyfunc.load_model(uri, suppress_warnings=True).unwrap_python_model().forecaster
 
@@ -167,7 +167,7 @@ def load_version(ws: Workspace, config: Config, version: Any) -> Any:
 def load_champion(ws: Workspace, config: Config) -> Any | None:
     """The champion CashForecaster (the version `champion_version` checked), or None when there is none yet."""
     version = champion_version(ws, config)
-    return None if version is None else load_version(ws, config, version)
+    return None if version is None else load_version(ws, config, version.version)
 
 
 def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:

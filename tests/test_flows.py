@@ -151,7 +151,7 @@ def test_plan_for_a_morning_before_the_champion_uses_no_future(nightly_run, fast
     monkeypatch.setattr(runners, "cached_model", recording)
     result = nightly.forecast_and_plan_flow(str(ws.home), str(fast_config_file), "2026-09-01")
     model_file = ws.models / "before-2026-09-01.pkl"
-    assert used and set(used) == {str(model_file)}
+    assert used and set(used) == {jobs.ModelRef(file=str(model_file))}
     assert {model.as_of_ for model in models} == {pd.Timestamp("2026-09-01")}
     assert not model_file.exists()  # removed once the chunks are done: past mornings do not pile up
     forecast = pd.read_csv(result["forecast"])
@@ -160,7 +160,7 @@ def test_plan_for_a_morning_before_the_champion_uses_no_future(nightly_run, fast
     # On the champion's own morning the chunks load the champion.
     used.clear()
     nightly.forecast_and_plan_flow(str(ws.home), str(fast_config_file), champion.tags["as_of"])
-    assert set(used) == {None}
+    assert set(used) == {jobs.ModelRef()}
 
 
 def test_a_version_trained_for_a_past_morning_serves_it_without_refitting(nightly_run, fast_config_file, monkeypatch):
@@ -183,11 +183,15 @@ def test_a_version_trained_for_a_past_morning_serves_it_without_refitting(nightl
         raise AssertionError("fitted a second model for a morning that has a registered one")
 
     monkeypatch.setattr(forecasting, "train", no_fitting)
-    models = []
+    models, refs = [], []
     real_cached_model = runners.cached_model
-    monkeypatch.setattr(runners, "cached_model", lambda *a: models.append(real_cached_model(*a)) or models[-1])
+    monkeypatch.setattr(
+        runners, "cached_model", lambda *a: refs.append(a[2]) or models.append(real_cached_model(*a)) or models[-1]
+    )
     result = nightly.forecast_and_plan_flow(str(ws.home), str(fast_config_file), "2026-08-20")
     assert {model.as_of_ for model in models} == {pd.Timestamp("2026-08-20")}
+    assert set(refs) == {jobs.ModelRef(version=str(own.version))}  # loaded from the registry, not copied to a file
+    assert not list(ws.models.glob("before-*.pkl"))
     assert pd.to_datetime(pd.read_csv(result["forecast"])["date"]).min() == pd.Timestamp("2026-08-20")
     assert registry.champion_version(ws, config).version == champion.version
 
@@ -251,6 +255,7 @@ def test_worker_model_cache_keeps_only_the_latest_models(tmp_path):
     for day in range(runners.CACHED_MODELS + 2):
         files.append(tmp_path / f"before-2026-01-0{day + 1}.pkl")
         files[-1].write_bytes(pickle.dumps({"morning": day}))
-        assert runners.cached_model(ws, config, str(files[-1])) == {"morning": day}
+        assert runners.cached_model(ws, config, jobs.ModelRef(file=str(files[-1]))) == {"morning": day}
     assert len(runners._cache) == runners.CACHED_MODELS
-    assert runners.cached_model(ws, config, str(files[-1])) == {"morning": len(files) - 1}  # still cached
+    last = jobs.ModelRef(file=str(files[-1]))
+    assert runners.cached_model(ws, config, last) == {"morning": len(files) - 1}  # still cached

@@ -107,7 +107,7 @@ def test_a_device_whose_feed_stopped_says_so_in_its_plan(sample_lake):
         (quiet, "no usable record since 2026-10-11 (20 days): check the device and its feed"),
         (failed, "model failed, fallback forecast used"),
     ):
-        reasons = result.plan.groupby("device_id")["reason"].apply(lambda r: r.str.contains(note, regex=False).all())
+        reasons = result.plan["reason"].str.contains(note, regex=False).groupby(result.plan["device_id"]).all()
         assert reasons[device] and not reasons.drop(device).any()
         notes = result.summary.set_index("device_id")["notes"]
         assert note in notes[device] and not notes.drop(device).str.contains(note, regex=False).any()
