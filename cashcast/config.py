@@ -10,7 +10,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[1] / "configs" / "default.toml"
 WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
@@ -52,6 +52,15 @@ class DeviceDefaults(_Section):
     def _weekdays(cls, value: str) -> str:
         parse_weekdays(value)
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _region(cls, data: Any) -> Any:
+        """Country and subdivision as the holidays package spells them ('in' -> 'IN'), or refused."""
+        if isinstance(data, dict) and ("country" in data or "subdivision" in data):
+            given = {k: data.get(k, cls.model_fields[k].default) for k in ("country", "subdivision")}
+            data = {**data, **dict(zip(given, canonical_region(**given), strict=True))}
+        return data
 
 
 class IngestSettings(_Section):
@@ -155,13 +164,59 @@ class Config(_Section):
         return config_from_dict(deep_merge(self.model_dump(), sections), source="<override>")
 
 
+_DAY_NAMES = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+
+def _weekday(token: str) -> int | None:
+    """'Mon', 'tues', 'Thursday' -> 0, 1, 3; None when the token names no day (three letters at least)."""
+    word = token.strip().lower()
+    matches = [i for i, name in enumerate(_DAY_NAMES) if len(word) >= 3 and name.startswith(word)]
+    return matches[0] if len(matches) == 1 else None
+
+
 def parse_weekdays(text: str) -> tuple[int, ...]:
-    """'Mon,Wed,Fri' -> (0, 2, 4); Monday is 0 as in pandas."""
-    names = [part.strip()[:3].title() for part in str(text).replace(";", ",").split(",") if part.strip()]
-    unknown = [n for n in names if n not in WEEKDAYS]
-    if unknown or not names:
-        raise ValueError(f"visit_weekdays must list days like 'Mon,Tue', got {text!r}")
-    return tuple(sorted({WEEKDAYS.index(n) for n in names}))
+    """'Mon,Wed,Fri' -> (0, 2, 4), 'Mon-Fri' -> (0, 1, 2, 3, 4); Monday is 0 as in pandas.
+
+    Days are names or their abbreviations (three letters at least), separated by commas or
+    semicolons; 'Fri-Mon' wraps over the weekend. Anything else is refused, never half-read.
+    """
+    days: set[int] = set()
+    parts = [part for part in str(text).replace(";", ",").split(",") if part.strip()]
+    for part in parts:
+        ends = [_weekday(end) for end in part.replace("\u2013", "-").split("-")]
+        if len(ends) > 2 or None in ends:
+            raise ValueError(f"visit_weekdays must list days like 'Mon,Tue' or 'Mon-Fri', got {text!r}")
+        first, last = ends[0], ends[-1]
+        days.update((first + step) % 7 for step in range((last - first) % 7 + 1))
+    if not days:
+        raise ValueError(f"visit_weekdays must list days like 'Mon,Tue' or 'Mon-Fri', got {text!r}")
+    return tuple(sorted(days))
+
+
+def canonical_region(country: str, subdivision: str = "") -> tuple[str, str]:
+    """('in', 'tn') -> ('IN', 'TN'): the codes the `holidays` package knows, whatever their case.
+
+    A ValueError names the country or subdivision it does not know, so a device master with a
+    typo is refused at ingest instead of failing every forecast later.
+    """
+    import holidays
+
+    supported = holidays.list_supported_countries()
+    code = str(country).strip().upper()
+    if code not in supported:
+        raise ValueError(f"unknown country {country!r} (expected an ISO code such as CN, GB or IN)")
+    sub = str(subdivision or "").strip()
+    if not sub:
+        return code, ""
+    known = {name.upper(): name for name in supported[code]}
+    if sub.upper() in known:
+        return code, known[sub.upper()]
+    try:
+        holidays.country_holidays(code, subdiv=sub)  # also takes the package's aliases
+    except (NotImplementedError, KeyError, ValueError):
+        known_list = f"known: {', '.join(supported[code])}" if supported[code] else f"{code} has none"
+        raise ValueError(f"unknown subdivision {subdivision!r} of {code} ({known_list})") from None
+    return code, sub
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -40,7 +40,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from cashcast.config import Config, parse_weekdays
+from cashcast.config import Config, canonical_region, parse_weekdays
 from cashcast.io import write_table
 from cashcast.schema import STATUS_STATES
 from cashcast.workspace import Workspace
@@ -511,14 +511,42 @@ def _parse_devices(run: _Run, batch: pa.RecordBatch, first: int) -> pd.DataFrame
             values = pc.utf8_lower(values)
             checks.append((column, "unknown kind (expected atm, branch or recycler)", _invalid(values, _is_kind)))
         elif column == "visit_weekdays":
-            reason = "unparseable visit_weekdays (expected e.g. Mon,Wed,Fri)"
+            reason = "unparseable visit_weekdays (expected e.g. Mon,Wed,Fri or Mon-Fri)"
             checks.append((column, reason, _invalid(values, _is_weekdays)))
         elif column == "timezone":
             checks.append((column, "unknown timezone", _invalid(values, _is_zone)))
         out[column] = values
+    checks += _region_checks(run.config, out)
     good = run.screen(batch, first, checks)
     frame = pd.DataFrame({c: v.to_pandas() if isinstance(v, pa.Array) else v for c, v in out.items()})
     return frame[good].reset_index(drop=True)
+
+
+def _region_checks(config: Config, out: dict) -> list[tuple[str, str, np.ndarray]]:
+    """Country and subdivision codes the holidays package knows, in its spelling ('in' -> 'IN'),
+    written back into `out`; one check per unknown pair (an empty country is the config's)."""
+    country = pd.Series(_as_objects(out["country"]), dtype=object)
+    subdivision = pd.Series(_as_objects(out["subdivision"]), dtype=object)
+    pairs = pd.DataFrame({"country": country.fillna(config.devices.country), "subdivision": subdivision.fillna("")})
+    checks = []
+    for (code, sub), rows in pairs.groupby(["country", "subdivision"], sort=False).groups.items():
+        mask = np.zeros(len(pairs), dtype=bool)
+        mask[np.asarray(rows)] = True
+        try:
+            canonical, canonical_sub = canonical_region(code, sub)
+        except ValueError as exc:
+            column = "country" if str(exc).startswith("unknown country") else "subdivision"
+            checks.append((column, str(exc), mask))
+            continue
+        country[mask & country.notna().to_numpy()] = canonical
+        subdivision[mask & subdivision.notna().to_numpy()] = canonical_sub
+    out["country"], out["subdivision"] = country.to_numpy(), subdivision.to_numpy()
+    return checks
+
+
+def _as_objects(values) -> np.ndarray:
+    """A text column of `_parse_devices` (Arrow, or an all-missing numpy fill) as an object array."""
+    return values.to_numpy(zero_copy_only=False) if isinstance(values, pa.Array) else np.asarray(values, dtype=object)
 
 
 def _invalid(values: pa.Array, valid: Callable[[str], bool]) -> np.ndarray:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cashcast.config import ConfigError, load_config, parse_weekdays
+from cashcast.config import ConfigError, canonical_region, load_config, parse_weekdays
 from cashcast.workspace import CHECKOUT_DATA_DIR, Workspace
 
 
@@ -67,8 +67,25 @@ def test_updated_copy_is_validated():
 def test_parse_weekdays():
     assert parse_weekdays("Mon,Wed,Fri") == (0, 2, 4)
     assert parse_weekdays("monday; sunday") == (0, 6)
-    with pytest.raises(ValueError):
-        parse_weekdays("")
+    assert parse_weekdays("Mon-Fri") == parse_weekdays("mon–fri") == (0, 1, 2, 3, 4)
+    assert parse_weekdays("Fri-Mon") == (0, 4, 5, 6)  # a range wraps over the weekend
+    assert parse_weekdays("Tues, Thurs, Sat-Sun") == (1, 3, 5, 6)
+    # Anything else is refused, never half-read ("Mon-Fri" once became Monday only).
+    for text in ("", "Mo", "M,T", "Mon/Thu", "Mon-Fri-Sun", "Someday"):
+        with pytest.raises(ValueError, match="visit_weekdays"):
+            parse_weekdays(text)
+
+
+def test_country_codes_are_the_holidays_packages_whatever_their_case():
+    config = load_config().updated(devices={"country": "gb", "subdivision": "eng"})
+    assert (config.devices.country, config.devices.subdivision) == ("GB", "ENG")
+    assert canonical_region("in", "tn") == ("IN", "TN")
+    with pytest.raises(ConfigError, match="unknown country 'XX'"):
+        load_config().updated(devices={"country": "XX"})
+    with pytest.raises(ValueError, match="unknown subdivision 'ZZ' of IN"):
+        canonical_region("IN", "ZZ")
+    with pytest.raises(ValueError, match="CN has none"):
+        canonical_region("CN", "ENG")
 
 
 def test_workspace_resolution_order(tmp_path: Path, monkeypatch):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import holidays
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -269,29 +270,36 @@ def test_every_reject_reason_of_the_small_tables(tmp_path, ws, config):
     devices = write(
         tmp_path / "devices.csv",
         """
-device_id,kind,capacity,visit_weekdays,service_level,timezone
-A,atm,100000,"Mon,Thu",0.99,Asia/Kolkata
-B,vault,,,,
-C,atm,lots,,,
-D,atm,-5,,,
-E,atm,,Someday,,
-F,atm,,,1.5,
-G,atm,,,,Mars/Olympus
-,atm,,,,
+device_id,kind,capacity,visit_weekdays,service_level,timezone,country,subdivision
+A,atm,100000,"Mon,Thu",0.99,Asia/Kolkata,in,tn
+B,vault,,,,,,
+C,atm,lots,,,,,
+D,atm,-5,,,,,
+E,atm,,Someday,,,,
+F,atm,,,1.5,,,
+G,atm,,,,Mars/Olympus,,
+,atm,,,,,,
+H,atm,,Mon-Fri,,,XX,
+I,atm,,,,,IN,ZZ
 """,
     )
     report = ingest_file(devices, "devices", ws, config)
-    assert (report.rows_loaded, report.rows_rejected, report.rows_duplicate) == (1, 7, 0)
-    reasons = pd.read_csv(report.rejects_path)["reason"].tolist()
-    assert reasons == [
+    assert (report.rows_loaded, report.rows_rejected, report.rows_duplicate) == (1, 9, 0)
+    rejects = pd.read_csv(report.rejects_path)
+    assert rejects["reason"].tolist() == [
         "unknown kind (expected atm, branch or recycler)",
         "unparseable capacity",
         "negative capacity",
-        "unparseable visit_weekdays (expected e.g. Mon,Wed,Fri)",
+        "unparseable visit_weekdays (expected e.g. Mon,Wed,Fri or Mon-Fri)",
         "service_level must be below 1",
         "unknown timezone",
         "missing device_id",
+        "unknown country 'XX' (expected an ISO code such as CN, GB or IN)",
+        f"unknown subdivision 'ZZ' of IN (known: {', '.join(holidays.list_supported_countries()['IN'])})",
     ]
+    assert rejects["column"].tolist()[-2:] == ["country", "subdivision"]
+    master = ingest.read_table(ws, "devices").set_index("device_id")
+    assert tuple(master.loc["A", ["country", "subdivision"]]) == ("IN", "TN")  # as the holidays package spells them
     balances = write(
         tmp_path / "balances.csv",
         "device_id,as_of,balance\nA,2024-01-01,500\nA,2024-13-01,1\nA,2024-01-02,-1\nQ,2024-01-02,1\nA,2999-01-01,1\n",
