@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[1] / "configs" / "default.toml"
+MAX_PLAN_DAYS = 90  # longest plan horizon: visits are planned day by day, and forecasts grow vague
 WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 
 
@@ -115,7 +116,7 @@ class ForecastSettings(_Section):
 
 
 class PlanSettings(_Section):
-    horizon_days: int = Field(14, ge=1, le=90)
+    horizon_days: int = Field(14, ge=1, le=MAX_PLAN_DAYS)
     lookahead_days: int = Field(7, ge=0, le=90)
     cassette_swap: bool = True
     allow_holiday_visits: bool = False

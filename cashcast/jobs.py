@@ -62,7 +62,8 @@ def load_history(
     end = None if as_of is None else as_of - pd.Timedelta(days=1)
     daily = ingest.read_daily(ws, end=end, device_ids=device_ids)
     if daily.empty:
-        raise NoDataError(f"{ws.home}: no daily history in the lake before {as_of or 'now'}; run `cashcast ingest`")
+        before = "now" if as_of is None else f"{as_of:%Y-%m-%d}"
+        raise NoDataError(f"{ws.home}: no daily history in the lake before {before}; run `cashcast ingest`")
     last = daily["date"].max()
     as_of = as_of if as_of is not None else last + pd.Timedelta(days=1)
     unrecorded = (as_of - last).days - 1

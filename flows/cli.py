@@ -36,6 +36,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _plan_days(text: str) -> int:
+    """A plan horizon: 1 to MAX_PLAN_DAYS, the limit on [plan] horizon_days."""
+    from cashcast.config import MAX_PLAN_DAYS
+
+    value = _positive(text)
+    if value > MAX_PLAN_DAYS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_PLAN_DAYS} days")
+    return value
+
+
 def _output(text: str) -> Path:
     if not text.lower().endswith((".csv", ".parquet")):
         raise argparse.ArgumentTypeError(f"{text}: output name must end in .csv or .parquet")
@@ -97,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="balances file (device_id, balance[, as_of]); default: the latest ingested balances",
     )
-    p.add_argument("--horizon", type=_positive, help="plan horizon in days (default [plan] horizon_days)")
+    p.add_argument("--horizon", type=_plan_days, help="plan horizon in days (default [plan] horizon_days)")
     p.add_argument("--out", type=_output, help="plan output .csv or .parquet (default: <home>/plans/D/plan.csv)")
 
     p = sub.add_parser(

@@ -68,6 +68,22 @@ def test_bad_config_key_is_named(tmp_path, capsys):
     assert "plan.horizon_days" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["forecast", "--as-of", "2026-11-01", "--horizon", "0"], "argument --horizon: must be a whole number >= 1"),
+        (["forecast", "--as-of", "2026-13-01", "--horizon", "3"], "argument --as-of: not a date (YYYY-MM-DD)"),
+        (["forecast", "--as-of", "2026-11-01", "--horizon", "3", "--out", "f.txt"], "must end in .csv or .parquet"),
+        (["plan", "--as-of", "2026-11-01", "--horizon", "100"], "argument --horizon: must be at most 90 days"),
+    ],
+)
+def test_bad_arguments_are_refused_before_any_work(tmp_path, capsys, args, error):
+    with pytest.raises(SystemExit) as done:
+        main([*args, "--home", str(tmp_path / "h")])
+    assert done.value.code == 2 and error in capsys.readouterr().err
+    assert not (tmp_path / "h").exists()
+
+
 def test_train_forecast_plan_through_the_cli(cli_home, tmp_path, capsys):
     home, config = cli_home
     common = ["--home", str(home), "--config", str(config)]
