@@ -97,9 +97,7 @@ def ingest_file(
         try:
             loaded, duplicate = LOADERS[kind](run, staging)
             rejects = run.rejects_frame()
-            if run.rows_read == 0:
-                raise IngestError(f"{path}: the file has no data rows")
-            staging.commit()
+            staging.commit()  # a header with no rows is a day with nothing to report (no outages, say)
         finally:
             staging.abort()
     rejects_path = None
