@@ -4,7 +4,9 @@
 2. `forecast-and-plan` on 10,000 devices x 2 years without retraining (the champion is trained first,
    untimed), in device chunks on the configured task runner.
 
-Prints wall times, the per-device cost and peak RSS. Run: python benchmarks/bench_nightly.py [--small N] [--large N]
+Prints wall times, the per-device cost and peak RSS.
+Run: python benchmarks/bench_nightly.py [--small N] [--large N] [--config FILE]
+(e.g. a config with `[flows] task_runner = "dask"` to time the flows on a Dask LocalCluster).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--small", type=int, default=1000, help="devices for the nightly run with retraining")
     parser.add_argument("--large", type=int, default=10000, help="devices for forecast-and-plan without retraining")
+    parser.add_argument("--config", help="config file merged over the defaults, as for cashcast --config")
     args = parser.parse_args()
 
     from prefect.testing.utilities import prefect_test_harness
@@ -64,11 +67,11 @@ def main() -> int:
     from flows import commands
     from flows.nightly import forecast_and_plan_flow, on_configured_runner
 
-    config = load_config()
+    config = load_config(args.config)
     with tempfile.TemporaryDirectory() as tmp, prefect_test_harness(server_startup_timeout=120):
         ws, n = network_workspace(Path(tmp), args.small, seed=1)
         started = time.perf_counter()
-        result = commands.run_nightly(ws, None, None, force_train=True)
+        result = commands.run_nightly(ws, args.config, None, force_train=True)
         small = time.perf_counter() - started
         print(
             f"nightly with retrain, {n} devices x 730 days: {small:.1f} s wall "
@@ -88,7 +91,7 @@ def main() -> int:
         print(f"(untimed set-up) training {n} devices: {time.perf_counter() - started:.1f} s")
         flow = on_configured_runner(forecast_and_plan_flow, config)
         started = time.perf_counter()
-        planned = flow(str(ws.home), None, f"{as_of:%Y-%m-%d}")
+        planned = flow(str(ws.home), args.config, f"{as_of:%Y-%m-%d}")
         large = time.perf_counter() - started
         print(
             f"forecast-and-plan without retrain, {n} devices: {large:.1f} s wall "

@@ -106,6 +106,7 @@ class ForecastSettings(_Section):
     backtest_refit: bool = False
     outage_share: float = Field(0.4, ge=0, lt=1)
     device_gbm_max_devices: int = Field(300, ge=0)
+    train_devices_per_task: int = Field(2000, ge=1)
 
     @field_validator("quantiles")
     @classmethod

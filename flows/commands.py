@@ -33,7 +33,10 @@ def cmd_ingest(ws: Workspace, config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_train(ws: Workspace, config: Config, args: argparse.Namespace) -> int:
-    outcome = jobs.run_train(ws, config, jobs.parse_date(args.as_of), progress=_progress())
+    from flows.runners import training_on_configured_runner
+
+    with training_on_configured_runner(config):
+        outcome = jobs.run_train(ws, config, jobs.parse_date(args.as_of), progress=_progress())
     state = "promoted to champion" if outcome.promoted else "registered but NOT promoted"
     print(
         f"trained {outcome.n_devices} devices on history before {outcome.as_of:%Y-%m-%d}: "
@@ -59,7 +62,10 @@ def cmd_plan(ws: Workspace, config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_backtest(ws: Workspace, config: Config, args: argparse.Namespace) -> int:
-    out = jobs.run_backtest(ws, config, jobs.parse_date(args.start), jobs.parse_date(args.end), args.out)
+    from flows.runners import training_on_configured_runner
+
+    with training_on_configured_runner(config):  # the replay retrains as the nightly run would
+        out = jobs.run_backtest(ws, config, jobs.parse_date(args.start), jobs.parse_date(args.end), args.out)
     print(f"backtest KPIs written to {out / 'kpis.csv'} (per device: {out / 'per_device.csv'})")
     return 0
 

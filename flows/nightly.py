@@ -60,7 +60,8 @@ def train_flow(
         logger.info("training not due: %s", why)
         serving = registry.champion_version(ws, config)
         return {"trained": False, "reason": why, "run_id": serving.run_id, "version": serving.version, "promoted": True}
-    outcome = jobs.run_train(ws, config, jobs.parse_date(as_of))
+    with runners.training_on_configured_runner(config):
+        outcome = jobs.run_train(ws, config, jobs.parse_date(as_of))
     logger.info(
         "trained %d devices as of %s: run %s, version %s, %s (%s)",
         outcome.n_devices,

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -23,6 +25,46 @@ CACHED_MODELS = 2  # the champion and one past morning's: a served process must 
 _cache_lock = threading.Lock()
 
 
+def _local_cluster_options(config: Config) -> dict[str, Any]:
+    """The temporary LocalCluster of `[flows] task_runner = "dask"` without a `dask_address`.
+
+    Its workers start without the MALLOC_TRIM_THRESHOLD_ Dask's nanny sets by default: setting it turns
+    off glibc's dynamic mmap threshold, so every large numpy temporary is mapped and faulted in afresh,
+    and training ran 2.1x slower (10,000 devices on 2 workers: 103 s against 48.5 s without it).
+    """
+    import dask
+
+    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", default={}))
+    environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+    dask.config.set({"distributed.nanny.pre-spawn-environ": environ})
+    return {"n_workers": config.flows.dask_workers, "threads_per_worker": 1, "processes": True}
+
+
+@contextmanager
+def training_on_configured_runner(config: Config) -> Iterator[None]:
+    """Training's fits (device chunks and the network's models) on the Dask cluster `[flows]` configures
+    (a temporary LocalCluster without a `dask_address`); on the local process pool otherwise.
+
+    The fits are plain Dask futures, not Prefect tasks: they are pure computations on arrays, and the
+    flow around them already records the training run.
+    """
+    if config.flows.task_runner != "dask":
+        yield
+        return
+    from distributed import Client, LocalCluster
+
+    from forecasting.backtest import training_executor
+
+    with ExitStack() as stack:
+        if config.flows.dask_address:
+            client = stack.enter_context(Client(config.flows.dask_address))
+        else:
+            cluster = LocalCluster(**_local_cluster_options(config), dashboard_address=None)
+            client = stack.enter_context(Client(stack.enter_context(cluster)))
+        stack.enter_context(training_executor(client.get_executor()))
+        yield
+
+
 def make_task_runner(config: Config):
     """Threads sized to the cores by default; prefect-dask's DaskTaskRunner when configured."""
     if config.flows.task_runner == "dask":
@@ -33,7 +75,7 @@ def make_task_runner(config: Config):
             return DaskTaskRunner(address=config.flows.dask_address)
         return DaskTaskRunner(
             cluster_class="distributed.LocalCluster",
-            cluster_kwargs={"n_workers": config.flows.dask_workers, "threads_per_worker": 1, "processes": True},
+            cluster_kwargs=_local_cluster_options(config),
         )
     return ThreadPoolTaskRunner(max_workers=os.cpu_count() or 2)
 

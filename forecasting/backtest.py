@@ -29,7 +29,11 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Iterator
+from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -91,13 +95,21 @@ def _n_jobs(config: Config) -> int:
     return config.forecast.n_jobs or os.cpu_count() or 1
 
 
-def fit_candidates(config: Config, max_horizon: int, panel: Panel) -> dict:
-    """Every enabled candidate fitted on `panel` (one LightGBM thread: parallelism is across tasks)."""
+def fit_candidates(config: Config, max_horizon: int, panel: Panel, part: str = "all", n_network: int = 0) -> dict:
+    """Enabled candidates fitted on `panel` (one LightGBM thread: parallelism is across tasks).
+
+    `part` "devices" fits the per-device candidates (seasonal naive, ETS), which can be fitted chunk
+    by chunk of devices with the same result; "network" the ones that learn across devices (pooled
+    LightGBM, and the per-device LightGBM on networks up to `device_gbm_max_devices`, which draws its
+    training rows from one random stream); "all" both. `n_network` is the size of the whole network.
+    """
     fc = config.forecast
-    models: dict = {"seasonal_naive": SeasonalNaive().fit(panel)}
-    if "ets" in fc.models:
-        models["ets"] = ETS().fit(panel)
-    if "lightgbm" in fc.models:
+    models: dict = {}
+    if part in ("all", "devices"):
+        models["seasonal_naive"] = SeasonalNaive().fit(panel)
+        if "ets" in fc.models:
+            models["ets"] = ETS().fit(panel)
+    if part in ("all", "network") and "lightgbm" in fc.models:
         models["lightgbm"] = PooledGBM(
             max_horizon=max_horizon,
             max_rows=fc.gbm_max_rows,
@@ -105,9 +117,18 @@ def fit_candidates(config: Config, max_horizon: int, panel: Panel) -> dict:
             seed=fc.seed,
             n_jobs=1,
         ).fit(panel)
-        if len(panel.device_ids) <= fc.device_gbm_max_devices:
+        if (n_network or len(panel.device_ids)) <= fc.device_gbm_max_devices:
             models["lightgbm_device"] = DeviceGBM(max_horizon=max_horizon, seed=fc.seed).fit(panel)
     return models
+
+
+def merge_fitted(parts: list[dict]) -> dict:
+    """One dict of fitted candidates from the dicts of the tasks that fitted them (chunks in row order)."""
+    merged: dict = {}
+    for name in dict.fromkeys(name for part in parts for name in part):
+        fitted = [part[name] for part in parts if name in part]
+        merged[name] = fitted[0] if len(fitted) == 1 else type(fitted[0]).merged(fitted)
+    return merged
 
 
 def special_days(panel: Panel, horizon: int) -> np.ndarray:
@@ -143,46 +164,91 @@ def predict_candidates(models: dict, panel: Panel, horizon: int) -> dict[str, np
     return combine({name: model.predict(panel, horizon) for name, model in models.items()}, panel, horizon)
 
 
-Task = tuple[Panel, int, list[int], int]  # panel, fit on columns < fit_end, forecast origins, horizon
+@dataclass
+class Task:
+    """One unit of training work: fit `part` of the candidates on `panel` before `fit_end`, then
+    forecast from each of `origins` (none: return the fitted models). `stage` groups the tasks of
+    one fit (a backtest, or the final fit) across device chunks."""
+
+    panel: Panel
+    fit_end: int
+    origins: list[int]
+    horizon: int
+    part: str
+    stage: int
+    n_network: int
 
 
-def _task(config: Config, max_horizon: int, panel: Panel, fit_end: int, origins: list[int], horizon: int):
-    """Fit on the history before `fit_end`; forecasts of every candidate from each origin, else the models.
+def _task(config: Config, max_horizon: int, task: Task):
+    """Fit on the history before `fit_end`; raw forecasts of every candidate from each origin, else the models.
 
     Forecasting a later origin with parameters fitted earlier is exactly how a weekly-trained model
     serves daily forecasts, so a backtest fitted once at its first origin is still leak-free.
     """
-    models = fit_candidates(config, max_horizon, panel.truncated(fit_end))
-    if not origins:
+    models = fit_candidates(config, max_horizon, task.panel.truncated(task.fit_end), task.part, task.n_network)
+    if not task.origins:
         return models
-    return [predict_candidates(models, panel.truncated(origin), horizon) for origin in origins]
+    return [
+        {name: model.predict(task.panel.truncated(origin), task.horizon) for name, model in models.items()}
+        for origin in task.origins
+    ]
+
+
+_executor: ContextVar[Executor | None] = ContextVar("training_executor", default=None)
+
+
+@contextmanager
+def training_executor(executor: Executor | None) -> Iterator[None]:
+    """Run the training tasks on `executor` (a Dask cluster's, say) instead of the local process pool."""
+    token = _executor.set(executor)
+    try:
+        yield
+    finally:
+        _executor.reset(token)
 
 
 def run_tasks(config: Config, max_horizon: int, tasks: list[Task], progress: bool = False) -> list:
-    """Backtests and final fits (of every target) in worker processes when the panels pay for them.
+    """Backtests and final fits (of every target and device chunk) on the `training_executor`, else in
+    local worker processes when the panels pay for them.
 
     Workers come from a forkserver (LightGBM's OpenMP state does not survive a plain fork); results
-    come back in task order, so the outcome never depends on the number of workers.
+    come back in task order, so the outcome never depends on the number of workers or where they run.
     """
+    weights = [len(task.panel.device_ids) for task in tasks]
+    bar = tqdm(total=sum(weights), unit="device-fit", disable=not progress)
+    executor = _executor.get()
     workers = min(_n_jobs(config), len(tasks))
-    cells = max(task[0].values.size for task in tasks)
-    bar = tqdm(total=sum(len(task[0].device_ids) for task in tasks), unit="device", disable=not progress)
-    if workers < 2 or cells < PARALLEL_MIN_CELLS:
+    cells = max(task.panel.values.size for task in tasks)
+    if executor is None and (workers < 2 or cells < PARALLEL_MIN_CELLS):
         results = []
-        for task in tasks:
-            results.append(_task(config, max_horizon, *task))
-            bar.update(len(task[0].device_ids))
+        for task, weight in zip(tasks, weights, strict=True):
+            results.append(_task(config, max_horizon, task))
+            bar.update(weight)
         bar.close()
         return results
-    context = mp.get_context("forkserver")
-    context.set_forkserver_preload(["forecasting.backtest"])
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures = {pool.submit(_task, config, max_horizon, *task): len(task[0].device_ids) for task in tasks}
+    own_pool = None
+    if executor is None:
+        context = mp.get_context("forkserver")
+        context.set_forkserver_preload(["forecasting.backtest"])
+        executor = own_pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    try:
+        pairs = zip(tasks, weights, strict=True)
+        futures = {executor.submit(_task, config, max_horizon, task): weight for task, weight in pairs}
         for future in as_completed(futures):
             future.result()
             bar.update(futures[future])
         bar.close()
         return [f.result() for f in futures]
+    finally:
+        if own_pool is not None:
+            own_pool.shutdown()
+
+
+def _join_rows(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Forecasts of device chunks (in row order) joined into one (n, H) array per candidate."""
+    if len(parts) == 1:
+        return dict(parts[0])
+    return {name: np.concatenate([part[name] for part in parts], axis=0) for name in parts[0]}
 
 
 class TargetModel:
@@ -201,22 +267,46 @@ class TargetModel:
         return names + (["blend"] if {"ets", "lightgbm"} <= enabled else [])
 
     def tasks(self, panel: Panel) -> list[Task]:
-        """The backtest (one fit at the first origin, or one per fold with `backtest_refit`), then the final fit."""
+        """The backtest (one fit at the first origin, or one per fold with `backtest_refit`), then the final fit.
+
+        Each fit is one task for the candidates that learn across devices and one per chunk of
+        `[forecast] train_devices_per_task` devices for the per-device ones.
+        """
         fc = self.config.forecast
         horizon = fc.backtest_horizon_days
         origins = [panel.n_days - k * horizon for k in range(fc.backtest_folds, 0, -1)]
         self.origins_ = [o for o in origins if o >= 4 * BLOCK]
         if fc.backtest_refit:
-            backtests = [(panel, o, [o], horizon) for o in self.origins_]
+            fits = [(o, [o]) for o in self.origins_]
         else:
-            backtests = [(panel, self.origins_[0], self.origins_, horizon)] if self.origins_ else []
-        return [*backtests, (panel, panel.n_days, [], horizon)]
+            fits = [(self.origins_[0], self.origins_)] if self.origins_ else []
+        fits.append((panel.n_days, []))
+        n = len(panel.device_ids)
+        size = fc.train_devices_per_task
+        chunks = [np.arange(lo, min(lo + size, n)) for lo in range(0, n, size)] or [np.arange(0)]
+        tasks = []
+        for stage, (fit_end, fit_origins) in enumerate(fits):
+            if "lightgbm" in fc.models:
+                tasks.append(Task(panel, fit_end, fit_origins, horizon, "network", stage, n))
+            whole = len(chunks) == 1
+            tasks += [
+                Task(panel if whole else panel.subset(rows), fit_end, fit_origins, horizon, "devices", stage, n)
+                for rows in chunks
+            ]
+        return tasks
 
-    def finish(self, panel: Panel, results: list) -> TargetModel:
-        """Score the folds, select per device and calibrate, from the results of `tasks`."""
+    def finish(self, panel: Panel, tasks: list[Task], results: list) -> TargetModel:
+        """Score the folds, select per device and calibrate, from the `results` of `tasks`."""
         horizon = self.config.forecast.backtest_horizon_days
-        *backtests, self.models_ = results
-        fold_forecasts = [forecasts for backtest in backtests for forecasts in backtest]
+        final = max(task.stage for task in tasks)
+        self.models_ = merge_fitted([r for task, r in zip(tasks, results, strict=True) if task.stage == final])
+        fold_forecasts = []
+        for stage in range(final):
+            done = [(task, r) for task, r in zip(tasks, results, strict=True) if task.stage == stage]
+            for j, origin in enumerate(done[0][0].origins):
+                raw = _join_rows([r[j] for task, r in done if task.part != "network"])
+                raw.update(*[r[j] for task, r in done if task.part == "network"])
+                fold_forecasts.append(combine(raw, panel.truncated(origin), horizon))
         rows = []
         for fold, (origin, forecasts) in enumerate(zip(self.origins_, fold_forecasts, strict=True)):
             past = panel.truncated(origin)
@@ -229,7 +319,8 @@ class TargetModel:
         return self
 
     def fit(self, panel: Panel) -> TargetModel:
-        return self.finish(panel, run_tasks(self.config, self.max_horizon, self.tasks(panel), self.progress))
+        tasks = self.tasks(panel)
+        return self.finish(panel, tasks, run_tasks(self.config, self.max_horizon, tasks, self.progress))
 
     def _select(self, panel: Panel, rows: list) -> tuple[pd.DataFrame, pd.Series, pd.Series]:
         """Per device and candidate metrics over all folds; the choice per device."""

@@ -88,11 +88,11 @@ class CashForecaster:
             dep_panel = self._panel(daily, devices, as_of, self.max_horizon, self.deposit_devices_, "deposits")
             self.deposits_ = TargetModel(self.config, self.max_horizon)
             tasks += self.deposits_.tasks(dep_panel)
-        # One pool for both targets' folds: workers start once and stay busy.
+        # One pool for both targets' fits: workers start once and stay busy.
         results = run_tasks(self.config, self.max_horizon, tasks, self.progress)
-        self.withdrawals_.finish(panel, results[:n_withdrawal_tasks])
+        self.withdrawals_.finish(panel, tasks[:n_withdrawal_tasks], results[:n_withdrawal_tasks])
         if self.deposits_ is not None:
-            self.deposits_.finish(dep_panel, results[n_withdrawal_tasks:])
+            self.deposits_.finish(dep_panel, tasks[n_withdrawal_tasks:], results[n_withdrawal_tasks:])
         self.as_of_ = as_of
         self.train_start_ = panel.start
         self.failures_: dict[str, str] = {}

@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 
 import lightgbm as lgb
@@ -55,6 +56,11 @@ class SeasonalNaive:
     def fit(self, panel: Panel) -> SeasonalNaive:
         self.fitted_ = True
         return self
+
+    @classmethod
+    def merged(cls, parts: list[SeasonalNaive]) -> SeasonalNaive:
+        """The fits of device chunks as one model (it learns nothing per device)."""
+        return parts[0]
 
     def predict(self, panel: Panel, horizon: int) -> np.ndarray:
         out = _last_same_weekday(panel.values, horizon, self.weeks)
@@ -154,8 +160,20 @@ class ETS:
         self.params_ = pd.DataFrame(
             chosen, index=pd.Index(panel.device_ids, name="device_id"), columns=["alpha", "beta", "phi", "gamma"]
         )
-        self.default_params_ = self.params_.median().to_numpy() if len(self.params_) else grid[len(grid) // 2]
+        self._set_default(grid)
         return self
+
+    def _set_default(self, grid: np.ndarray) -> None:
+        """Parameters for devices unseen at fit time: the median device's."""
+        self.default_params_ = self.params_.median().to_numpy() if len(self.params_) else grid[len(grid) // 2]
+
+    @classmethod
+    def merged(cls, parts: list[ETS]) -> ETS:
+        """The fits of device chunks as one model: the same as one fit on all their devices."""
+        model = copy.copy(parts[0])
+        model.params_ = pd.concat([part.params_ for part in parts])
+        model._set_default(model._grid())
+        return model
 
     def predict(self, panel: Panel, horizon: int) -> np.ndarray:
         params = self.params_.reindex(panel.device_ids).to_numpy()

@@ -259,3 +259,33 @@ def test_worker_model_cache_keeps_only_the_latest_models(tmp_path):
     assert len(runners._cache) == runners.CACHED_MODELS
     last = jobs.ModelRef(file=str(files[-1]))
     assert runners.cached_model(ws, config, last) == {"morning": len(files) - 1}  # still cached
+
+
+def test_training_fans_out_over_the_configured_dask_cluster(nightly_run, fast_config_file, monkeypatch):
+    """With task_runner = "dask", the train flow's fits are submitted to the cluster, chunk by chunk."""
+    from flows import nightly
+    from forecasting import backtest
+
+    ws, config, _, _ = nightly_run
+    dask_config_file = fast_config_file.with_name("dask-train.toml")
+    small_chunks = "[forecast]\ntrain_devices_per_task = 10\n"
+    dask_config_file.write_text(
+        fast_config_file.read_text().replace("[forecast]\n", small_chunks) + 'task_runner = "dask"\ndask_workers = 2\n'
+    )
+    submitted, real_executor = [], backtest.training_executor
+
+    class Recording:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def submit(self, fn, *args, **kwargs):
+            submitted.append(args[-1])  # the Task
+            return self.inner.submit(fn, *args, **kwargs)
+
+    monkeypatch.setattr(backtest, "training_executor", lambda executor: real_executor(Recording(executor)))
+    result = nightly.train_flow(str(ws.home), str(dask_config_file), "2026-11-01", force=True)
+    assert result["trained"]
+    n_devices = len(jobs.lake_device_ids(ws))
+    chunks = sum(task.part == "devices" and task.stage == 0 for task in submitted if task.panel.values.shape[0] <= 10)
+    assert chunks >= -(-n_devices // 10)  # every withdrawal chunk of the backtest went to the cluster
+    assert {task.part for task in submitted} == {"devices", "network"}

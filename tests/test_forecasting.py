@@ -327,6 +327,44 @@ def test_parallel_training_is_deterministic_and_equals_serial(network, config, a
     pd.testing.assert_frame_equal(serial.selection, parallel.selection)
 
 
+def _assert_same_model(a, b, daily, devices, as_of):
+    fa, fb = a.model.predict(daily, devices, as_of, HORIZON), b.model.predict(daily, devices, as_of, HORIZON)
+    pd.testing.assert_frame_equal(fa.frame, fb.frame)
+    np.testing.assert_array_equal(fa.withdrawal_paths, fb.withdrawal_paths)
+    pd.testing.assert_frame_equal(a.selection, b.selection)
+    pd.testing.assert_frame_equal(a.backtest, b.backtest)
+
+
+def test_training_in_device_chunks_equals_training_at_once(trained, network, config, as_of):
+    """Per-device models fitted chunk by chunk (as a Dask cluster or the process pool runs them) make
+    the same model as one fit: chunking is how training scales, never what it learns."""
+    chunked = train(network.daily, network.devices, as_of, config.updated(forecast={"train_devices_per_task": 5}))
+    tasks = chunked.model.withdrawals_.tasks(build_panel(network.daily, network.devices, as_of, config))
+    assert sum(task.part == "devices" for task in tasks) == 2 * 3  # (backtest + final fit) x 3 chunks of 12
+    pd.testing.assert_frame_equal(
+        chunked.model.withdrawals_.models_["ets"].params_, trained.model.withdrawals_.models_["ets"].params_
+    )
+    _assert_same_model(chunked, trained, network.daily, network.devices, as_of)
+
+
+def test_training_runs_its_tasks_on_a_dask_cluster(trained, network, config, as_of):
+    from distributed import Client, LocalCluster, get_task_stream
+
+    from forecasting.backtest import training_executor
+
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+        get_task_stream(client) as stream,
+        training_executor(client.get_executor()),
+    ):
+        on_dask = train(network.daily, network.devices, as_of, config.updated(forecast={"train_devices_per_task": 6}))
+    # Withdrawals and deposits (the branches): 2 fits x (1 network task + 2 chunks), and 2 x (1 + 1).
+    assert len(stream.data) == 10
+    assert len({task["worker"] for task in stream.data}) == 2
+    _assert_same_model(on_dask, trained, network.daily, network.devices, as_of)
+
+
 def test_score_window_compares_models_on_the_same_origins(trained, network, config, as_of):
     scores = score_window(trained.model, network.daily, network.devices, [as_of], HORIZON, config)
     assert 0 < scores["smape_mean"] < 60 and 0 < scores["mase_mean"] < 2
