@@ -86,6 +86,13 @@ def escape_formulas(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def unescape_formulas(values: pd.Series) -> pd.Series:
+    """Text cells of a CSV Cashcast wrote, as they were before `escape_formulas` (reading a plan back)."""
+    text = values.astype("string")
+    escaped = text.str.startswith("'") & text.str[1:].str.startswith(FORMULA_PREFIXES)
+    return text.where(~escaped.fillna(False), text.str[1:])
+
+
 def write_table(frame: pd.DataFrame, path: str | Path) -> Path:
     """Write CSV (escaped for Excel) or Parquet by the file's ending, atomically."""
     path = Path(path)

@@ -19,7 +19,7 @@ import pandas as pd
 import features
 import ingest
 from cashcast.config import Config
-from cashcast.io import atomic_path, write_table
+from cashcast.io import atomic_path, unescape_formulas, write_table
 from cashcast.schema import STALE_HISTORY_DAYS, DemandForecast
 from cashcast.workspace import Workspace
 
@@ -330,22 +330,51 @@ def plan_forecast(
     config: Config,
     terms: pd.DataFrame,
     balances: pd.DataFrame | None = None,
+    on_order: pd.DataFrame | None = None,
 ):
-    """Plan the visits of the forecast devices from the latest balances before `history.as_of`."""
+    """Plan the visits of the forecast devices from the latest balances before `history.as_of`,
+    around the visits `on_order` (see `visits_on_order`)."""
     import replenishment
 
     opening = latest_balances(history.balances if balances is None else balances, history.as_of)
-    return replenishment.plan_network(forecast, terms, opening, history.as_of, config)
+    return replenishment.plan_network(forecast, terms, opening, history.as_of, config, ordered_visits=on_order)
 
 
-def plan_devices(model, history: History, config: Config, balances: pd.DataFrame | None = None):
+def visits_on_order(ws: Workspace, as_of: pd.Timestamp) -> pd.DataFrame | None:
+    """The visits the carrier already has on the morning of `as_of`, from the latest plan written for
+    an earlier morning (None when there is none): inside the lead time they can no longer change."""
+    import replenishment
+
+    earlier = [folder for folder in ws.plans.glob("*/plan.csv") if _plan_day(folder.parent.name) < as_of]
+    if not earlier:
+        return None
+    latest = max(earlier, key=lambda path: _plan_day(path.parent.name))
+    columns = ["device_id", "visit_date", "order_by", "balance_after"]
+    plan = pd.read_csv(latest, dtype={"device_id": str}, usecols=columns)
+    plan["device_id"] = unescape_formulas(plan["device_id"])
+    return replenishment.visits_on_order(plan, as_of)
+
+
+def _plan_day(name: str) -> pd.Timestamp:
+    """The morning a plans/<YYYY-MM-DD> folder is for; folders named otherwise sort first and are skipped."""
+    day = pd.to_datetime(name, format="%Y-%m-%d", errors="coerce")
+    return pd.Timestamp.min if pd.isna(day) else day
+
+
+def plan_devices(
+    model,
+    history: History,
+    config: Config,
+    balances: pd.DataFrame | None = None,
+    on_order: pd.DataFrame | None = None,
+):
     """Forecast with sample paths and plan the visits of the devices in `history` (pure apart from the model).
 
     The forecast runs `[plan] lookahead_days` past the plan's horizon: the optimiser weighs the
     plan's last loads against the visits that follow.
     """
     forecast = forecast_devices(model, history, config.plan.forecast_days)
-    result = plan_forecast(forecast, history, config, device_terms(history, config), balances)
+    result = plan_forecast(forecast, history, config, device_terms(history, config), balances, on_order)
     return forecast, result, forecast.failures
 
 
@@ -366,9 +395,12 @@ def write_plan(
     forecast_file: Path | None = None,
 ) -> PlanFiles:
     """Write plan, projection, summary and the forecast behind them (unless written to `forecast_file`
-    already), each atomically."""
+    already), each atomically. The plan also goes to `out` when given: the workspace's copy is where
+    tomorrow's plan finds the visits already on order."""
     folder = ws.plans / f"{as_of:%Y-%m-%d}"
-    plan_path = write_table(result.plan, out or folder / "plan.csv")
+    plan_path = write_table(result.plan, folder / "plan.csv")
+    if out is not None:
+        plan_path = write_table(result.plan, out)
     return PlanFiles(
         plan=plan_path,
         projection=write_table(result.projection, folder / "projection.csv"),
@@ -429,7 +461,7 @@ def run_plan(
         forecast = forecast_devices(model, history, config.plan.forecast_days)
         terms = resolving.result()
         written = helper.submit(write_table, forecast.frame, output_path(ws.forecasts, as_of, "forecast.csv"))
-        result = plan_forecast(forecast, history, config, terms, balances)
+        result = plan_forecast(forecast, history, config, terms, balances, visits_on_order(ws, as_of))
         return write_plan(ws, as_of, forecast.frame, result, out, forecast_file=written.result())
 
 

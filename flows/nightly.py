@@ -83,14 +83,21 @@ def train_flow(
 
 @task(name="forecast-and-plan-chunk")
 def plan_chunk(
-    home: str, config_file: str | None, as_of: str, horizon: int, device_ids: list[str], model: jobs.ModelRef
+    home: str,
+    config_file: str | None,
+    as_of: str,
+    horizon: int,
+    device_ids: list[str],
+    model: jobs.ModelRef,
+    on_order: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
-    """Forecast and plan one chunk of devices with the `model` of the morning; reads only those devices' history."""
+    """Forecast and plan one chunk of devices with the `model` of the morning, around their visits
+    `on_order`; reads only those devices' history."""
     ws, config = _context(home, config_file)
     model = runners.cached_model(ws, config, model)
     history = jobs.load_history(ws, jobs.parse_date(as_of), device_ids=device_ids)
     config = config.updated(plan={"horizon_days": horizon})
-    forecast, result, failures = jobs.plan_devices(model, history, config)
+    forecast, result, failures = jobs.plan_devices(model, history, config, on_order=on_order)
     return {
         "worker": f"{socket.gethostname()}:{os.getpid()}",
         "forecast": forecast.frame,
@@ -119,10 +126,14 @@ def forecast_and_plan_flow(
             "the champion saw days after %s: forecasting with a model trained before it", f"{as_of_ts:%Y-%m-%d}"
         )
     chunks = jobs.device_chunks(ws, config.flows.devices_per_task)
+    on_order = jobs.visits_on_order(ws, as_of_ts)
     chunk_task = plan_chunk.with_options(**runners.retry_options(config))
     day = f"{as_of_ts:%Y-%m-%d}"
     try:
-        futures = [chunk_task.submit(str(ws.home), config_file, day, horizon, chunk, model) for chunk in chunks]
+        futures = [
+            chunk_task.submit(str(ws.home), config_file, day, horizon, chunk, model, _for_devices(on_order, chunk))
+            for chunk in chunks
+        ]
         parts = [f.result() for f in futures]
     finally:
         if model.file is not None:  # ~1 kB a device: one per past morning would pile up
@@ -143,6 +154,11 @@ def forecast_and_plan_flow(
         "n_chunks": len(chunks),
         "workers": sorted({part["worker"] for part in parts}),  # host:pid of the processes that ran the chunks
     }
+
+
+def _for_devices(frame: pd.DataFrame | None, device_ids: list[str]) -> pd.DataFrame | None:
+    """The rows of `frame` for `device_ids` (a chunk's share of a small network-wide table)."""
+    return None if frame is None else frame[frame["device_id"].isin(device_ids)].reset_index(drop=True)
 
 
 def on_configured_runner(subflow, config: Config):

@@ -233,6 +233,22 @@ def _ordered_targets(
     return targets
 
 
+def visits_on_order(earlier_plan: pd.DataFrame, as_of) -> pd.DataFrame:
+    """The visits of an earlier plan that the carrier already has on the morning of `as_of`: due to be
+    ordered before it (`order_by` < as_of) for as_of or later. Today's plan takes them as given
+    (device_id, visit_date, balance_after); the rest of the earlier plan is free to change."""
+    as_of = pd.Timestamp(as_of).normalize()
+    visit = pd.to_datetime(earlier_plan["visit_date"])
+    ordered = (pd.to_datetime(earlier_plan["order_by"]) < as_of) & (visit >= as_of)
+    return pd.DataFrame(
+        {
+            "device_id": earlier_plan.loc[ordered, "device_id"].astype(str).to_numpy(dtype=object),
+            "visit_date": visit[ordered].to_numpy(),
+            "balance_after": earlier_plan.loc[ordered, "balance_after"].to_numpy(dtype="float64"),
+        }
+    )
+
+
 def weekly_fill_targets(allowed: np.ndarray, dates: pd.DatetimeIndex, max_load: np.ndarray) -> np.ndarray:
     """Fixed-schedule baseline: fill to capacity on the first allowed day of each calendar week."""
     week = np.asarray((dates - pd.to_timedelta(dates.day_of_week, unit="D")).normalize().asi8)
@@ -448,10 +464,12 @@ def _plan_rows(
 
     `dates` and `holiday_names` run past the horizon as far as a final load may cover. `notes` are
     per-device lists: the plan's notes (on a device's first row) and the standing notes (on every row).
+    Visits already ordered (`fixed`, inside the lead time) shape the plan but are an earlier plan's
+    rows: a plan lists only the visits it orders, none before as_of + lead_time_days.
     """
     device_notes, standing_notes = notes
     horizon = targets.shape[1]
-    rows, days = np.nonzero(~np.isnan(targets))
+    rows, days = np.nonzero(~np.isnan(targets) & np.isnan(fixed))
     covered = segment_end[rows, days] - days
     before = run.before[rows, days]
     after = fill_level(before, targets[rows, days], top_up, is_atm[rows])
@@ -461,9 +479,8 @@ def _plan_rows(
     held = np.concatenate([np.zeros((len(targets), 1)), np.cumsum(run.after, axis=1)], axis=1)
     holding = (held[rows, np.minimum(days + covered, horizon)] - held[rows, days]) * dev.daily_holding_rate[rows]
     first_visit = np.diff(rows, prepend=-1) != 0  # visits come sorted by device, then day
-    ordered = ~np.isnan(fixed[rows, days])
     capped = after >= dev.max_load[rows] - 1e-6
-    flags = zip(ordered, pickup, capped, strict=True)
+    flags = zip(pickup, capped, strict=True)
     weekdays = [WEEKDAY_NAMES[day] for day in dates.day_of_week]
     reasons = [
         _reason(weekdays, int(day), int(span), horizon, holiday_names[row, day : day + span], dev, row, p_out, flag)
@@ -498,7 +515,7 @@ def _plan_rows(
 
 def _reason(weekdays, day, covered, horizon, holiday_names, dev, row, risk, flags) -> str:
     """'covers Fri-Tue (5 days) incl. holiday (National Day) at 99%' plus what cash ops must know."""
-    ordered, pickup, capped = flags
+    pickup, capped = flags
     sl = dev.service_level[row]
     beyond = day + covered - horizon
     until = f", {beyond} past the plan horizon" if beyond > 0 else ""
@@ -508,9 +525,7 @@ def _reason(weekdays, day, covered, horizon, holiday_names, dev, row, risk, flag
     parts = [f"covers {_day_span(weekdays, day, covered)} ({days}){holiday} at {_percent(sl)}"]
     if pickup:
         parts.insert(0, f"pickup: deposits lift cash above max_balance {dev.max_balance[row]:,.0f}")
-    if ordered:
-        parts.insert(0, "already ordered (inside the lead time)")
-    elif risk > 1 - sl + 1e-9 and capped:
+    if risk > 1 - sl + 1e-9 and capped:
         parts.append(f"stockout risk {_percent(risk)} above target: load capped at {dev.max_load[row]:,.0f}")
     elif risk > 1 - sl + 1e-9:
         parts.append(f"stockout risk {_percent(risk)} in simulation (rare demand surges the load does not chase)")

@@ -261,7 +261,8 @@ def _cashcast(win: _Window, actual: pd.DataFrame, forecaster: Forecaster, config
             holidays=win.holidays,
             ordered_visits=ordered,
         )
-        schedule[:, day:] = np.nan
+        schedule[:, day:] = np.nan  # the new plan's visits replace the old plan's, but for those on order
+        schedule[rows, cols[col_index]] = ordered["balance_after"].to_numpy()
         plan = result.plan[result.plan["visit_date"] <= win.dates[-1]]
         row = pd.Index(device_ids).get_indexer(plan["device_id"].astype(str))
         col = win.dates.get_indexer(plan["visit_date"])

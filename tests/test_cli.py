@@ -155,7 +155,7 @@ def test_plan_with_balances_file(cli_home, tmp_path):
         "--config",
         str(config),
         "--as-of",
-        "2026-11-02",
+        "2026-10-30",  # before any other plan of this workspace: no visit is on order yet
         "--balances",
         str(balances),
         "--out",
@@ -169,7 +169,7 @@ def test_plan_with_balances_file(cli_home, tmp_path):
     from cashcast.config import parse_weekdays
 
     for device in devices[devices["kind"] == "atm"].itertuples():
-        day = pd.Timestamp("2026-11-02") + pd.Timedelta(days=int(device.lead_time_days))
+        day = pd.Timestamp("2026-10-30") + pd.Timedelta(days=int(device.lead_time_days))
         while day.weekday() not in parse_weekdays(device.visit_weekdays):
             day += pd.Timedelta(days=1)
         assert pd.Timestamp(first_visit[device.device_id]) == day, device.device_id
@@ -263,3 +263,24 @@ def test_forecast_before_the_champion_uses_no_future(cli_home, tmp_path, monkeyp
     assert seen and max(seen) < pd.Timestamp("2026-08-01")
     assert pd.to_datetime(pd.read_csv(out)["date"]).min() == pd.Timestamp("2026-08-01")
     assert registry.champion_version(ws, config).version == champion  # the champion is untouched
+
+
+def test_a_plan_keeps_the_visits_an_earlier_plan_already_ordered(cli_home, tmp_path):
+    """Monday's plan orders Tuesday's visits (lead time 1): Tuesday's plan cannot change them, so it plans
+    around them (the projection shows the visit) and lists only visits from Wednesday on."""
+    home, config = cli_home
+    common = ["--home", str(home), "--config", str(config)]
+    assert main(["plan", *common, "--as-of", "2026-10-19", "--out", str(tmp_path / "monday.csv")]) == 0
+    monday = pd.read_csv(home / "plans" / "2026-10-19" / "plan.csv", dtype={"device_id": str})  # also kept here
+    pd.testing.assert_frame_equal(monday, pd.read_csv(tmp_path / "monday.csv", dtype={"device_id": str}))
+    ordered = monday[(monday["order_by"] < "2026-10-20") & (monday["visit_date"] >= "2026-10-20")]
+    assert len(ordered), "the sample should have visits ordered on Monday for Tuesday"
+    assert main(["plan", *common, "--as-of", "2026-10-20"]) == 0
+    tuesday = pd.read_csv(home / "plans" / "2026-10-20" / "plan.csv", dtype={"device_id": str})
+    lead = pd.read_csv(REPO / "data" / "sample" / "devices.csv", dtype={"device_id": str}).set_index("device_id")
+    earliest = pd.Timestamp("2026-10-20") + pd.to_timedelta(tuesday["device_id"].map(lead["lead_time_days"]), unit="D")
+    assert (pd.to_datetime(tuesday["visit_date"]) >= earliest).all()
+    projection = pd.read_csv(home / "plans" / "2026-10-20" / "projection.csv", dtype={"device_id": str})
+    visits = projection.set_index(["device_id", "date"])["visit"]
+    for row in ordered.itertuples():
+        assert visits[(row.device_id, row.visit_date)], (row.device_id, row.visit_date)

@@ -289,3 +289,18 @@ def test_training_fans_out_over_the_configured_dask_cluster(nightly_run, fast_co
     chunks = sum(task.part == "devices" and task.stage == 0 for task in submitted if task.panel.values.shape[0] <= 10)
     assert chunks >= -(-n_devices // 10)  # every withdrawal chunk of the backtest went to the cluster
     assert {task.part for task in submitted} == {"devices", "network"}
+
+
+def test_the_next_mornings_chunks_plan_around_the_visits_on_order(nightly_run, fast_config_file):
+    from flows import nightly
+
+    ws, _, _, first = nightly_run
+    earlier = pd.read_csv(first["planned"]["plan"], dtype={"device_id": str})
+    on_order = earlier[(earlier["order_by"] < "2026-11-02") & (earlier["visit_date"] >= "2026-11-02")]
+    assert len(on_order)
+    result = nightly.forecast_and_plan_flow(str(ws.home), str(fast_config_file), "2026-11-02")
+    projection = pd.read_csv(result["projection"], dtype={"device_id": str}).set_index(["device_id", "date"])
+    assert all(projection.loc[(row.device_id, row.visit_date), "visit"] for row in on_order.itertuples())
+    plan = pd.read_csv(result["plan"], dtype={"device_id": str})
+    kept = plan.merge(on_order[["device_id", "visit_date"]], on=["device_id", "visit_date"])
+    assert kept.empty  # listed by the plan that ordered them, not again

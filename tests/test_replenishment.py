@@ -460,10 +460,32 @@ def test_ordered_visits_inside_the_lead_time_are_kept(config):
     )
     balances = pd.DataFrame({"device_id": ["D0"], "balance": [0.0]})
     result = plan_network(forecast, terms, balances, AS_OF, config, holidays=NO_HOLIDAYS, ordered_visits=ordered)
-    first = result.plan.iloc[0]
-    assert first["visit_date"] == AS_OF + pd.Timedelta(days=1) and first["balance_after"] == 700.0
-    assert "already ordered" in first["reason"]
-    assert (result.plan["visit_date"].iloc[1:] >= AS_OF + pd.Timedelta(days=2)).all()
+    # The ordered visit is an earlier plan's row: this plan lists only its own, after the lead time ...
+    assert len(result.plan) and (result.plan["visit_date"] >= AS_OF + pd.Timedelta(days=2)).all()
+    # ... but plans around it: the projection fills the device with 700 on the ordered day.
+    day = result.projection.set_index("date")
+    assert (
+        day.loc[AS_OF + pd.Timedelta(days=1), "visit"]
+        and day.loc[AS_OF + pd.Timedelta(days=2), "expected_opening_balance"] < 700
+    )
+    assert result.plan.iloc[0]["expected_balance_before"] < 700
+
+
+def test_visits_on_order_are_those_due_to_be_ordered_before_the_morning():
+    from replenishment import visits_on_order
+
+    earlier = pd.DataFrame(
+        {
+            "device_id": ["A", "A", "B", "C"],
+            "visit_date": ["2026-11-02", "2026-11-09", "2026-11-03", "2026-11-01"],
+            "order_by": ["2026-11-01", "2026-11-08", "2026-11-01", "2026-10-31"],
+            "balance_after": [100.0, 200.0, 300.0, 400.0],
+        }
+    )
+    on_order = visits_on_order(earlier, pd.Timestamp("2026-11-02"))
+    # A's visit today and B's tomorrow were ordered yesterday; A's next week is not yet; C's is past.
+    assert on_order["device_id"].tolist() == ["A", "B"]
+    assert on_order["balance_after"].tolist() == [100.0, 300.0]
 
 
 def test_plan_uses_public_holidays_by_default(config):
