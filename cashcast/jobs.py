@@ -270,8 +270,6 @@ def morning_model(ws: Workspace, config: Config, as_of: pd.Timestamp, progress: 
     A model fitted here for a morning before the champion's training is pickled into the workspace
     (the caller removes it when the chunks are done), where every chunk (thread or Dask worker) loads it.
     """
-    import pickle
-
     ref, fitted = _past_morning_model(ws, config, as_of, progress)
     if fitted is None:
         return ref
@@ -345,20 +343,18 @@ def visits_on_order(ws: Workspace, as_of: pd.Timestamp) -> pd.DataFrame | None:
     an earlier morning (None when there is none): inside the lead time they can no longer change."""
     import replenishment
 
-    earlier = [folder for folder in ws.plans.glob("*/plan.csv") if _plan_day(folder.parent.name) < as_of]
+    days = {
+        path: pd.to_datetime(path.parent.name, format="%Y-%m-%d", errors="coerce")
+        for path in ws.plans.glob("*/plan.csv")
+    }
+    earlier = {path: day for path, day in days.items() if pd.notna(day) and day < as_of}  # plans/<YYYY-MM-DD> only
     if not earlier:
         return None
-    latest = max(earlier, key=lambda path: _plan_day(path.parent.name))
+    latest = max(earlier, key=earlier.get)
     columns = ["device_id", "visit_date", "order_by", "balance_after"]
     plan = pd.read_csv(latest, dtype={"device_id": str}, usecols=columns)
     plan["device_id"] = unescape_formulas(plan["device_id"])
     return replenishment.visits_on_order(plan, as_of)
-
-
-def _plan_day(name: str) -> pd.Timestamp:
-    """The morning a plans/<YYYY-MM-DD> folder is for; folders named otherwise sort first and are skipped."""
-    day = pd.to_datetime(name, format="%Y-%m-%d", errors="coerce")
-    return pd.Timestamp.min if pd.isna(day) else day
 
 
 def plan_devices(

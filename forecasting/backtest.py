@@ -11,7 +11,9 @@ weeks of backtest is a noisy judge; the network's view is worth 250 points, whic
 picks the best, and falls back to seasonal naive wherever the pick is worse than it on the device's
 own backtest: never worse than the baseline in the backtest. Devices with fewer than
 `min_history_days` observed days (or no backtest) use the pooled LightGBM, which learns from the whole
-network. Folds and final fits of both targets run as tasks in a process pool (`n_jobs`).
+network. Each fit (the backtest, the final fit) of each target is one task for the models that learn
+across devices and one per chunk of `train_devices_per_task` devices for the per-device ones; the
+tasks run in a local process pool (`n_jobs`) or on a Dask cluster (`training_executor`).
 
 Uncertainty: backtest errors of the chosen forecast on a log ratio scale,
 r = log((y + c) / (yhat + c)) with c = 5% of the device's recent mean (zero days stay finite), are
@@ -95,21 +97,21 @@ def _n_jobs(config: Config) -> int:
     return config.forecast.n_jobs or os.cpu_count() or 1
 
 
-def fit_candidates(config: Config, max_horizon: int, panel: Panel, part: str = "all", n_network: int = 0) -> dict:
+def fit_candidates(config: Config, max_horizon: int, panel: Panel, part: str, n_network: int) -> dict:
     """Enabled candidates fitted on `panel` (one LightGBM thread: parallelism is across tasks).
 
     `part` "devices" fits the per-device candidates (seasonal naive, ETS), which can be fitted chunk
     by chunk of devices with the same result; "network" the ones that learn across devices (pooled
-    LightGBM, and the per-device LightGBM on networks up to `device_gbm_max_devices`, which draws its
-    training rows from one random stream); "all" both. `n_network` is the size of the whole network.
+    LightGBM, and the per-device LightGBM on networks up to `device_gbm_max_devices` devices, which
+    draws its training rows from one random stream). `n_network` is the size of the whole network.
     """
     fc = config.forecast
     models: dict = {}
-    if part in ("all", "devices"):
+    if part == "devices":
         models["seasonal_naive"] = SeasonalNaive().fit(panel)
         if "ets" in fc.models:
             models["ets"] = ETS().fit(panel)
-    if part in ("all", "network") and "lightgbm" in fc.models:
+    if part == "network" and "lightgbm" in fc.models:
         models["lightgbm"] = PooledGBM(
             max_horizon=max_horizon,
             max_rows=fc.gbm_max_rows,
@@ -117,7 +119,7 @@ def fit_candidates(config: Config, max_horizon: int, panel: Panel, part: str = "
             seed=fc.seed,
             n_jobs=1,
         ).fit(panel)
-        if (n_network or len(panel.device_ids)) <= fc.device_gbm_max_devices:
+        if n_network <= fc.device_gbm_max_devices:
             models["lightgbm_device"] = DeviceGBM(max_horizon=max_horizon, seed=fc.seed).fit(panel)
     return models
 
