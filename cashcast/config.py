@@ -121,8 +121,16 @@ class PlanSettings(_Section):
     lookahead_days: int = Field(7, ge=0, le=90)
     cassette_swap: bool = True
     allow_holiday_visits: bool = False
+    order_weekdays: str = ""  # days the carrier takes orders ("Mon-Fri"); empty: every day
     stockout_penalty_visits: float = Field(3.0, ge=0)
     max_cover_days: int = Field(14, ge=1, le=90)
+
+    @field_validator("order_weekdays")
+    @classmethod
+    def _order_weekdays(cls, value: str) -> str:
+        if value.strip():
+            parse_weekdays(value)
+        return value
 
     @property
     def forecast_days(self) -> int:
@@ -187,11 +195,11 @@ def parse_weekdays(text: str) -> tuple[int, ...]:
     for part in parts:
         ends = [_weekday(end) for end in part.replace("\u2013", "-").split("-")]
         if len(ends) > 2 or None in ends:
-            raise ValueError(f"visit_weekdays must list days like 'Mon,Tue' or 'Mon-Fri', got {text!r}")
+            raise ValueError(f"weekdays must be listed like 'Mon,Tue' or 'Mon-Fri', got {text!r}")
         first, last = ends[0], ends[-1]
         days.update((first + step) % 7 for step in range((last - first) % 7 + 1))
     if not days:
-        raise ValueError(f"visit_weekdays must list days like 'Mon,Tue' or 'Mon-Fri', got {text!r}")
+        raise ValueError(f"weekdays must be listed like 'Mon,Tue' or 'Mon-Fri', got {text!r}")
     return tuple(sorted(days))
 
 

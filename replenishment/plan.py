@@ -26,7 +26,13 @@ from replenishment.dp import (
     segment_table,
     solve_visits,
 )
-from replenishment.terms import allowed_visit_days, device_holidays, holiday_matrix, round_up_to_multiple
+from replenishment.terms import (
+    allowed_visit_days,
+    device_holidays,
+    holiday_matrix,
+    order_deadlines,
+    round_up_to_multiple,
+)
 
 WEEKDAY_NAMES = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 UNKNOWN_BALANCE_DAYS = 7
@@ -329,8 +335,9 @@ def plan_network(
         holidays = device_holidays(terms, all_dates[0], all_dates[-1])
     is_holiday, holiday_names = holiday_matrix(device_ids, all_dates, holidays)
     lead = terms["lead_time_days"].to_numpy(dtype=int)
+    deadlines = order_deadlines(all_dates[:planned_days], lead, config.plan.order_weekdays)
     allowed_ahead = allowed_visit_days(
-        terms, all_dates[:planned_days], is_holiday[:, :planned_days], config.plan.allow_holiday_visits, lead
+        terms, all_dates[:planned_days], is_holiday[:, :planned_days], config.plan.allow_holiday_visits, deadlines
     )
     fixed = _ordered_targets(ordered_visits, device_ids, dates)
     has_fixed = ~np.isnan(fixed).all(axis=1)
@@ -377,6 +384,7 @@ def plan_network(
         (device_notes, standing_notes),
         top_up,
         is_atm,
+        deadlines,
     )
     quantiles = config.forecast.quantiles
     projection = _projection(device_ids, dates, withdrawals, net[:, :, :horizon], targets, run, quantiles)
@@ -458,11 +466,12 @@ def _standing_notes(terms: pd.DataFrame, failures: dict[str, str], as_of: pd.Tim
 
 
 def _plan_rows(
-    terms, dev, dates, targets, segment_end, fixed, run, holiday_names, notes, top_up, is_atm
+    terms, dev, dates, targets, segment_end, fixed, run, holiday_names, notes, top_up, is_atm, deadlines
 ) -> pd.DataFrame:
     """CONTRACT.md plan rows, one per device and visit, with a reason for cash ops.
 
-    `dates` and `holiday_names` run past the horizon as far as a final load may cover. `notes` are
+    `dates` and `holiday_names` run past the horizon as far as a final load may cover; `deadlines`
+    index the day each visit's order is due (`order_deadlines`). `notes` are
     per-device lists: the plan's notes (on a device's first row) and the standing notes (on every row).
     Visits already ordered (`fixed`, inside the lead time) shape the plan but are an earlier plan's
     rows: a plan lists only the visits it orders, none before as_of + lead_time_days.
@@ -495,7 +504,7 @@ def _plan_rows(
         {
             "device_id": pd.array(terms["device_id"].astype(str).to_numpy()[rows], dtype="string"),
             "visit_date": visit_dates,
-            "order_by": visit_dates - pd.to_timedelta(terms["lead_time_days"].to_numpy()[rows], unit="D"),
+            "order_by": dates[deadlines[rows, days]],
             "action": np.where(pickup, "pickup", "load"),
             "amount": np.round(amount, 2),
             "expected_balance_before": np.round(before, 2),

@@ -30,6 +30,7 @@ from replenishment.terms import (
     allowed_visit_days,
     device_holidays,
     holiday_matrix,
+    order_deadlines,
     round_up_to_multiple,
     trailing_mean_demand,
 )
@@ -60,7 +61,8 @@ class _Window:
     deposits: np.ndarray
     imputed: np.ndarray  # bool: actual day not recorded, demand imputed
     allowed: np.ndarray  # routine/emergency visit allowed (weekday, holiday rule), lead time ignored
-    after_lead: np.ndarray  # allowed and at least lead_time_days after the replay start
+    after_lead: np.ndarray  # allowed and still orderable on the replay's first morning
+    deadlines: np.ndarray  # int: the day each visit's order is due (terms.order_deadlines), -1 before the start
     beyond_net: np.ndarray  # (n, E) net outflow after the window: recorded, else the last week repeated
     beyond_allowed: np.ndarray  # (n, E) visit days allowed after the window
     holidays: pd.DataFrame
@@ -103,10 +105,10 @@ def _window(actual: pd.DataFrame, terms: pd.DataFrame, start, end, config, initi
     extended = pd.date_range(dates[0], periods=len(dates) + config.plan.horizon_days, freq="D")
     holidays = device_holidays(terms, dates[0], extended[-1])
     is_holiday, _ = holiday_matrix(device_ids, extended, holidays)
-    allowed = allowed_visit_days(terms, extended, is_holiday, config.plan.allow_holiday_visits, np.zeros(len(terms)))
+    allowed = allowed_visit_days(terms, extended, is_holiday, config.plan.allow_holiday_visits)
     allowed, beyond_allowed = allowed[:, : len(dates)], allowed[:, len(dates) :]
     lead = terms["lead_time_days"].to_numpy(dtype=int)
-    after_lead = allowed & (np.arange(len(dates))[None, :] >= lead[:, None])
+    deadlines = order_deadlines(dates, lead, config.plan.order_weekdays)
     before = trailing_mean_demand(actual[actual["date"] < dates[0]]).reindex(device_ids).fillna(0.0).to_numpy()
     default = round_up_to_multiple(dev.min_balance + 7 * before, dev.load_multiple)
     initial = np.minimum(default, dev.max_load)
@@ -129,7 +131,8 @@ def _window(actual: pd.DataFrame, terms: pd.DataFrame, start, end, config, initi
         deposits=deposits,
         imputed=imputed,
         allowed=allowed,
-        after_lead=after_lead,
+        after_lead=allowed & (deadlines >= 0),
+        deadlines=deadlines,
         beyond_net=np.where(np.isnan(recorded), repeated, recorded),
         beyond_allowed=beyond_allowed,
         holidays=holidays,
@@ -206,7 +209,6 @@ def _cover_rule(win: _Window, actual: pd.DataFrame, config) -> Decide:
     device_ids = win.terms["device_id"].astype(str).to_numpy(dtype=object)
     history_dates = pd.date_range(win.dates[0] - pd.Timedelta(days=COVER_WINDOW_DAYS), win.dates[-1], freq="D")
     history = _actual_matrix(actual, device_ids, history_dates, "withdrawals")
-    lead = win.terms["lead_time_days"].to_numpy(dtype=int)
     n, days = win.withdrawals.shape
     rows = np.arange(n)
     # next_allowed[d, t]: the first allowed visit day >= t (days when there is none).
@@ -218,7 +220,8 @@ def _cover_rule(win: _Window, actual: pd.DataFrame, config) -> Decide:
         recent = history[:, day : day + COVER_WINDOW_DAYS]
         seen = (~np.isnan(recent)).sum(axis=1)
         mean = np.nansum(recent, axis=1) / np.maximum(seen, 1)
-        visit_day = next_allowed[rows, np.minimum(day + lead, days)]
+        first_orderable = np.where((win.deadlines >= day).any(axis=1), np.argmax(win.deadlines >= day, axis=1), days)
+        visit_day = next_allowed[rows, first_orderable]
         reachable = visit_day < days
         planned = np.concatenate([np.zeros((n, 1)), np.cumsum(~np.isnan(schedule), axis=1)], axis=1)
         free = planned[rows, np.minimum(visit_day + 1, days)] == planned[:, day]  # none in [day, visit_day]
@@ -235,7 +238,6 @@ def _cashcast(win: _Window, actual: pd.DataFrame, forecaster: Forecaster, config
     every = config.backtest.replan_every_days
     horizon = config.plan.forecast_days
     device_ids = win.terms["device_id"].astype(str).to_numpy(dtype=object)
-    lead = win.terms["lead_time_days"].to_numpy(dtype=int)
 
     def decide(day: int, cash: np.ndarray, schedule: np.ndarray) -> None:
         if day % every:
@@ -243,7 +245,7 @@ def _cashcast(win: _Window, actual: pd.DataFrame, forecaster: Forecaster, config
         as_of = win.dates[day]
         forecast = forecaster(actual[actual["date"] < as_of], as_of, horizon)
         cols = np.arange(day, min(day + horizon, schedule.shape[1]))
-        inside_lead = (cols[None, :] < day + lead[:, None]) & ~np.isnan(schedule[:, cols])
+        inside_lead = (win.deadlines[:, cols] < day) & ~np.isnan(schedule[:, cols])  # their order is placed
         rows, col_index = np.nonzero(inside_lead)
         ordered = pd.DataFrame(
             {

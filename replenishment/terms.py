@@ -156,16 +156,32 @@ def holiday_matrix(
 
 
 def allowed_visit_days(
-    terms: pd.DataFrame, dates: pd.DatetimeIndex, is_holiday: np.ndarray, allow_holidays: bool, earliest: np.ndarray
+    terms: pd.DataFrame,
+    dates: pd.DatetimeIndex,
+    is_holiday: np.ndarray,
+    allow_holidays: bool,
+    deadlines: np.ndarray | None = None,
 ) -> np.ndarray:
     """bool (n, H): a routine visit may happen on this device-day.
 
-    Allowed = one of the device's visit weekdays, not a public holiday (unless allowed), and not
-    before day index `earliest` (as_of + lead_time_days, the carrier's order cutoff).
+    Allowed = one of the device's visit weekdays, not a public holiday (unless allowed), and, with
+    `deadlines` (see `order_deadlines`), a day whose order can still be placed on or after dates[0].
     """
     codes, sets = pd.factorize(terms["weekday_set"])
     weekdays = np.asarray(dates.day_of_week)
     by_set = np.array([np.isin(weekdays, list(days)) for days in sets], dtype=bool).reshape(len(sets), len(dates))
-    weekday_ok = by_set[codes]
-    after_lead = np.arange(len(dates))[None, :] >= np.asarray(earliest)[:, None]
-    return weekday_ok & after_lead & (allow_holidays | ~is_holiday)
+    allowed = by_set[codes] & (allow_holidays | ~is_holiday)
+    return allowed if deadlines is None else allowed & (deadlines >= 0)
+
+
+def order_deadlines(dates: pd.DatetimeIndex, lead: np.ndarray, order_weekdays: str) -> np.ndarray:
+    """int (n, H): for a visit on each day, the index of the day its order is due: the last of the
+    carrier's `order_weekdays` (empty: any day) at least `lead` days before it; -1 when that is
+    before dates[0], the morning of planning (the visit can no longer be ordered)."""
+    days = np.arange(len(dates))
+    last_order_day = days
+    if order_weekdays.strip():
+        takes_orders = np.isin(np.asarray(dates.day_of_week), parse_weekdays(order_weekdays))
+        last_order_day = np.maximum.accumulate(np.where(takes_orders, days, -1))
+    due = days[None, :] - np.asarray(lead, dtype=int)[:, None]
+    return np.where(due >= 0, last_order_day[np.clip(due, 0, None)], -1)

@@ -72,8 +72,14 @@ def test_parse_weekdays():
     assert parse_weekdays("Tues, Thurs, Sat-Sun") == (1, 3, 5, 6)
     # Anything else is refused, never half-read ("Mon-Fri" once became Monday only).
     for text in ("", "Mo", "M,T", "Mon/Thu", "Mon-Fri-Sun", "Someday"):
-        with pytest.raises(ValueError, match="visit_weekdays"):
+        with pytest.raises(ValueError, match="weekdays must be listed like"):
             parse_weekdays(text)
+
+
+def test_carrier_order_days_are_checked_like_visit_days():
+    assert load_config().updated(plan={"order_weekdays": "Mon-Fri"}).plan.order_weekdays == "Mon-Fri"
+    with pytest.raises(ConfigError, match="plan.order_weekdays"):
+        load_config().updated(plan={"order_weekdays": "Mon/Fri"})
 
 
 def test_country_codes_are_the_holidays_packages_whatever_their_case():

@@ -559,3 +559,34 @@ def test_max_cover_days_bounds_how_long_one_load_is_planned_to_last(config):
     longer = capped.updated(plan={"max_cover_days": 28})
     plan = plan_network(forecast, terms, empty, AS_OF, longer, holidays=NO_HOLIDAYS).plan
     assert plan["days_covered"].max() > 14
+
+
+def test_order_deadlines_fall_on_the_carriers_order_days():
+    from replenishment.terms import order_deadlines
+
+    dates = pd.date_range("2026-10-31", periods=10)  # Sat .. Mon
+    every_day = order_deadlines(dates, np.array([1]), "")
+    assert every_day[0].tolist() == [-1, 0, 1, 2, 3, 4, 5, 6, 7, 8]  # lead time in calendar days
+    weekdays = order_deadlines(dates, np.array([1, 2]), "Mon-Fri")
+    # Lead 1: Monday's visit is due Sunday, so Friday, before this Saturday morning: too late.
+    assert weekdays[0].tolist() == [-1, -1, -1, 2, 3, 4, 5, 6, 6, 6]
+    assert weekdays[1].tolist() == [-1, -1, -1, -1, 2, 3, 4, 5, 6, 6]
+
+
+def test_a_carrier_taking_orders_on_weekdays_moves_order_by_off_the_weekend(config):
+    saturday = pd.Timestamp("2026-10-31")
+    forecast = lognormal_forecast([100.0], 21, n_paths=50, seed=9, start=saturday)
+    terms = make_terms(config, 1, capacity=[600.0], visit_cost=[50.0], lead_time_days=[1])
+    empty = pd.DataFrame({"device_id": ["D0"], "balance": [0.0]})
+    daily = plan_network(forecast, terms, empty, saturday, config, holidays=NO_HOLIDAYS)
+    assert daily.plan["visit_date"].iloc[0] == pd.Timestamp("2026-11-02")  # Monday, ordered on Sunday
+    assert (daily.plan["order_by"] == daily.plan["visit_date"] - pd.Timedelta(days=1)).all()
+    weekdays = config.updated(plan={"order_weekdays": "Mon-Fri"})
+    plan = plan_network(forecast, terms, empty, saturday, weekdays, holidays=NO_HOLIDAYS).plan
+    assert plan["visit_date"].iloc[0] == pd.Timestamp("2026-11-03")  # Monday's order was due Friday
+    assert len(plan) >= 2 and (plan["order_by"] >= saturday).all()
+    for visit, order_by in zip(plan["visit_date"], plan["order_by"], strict=True):
+        due = visit - pd.Timedelta(days=1)
+        while due.day_of_week >= 5:  # the last weekday at least a day before the visit
+            due -= pd.Timedelta(days=1)
+        assert order_by == due, visit
