@@ -364,7 +364,10 @@ def plan_network(
     padded = np.concatenate([targets, np.full((len(targets), total_days - horizon), np.nan)], axis=1)
     run = simulate_paths(net, start_balance, padded, top_up, is_atm, final_end).first_days(horizon)
     baseline_targets = weekly_fill_targets(allowed, dates, dev.max_load)
-    baseline = simulate_paths(net[:, :, :horizon], start_balance, baseline_targets, top_up, is_atm)
+    # The baseline gets the visits already on order too (it cannot change them either), and is
+    # credited, like the plan, only with the visits it orders itself.
+    with_orders = np.where(np.isnan(fixed), baseline_targets, fixed)
+    baseline = simulate_paths(net[:, :, :horizon], start_balance, with_orders, top_up, is_atm)
 
     device_notes = _device_notes(
         dev, withdrawals, net[:, :, :horizon], allowed, start_balance, balance_known, forecast_notes, run
