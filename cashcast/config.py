@@ -14,7 +14,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[1] / "configs" / "default.toml"
 MAX_PLAN_DAYS = 90  # longest plan horizon: visits are planned day by day, and forecasts grow vague
-WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 
 
 class ConfigError(ValueError):
@@ -203,18 +202,26 @@ def parse_weekdays(text: str) -> tuple[int, ...]:
     return tuple(sorted(days))
 
 
+class UnknownRegionError(ValueError):
+    """A country or subdivision the holidays package does not know; `column` names which of the two."""
+
+    def __init__(self, column: str, message: str):
+        super().__init__(message)
+        self.column = column
+
+
 def canonical_region(country: str, subdivision: str = "") -> tuple[str, str]:
     """('in', 'tn') -> ('IN', 'TN'): the codes the `holidays` package knows, whatever their case.
 
-    A ValueError names the country or subdivision it does not know, so a device master with a
-    typo is refused at ingest instead of failing every forecast later.
+    An UnknownRegionError names the country or subdivision it does not know, so a device master
+    with a typo is refused at ingest instead of failing every forecast later.
     """
     import holidays
 
     supported = holidays.list_supported_countries()
     code = str(country).strip().upper()
     if code not in supported:
-        raise ValueError(f"unknown country {country!r} (expected an ISO code such as CN, GB or IN)")
+        raise UnknownRegionError("country", f"unknown country {country!r} (expected an ISO code such as CN, GB or IN)")
     sub = str(subdivision or "").strip()
     if not sub:
         return code, ""
@@ -225,7 +232,9 @@ def canonical_region(country: str, subdivision: str = "") -> tuple[str, str]:
         holidays.country_holidays(code, subdiv=sub)  # also takes the package's aliases
     except (NotImplementedError, KeyError, ValueError):
         known_list = f"known: {', '.join(supported[code])}" if supported[code] else f"{code} has none"
-        raise ValueError(f"unknown subdivision {subdivision!r} of {code} ({known_list})") from None
+        raise UnknownRegionError(
+            "subdivision", f"unknown subdivision {subdivision!r} of {code} ({known_list})"
+        ) from None
     return code, sub
 
 

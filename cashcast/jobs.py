@@ -20,7 +20,7 @@ import features
 import ingest
 from cashcast.config import Config
 from cashcast.io import atomic_path, unescape_formulas, write_table
-from cashcast.schema import STALE_HISTORY_DAYS, DemandForecast
+from cashcast.schema import STALE_HISTORY_DAYS, DemandForecast, days_unrecorded
 from cashcast.workspace import Workspace
 
 
@@ -66,7 +66,7 @@ def load_history(
         raise NoDataError(f"{ws.home}: no daily history in the lake before {before}; run `cashcast ingest`")
     last = daily["date"].max()
     as_of = as_of if as_of is not None else last + pd.Timedelta(days=1)
-    unrecorded = (as_of - last).days - 1
+    unrecorded = days_unrecorded(last, as_of)
     if unrecorded > STALE_HISTORY_DAYS:
         warnings.warn(
             StaleHistoryWarning(

@@ -20,7 +20,7 @@ from cashcast import analyst
 from cashcast.analyst import new_figure
 from cashcast.config import Config
 from cashcast.io import atomic_path
-from cashcast.schema import STALE_HISTORY_DAYS
+from cashcast.schema import STALE_HISTORY_DAYS, days_unrecorded
 from cashcast.workspace import Workspace
 
 RISK_COLUMNS = ["device_id", "visit_date", "action", "amount", "stockout_risk", "reason"]
@@ -47,10 +47,9 @@ def quiet_devices(summary: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
     from replenishment.plan import device_rows
 
     devices = device_rows(summary)
-    last = pd.to_datetime(devices["last_observed"])
-    quiet = devices[(as_of - last).dt.days - 1 > STALE_HISTORY_DAYS]
-    columns = [c for c in ("device_id", "name", "last_observed", "notes") if c in quiet.columns]
-    return quiet[columns].reset_index(drop=True)
+    silent = days_unrecorded(pd.DatetimeIndex(pd.to_datetime(devices["last_observed"])), as_of)
+    quiet = devices[silent > STALE_HISTORY_DAYS]
+    return quiet[["device_id", "name", "last_observed", "notes"]].reset_index(drop=True)
 
 
 def fleet_row(summary: pd.DataFrame) -> pd.Series:
@@ -101,8 +100,8 @@ def summary_markdown(
     quiet = quiet_devices(summary, as_of)
     lines += [f"- Devices with no usable record for over a week: {len(quiet)}"]
     lines += [
-        f"  - `{d}`: last record {pd.Timestamp(day):%Y-%m-%d}"
-        for d, day in zip(quiet["device_id"].head(20), quiet["last_observed"], strict=False)
+        f"  - `{row.device_id}`: last record {pd.Timestamp(row.last_observed):%Y-%m-%d}"
+        for row in quiet.head(20).itertuples()
     ]
     lines += ["", f"- Plan CSV: `{planned['plan']}`"]
     if report_path:

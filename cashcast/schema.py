@@ -47,8 +47,15 @@ STATUS_COLUMNS = ["device_id", "start", "end", "state"]
 STATUS_STATES = ("cash_out", "offline")
 
 # A record older than this many days before the as-of morning is stale: the lake-wide warning of
-# load_history and each plan's note on a device whose feed stopped both go by it.
+# load_history, each plan's note on a device whose feed stopped and the report all go by it.
 STALE_HISTORY_DAYS = 7
+
+
+def days_unrecorded(last_recorded, as_of: pd.Timestamp):
+    """Days with no record between the last recorded day (a day, or a DatetimeIndex of them) and the
+    morning of `as_of`: 0 when the day before was recorded; above STALE_HISTORY_DAYS is stale."""
+    return (as_of - last_recorded).days - 1
+
 
 FORECAST_KEY = ["device_id", "date", "model", "yhat"]
 PLAN_COLUMNS = [

@@ -285,16 +285,13 @@ class TargetModel:
         fits.append((panel.n_days, []))
         n = len(panel.device_ids)
         size = fc.train_devices_per_task
-        chunks = [np.arange(lo, min(lo + size, n)) for lo in range(0, n, size)] or [np.arange(0)]
+        chunks = [np.arange(lo, min(lo + size, n)) for lo in range(0, n, size)]
+        parts = [panel] if len(chunks) <= 1 else [panel.subset(rows) for rows in chunks]
         tasks = []
         for stage, (fit_end, fit_origins) in enumerate(fits):
             if "lightgbm" in fc.models:
                 tasks.append(Task(panel, fit_end, fit_origins, horizon, "network", stage, n))
-            whole = len(chunks) == 1
-            tasks += [
-                Task(panel if whole else panel.subset(rows), fit_end, fit_origins, horizon, "devices", stage, n)
-                for rows in chunks
-            ]
+            tasks += [Task(part, fit_end, fit_origins, horizon, "devices", stage, n) for part in parts]
         return tasks
 
     def finish(self, panel: Panel, tasks: list[Task], results: list) -> TargetModel:

@@ -40,7 +40,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from cashcast.config import Config, canonical_region, parse_weekdays
+from cashcast.config import Config, UnknownRegionError, canonical_region, parse_weekdays
 from cashcast.io import write_table
 from cashcast.schema import STATUS_STATES
 from cashcast.workspace import Workspace
@@ -532,9 +532,8 @@ def _region_checks(config: Config, out: dict) -> list[tuple[str, str, np.ndarray
         mask[np.asarray(rows)] = True
         try:
             canonical, canonical_sub = canonical_region(code, sub)
-        except ValueError as exc:
-            column = "country" if str(exc).startswith("unknown country") else "subdivision"
-            checks.append((column, str(exc), mask))
+        except UnknownRegionError as exc:
+            checks.append((exc.column, str(exc), mask))
             continue
         country[mask & country.notna().to_numpy()] = canonical
         subdivision[mask & subdivision.notna().to_numpy()] = canonical_sub

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from cashcast.schema import PLAN_COLUMNS, STALE_HISTORY_DAYS, DemandForecast, quantile_column
+from cashcast.schema import PLAN_COLUMNS, STALE_HISTORY_DAYS, DemandForecast, days_unrecorded, quantile_column
 from replenishment.dp import (
     BODY_LEVEL,
     MIN_BODY_PATHS,
@@ -457,8 +457,8 @@ def _standing_notes(terms: pd.DataFrame, failures: dict[str, str], as_of: pd.Tim
     """Notes on the device rather than on this plan, for every row of it: its model failed (the plan
     rests on the fallback forecast), or its last usable record is over STALE_HISTORY_DAYS old (a
     stopped feed, a device out of service), so someone should check it."""
-    last = pd.DatetimeIndex(_last_observed(terms))
-    silent = (as_of - last).days - 1
+    last = pd.DatetimeIndex(terms["last_observed"])
+    silent = days_unrecorded(last, as_of)
     notes: list[list[str]] = []
     for device, last_day, days in zip(terms["device_id"].astype(str), last, silent, strict=True):
         found = ["model failed, fallback forecast used"] if device in failures else []
@@ -591,7 +591,7 @@ def _summary(terms, dev, plan, run, baseline, baseline_targets, device_notes) ->
             "name": terms["name"],
             "region": terms["region"],
             "kind": terms["kind"],
-            "last_observed": _last_observed(terms),
+            "last_observed": terms["last_observed"].to_numpy(),
             "visits": ids.map(visits).fillna(0).astype(int).to_numpy(),
             "cash_deployed": ids.map(loads).fillna(0.0).to_numpy(),
             "expected_idle_cash": run.after.mean(axis=1),
@@ -611,13 +611,6 @@ def _summary(terms, dev, plan, run, baseline, baseline_targets, device_notes) ->
     summary["horizon_days"] = horizon
     summary["notes"] = ["; ".join(notes) for notes in device_notes]
     return with_fleet_total(summary)
-
-
-def _last_observed(terms: pd.DataFrame) -> np.ndarray:
-    """Each device's last usable day of history (NaT where terms do not say)."""
-    if "last_observed" not in terms:
-        return np.full(len(terms), np.datetime64("NaT"), dtype="datetime64[ns]")
-    return pd.to_datetime(terms["last_observed"]).to_numpy(dtype="datetime64[ns]")
 
 
 TOTAL_ID = "TOTAL"
