@@ -19,7 +19,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pa_csv
 
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 PLAIN_DIGITS_BELOW = 1e10  # Arrow writes floats from here on with an exponent
@@ -107,25 +106,49 @@ def write_table(frame: pd.DataFrame, path: str | Path) -> Path:
     return path
 
 
-def _write_csv(frame: pd.DataFrame, path: Path) -> None:
-    """CSV through Arrow's writer: 5-8x faster than pandas' on the 10^5-row forecast and projection files,
-    and it leaves the GIL free for the planner working beside it. A bare header row, dates as YYYY-MM-DD,
-    text cells quoted, whole amounts without a trailing ".0"."""
-    arrays = []
+def _write_csv(frame: pd.DataFrame, path: Path, rows_per_block: int = 65536) -> None:
+    """CSV through Arrow's compute kernels: 5x faster than pandas' on the 10^5-row forecast and projection
+    files, and it leaves the GIL free for the planner working beside it. A bare header row, dates as
+    YYYY-MM-DD, text quoted only where RFC 4180 needs it (a comma, quote or line break: Arrow's own
+    writer quotes every text cell, which a reader splitting on commas would trip over), whole amounts
+    without a trailing ".0"."""
+    cells = []
     for position in range(frame.shape[1]):
         values = frame.iloc[:, position]
         if pd.api.types.is_datetime64_any_dtype(values):
             values = values.dt.date
         elif values.dtype == object or pd.api.types.is_timedelta64_dtype(values):
             values = values.astype("string")  # mixed cells (an escaped "+44" beside a 3) as their text
-        arrays.append(_plain_number(pa.Array.from_pandas(values)))
-    names = [str(name) for name in frame.columns]
+        array = pa.Array.from_pandas(values)
+        cells.append(_csv_text(_plain_number(array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array)))
     header = io.StringIO()
-    csv.writer(header, lineterminator="\n").writerow(names)  # bare names, as any reader of a header expects
+    csv.writer(header, lineterminator="\n").writerow([str(name) for name in frame.columns])
     with open(path, "wb") as handle:
         handle.write(header.getvalue().encode())
-        table = pa.Table.from_arrays(arrays, names=names)
-        pa_csv.write_csv(table, handle, pa_csv.WriteOptions(include_header=False, quoting_style="needed"))
+        for start in range(0, len(frame), rows_per_block):
+            lines = pc.binary_join_element_wise(
+                *(column.slice(start, rows_per_block) for column in cells),
+                ",",
+                null_handling="replace",
+                null_replacement="",
+            )
+            block = pc.binary_join(pa.ListArray.from_arrays(pa.array([0, len(lines)], pa.int32()), lines), "\n")
+            handle.write(block[0].as_py().encode() + b"\n")
+
+
+def _csv_text(array: pa.Array) -> pa.Array:
+    """A column's cells as CSV text, as Arrow's writer formats them; text quoted where it must be."""
+    text = pc.cast(array, pa.string())
+    kind = array.type
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind):
+        return text
+    if pa.types.is_boolean(kind) or pa.types.is_temporal(kind):
+        return text
+    needs_quotes = pc.match_substring_regex(text, '[",\r\n]')
+    if not pc.any(needs_quotes).as_py():
+        return text
+    quoted = pc.binary_join_element_wise('"', pc.replace_substring(text, '"', '""'), '"', "")
+    return pc.if_else(needs_quotes, quoted, text)
 
 
 def _plain_number(array: pa.Array) -> pa.Array:

@@ -73,10 +73,12 @@ def test_second_run_refuses_or_waits(tmp_path: Path):
 
 
 def test_csv_conventions_for_people_reading_the_files(tmp_path: Path):
-    """Dates as days, text quoted, missing as empty, a fleet's total cash in plain digits (no 1.6e+10)."""
+    """Dates as days, text quoted only where it must be, missing as empty, a fleet's total cash in plain digits."""
     frame = pd.DataFrame(
         {
             "device_id": pd.array(["ATM-1", "TOTAL"], dtype="string"),
+            "reason": ["covers Fri-Tue, incl. holiday", 'the "Airport" ATM\nmoved'],
+            "region": pd.Categorical(["Chennai, TN", "all"]),
             "visit_date": pd.to_datetime(["2026-11-03", None]),
             "visit": [True, False],
             "cash_deployed": [1_470_000.0, 16_275_310_000.0],
@@ -86,11 +88,13 @@ def test_csv_conventions_for_people_reading_the_files(tmp_path: Path):
     )
     lines = write_table(frame, tmp_path / "out.csv").read_text().splitlines()
     assert lines == [
-        "device_id,visit_date,visit,cash_deployed,expected_idle_cash,stockout_risk",
-        '"ATM-1",2026-11-03,true,1470000.00,,0.005',
-        '"TOTAL",,false,16275310000.00,12082138845.14,',
+        "device_id,reason,region,visit_date,visit,cash_deployed,expected_idle_cash,stockout_risk",
+        'ATM-1,"covers Fri-Tue, incl. holiday","Chennai, TN",2026-11-03,true,1470000.00,,0.005',
+        'TOTAL,"the ""Airport"" ATM',
+        'moved",all,,false,16275310000.00,12082138845.14,',
     ]
     back = read_table(tmp_path / "out.csv")
+    assert back["reason"].tolist() == frame["reason"].tolist() and back["region"].tolist() == ["Chennai, TN", "all"]
     assert back["cash_deployed"].tolist() == [1_470_000.0, 16_275_310_000.0]
     repeated = pd.DataFrame([["=1", "+2"]], columns=["note", "note"])  # e.g. a raw file's rows in a rejects table
-    assert write_table(repeated, tmp_path / "rep.csv").read_text().splitlines() == ["note,note", '"\'=1","\'+2"']
+    assert write_table(repeated, tmp_path / "rep.csv").read_text().splitlines() == ["note,note", "'=1,'+2"]

@@ -211,7 +211,7 @@ def test_formula_escaping_of_text_and_mixed_columns(tmp_path):
     assert escaped["amount"].tolist()[:2] == [1.5, -2.0]
     assert frame["name"].tolist()[0] == "=SUM(A1)"
     text = write_table(frame, tmp_path / "out.csv").read_text()
-    assert text.splitlines()[1] == '"\'=SUM(A1)","\'+44",1.5'
+    assert text.splitlines()[1] == "'=SUM(A1),'+44,1.5"
 
 
 def test_backtest_window_terms_are_those_of_its_whole_known_history(sample_lake):
