@@ -50,10 +50,17 @@ def ingest_flow(home: str | None = None, config_file: str | None = None) -> list
 
 @flow(name="train")
 def train_flow(
-    home: str | None = None, config_file: str | None = None, as_of: str | None = None, force: bool = False
+    home: str | None = None,
+    config_file: str | None = None,
+    as_of: str | None = None,
+    force: bool = False,
+    dask_address: str | None = None,
 ) -> dict[str, Any]:
-    """Retrain when due (cadence or drift) or when forced; log and register in MLflow."""
+    """Retrain when due (cadence or drift) or when forced; log and register in MLflow. With Dask
+    configured, `dask_address` names the cluster to fit on (the nightly run's), else the config's."""
     ws, config = _context(home, config_file)
+    if dask_address:
+        config = config.updated(flows={"dask_address": dask_address})
     logger = get_run_logger()
     due, why = jobs.training_due(ws, config, jobs.parse_date(as_of))
     if not (due or force):
@@ -185,10 +192,10 @@ def nightly_flow(
     with workspace_lock(ws, timeout=lock_timeout_seconds):
         ingested = ingest_flow(str(ws.home), config_file)
         as_of_ts = jobs.parse_date(as_of) or jobs.next_as_of(ws)
-        trained = train_flow(str(ws.home), config_file, f"{as_of_ts:%Y-%m-%d}", force_train)
-        planned = on_configured_runner(forecast_and_plan_flow, config)(
-            str(ws.home), config_file, f"{as_of_ts:%Y-%m-%d}"
-        )
+        day = f"{as_of_ts:%Y-%m-%d}"
+        with runners.dask_cluster(config) as on_cluster:  # one cluster for training and the plan's chunks
+            trained = train_flow(str(ws.home), config_file, day, force_train, on_cluster.flows.dask_address)
+            planned = on_configured_runner(forecast_and_plan_flow, on_cluster)(str(ws.home), config_file, day)
         report_path = report.write_report(ws, config, as_of_ts, planned, trained)
     summary = pd.read_csv(planned["summary"])
     create_markdown_artifact(

@@ -10,7 +10,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from typing import Any
 
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -25,19 +25,37 @@ CACHED_MODELS = 2  # the champion and one past morning's: a served process must 
 _cache_lock = threading.Lock()
 
 
-def _local_cluster_options(config: Config) -> dict[str, Any]:
-    """The temporary LocalCluster of `[flows] task_runner = "dask"` without a `dask_address`.
+def local_cluster(n_workers: int):
+    """A temporary Dask LocalCluster of `n_workers` one-thread worker processes.
 
     Its workers start without the MALLOC_TRIM_THRESHOLD_ Dask's nanny sets by default: setting it turns
     off glibc's dynamic mmap threshold, so every large numpy temporary is mapped and faulted in afresh,
-    and training ran 2.1x slower (10,000 devices on 2 workers: 103 s against 48.5 s without it).
+    and training ran 2.1x slower (10,000 devices on 2 workers: 103 s against 48.5 s without it). The
+    nannies read the setting while the cluster starts, so it is changed for that moment only.
     """
     import dask
+    from distributed import LocalCluster
 
     environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", default={}))
     environ.pop("MALLOC_TRIM_THRESHOLD_", None)
-    dask.config.set({"distributed.nanny.pre-spawn-environ": environ})
-    return {"n_workers": config.flows.dask_workers, "threads_per_worker": 1, "processes": True}
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+        return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None)
+
+
+@contextmanager
+def dask_cluster(config: Config) -> Iterator[Config]:
+    """`config` pointing at one Dask scheduler for a whole run: its `dask_address`, or a LocalCluster
+    started here and closed on exit. Unchanged without `task_runner = "dask"`.
+
+    The nightly run trains and then plans on the same cluster: each would otherwise start its own, and
+    every start spawns the worker processes and imports the stack in them again.
+    """
+    if config.flows.task_runner != "dask" or config.flows.dask_address:
+        yield config
+        return
+    share_prefect_api()  # before the workers start: they inherit the environment
+    with local_cluster(config.flows.dask_workers) as cluster:
+        yield config.updated(flows={"dask_address": cluster.scheduler_address})
 
 
 @contextmanager
@@ -51,17 +69,15 @@ def training_on_configured_runner(config: Config) -> Iterator[None]:
     if config.flows.task_runner != "dask":
         yield
         return
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     from forecasting.backtest import training_executor
 
-    with ExitStack() as stack:
-        if config.flows.dask_address:
-            client = stack.enter_context(Client(config.flows.dask_address))
-        else:
-            cluster = LocalCluster(**_local_cluster_options(config), dashboard_address=None)
-            client = stack.enter_context(Client(stack.enter_context(cluster)))
-        stack.enter_context(training_executor(client.get_executor()))
+    with (
+        dask_cluster(config) as on_cluster,
+        Client(on_cluster.flows.dask_address) as client,
+        training_executor(client.get_executor()),
+    ):
         yield
 
 
@@ -73,10 +89,7 @@ def make_task_runner(config: Config):
         share_prefect_api()
         if config.flows.dask_address:
             return DaskTaskRunner(address=config.flows.dask_address)
-        return DaskTaskRunner(
-            cluster_class="distributed.LocalCluster",
-            cluster_kwargs=_local_cluster_options(config),
-        )
+        return DaskTaskRunner(cluster_class=local_cluster, cluster_kwargs={"n_workers": config.flows.dask_workers})
     return ThreadPoolTaskRunner(max_workers=os.cpu_count() or 2)
 
 

@@ -262,8 +262,9 @@ def test_worker_model_cache_keeps_only_the_latest_models(tmp_path):
 
 
 def test_training_fans_out_over_the_configured_dask_cluster(nightly_run, fast_config_file, monkeypatch):
-    """With task_runner = "dask", the train flow's fits are submitted to the cluster, chunk by chunk."""
-    from flows import nightly
+    """With task_runner = "dask", the nightly run's training fits go to the cluster chunk by chunk, and the
+    plan's chunks to the same cluster: one LocalCluster is started for the whole run."""
+    from flows import runners
     from forecasting import backtest
 
     ws, config, _, _ = nightly_run
@@ -283,8 +284,13 @@ def test_training_fans_out_over_the_configured_dask_cluster(nightly_run, fast_co
             return self.inner.submit(fn, *args, **kwargs)
 
     monkeypatch.setattr(backtest, "training_executor", lambda executor: real_executor(Recording(executor)))
-    result = nightly.train_flow(str(ws.home), str(dask_config_file), "2026-11-01", force=True)
-    assert result["trained"]
+    started, real_cluster = [], runners.local_cluster
+    monkeypatch.setattr(runners, "local_cluster", lambda n: started.append(real_cluster(n)) or started[-1])
+    result = commands.run_nightly(ws, str(dask_config_file), "2026-11-01", force_train=True)
+    assert result["trained"]["trained"]
+    assert len(started) == 1
+    here = f"{socket.gethostname()}:{os.getpid()}"
+    assert result["planned"]["workers"] and here not in result["planned"]["workers"]
     n_devices = len(jobs.lake_device_ids(ws))
     chunks = sum(task.part == "devices" and task.stage == 0 for task in submitted if task.panel.values.shape[0] <= 10)
     assert chunks >= -(-n_devices // 10)  # every withdrawal chunk of the backtest went to the cluster
