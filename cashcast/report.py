@@ -120,6 +120,7 @@ HEADLINE = (
     ("cash deployed", "cash_deployed", "baseline_cash_deployed"),
     ("expected idle cash (average per day)", "expected_idle_cash", "baseline_expected_idle_cash"),
     ("visits", "visits", "baseline_visits"),
+    ("visits already on order (in both)", "visits_on_order", "visits_on_order"),
     ("expected cost (visits + holding)", "expected_cost", "baseline_expected_cost"),
     ("expected stockout device-days", "expected_stockout_days", "baseline_expected_stockout_days"),
 )

@@ -392,7 +392,7 @@ def plan_network(
     quantiles = config.forecast.quantiles
     projection = _projection(device_ids, dates, withdrawals, net[:, :, :horizon], targets, run, quantiles)
     summary_notes = [[*notes, *standing] for notes, standing in zip(device_notes, standing_notes, strict=True)]
-    summary = _summary(terms, dev, plan, run, baseline, baseline_targets, summary_notes)
+    summary = _summary(terms, dev, plan, fixed, run, baseline, baseline_targets, summary_notes)
     return PlanResult(plan=plan, projection=projection, summary=summary, warnings=messages)
 
 
@@ -579,8 +579,11 @@ def _sorted_quantile(ordered: np.ndarray, level: float) -> np.ndarray:
     return above - step * (1 - gamma) if gamma >= 0.5 else below + step * gamma
 
 
-def _summary(terms, dev, plan, run, baseline, baseline_targets, device_notes) -> pd.DataFrame:
-    """One row per device and a fleet TOTAL: the plan's expected cost against the weekly fill."""
+def _summary(terms, dev, plan, fixed, run, baseline, baseline_targets, device_notes) -> pd.DataFrame:
+    """One row per device and a fleet TOTAL: the plan's expected cost against the weekly fill.
+
+    Visits already on order (`fixed`) are counted apart: both the plan and the baseline are simulated
+    with them, and neither is charged for them (an earlier plan ordered them)."""
     horizon = run.after.shape[1]
     loads = plan[plan["action"] == "load"].groupby("device_id")["amount"].sum()
     visits = plan.groupby("device_id").size()
@@ -593,6 +596,7 @@ def _summary(terms, dev, plan, run, baseline, baseline_targets, device_notes) ->
             "kind": terms["kind"],
             "last_observed": terms["last_observed"].to_numpy(),
             "visits": ids.map(visits).fillna(0).astype(int).to_numpy(),
+            "visits_on_order": (~np.isnan(fixed)).sum(axis=1),
             "cash_deployed": ids.map(loads).fillna(0.0).to_numpy(),
             "expected_idle_cash": run.after.mean(axis=1),
             "expected_holding_cost": run.after.sum(axis=1) * dev.daily_holding_rate,

@@ -472,6 +472,7 @@ def test_ordered_visits_inside_the_lead_time_are_kept(config):
     # The fixed-schedule baseline is compared on the same footing: the ordered refill is its too.
     summary = result.summary.set_index("device_id").loc["D0"]
     assert summary["baseline_expected_stockout_days"] < 1.5 and summary["expected_stockout_days"] < 1.5
+    assert summary["visits_on_order"] == 1 and summary["visits"] == len(result.plan)
 
 
 def test_visits_on_order_are_those_due_to_be_ordered_before_the_morning():
