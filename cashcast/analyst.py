@@ -35,6 +35,7 @@ from matplotlib.ticker import FuncFormatter
 import ingest
 from cashcast import jobs
 from cashcast.config import Config, load_config
+from cashcast.io import read_table
 from cashcast.schema import DemandForecast, quantile_column
 from cashcast.workspace import CHECKOUT_DATA_DIR, Workspace
 from features.holidays import holiday_table
@@ -233,12 +234,10 @@ def _latest(folder: Path, name: str) -> Path:
 
 
 def _read_csv(path: Path, dates: tuple[str, ...]) -> pd.DataFrame:
-    frame = pd.read_csv(path)
+    frame = read_table(path)
     for column in dates:
         if column in frame:
             frame[column] = pd.to_datetime(frame[column])
-    if "device_id" in frame:
-        frame["device_id"] = frame["device_id"].astype("string")
     return frame
 
 

@@ -163,8 +163,13 @@ def _plain_number(array: pa.Array) -> pa.Array:
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a CSV or Parquet file by its ending."""
+    """Read a CSV or Parquet file by its ending; `device_id` always as text ("00017" stays "00017":
+    terminal ids are often digits with leading zeros, and the lake keeps them as given)."""
     path = Path(path)
     if path.suffix.lower() == ".parquet" or path.is_dir():
-        return pd.read_parquet(path)
-    return pd.read_csv(path)
+        frame = pd.read_parquet(path)
+    else:
+        frame = pd.read_csv(path, dtype={"device_id": str})
+    if "device_id" in frame:
+        frame["device_id"] = frame["device_id"].astype("string")
+    return frame

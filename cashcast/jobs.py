@@ -514,7 +514,9 @@ def recent_forecast_error(ws: Workspace, as_of: pd.Timestamp, days: int = 7) -> 
     from forecasting import smape
 
     made = [output_path(ws.forecasts, as_of - pd.Timedelta(days=k), "forecast.csv") for k in range(1, days + 1)]
-    frames = [pd.read_csv(p, usecols=["device_id", "date", "yhat"]) for p in made if p.exists()]
+    frames = [
+        pd.read_csv(p, usecols=["device_id", "date", "yhat"], dtype={"device_id": str}) for p in made if p.exists()
+    ]
     if not frames:
         return None
     predicted = pd.concat(frames).assign(date=lambda f: pd.to_datetime(f["date"]))

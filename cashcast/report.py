@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from cashcast import analyst
 from cashcast.analyst import new_figure
 from cashcast.config import Config
-from cashcast.io import atomic_path
+from cashcast.io import atomic_path, read_table
 from cashcast.schema import STALE_HISTORY_DAYS, days_unrecorded
 from cashcast.workspace import Workspace
 
@@ -322,11 +322,11 @@ def write_report(ws: Workspace, config: Config, as_of: pd.Timestamp, planned: di
     """Write reports/<as_of>/index.html: cash deployed, visits per day, devices at risk, yesterday's accuracy."""
     folder = Path(planned["plan"]).parent
     projection_path = Path(planned.get("projection") or folder / "projection.csv")
-    projection = pd.read_csv(projection_path) if projection_path.exists() else pd.DataFrame()
+    projection = read_table(projection_path) if projection_path.exists() else pd.DataFrame()
     page = render_report(
         as_of,
-        plan=pd.read_csv(planned["plan"]),
-        summary=pd.read_csv(planned["summary"]),
+        plan=read_table(planned["plan"]),
+        summary=read_table(planned["summary"]),
         projection=projection,
         accuracy=analyst.yesterday_accuracy(ws, as_of),
         context={

@@ -284,3 +284,36 @@ def test_a_plan_keeps_the_visits_an_earlier_plan_already_ordered(cli_home, tmp_p
     visits = projection.set_index(["device_id", "date"])["visit"]
     for row in ordered.itertuples():
         assert visits[(row.device_id, row.visit_date)], (row.device_id, row.visit_date)
+
+
+def test_numeric_device_ids_keep_their_leading_zeros(tmp_path, capsys):
+    """Terminal ids are often digits ("00017"): a balances file, the plan files read back by the analyst
+    helpers and the report must all keep them as the lake does, not turn them into numbers (17)."""
+    from cashcast import analyst
+    from cashcast.workspace import Workspace
+
+    sample = REPO / "data" / "sample"
+    devices = pd.read_csv(sample / "devices.csv", dtype=str).head(4)
+    ids = {old: f"{k:05d}" for k, old in enumerate(devices["device_id"], start=17)}
+    daily = pd.read_csv(sample / "daily.csv", dtype=str)
+    daily = daily[daily["device_id"].isin(ids)].assign(device_id=lambda f: f["device_id"].map(ids))
+    devices = devices.assign(device_id=devices["device_id"].map(ids), name="")
+    files = {"daily": tmp_path / "daily.csv", "devices": tmp_path / "devices.csv"}
+    daily.to_csv(files["daily"], index=False)
+    devices.to_csv(files["devices"], index=False)
+    balances = tmp_path / "balances.csv"
+    balances.write_text("device_id,balance\n" + "".join(f"{new},0\n" for new in ids.values()))
+    home, config = tmp_path / "home", tmp_path / "fast.toml"
+    config.write_text(FAST_CONFIG)
+    for kind, path in files.items():
+        assert main(["ingest", "--home", str(home), "--kind", kind, str(path)]) == 0
+    capsys.readouterr()
+    args = ["plan", "--home", str(home), "--config", str(config), "--as-of", "2026-11-02", "--balances", str(balances)]
+    assert main(args) == 0
+    assert "ignored" not in capsys.readouterr().err  # every balance found its device
+    plan = analyst.latest_plan(Workspace.resolve(home))
+    assert set(plan.plan["device_id"]) <= set(ids.values()) and set(plan.plan["device_id"])
+    first_day = plan.projection[plan.projection["date"] == "2026-11-02"]
+    assert set(first_day["device_id"]) == set(ids.values())
+    assert (first_day.set_index("device_id").loc[list(ids.values()), "expected_opening_balance"] == 0).all()
+    assert set(plan.summary["device_id"]) == {*ids.values(), "TOTAL"}
