@@ -28,6 +28,10 @@ class NoDataError(RuntimeError):
     """The workspace has no history to work from."""
 
 
+class ReplayWarning(UserWarning):
+    """What a backtest's reader should know about its window (days imputed, devices left out)."""
+
+
 class StaleHistoryWarning(UserWarning):
     """The lake's last recorded day is well before the morning asked for: forecasts rest on old history."""
 
@@ -636,6 +640,8 @@ def run_backtest(
     history = window.history
     forecaster = retraining_forecaster(config, history.devices, history.events, progress)
     result = window.replay(start, end, forecaster, config)
+    for note in result.notes:
+        warnings.warn(ReplayWarning(note), stacklevel=2)
     folder = out or ws.backtests / f"{start:%Y-%m-%d}_{end:%Y-%m-%d}"
     write_table(result.kpis, folder / "kpis.csv")
     write_table(result.per_device, folder / "per_device.csv")

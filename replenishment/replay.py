@@ -94,6 +94,28 @@ def _impute_same_weekday(values: np.ndarray, dates: pd.DatetimeIndex) -> np.ndar
     return filled
 
 
+def _recorded_in_window(actual: pd.DataFrame, terms: pd.DataFrame, start, end) -> tuple[pd.DataFrame, list[str]]:
+    """The devices with demand recorded in [start, end], and a note on those left out.
+
+    A replay executes plans against what happened: a device with no record in the window (not yet
+    installed, closed, its feed lost) has nothing to replay, and imputing all its days would score
+    the policies on made-up demand.
+    """
+    first, last = pd.Timestamp(start).normalize(), pd.Timestamp(end).normalize()
+    inside = actual[(actual["date"] >= first) & (actual["date"] <= last) & actual["withdrawals"].notna()]
+    if inside.empty:
+        span = f"{actual['date'].min():%Y-%m-%d}..{actual['date'].max():%Y-%m-%d}" if len(actual) else "empty"
+        raise ValueError(
+            f"no demand recorded between {first:%Y-%m-%d} and {last:%Y-%m-%d} to replay (daily history: {span})"
+        )
+    recorded = terms["device_id"].astype(str).isin(set(inside["device_id"]))
+    notes = []
+    if not recorded.all():
+        missing = terms.loc[~recorded, "device_id"].astype(str).tolist()
+        notes.append(f"{len(missing)} device(s) with no record in the window left out: {missing[:5]}")
+    return terms[recorded.to_numpy()].reset_index(drop=True), notes
+
+
 def _window(actual: pd.DataFrame, terms: pd.DataFrame, start, end, config, initial_balances) -> _Window:
     terms = terms.reset_index(drop=True)
     device_ids = terms["device_id"].astype(str).to_numpy(dtype=object)
@@ -333,6 +355,7 @@ def replay(
     """
     actual = validate_daily(actual_daily, source="replay actuals")
     actual["device_id"] = actual["device_id"].astype(str)
+    terms, notes = _recorded_in_window(actual, terms, start, end)
     win = _window(actual, terms, start, end, config, initial_balances)
     policies: dict[str, tuple[Decide | None, np.ndarray]] = {
         "cashcast": (_cashcast(win, actual, forecaster, config), _empty_schedule(win))
@@ -366,7 +389,6 @@ def replay(
     sums["avg_idle_cash"] = per_device.groupby("policy", sort=False)["avg_idle_cash"].mean()
     sums["cost_vs_optimum"] = sums["total_cost"] / sums.loc["perfect_foresight", "total_cost"]
     kpis = sums.reset_index()
-    notes = []
     if win.imputed.any():
         notes.append(f"{int(win.imputed.sum())} device-days not recorded: demand imputed (same-weekday median)")
     return ReplayResult(kpis=kpis, per_device=per_device, daily=pd.concat(daily_tables, ignore_index=True), notes=notes)

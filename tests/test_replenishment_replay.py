@@ -201,3 +201,31 @@ def test_with_exact_forecasts_the_lookahead_brings_the_rolling_plan_nearer_the_o
         ratio[lookahead] = kpis.loc["cashcast", "cost_vs_optimum"]
     assert ratio[7] < ratio[0] - 0.02  # measured 1.066 against 1.100
     assert ratio[7] < 1.08
+
+
+def test_devices_without_a_record_in_the_window_are_left_out_and_an_empty_window_refused():
+    """A device closed before the window has nothing to replay: scoring it on imputed demand would
+    make the KPIs up. A window with no record at all is an error, not a table of zeros."""
+    dates = pd.date_range("2025-01-01", periods=120, freq="D")
+    daily = pd.DataFrame(
+        {
+            "device_id": np.repeat(["OPEN", "CLOSED"], len(dates)),
+            "date": np.tile(dates, 2),
+            "withdrawals": np.full(2 * len(dates), 1000.0),
+        }
+    )
+    daily = daily[(daily["device_id"] == "OPEN") | (daily["date"] < dates[90])]  # CLOSED stops on day 90
+    config = load_config().updated(devices={"visit_cost": 40.0, "capacity_days": 14.0}, forecast={"n_paths": 40})
+    start, end = dates[95], dates[-1]
+    terms = resolve_terms(None, daily[daily["date"] < start], config)
+    assert set(terms["device_id"]) == {"OPEN", "CLOSED"}
+
+    def forecast(history, as_of, horizon):
+        return naive_forecast(history, as_of, horizon, n_paths=40, seed=3)
+
+    result = replay(daily, terms, start, end, forecast, config)
+    assert set(result.per_device["device_id"]) == {"OPEN"}
+    assert (result.kpis["device_days"] == len(pd.date_range(start, end))).all()
+    assert any("CLOSED" in note and "left out" in note for note in result.notes)
+    with pytest.raises(ValueError, match="no demand recorded between 2025-06-01 and 2025-06-30"):
+        replay(daily, terms, pd.Timestamp("2025-06-01"), pd.Timestamp("2025-06-30"), forecast, config)
