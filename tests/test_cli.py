@@ -216,7 +216,8 @@ def test_backtest_through_the_cli(cli_home, tmp_path):
     best = kpis.set_index("policy")["total_cost"]
     assert best["perfect_foresight"] <= best.min() + 1e-6
     per_device = pd.read_csv(out / "per_device.csv")
-    assert per_device["device_id"].nunique() == 30
+    # ATM-00020 is installed after the window (2026-10-16): nothing to replay, so it is left out.
+    assert per_device["device_id"].nunique() == 29 and "ATM-00020" not in set(per_device["device_id"])
 
 
 def test_help_explains_each_command(capsys):
