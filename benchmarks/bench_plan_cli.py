@@ -79,7 +79,7 @@ def stage_times(ws, as_of: pd.Timestamp) -> list[tuple[str, float]]:
     mark = clock("champion load (MLflow + unpickle)", mark)
     history = jobs.load_history(ws, as_of)
     mark = clock("load_history (lake, censoring)", mark)
-    forecast = jobs.forecast_devices(model, history, config.plan.forecast_days)
+    forecast = jobs.forecast_devices(model, history, config, config.plan.forecast_days)
     mark = clock("forecast_devices (with sample paths)", mark)
     terms = jobs.device_terms(history, config)
     opening = jobs.latest_balances(history.balances, as_of)

@@ -332,7 +332,7 @@ def backcast(ws: Workspace, config: Config, origin: pd.Timestamp, horizon: int) 
     out-of-sample view use the training run's backtest table (`run_table`).
     """
     history = jobs.load_history(ws, origin)
-    return champion_model(ws, config).predict(history.daily, history.devices, origin, horizon, n_paths=0)
+    return jobs.forecast_devices(champion_model(ws, config), history, config, horizon, n_paths=0)
 
 
 # ---------------------------------------------------------------- MLflow

@@ -298,9 +298,22 @@ def _once(read: Callable[[], History]) -> Callable[[], History]:
 # ---------------------------------------------------------------- forecast and plan
 
 
-def forecast_devices(model, history: History, horizon: int, n_paths: int | None = None) -> DemandForecast:
-    """Forecast the devices of `history` from `history.as_of` on, with the events calendar read with it."""
-    return model.predict(history.daily, history.devices, history.as_of, horizon, n_paths=n_paths, events=history.events)
+def forecast_devices(
+    model, history: History, config: Config, horizon: int, n_paths: int | None = None
+) -> DemandForecast:
+    """Forecast the devices of `history` from `history.as_of` on, with the events calendar read with it.
+
+    Quantile levels and path count follow `config` (default `n_paths`), not the config the model was
+    trained under: a changed `[forecast] quantiles` must show in tonight's files without a retrain."""
+    return model.predict(
+        history.daily,
+        history.devices,
+        history.as_of,
+        horizon,
+        n_paths=config.forecast.n_paths if n_paths is None else n_paths,
+        events=history.events,
+        quantiles=config.forecast.quantiles,
+    )
 
 
 def run_forecast(
@@ -314,7 +327,7 @@ def run_forecast(
     """Daily forecasts for as_of .. as_of+horizon-1 from the champion, written to `out` (CSV or Parquet)."""
     history = load_history(ws, as_of, config=config)
     model = champion_or_train(ws, config, as_of, progress=progress, history=lambda: history)
-    forecast = forecast_devices(model, history, horizon, n_paths=0)
+    forecast = forecast_devices(model, history, config, horizon, n_paths=0)
     target = out or output_path(ws.forecasts, as_of, "forecast.csv")
     return write_table(forecast.frame, target)
 
@@ -373,7 +386,7 @@ def plan_devices(
     The forecast runs `[plan] lookahead_days` past the plan's horizon: the optimiser weighs the
     plan's last loads against the visits that follow.
     """
-    forecast = forecast_devices(model, history, config.plan.forecast_days)
+    forecast = forecast_devices(model, history, config, config.plan.forecast_days)
     result = plan_forecast(forecast, history, config, device_terms(history, config), balances, on_order)
     return forecast, result, forecast.failures
 
@@ -458,7 +471,7 @@ def run_plan(
         model = champion_or_train(ws, config, as_of, progress=progress, history=reading.result)
         history = reading.result()
         resolving = helper.submit(device_terms, history, config)
-        forecast = forecast_devices(model, history, config.plan.forecast_days)
+        forecast = forecast_devices(model, history, config, config.plan.forecast_days)
         terms = resolving.result()
         written = helper.submit(write_table, forecast.frame, output_path(ws.forecasts, as_of, "forecast.csv"))
         result = plan_forecast(forecast, history, config, terms, balances, visits_on_order(ws, as_of))

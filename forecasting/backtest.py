@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -52,6 +52,9 @@ CANDIDATES = ("seasonal_naive", "ets", "lightgbm", "blend")
 BUCKETS = (0, 7, 14)  # horizon buckets start at these 0-based days ahead
 BLOCK = 7
 MIN_WEEK_POINTS = 50  # backtest errors a horizon week needs for its own centre and scale (else 0 and 1)
+# Levels the error quantiles are kept at (plus the configured ones, exactly), so a forecast can give any
+# quantile a later config asks for without retraining: linear between neighbours 0.005 apart.
+QUANTILE_GRID = np.round(np.r_[0.001, 0.0025, np.arange(0.005, 0.9951, 0.005), 0.9975, 0.999], 4)
 SHRINK_POINTS = 60  # backtest points the network's error spread is worth when calibrating one device
 # Backtest points the network's view is worth when picking one device's model: a few weeks of one
 # device's errors rarely justify leaving the network's best (measured on CUB and the synthetic network).
@@ -398,7 +401,8 @@ class TargetModel:
         self.spread_ = pd.Series(spread, index=pd.Index(panel.device_ids, name="device_id"))
         self.network_spread_ = network
         z_by_fold = [e / spread[:, None] for e in err_by_fold]
-        self.zq_ = self._bucket_quantiles(z_by_fold, levels)
+        self.zq_levels_ = np.union1d(QUANTILE_GRID, levels)
+        self.zq_ = self._bucket_quantiles(z_by_fold, self.zq_levels_)
         # Errors differ by horizon week (in bias and width; measured on CUB and synthetic data): each
         # backtest week k ahead gets its own centre and scale, its blocks are standardised by them, and
         # week k of a path is put back on week k's centre and scale.
@@ -451,8 +455,8 @@ class TargetModel:
             share = np.where(total > 0, hits / total, np.nan)
         return pd.DataFrame(share, index=self.spread_.index, columns=[quantile_column(q) for q in levels])
 
-    def predict(self, panel: Panel, horizon: int, n_paths: int, rng: np.random.Generator):
-        """Point forecasts, chosen model names, quantiles (n, H, L), paths (n, P, H) and failures."""
+    def predict(self, panel: Panel, horizon: int, n_paths: int, rng: np.random.Generator, levels: Sequence[float]):
+        """Point forecasts, chosen model names, quantiles (n, H, L) at `levels`, paths (n, P, H) and failures."""
         ids = panel.device_ids
         choice = self.choice_.reindex(ids).fillna("lightgbm" if "lightgbm" in self.models_ else "seasonal_naive")
         forecasts, failures = _guarded_predict(self.models_, panel, horizon, choice.to_numpy())
@@ -479,7 +483,8 @@ class TargetModel:
         yhat = np.nan_to_num(yhat, nan=0.0).clip(min=0)
         spread = self.spread_.reindex(ids).fillna(self.network_spread_).to_numpy()[:, None]
         c = _offset(_recent_mean(panel))[:, None]
-        zq = self.zq_[_bucket(np.arange(horizon))]  # (H, L)
+        at_levels = np.stack([np.interp(levels, self.zq_levels_, bucket) for bucket in self.zq_])
+        zq = at_levels[_bucket(np.arange(horizon))]  # (H, L)
         quant = (yhat + c)[:, :, None] * np.exp(spread[:, :, None] * zq[None]) - c[:, :, None]
         quant = np.maximum.accumulate(quant.clip(min=0), axis=2)
         paths = self._paths(yhat, spread, c, n_paths, rng)

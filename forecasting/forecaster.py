@@ -7,6 +7,7 @@ history. Devices unseen at training time get the pooled LightGBM forecast (cold 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,8 +107,12 @@ class CashForecaster:
         horizon: int,
         n_paths: int | None = None,
         events: pd.DataFrame | None = None,
+        quantiles: Sequence[float] | None = None,
     ) -> DemandForecast:
         """Forecast days as_of .. as_of + horizon - 1 from history before as_of.
+
+        `quantiles` are the levels of the quantile columns (default: those the model was trained with): a
+        config that asks for other levels gets them from the same model.
 
         `events` is the custom events calendar as it stands now (default: the one the model was trained
         with): an event added after training reaches tomorrow's forecast through the generic event
@@ -116,10 +121,10 @@ class CashForecaster:
         as_of = pd.Timestamp(as_of).normalize()
         n_paths = n_paths or self.config.forecast.n_paths
         rng = np.random.default_rng(self.config.forecast.seed + PATH_SEED_OFFSET)
-        levels = self.config.forecast.quantiles
+        levels = list(quantiles) if quantiles is not None else self.config.forecast.quantiles
         panel = self._panel(daily, devices, as_of, horizon, None, events=events)
         dates = pd.date_range(as_of, periods=horizon, freq="D")
-        yhat, names, quant, paths, failures = self.withdrawals_.predict(panel, horizon, n_paths, rng)
+        yhat, names, quant, paths, failures = self.withdrawals_.predict(panel, horizon, n_paths, rng, levels)
         ids = panel.device_ids
         frame = pd.DataFrame(
             {
@@ -135,7 +140,7 @@ class CashForecaster:
         deposit_ids = np.intersect1d(ids, _deposit_devices(daily, as_of)) if self.deposits_ is not None else []
         if len(deposit_ids):
             dep_panel = self._panel(daily, devices, as_of, horizon, deposit_ids, "deposits", events=events)
-            d_hat, _, d_quant, d_paths, d_fail = self.deposits_.predict(dep_panel, horizon, n_paths, rng)
+            d_hat, _, d_quant, d_paths, d_fail = self.deposits_.predict(dep_panel, horizon, n_paths, rng, levels)
             failures.update({k: f"deposits {v}" for k, v in d_fail.items()})
             rows = pd.Index(ids).get_indexer(deposit_ids)
             full = np.full((len(ids), horizon), np.nan)

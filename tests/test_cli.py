@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -96,6 +97,21 @@ def test_train_forecast_plan_through_the_cli(cli_home, tmp_path, capsys):
     assert len(forecast) == 10 * forecast["device_id"].nunique()
     assert pd.to_datetime(forecast["date"]).min() == pd.Timestamp("2026-11-01")
     assert (forecast[["q50", "q90", "q95", "q99"]].diff(axis=1).iloc[:, 1:] >= -1e-6).all().all()
+    # Other levels from a later config come from the same champion, without retraining.
+    levels = tmp_path / "levels.toml"
+    levels.write_text(config.read_text().replace("[forecast]\n", "[forecast]\nquantiles = [0.05, 0.5, 0.975]\n"))
+    other = tmp_path / "levels.csv"
+    assert main(["forecast", "--home", str(home), "--config", str(levels), "--as-of", "2026-11-01", "--horizon", "10",
+                 "--out", str(other)]) == 0  # fmt: skip
+    assert "promoted" not in capsys.readouterr().out
+    again = pd.read_csv(other)
+    assert list(again.columns[:7]) == ["device_id", "date", "model", "yhat", "q5", "q50", "q97.5"]
+    assert ((again["q5"] <= again["q50"] + 1e-6) & (again["q50"] <= again["q97.5"] + 1e-6)).all()
+    assert (again["q97.5"] > again["q50"]).mean() > 0.9 and (again["q5"] < again["q50"]).mean() > 0.9
+    np.testing.assert_allclose(again["q50"], forecast["q50"], rtol=1e-6)  # the trained level: unchanged
+    np.testing.assert_allclose(again["yhat"], forecast["yhat"], rtol=1e-6)
+    between = (forecast["q95"] <= again["q97.5"] + 1e-6) & (again["q97.5"] <= forecast["q99"] + 1e-6)
+    assert between.all()
 
     plan_out = tmp_path / "plan.csv"
     assert main(["plan", *common, "--as-of", "2026-11-01", "--horizon", "7", "--out", str(plan_out)]) == 0
