@@ -555,8 +555,9 @@ def training_due(ws: Workspace, config: Config, as_of: pd.Timestamp | None) -> t
     as_of = as_of or next_as_of(ws)
     version = registry.champion_version(ws, config)
     if version is None:
-        if registry.champion_version(ws, config, any_code=True) is not None:
-            return True, "the champion was built by another version of the code"
+        other = registry.champion_version(ws, config, any_build=True)
+        if other is not None:
+            return True, f"the champion was {registry.build_mismatch(other, config)}"
         return True, "no champion model yet"
     age = (as_of - trained_as_of(version)).days
     if age >= config.forecast.retrain_every_days:

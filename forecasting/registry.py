@@ -125,17 +125,58 @@ def code_fingerprint() -> str:
     return digest.hexdigest()[:16]
 
 
-def champion_version(ws: Workspace, config: Config, any_code: bool = False) -> Any | None:
+# [forecast] settings that the fit does not read: predict-time levels and paths, and operations.
+NOT_FITTED_SETTINGS = frozenset(
+    {
+        "quantiles",
+        "n_paths",
+        "n_jobs",
+        "registered_model",
+        "tracking_uri",
+        "experiment",
+        "retrain_every_days",
+        "drift_threshold",
+        "train_devices_per_task",
+    }
+)
+
+
+def settings_fingerprint(config: Config) -> str:
+    """Hash of the settings a fitted forecaster depends on: `[forecast]` (but NOT_FITTED_SETTINGS),
+    `[calendar]` and the devices' default country and subdivision (their holidays are features).
+
+    A champion fitted under other settings would go on forecasting with the old ones (a corrected
+    default country, say) until its next scheduled retrain: it counts as absent instead.
+    """
+    fitted = {
+        "forecast": config.forecast.model_dump(exclude=set(NOT_FITTED_SETTINGS)),
+        "calendar": config.calendar.model_dump(),
+        "place": [config.devices.country, config.devices.subdivision],
+    }
+    return hashlib.sha256(json.dumps(fitted, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def build_mismatch(version: Any, config: Config) -> str | None:
+    """Why a registered version cannot serve this code and config, or None when it can."""
+    if version.tags.get("code") != code_fingerprint():
+        return "built by another version of the code"
+    if version.tags.get("settings") != settings_fingerprint(config):
+        return "trained under other model settings ([forecast], [calendar] or the default country)"
+    return None
+
+
+def champion_version(ws: Workspace, config: Config, any_build: bool = False) -> Any | None:
     """The registered champion version, or None before the first promotion.
 
-    Unless `any_code`, a champion built by other code (see code_fingerprint) counts as none.
+    Unless `any_build`, a champion built by other code or under other model settings (build_mismatch)
+    counts as none.
     """
     client = MlflowClient(tracking_uri=use_store(ws, config))
     try:
         version = client.get_model_version_by_alias(config.forecast.registered_model, CHAMPION)
     except MlflowException:
         return None
-    if not any_code and version.tags.get("code") != code_fingerprint():
+    if not any_build and build_mismatch(version, config) is not None:
         return None
     return version
 
@@ -151,8 +192,8 @@ def version_trained_for(ws: Workspace, config: Config, as_of: pd.Timestamp) -> A
         versions = client.search_model_versions(f"name='{config.forecast.registered_model}'")
     except MlflowException:
         return None
-    day, code = f"{pd.Timestamp(as_of):%Y-%m-%d}", code_fingerprint()
-    mine = [v for v in versions if v.tags.get("as_of") == day and v.tags.get("code") == code]
+    day = f"{pd.Timestamp(as_of):%Y-%m-%d}"
+    mine = [v for v in versions if v.tags.get("as_of") == day and build_mismatch(v, config) is None]
     return max(mine, key=lambda v: int(v.version), default=None)
 
 
@@ -201,7 +242,7 @@ def log_training(
     challenger = float(result.metrics[SCORE_KEY])
     promote = champion_score is None or (math.isfinite(challenger) and challenger <= champion_score + 1e-9)
     reason = (
-        "no comparable champion (first model, or one built by other code)"
+        "no comparable champion (first model, or one built by other code or settings)"
         if champion_score is None
         else f"backtest sMAPE {challenger:.3f} vs champion {champion_score:.3f} on the same window"
     )
@@ -236,6 +277,7 @@ def log_training(
     client.set_model_version_tag(config.forecast.registered_model, version, "as_of", f"{as_of:%Y-%m-%d}")
     client.set_model_version_tag(config.forecast.registered_model, version, SCORE_KEY, f"{challenger:.6f}")
     client.set_model_version_tag(config.forecast.registered_model, version, "code", code_fingerprint())
+    client.set_model_version_tag(config.forecast.registered_model, version, "settings", settings_fingerprint(config))
     if promote:
         client.set_registered_model_alias(config.forecast.registered_model, CHAMPION, version)
     else:

@@ -41,7 +41,7 @@ def nightly_run(tmp_path_factory, prefect_harness, fast_config_file):
     return ws, config, staged, result
 
 
-def test_nightly_end_to_end_on_sample(nightly_run):
+def test_nightly_end_to_end_on_sample(nightly_run, fast_config_file):
     ws, config, staged, result = nightly_run
     plan = pd.read_csv(result["planned"]["plan"])
     assert list(plan.columns[: len(PLAN_COLUMNS)]) == PLAN_COLUMNS
@@ -55,8 +55,8 @@ def test_nightly_end_to_end_on_sample(nightly_run):
     assert report.exists() and "data:image/png;base64," in report.read_text()
     forecast = pd.read_csv(result["planned"]["forecast"])
     assert {"device_id", "date", "model", "yhat", "q50", "q90", "q95", "q99"} <= set(forecast.columns)
-    # The second night finds nothing new, does not retrain, and plans again.
-    again = commands.run_nightly(ws, None, None)
+    # The second night (same config) finds nothing new, does not retrain, and plans again.
+    again = commands.run_nightly(ws, str(fast_config_file), None)
     assert again["ingested"] == [] and not again["trained"]["trained"]
 
 

@@ -121,6 +121,27 @@ def test_champion_built_by_other_code_is_retrained_not_loaded(trained, monkeypat
     monkeypatch.setattr(registry, "code_fingerprint", lambda: "another-version")
     assert registry.champion_version(ws, config) is None
     assert registry.load_champion(ws, config) is None
-    assert registry.champion_version(ws, config, any_code=True) is not None
+    assert registry.champion_version(ws, config, any_build=True) is not None
     due, why = jobs.training_due(ws, config, pd.Timestamp("2026-10-09"))
     assert due and "another version of the code" in why
+
+
+def test_champion_fitted_under_other_model_settings_is_retrained_but_not_for_predict_time_ones(trained):
+    """A corrected default country or payday must reach the model: such a champion counts as absent.
+    Quantile levels, path counts and operations settings are read at predict time: the champion serves."""
+    ws, config, _ = trained
+    assert registry.champion_version(ws, config) is not None
+    for same in (
+        config.updated(forecast={"quantiles": [0.1, 0.5, 0.9], "n_paths": 50, "retrain_every_days": 3}),
+        config.updated(plan={"horizon_days": 7}, flows={"task_runner": "dask"}),
+    ):
+        assert registry.champion_version(ws, same) is not None
+    for other in (
+        config.updated(devices={"country": "GB"}),
+        config.updated(calendar={"paydays": [25]}),
+        config.updated(forecast={"backtest_folds": config.forecast.backtest_folds + 1}),
+    ):
+        assert registry.champion_version(ws, other) is None
+        assert registry.champion_version(ws, other, any_build=True) is not None
+        due, why = jobs.training_due(ws, other, pd.Timestamp("2026-10-09"))
+        assert due and "other model settings" in why
