@@ -158,13 +158,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_warned: set[str] = set()  # the messages this command has printed
+
+
 def _short_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """Warnings for people: one line, no source location."""
-    print(f"cashcast: warning: {message}", file=sys.stderr)
+    """Warnings for people: one line, no source location, each message once (training and forecasting
+    both meet the same estimated holiday year, say)."""
+    text = str(message)
+    if text not in _warned:
+        _warned.add(text)
+        print(f"cashcast: warning: {text}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _warned.clear()
     warnings.showwarning = _short_warning
     from flows import commands
 
