@@ -430,20 +430,33 @@ def read_balances_file(path: Path, as_of: pd.Timestamp) -> pd.DataFrame:
     missing = {"device_id", "balance"} - set(balances.columns)
     if missing:
         raise ValueError(f"{path}: missing column(s) {sorted(missing)}")
+    from replenishment.plan import PlanWarning
+
     amount = pd.to_numeric(balances["balance"], errors="coerce")
+    given = "as_of" in balances.columns
+    day = pd.to_datetime(balances["as_of"], errors="coerce") if given else pd.Series(as_of, index=balances.index)
     for column, problem, bad in (
         ("device_id", "empty", balances["device_id"].isna()),
         ("balance", "not a number", amount.isna()),
         ("balance", "negative", amount < 0),
+        ("as_of", "not a date", day.isna()),
     ):
         if bad.any():
             row = int(bad.to_numpy().argmax())
             cell = balances[column].iloc[row]
             shown = "" if pd.isna(cell) else f" ({cell})"
             raise ValueError(f"{path}: row {row + 1}, column {column}: {problem}{shown}")
-    balances["balance"] = amount
-    if "as_of" not in balances.columns:
-        balances["as_of"] = as_of
+    later = day.dt.normalize() > as_of
+    if later.any():
+        first = int(later.to_numpy().argmax())
+        warnings.warn(
+            PlanWarning(
+                f"{path}: {int(later.sum())} balance row(s) dated after the plan's morning {as_of:%Y-%m-%d} were"
+                f" ignored (row {first + 1}: {balances['device_id'].iloc[first]} on {day.iloc[first]:%Y-%m-%d})"
+            ),
+            stacklevel=2,
+        )
+    balances["balance"], balances["as_of"] = amount, day
     balances["device_id"] = balances["device_id"].astype("string")
     return balances
 

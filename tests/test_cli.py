@@ -157,12 +157,13 @@ def test_plan_on_a_workspace_without_champion_trains_and_reads_the_lake_once(tmp
     assert pd.read_csv(out)["device_id"].nunique() >= 20
 
 
-def test_plan_with_balances_file(cli_home, tmp_path):
+def test_plan_with_balances_file(cli_home, tmp_path, capsys):
     home, config = cli_home
     devices = pd.read_csv(REPO / "data" / "sample" / "devices.csv")
-    empty = pd.DataFrame({"device_id": devices["device_id"], "balance": 0.0})
+    empty = pd.DataFrame({"device_id": devices["device_id"], "as_of": "2026-10-30", "balance": 0.0})
+    full = pd.DataFrame({"device_id": devices["device_id"][:1], "as_of": "2026-11-05", "balance": 1e6})
     balances = tmp_path / "balances.csv"
-    empty.to_csv(balances, index=False)
+    pd.concat([empty, full]).to_csv(balances, index=False)  # a later count is not this morning's: ignored
     out = tmp_path / "urgent.csv"
     args = [
         "plan",
@@ -178,6 +179,7 @@ def test_plan_with_balances_file(cli_home, tmp_path):
         str(out),
     ]
     assert main(args) == 0
+    assert "1 balance row(s) dated after the plan's morning 2026-10-30 were ignored" in capsys.readouterr().err
     plan = pd.read_csv(out)
     atms = devices.loc[devices["kind"] == "atm", "device_id"]
     first_visit = plan[plan["device_id"].isin(atms)].groupby("device_id")["visit_date"].min()
@@ -196,14 +198,15 @@ def test_plan_with_balances_file(cli_home, tmp_path):
 @pytest.mark.parametrize(
     ("rows", "error"),
     [
-        ("A1,100\nA2,abc\n", "row 2, column balance: not a number (abc)"),
-        ("A1,-5000\n", "row 1, column balance: negative (-5000)"),
-        ("A1,100\n,200\n", "row 2, column device_id: empty"),
+        ("device_id,balance\nA1,100\nA2,abc\n", "row 2, column balance: not a number (abc)"),
+        ("device_id,balance\nA1,-5000\n", "row 1, column balance: negative (-5000)"),
+        ("device_id,balance\nA1,100\n,200\n", "row 2, column device_id: empty"),
+        ("device_id,as_of,balance\nA1,2026-11-02,100\nA2,soon,200\n", "row 2, column as_of: not a date (soon)"),
     ],
 )
 def test_bad_balances_file_names_row_and_column(tmp_path, capsys, rows, error):
     balances = tmp_path / "balances.csv"
-    balances.write_text("device_id,balance\n" + rows)
+    balances.write_text(rows)
     assert main(["plan", "--home", str(tmp_path / "ws"), "--as-of", "2026-11-02", "--balances", str(balances)]) != 0
     assert f"{balances}: {error}" in capsys.readouterr().err
 
