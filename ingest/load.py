@@ -502,6 +502,8 @@ def _parse_devices(run: _Run, batch: pa.RecordBatch, first: int) -> pd.DataFrame
             ]
             if column in ("service_level", "holding_rate"):
                 checks.append((column, f"{column} must be below 1", values >= 1))
+            if column == "load_multiple":
+                checks.append((column, "load_multiple must be above 0 (the size of one bundle)", values == 0))
             out[column] = values
             continue
         values = text(batch[column])
@@ -514,10 +516,21 @@ def _parse_devices(run: _Run, batch: pa.RecordBatch, first: int) -> pd.DataFrame
         elif column == "timezone":
             checks.append((column, "unknown timezone", _invalid(values, _is_zone)))
         out[column] = values
-    checks += _region_checks(run.config, out)
+    checks += _region_checks(run.config, out) + _balance_limit_checks(out)
     good = run.screen(batch, first, checks)
     frame = pd.DataFrame({c: v.to_pandas() if isinstance(v, pa.Array) else v for c, v in out.items()})
     return frame[good].reset_index(drop=True)
+
+
+def _balance_limit_checks(out: dict) -> list[tuple[str, str, np.ndarray]]:
+    """Limits no plan can keep: a floor above the cassette or above the ceiling (given cells only; empty
+    ones take the config's defaults later)."""
+    floor, capacity, ceiling = (np.asarray(out[c], dtype="float64") for c in ("min_balance", "capacity", "max_balance"))
+    with np.errstate(invalid="ignore"):
+        return [
+            ("min_balance", "min_balance above capacity", (capacity > 0) & (floor > capacity)),
+            ("max_balance", "max_balance below min_balance", (ceiling > 0) & (floor > ceiling)),
+        ]
 
 
 def _region_checks(config: Config, out: dict) -> list[tuple[str, str, np.ndarray]]:

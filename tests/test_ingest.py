@@ -270,21 +270,24 @@ def test_every_reject_reason_of_the_small_tables(tmp_path, ws, config):
     devices = write(
         tmp_path / "devices.csv",
         """
-device_id,kind,capacity,visit_weekdays,service_level,timezone,country,subdivision
-A,atm,100000,"Mon,Thu",0.99,Asia/Kolkata,in,tn
-B,vault,,,,,,
-C,atm,lots,,,,,
-D,atm,-5,,,,,
-E,atm,,Someday,,,,
-F,atm,,,1.5,,,
-G,atm,,,,Mars/Olympus,,
-,atm,,,,,,
-H,atm,,Mon-Fri,,,XX,
-I,atm,,,,,IN,ZZ
+device_id,kind,capacity,visit_weekdays,service_level,timezone,country,subdivision,load_multiple,min_balance,max_balance
+A,atm,100000,"Mon,Thu",0.99,Asia/Kolkata,in,tn,100,,
+B,vault,,,,,,,,,
+C,atm,lots,,,,,,,,
+D,atm,-5,,,,,,,,
+E,atm,,Someday,,,,,,,
+F,atm,,,1.5,,,,,,
+G,atm,,,,Mars/Olympus,,,,,
+,atm,,,,,,,,,
+H,atm,,Mon-Fri,,,XX,,,,
+I,atm,,,,,IN,ZZ,,,
+J,atm,,,,,,,0,,
+K,atm,100000,,,,,,,200000,
+L,branch,,,,,,,,50000,20000
 """,
     )
     report = ingest_file(devices, "devices", ws, config)
-    assert (report.rows_loaded, report.rows_rejected, report.rows_duplicate) == (1, 9, 0)
+    assert (report.rows_loaded, report.rows_rejected, report.rows_duplicate) == (1, 12, 0)
     rejects = pd.read_csv(report.rejects_path)
     assert rejects["reason"].tolist() == [
         "unknown kind (expected atm, branch or recycler)",
@@ -296,8 +299,11 @@ I,atm,,,,,IN,ZZ
         "missing device_id",
         "unknown country 'XX' (expected an ISO code such as CN, GB or IN)",
         f"unknown subdivision 'ZZ' of IN (known: {', '.join(holidays.list_supported_countries()['IN'])})",
+        "load_multiple must be above 0 (the size of one bundle)",
+        "min_balance above capacity",
+        "max_balance below min_balance",
     ]
-    assert rejects["column"].tolist()[-2:] == ["country", "subdivision"]
+    assert rejects["column"].tolist()[-5:] == ["country", "subdivision", "load_multiple", "min_balance", "max_balance"]
     master = ingest.read_table(ws, "devices").set_index("device_id")
     assert tuple(master.loc["A", ["country", "subdivision"]]) == ("IN", "TN")  # as the holidays package spells them
     balances = write(
