@@ -88,3 +88,11 @@ class Workspace:
     def ensure(self) -> Workspace:
         self.home.mkdir(parents=True, exist_ok=True)
         return self
+
+    def keep_tool_state_inside(self) -> None:
+        """Point the libraries' own caches at this workspace: a command writes nothing outside it (the
+        Prefect API aside). Matplotlib keeps its font cache under `<home>/.cache/matplotlib` (0.2 s to
+        build once); MLflow's usage telemetry, which writes `~/.config/mlflow` and calls out to the
+        network, is off. Values already set in the environment win. Call before those libraries load."""
+        os.environ.setdefault("MPLCONFIGDIR", str(self.home / ".cache" / "matplotlib"))
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

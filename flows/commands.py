@@ -140,5 +140,6 @@ COMMANDS = {
 
 def run(args: argparse.Namespace) -> int:
     ws = Workspace.resolve(args.home).ensure()
+    ws.keep_tool_state_inside()
     config = load_config(args.config)
     return COMMANDS[args.command](ws, config, args)

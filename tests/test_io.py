@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -98,3 +101,28 @@ def test_csv_conventions_for_people_reading_the_files(tmp_path: Path):
     assert back["cash_deployed"].tolist() == [1_470_000.0, 16_275_310_000.0]
     repeated = pd.DataFrame([["=1", "+2"]], columns=["note", "note"])  # e.g. a raw file's rows in a rejects table
     assert write_table(repeated, tmp_path / "rep.csv").read_text().splitlines() == ["note,note", "'=1,'+2"]
+
+
+def test_library_caches_stay_inside_the_workspace(tmp_path: Path):
+    """CONTRACT.md: a command writes nothing outside its workspace (the Prefect API aside). Matplotlib's font
+    cache and MLflow's telemetry file would land in the user's home: run both in a fresh process to see."""
+    user = tmp_path / "user"
+    user.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MPL", "MLFLOW", "XDG_", "DO_NOT_TRACK"))}
+    env["HOME"] = str(user)
+    script = f"""
+import mlflow
+from cashcast.workspace import Workspace
+ws = Workspace.resolve({str(tmp_path / "ws")!r}).ensure()
+ws.keep_tool_state_inside()
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+plt.plot([1, 2]); plt.savefig(ws.home / "figure.png")
+mlflow.set_tracking_uri(ws.tracking_uri())
+with mlflow.start_run():
+    mlflow.log_metric("x", 1.0)
+"""
+    subprocess.run([sys.executable, "-c", script], check=True, env=env, cwd=tmp_path, capture_output=True)
+    assert not [p for p in user.rglob("*")], "written outside the workspace"
+    assert (tmp_path / "ws" / ".cache" / "matplotlib").is_dir() and (tmp_path / "ws" / "figure.png").exists()
