@@ -52,11 +52,19 @@ def _output(text: str) -> Path:
     return Path(text)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line on stderr, like every other error of the command line
+    (the usage block it would print first is what `--help` is for)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--home", help="workspace folder (default: $CASHCAST_HOME, else data/ of the checkout)")
     common.add_argument("--config", help="TOML file merged over configs/default.toml")
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="cashcast",
         description="Forecast ATM and branch cash demand and plan least-cost replenishment.",
     )

@@ -81,7 +81,8 @@ def test_bad_config_key_is_named(tmp_path, capsys):
 def test_bad_arguments_are_refused_before_any_work(tmp_path, capsys, args, error):
     with pytest.raises(SystemExit) as done:
         main([*args, "--home", str(tmp_path / "h")])
-    assert done.value.code == 2 and error in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and error in err and len(err.strip().splitlines()) == 1  # one line, no usage block
     assert not (tmp_path / "h").exists()
 
 
