@@ -136,6 +136,12 @@ def test_champion_fitted_under_other_model_settings_is_retrained_but_not_for_pre
         config.updated(plan={"horizon_days": 7}, flows={"task_runner": "dask"}),
     ):
         assert registry.champion_version(ws, same) is not None
+    # ... and the forecast follows them, from the same champion.
+    later = config.updated(forecast={"quantiles": [0.2, 0.5], "n_paths": 37})
+    history = jobs.load_history(ws, pd.Timestamp("2026-10-15"))
+    forecast = jobs.forecast_devices(registry.load_champion(ws, later), history, later, 5)
+    assert forecast.withdrawal_paths.shape[1] == 37
+    assert {"q20", "q50"} <= set(forecast.frame.columns) and "q90" not in forecast.frame.columns
     for other in (
         config.updated(devices={"country": "GB"}),
         config.updated(calendar={"paydays": [25]}),
