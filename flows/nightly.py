@@ -194,7 +194,7 @@ def nightly_flow(
         ingested = ingest_flow(str(ws.home), config_file)
         as_of_ts = jobs.parse_date(as_of) or jobs.next_as_of(ws)
         day = f"{as_of_ts:%Y-%m-%d}"
-        with runners.dask_cluster(config) as on_cluster:  # one cluster for training and the plan's chunks
+        with runners.dask_cluster(config, prefect_tasks=True) as on_cluster:  # one for training and the chunks
             trained = train_flow(str(ws.home), config_file, day, force_train, on_cluster.flows.dask_address)
             planned = on_configured_runner(forecast_and_plan_flow, on_cluster)(str(ws.home), config_file, day)
         report_path = report.write_report(ws, config, as_of_ts, planned, trained)

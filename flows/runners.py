@@ -11,7 +11,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -19,13 +19,16 @@ from cashcast.config import Config
 from cashcast.jobs import ModelRef, load_model
 from cashcast.workspace import Workspace
 
+if TYPE_CHECKING:
+    from distributed import LocalCluster
+
 _shared_server: Any = None
 _cache: OrderedDict[tuple[str, str], Any] = OrderedDict()  # the last CACHED_MODELS models loaded
 CACHED_MODELS = 2  # the champion and one past morning's: a served process must not keep every version
 _cache_lock = threading.Lock()
 
 
-def local_cluster(n_workers: int):
+def local_cluster(n_workers: int) -> LocalCluster:
     """A temporary Dask LocalCluster of `n_workers` one-thread worker processes.
 
     Its workers start without the MALLOC_TRIM_THRESHOLD_ Dask's nanny sets by default: setting it turns
@@ -43,17 +46,19 @@ def local_cluster(n_workers: int):
 
 
 @contextmanager
-def dask_cluster(config: Config) -> Iterator[Config]:
+def dask_cluster(config: Config, prefect_tasks: bool = False) -> Iterator[Config]:
     """`config` pointing at one Dask scheduler for a whole run: its `dask_address`, or a LocalCluster
     started here and closed on exit. Unchanged without `task_runner = "dask"`.
 
     The nightly run trains and then plans on the same cluster: each would otherwise start its own, and
-    every start spawns the worker processes and imports the stack in them again.
+    every start spawns the worker processes and imports the stack in them again. With `prefect_tasks`
+    (Prefect tasks will run on it) the workers get the one Prefect API to report to.
     """
     if config.flows.task_runner != "dask" or config.flows.dask_address:
         yield config
         return
-    share_prefect_api()  # before the workers start: they inherit the environment
+    if prefect_tasks:
+        share_prefect_api()  # before the workers start: they inherit the environment
     with local_cluster(config.flows.dask_workers) as cluster:
         yield config.updated(flows={"dask_address": cluster.scheduler_address})
 
