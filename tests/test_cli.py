@@ -47,6 +47,17 @@ def test_ingest_json_accounting_and_idempotence(tmp_path, capsys):
     assert second["rows_loaded"] == 0 and second["rows_read"] == 4
 
 
+def test_a_file_whose_every_row_is_rejected_is_pointed_out(tmp_path, capsys):
+    """Day-first dates (a spreadsheet's export) reject every row: the rows are kept in the rejects table as
+    always, and stderr says what the first one got wrong instead of leaving a quiet "loaded 0"."""
+    slash = tmp_path / "daily-slash.csv"
+    slash.write_text("device_id,date,withdrawals\nA1,01/02/2017,100\nA1,13/02/2017,200\n")
+    assert main(["ingest", "--home", str(tmp_path / "home"), "--kind", "daily", str(slash)]) == 0
+    out, err = capsys.readouterr()
+    assert "read 2, loaded 0, rejected 2" in out
+    assert f"{slash}: every row was rejected, e.g. row 2, column date: unparseable date" in err
+
+
 def test_bad_input_exits_non_zero_with_one_line_naming_the_file(tmp_path):
     bad = tmp_path / "daily.csv"
     bad.write_text("device,when\nx,y\n")
