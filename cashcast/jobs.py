@@ -28,6 +28,13 @@ class NoDataError(RuntimeError):
     """The workspace has no history to work from."""
 
 
+OTHER_SETTINGS = "fitted under other model settings than this config's ([forecast], [calendar] or the default country)"
+
+
+class ModelSettingsWarning(UserWarning):
+    """The serving champion was fitted under other model settings than the command's config."""
+
+
 class ReplayWarning(UserWarning):
     """What a backtest's reader should know about its window (days imputed, devices left out)."""
 
@@ -193,6 +200,10 @@ def ensure_champion(
     if version is None:
         run_train(ws, config, as_of, progress=progress, history=None if history is None else history())
         version = registry.champion_version(ws, config)
+    elif registry.settings_differ(version, config):
+        warnings.warn(
+            ModelSettingsWarning(f"the champion was {OTHER_SETTINGS}: `cashcast train` refits it"), stacklevel=2
+        )
     return version
 
 
@@ -568,10 +579,13 @@ def training_due(ws: Workspace, config: Config, as_of: pd.Timestamp | None) -> t
     as_of = as_of or next_as_of(ws)
     version = registry.champion_version(ws, config)
     if version is None:
-        other = registry.champion_version(ws, config, any_build=True)
-        if other is not None:
-            return True, f"the champion was {registry.build_mismatch(other, config)}"
+        if registry.champion_version(ws, config, any_code=True) is not None:
+            return True, "the champion was built by another version of the code"
         return True, "no champion model yet"
+    if registry.settings_differ(version, config):
+        latest = registry.latest_version(ws, config)
+        if latest is None or registry.settings_differ(latest, config):  # none fitted under these settings yet
+            return True, f"the champion was {OTHER_SETTINGS}"
     age = (as_of - trained_as_of(version)).days
     if age >= config.forecast.retrain_every_days:
         return True, f"champion trained {age} days ago (cadence {config.forecast.retrain_every_days})"

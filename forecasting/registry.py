@@ -156,44 +156,54 @@ def settings_fingerprint(config: Config) -> str:
     return hashlib.sha256(json.dumps(fitted, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def build_mismatch(version: Any, config: Config) -> str | None:
-    """Why a registered version cannot serve this code and config, or None when it can."""
-    if version.tags.get("code") != code_fingerprint():
-        return "built by another version of the code"
-    if version.tags.get("settings") != settings_fingerprint(config):
-        return "trained under other model settings ([forecast], [calendar] or the default country)"
-    return None
+def settings_differ(version: Any, config: Config) -> bool:
+    """Whether a registered version was fitted under other model settings than `config`'s."""
+    return version.tags.get("settings") != settings_fingerprint(config)
 
 
-def champion_version(ws: Workspace, config: Config, any_build: bool = False) -> Any | None:
+def champion_version(ws: Workspace, config: Config, any_code: bool = False) -> Any | None:
     """The registered champion version, or None before the first promotion.
 
-    Unless `any_build`, a champion built by other code or under other model settings (build_mismatch)
-    counts as none.
+    Unless `any_code`, a champion built by other code (see code_fingerprint) counts as none. One fitted
+    under other settings still serves (see settings_differ): an ad-hoc command with another config must
+    not retrain and replace the nightly run's model behind its back.
     """
     client = MlflowClient(tracking_uri=use_store(ws, config))
     try:
         version = client.get_model_version_by_alias(config.forecast.registered_model, CHAMPION)
     except MlflowException:
         return None
-    if not any_build and build_mismatch(version, config) is not None:
+    if not any_code and version.tags.get("code") != code_fingerprint():
         return None
     return version
 
 
-def version_trained_for(ws: Workspace, config: Config, as_of: pd.Timestamp) -> Any | None:
-    """The newest registered version of this code trained for the morning of `as_of`, promoted or not.
-
-    A past-date nightly run trains for its own morning; when that version loses to a later champion it
-    is still the honest model for that morning, so it is reused instead of fitting another one.
-    """
+def _versions_of_this_code(ws: Workspace, config: Config) -> list[Any]:
     client = MlflowClient(tracking_uri=use_store(ws, config))
     try:
         versions = client.search_model_versions(f"name='{config.forecast.registered_model}'")
     except MlflowException:
-        return None
+        return []
+    code = code_fingerprint()
+    return [v for v in versions if v.tags.get("code") == code]
+
+
+def latest_version(ws: Workspace, config: Config) -> Any | None:
+    """The newest registered version of this code, promoted or not."""
+    return max(_versions_of_this_code(ws, config), key=lambda v: int(v.version), default=None)
+
+
+def version_trained_for(ws: Workspace, config: Config, as_of: pd.Timestamp) -> Any | None:
+    """The newest registered version of this code and these settings trained for the morning of `as_of`,
+    promoted or not.
+
+    A past-date nightly run trains for its own morning; when that version loses to a later champion it
+    is still the honest model for that morning, so it is reused instead of fitting another one.
+    """
     day = f"{pd.Timestamp(as_of):%Y-%m-%d}"
-    mine = [v for v in versions if v.tags.get("as_of") == day and build_mismatch(v, config) is None]
+    mine = [
+        v for v in _versions_of_this_code(ws, config) if v.tags.get("as_of") == day and not settings_differ(v, config)
+    ]
     return max(mine, key=lambda v: int(v.version), default=None)
 
 
@@ -242,7 +252,7 @@ def log_training(
     challenger = float(result.metrics[SCORE_KEY])
     promote = champion_score is None or (math.isfinite(challenger) and challenger <= champion_score + 1e-9)
     reason = (
-        "no comparable champion (first model, or one built by other code or settings)"
+        "no comparable champion (first model, or one built by other code)"
         if champion_score is None
         else f"backtest sMAPE {challenger:.3f} vs champion {champion_score:.3f} on the same window"
     )

@@ -121,21 +121,22 @@ def test_champion_built_by_other_code_is_retrained_not_loaded(trained, monkeypat
     monkeypatch.setattr(registry, "code_fingerprint", lambda: "another-version")
     assert registry.champion_version(ws, config) is None
     assert registry.load_champion(ws, config) is None
-    assert registry.champion_version(ws, config, any_build=True) is not None
+    assert registry.champion_version(ws, config, any_code=True) is not None
     due, why = jobs.training_due(ws, config, pd.Timestamp("2026-10-09"))
     assert due and "another version of the code" in why
 
 
-def test_champion_fitted_under_other_model_settings_is_retrained_but_not_for_predict_time_ones(trained):
-    """A corrected default country or payday must reach the model: such a champion counts as absent.
-    Quantile levels, path counts and operations settings are read at predict time: the champion serves."""
+def test_champion_fitted_under_other_model_settings_is_refitted_by_the_nightly_run_only(trained, monkeypatch):
+    """A corrected default country or payday must reach the model: the nightly run's training is due. An ad-hoc
+    forecast with another config keeps the champion (and says so) rather than replacing the nightly run's model.
+    Quantile levels, path counts and operations settings are read at predict time and change nothing."""
     ws, config, _ = trained
-    assert registry.champion_version(ws, config) is not None
+    champion = registry.champion_version(ws, config)
     for same in (
         config.updated(forecast={"quantiles": [0.1, 0.5, 0.9], "n_paths": 50, "retrain_every_days": 3}),
         config.updated(plan={"horizon_days": 7}, flows={"task_runner": "dask"}),
     ):
-        assert registry.champion_version(ws, same) is not None
+        assert not registry.settings_differ(champion, same)
     # ... and the forecast follows them, from the same champion.
     later = config.updated(forecast={"quantiles": [0.2, 0.5], "n_paths": 37})
     history = jobs.load_history(ws, pd.Timestamp("2026-10-15"))
@@ -147,7 +148,17 @@ def test_champion_fitted_under_other_model_settings_is_retrained_but_not_for_pre
         config.updated(calendar={"paydays": [25]}),
         config.updated(forecast={"backtest_folds": config.forecast.backtest_folds + 1}),
     ):
-        assert registry.champion_version(ws, other) is None
-        assert registry.champion_version(ws, other, any_build=True) is not None
+        assert registry.settings_differ(champion, other)
         due, why = jobs.training_due(ws, other, pd.Timestamp("2026-10-09"))
         assert due and "other model settings" in why
+        with pytest.warns(jobs.ModelSettingsWarning, match="other model settings"):
+            assert jobs.ensure_champion(ws, other, pd.Timestamp("2026-10-09")).version == champion.version
+    due, _ = jobs.training_due(ws, config, pd.Timestamp("2026-10-09"))
+    assert not due
+    # Once a model was fitted under the new settings, losing to the champion does not make every night
+    # retrain: the cadence and drift rules take over again.
+    other = config.updated(calendar={"paydays": [25]})
+    monkeypatch.setattr(forecasting, "score_window", lambda *args, **kwargs: {registry.SCORE_KEY: 0.0})
+    assert not jobs.run_train(ws, other, pd.Timestamp("2026-10-09")).promoted
+    _, why = jobs.training_due(ws, other, pd.Timestamp("2026-10-10"))
+    assert "other model settings" not in why
