@@ -29,7 +29,10 @@ def lake(workspace, tmp_path):
 
 
 def champion(trained_on: str, smape: float):
-    return SimpleNamespace(tags={"as_of": trained_on, registry.SCORE_KEY: str(smape)}, version="3")
+    """A registered champion fitted under the default config's model settings."""
+    settings = registry.settings_fingerprint(load_config())
+    tags = {"as_of": trained_on, registry.SCORE_KEY: str(smape), "settings": settings}
+    return SimpleNamespace(tags=tags, version="3")
 
 
 def forecast_made(ws, made_on: pd.Timestamp, level: float) -> None:
