@@ -28,6 +28,7 @@ Rules (CONTRACT.md "Input files"):
 
 from __future__ import annotations
 
+import warnings
 import zoneinfo
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -56,7 +57,7 @@ from ingest.parse import (
     to_local,
     to_timestamps,
 )
-from ingest.report import IngestError, IngestReport
+from ingest.report import IngestError, IngestReport, IngestWarning
 
 KINDS = ("transactions", "daily", "devices", "balances", "status")
 REQUIRED = {
@@ -104,6 +105,14 @@ def ingest_file(
     if len(rejects):
         stamp = pd.Timestamp.now(tz="UTC").strftime("%Y%m%dT%H%M%S%fZ")
         rejects_path = str(write_table(rejects, workspace.rejects / f"{kind}-{source.path.stem}-{stamp}.csv"))
+    if run.rows_read and len(rejects) == run.rows_read:  # a format problem, most likely (day-first dates, say)
+        first = rejects.iloc[0]
+        warnings.warn(
+            IngestWarning(
+                f"{path}: every row was rejected, e.g. row {first['row']}, column {first['column']}: {first['reason']}"
+            ),
+            stacklevel=2,
+        )
     return IngestReport(str(path), run.rows_read, loaded, len(rejects), duplicate, rejects_path)
 
 

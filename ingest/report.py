@@ -10,6 +10,10 @@ class IngestError(ValueError):
     """A file that cannot be ingested at all; the message is one line naming the file (and column/row)."""
 
 
+class IngestWarning(UserWarning):
+    """Something about a whole ingested file its sender should know (every row rejected)."""
+
+
 @dataclass(frozen=True)
 class IngestReport:
     """Row accounting of one file: rows_read == rows_loaded + rows_rejected + rows_duplicate."""
