@@ -119,7 +119,7 @@ class CashForecaster:
         features the model learned from earlier events.
         """
         as_of = pd.Timestamp(as_of).normalize()
-        n_paths = n_paths or self.config.forecast.n_paths
+        n_paths = self.config.forecast.n_paths if n_paths is None else n_paths  # 0: quantiles only, no paths
         rng = np.random.default_rng(self.config.forecast.seed + PATH_SEED_OFFSET)
         levels = list(quantiles) if quantiles is not None else self.config.forecast.quantiles
         panel = self._panel(daily, devices, as_of, horizon, None, events=events)
