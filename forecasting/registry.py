@@ -146,7 +146,8 @@ def settings_fingerprint(config: Config) -> str:
     `[calendar]` and the devices' default country and subdivision (their holidays are features).
 
     A champion fitted under other settings would go on forecasting with the old ones (a corrected
-    default country, say) until its next scheduled retrain: it counts as absent instead.
+    default country, say) until its next scheduled retrain: the nightly run's training is due instead
+    (`jobs.training_due`), and ad-hoc commands warn (`jobs.ensure_champion`).
     """
     fitted = {
         "forecast": config.forecast.model_dump(exclude=set(NOT_FITTED_SETTINGS)),
