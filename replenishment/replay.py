@@ -61,7 +61,6 @@ class _Window:
     deposits: np.ndarray
     imputed: np.ndarray  # bool: actual day not recorded, demand imputed
     allowed: np.ndarray  # routine/emergency visit allowed (weekday, holiday rule), lead time ignored
-    after_lead: np.ndarray  # allowed and still orderable on the replay's first morning
     deadlines: np.ndarray  # int: the day each visit's order is due (terms.order_deadlines), -1 before the start
     beyond_net: np.ndarray  # (n, E) net outflow after the window: recorded, else the last week repeated
     beyond_allowed: np.ndarray  # (n, E) visit days allowed after the window
@@ -70,6 +69,11 @@ class _Window:
     emergency_cost: np.ndarray
     is_atm: np.ndarray
     top_up: bool
+
+    @property
+    def after_lead(self) -> np.ndarray:
+        """Visit days allowed and still orderable on the replay's first morning."""
+        return self.allowed & (self.deadlines >= 0)
 
 
 def _actual_matrix(daily: pd.DataFrame, device_ids, dates, column: str) -> np.ndarray:
@@ -153,7 +157,6 @@ def _window(actual: pd.DataFrame, terms: pd.DataFrame, start, end, config, initi
         deposits=deposits,
         imputed=imputed,
         allowed=allowed,
-        after_lead=allowed & (deadlines >= 0),
         deadlines=deadlines,
         beyond_net=np.where(np.isnan(recorded), repeated, recorded),
         beyond_allowed=beyond_allowed,
