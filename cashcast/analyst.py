@@ -433,6 +433,8 @@ def gbm_importance(model) -> pd.DataFrame:
     >>> gbm_importance(champion_model(ws, config)).head(10)
     """
     booster = model.withdrawals_.models_["lightgbm"].booster_
+    if booster is None:
+        raise ValueError("the pooled LightGBM was not fitted: no device had a week of history")
     gain = booster.feature_importance(importance_type="gain")
     table = pd.DataFrame({"feature": booster.feature_name(), "gain": gain})
     table["share"] = table["gain"] / table["gain"].sum()

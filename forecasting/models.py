@@ -325,7 +325,11 @@ def _gbm_params(
 
 
 class PooledGBM:
-    """One LightGBM for all devices on demand/level ratios (direct multi-horizon)."""
+    """One LightGBM for all devices on demand/level ratios (direct multi-horizon).
+
+    A network with no device past its first week has no sample to learn from (every feature needs a
+    week of history); it then forecasts each device's level, the mean of its observed days.
+    """
 
     def __init__(
         self,
@@ -366,15 +370,17 @@ class PooledGBM:
         X, level = design(panel, sums, dev, origin, horizon)
         y = panel.values[dev, origin + horizon - 1]
         keep = level > 0
-        params = _gbm_params(self.objective, self.learning_rate, self.num_leaves, 50, self.seed, self.n_jobs)
-        data = lgb.Dataset(X[keep], y[keep] / level[keep], feature_name=GBM_FEATURES, free_raw_data=True)
-        self.booster_ = lgb.train(params, data, num_boost_round=self.n_estimators)
+        self.booster_: lgb.Booster | None = None
+        if keep.any():
+            params = _gbm_params(self.objective, self.learning_rate, self.num_leaves, 50, self.seed, self.n_jobs)
+            data = lgb.Dataset(X[keep], y[keep] / level[keep], feature_name=GBM_FEATURES, free_raw_data=True)
+            self.booster_ = lgb.train(params, data, num_boost_round=self.n_estimators)
         return self
 
     def predict(self, panel: Panel, horizon: int) -> np.ndarray:
         n = len(panel.device_ids)
         X, level = forecast_design(panel, np.arange(n), horizon, self.max_horizon)
-        ratio = self.booster_.predict(X, num_threads=self.n_jobs).clip(min=0)
+        ratio = 1.0 if self.booster_ is None else self.booster_.predict(X, num_threads=self.n_jobs).clip(min=0)
         return (ratio * level).reshape(n, horizon)
 
 

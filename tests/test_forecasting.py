@@ -381,3 +381,17 @@ def test_young_network_without_backtest_still_forecasts_every_device(config):
     frame = result.model.predict(young.daily, young.devices, as_of, 60).frame
     assert len(frame) == 4 * 60 and frame["yhat"].gt(0).all()
     assert (frame["q99"] >= frame["q95"]).all() and (frame["q50"] >= 0).all()
+
+
+@pytest.mark.parametrize("days", [1, 5, 7])
+def test_network_in_its_first_week_forecasts_each_devices_mean(config, days):
+    """With no device past its first week the pooled model has nothing to learn from: it forecasts the
+    mean of each device's observed days instead of failing inside LightGBM."""
+    young = generate_network(n_atms=2, n_branches=1, n_recyclers=0, start="2024-01-01", days=days, seed=5)
+    as_of = pd.Timestamp("2024-01-01") + pd.Timedelta(days=days)
+    result = train(young.daily, young.devices, as_of, config)
+    frame = result.model.predict(young.daily, young.devices, as_of, 14).frame
+    seen = young.daily[~young.daily["censored"]].groupby("device_id")["withdrawals"].mean()
+    assert len(frame) == 3 * 14 and np.isfinite(frame["yhat"]).all() and len(seen) >= 1
+    forecast_mean = frame.groupby("device_id")["yhat"].mean()
+    assert np.allclose(forecast_mean[seen.index], seen, rtol=0.05)
