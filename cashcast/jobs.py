@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 import features
@@ -434,41 +435,69 @@ def write_plan(
 
 
 def read_balances_file(path: Path, as_of: pd.Timestamp) -> pd.DataFrame:
-    """Morning balances given on the command line (device_id, balance, optional as_of)."""
-    from cashcast.io import read_table
+    """Morning balances given on the command line (device_id, balance, optional as_of).
 
-    balances = read_table(path)
-    missing = {"device_id", "balance"} - set(balances.columns)
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {sorted(missing)}")
+    Read as `cashcast ingest --kind balances` reads files (semicolon or tab files, BOM, ISO dates only)
+    and numbered as its rejects are (header = row 1); but a cash count is not skipped as a reject: a
+    bad one stops the plan, since the plan would otherwise assume a balance nobody counted.
+    """
+    import pyarrow as pa
+
+    from ingest.parse import NAT, Source, is_empty, text, to_float, to_timestamps
     from replenishment.plan import PlanWarning
 
-    amount = pd.to_numeric(balances["balance"], errors="coerce")
-    given = "as_of" in balances.columns
-    day = pd.to_datetime(balances["as_of"], errors="coerce") if given else pd.Series(as_of, index=balances.index)
+    source = Source.open(path, batch_rows=1 << 16)
+    source.require(["device_id", "balance"])
+    batches = [batch for batch in source.batches() if batch.num_rows]
+    for number, _ in source.bad_lines()[:1]:
+        raise ValueError(f"{path}: row {number}: wrong number of fields (expected {len(source.columns)})")
+    if not batches:
+        return pd.DataFrame(
+            {"device_id": pd.Series(dtype="string"), "as_of": pd.Series(dtype="datetime64[ns]"), "balance": []}
+        )
+    table = pa.Table.from_batches(batches)
+    given = "as_of" in source.columns
+    ids = text(table["device_id"].combine_chunks())
+    amount = to_float(table["balance"].combine_chunks())
+    day = np.full(len(table), pd.Timestamp(as_of).value, dtype=np.int64)
+    if given:
+        day = to_timestamps(table["as_of"].combine_chunks())[0]
+    cells = {column: table[column].combine_chunks().cast(pa.string()).to_pylist() for column in table.column_names}
     for column, problem, bad in (
-        ("device_id", "empty", balances["device_id"].isna()),
-        ("balance", "not a number", amount.isna()),
+        ("device_id", "empty", is_empty(ids)),
+        ("balance", "empty", is_empty(table["balance"].combine_chunks())),
+        ("balance", "not a number", np.isnan(amount)),
         ("balance", "negative", amount < 0),
-        ("as_of", "not a date", day.isna()),
+        ("as_of", "not a date (YYYY-MM-DD)", day == NAT),
     ):
         if bad.any():
-            row = int(bad.to_numpy().argmax())
-            cell = balances[column].iloc[row]
-            shown = "" if pd.isna(cell) else f" ({cell})"
-            raise ValueError(f"{path}: row {row + 1}, column {column}: {problem}{shown}")
-    later = day.dt.normalize() > as_of
+            row = int(bad.argmax())
+            cell = cells[column][row]
+            shown = f" ({cell})" if cell not in (None, "") else ""
+            raise ValueError(f"{path}: row {row + 2}, column {column}: {problem}{shown}")
+    balances = pd.DataFrame(
+        {"device_id": pd.array(ids.to_pylist(), dtype="string"), "as_of": pd.to_datetime(day), "balance": amount}
+    )
+    twice = balances.duplicated(["device_id", "as_of"], keep=False)
+    if twice.any():
+        rows = np.flatnonzero(twice.to_numpy())
+        first = balances.iloc[rows[0]]
+        same = rows[(balances["device_id"].iloc[rows] == first["device_id"]).to_numpy()]
+        raise ValueError(
+            f"{path}: rows {same[0] + 2} and {same[1] + 2} both give {first['device_id']}'s balance on the morning"
+            f" of {first['as_of']:%Y-%m-%d}"
+        )
+    later = balances["as_of"].dt.normalize() > as_of
     if later.any():
         first = int(later.to_numpy().argmax())
         warnings.warn(
             PlanWarning(
                 f"{path}: {int(later.sum())} balance row(s) dated after the plan's morning {as_of:%Y-%m-%d} were"
-                f" ignored (row {first + 1}: {balances['device_id'].iloc[first]} on {day.iloc[first]:%Y-%m-%d})"
+                f" ignored (row {first + 2}: {balances['device_id'].iloc[first]} on"
+                f" {balances['as_of'].iloc[first]:%Y-%m-%d})"
             ),
             stacklevel=2,
         )
-    balances["balance"], balances["as_of"] = amount, day
-    balances["device_id"] = balances["device_id"].astype("string")
     return balances
 
 

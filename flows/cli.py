@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import warnings
+from datetime import date
 from pathlib import Path
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -21,16 +23,20 @@ KINDS = ("transactions", "daily", "devices", "balances", "status")
 
 
 def _date(text: str) -> str:
-    import pandas as pd
-
+    """An ISO day only: `01/08/2017` or `2017` would be read as some day, not necessarily the one meant."""
     try:
-        return f"{pd.Timestamp(text):%Y-%m-%d}"
-    except (ValueError, TypeError):
-        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text.strip()):
+            return date.fromisoformat(text.strip()).isoformat()
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}")
 
 
 def _positive(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError("must be a whole number >= 1")
     return value
@@ -60,14 +66,22 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _workspace_options(parser: argparse.ArgumentParser, default: object) -> None:
+    parser.add_argument(
+        "--home", default=default, help="workspace folder (default: $CASHCAST_HOME, else data/ of the checkout)"
+    )
+    parser.add_argument("--config", default=default, help="TOML file merged over configs/default.toml")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """`--home` and `--config` go before or after the command; after it, they win."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--home", help="workspace folder (default: $CASHCAST_HOME, else data/ of the checkout)")
-    common.add_argument("--config", help="TOML file merged over configs/default.toml")
+    _workspace_options(common, argparse.SUPPRESS)  # absent after the command: keep what came before it
     parser = _Parser(
         prog="cashcast",
         description="Forecast ATM and branch cash demand and plan least-cost replenishment.",
     )
+    _workspace_options(parser, None)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser(

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from cashcast.schema import PLAN_COLUMNS
-from flows.cli import main
+from flows.cli import build_parser, main
 
 REPO = Path(__file__).resolve().parents[1]
 FAST_CONFIG = "[forecast]\nbacktest_folds = 1\nbacktest_horizon_days = 14\nn_paths = 100\n"
@@ -97,6 +97,22 @@ def test_bad_arguments_are_refused_before_any_work(tmp_path, capsys, args, error
     assert not (tmp_path / "h").exists()
 
 
+@pytest.mark.parametrize("day", ["01/08/2017", "2017", "20170108", "now", "2017-02-30"])
+def test_dates_on_the_command_line_are_iso_days_only(tmp_path, capsys, day):
+    """pandas would read `01/08/2017` as 8 January and `2017` as New Year's Day: a plan for a day nobody meant."""
+    with pytest.raises(SystemExit):
+        main(["backtest", "--home", str(tmp_path / "h"), "--start", day, "--end", "2017-03-01"])
+    assert f"argument --start: not a date (YYYY-MM-DD): {day!r}" in capsys.readouterr().err
+
+
+def test_workspace_options_go_before_or_after_the_command():
+    parser = build_parser()
+    before = parser.parse_args(["--home", "a", "--config", "c.toml", "train"])
+    after = parser.parse_args(["train", "--home", "b"])
+    both = parser.parse_args(["--home", "a", "train", "--home", "b"])
+    assert (before.home, before.config, after.home, after.config, both.home) == ("a", "c.toml", "b", None, "b")
+
+
 def test_train_forecast_plan_through_the_cli(cli_home, tmp_path, capsys):
     home, config = cli_home
     common = ["--home", str(home), "--config", str(config)]
@@ -175,7 +191,8 @@ def test_plan_with_balances_file(cli_home, tmp_path, capsys):
     empty = pd.DataFrame({"device_id": devices["device_id"], "as_of": "2026-10-30", "balance": 0.0})
     full = pd.DataFrame({"device_id": devices["device_id"][:1], "as_of": "2026-11-05", "balance": 1e6})
     balances = tmp_path / "balances.csv"
-    pd.concat([empty, full]).to_csv(balances, index=False)  # a later count is not this morning's: ignored
+    # Semicolon-separated, as a spreadsheet in a decimal-comma locale saves it; a later count is ignored.
+    pd.concat([empty, full]).to_csv(balances, index=False, sep=";")
     out = tmp_path / "urgent.csv"
     args = [
         "plan",
@@ -210,10 +227,22 @@ def test_plan_with_balances_file(cli_home, tmp_path, capsys):
 @pytest.mark.parametrize(
     ("rows", "error"),
     [
-        ("device_id,balance\nA1,100\nA2,abc\n", "row 2, column balance: not a number (abc)"),
-        ("device_id,balance\nA1,-5000\n", "row 1, column balance: negative (-5000)"),
-        ("device_id,balance\nA1,100\n,200\n", "row 2, column device_id: empty"),
-        ("device_id,as_of,balance\nA1,2026-11-02,100\nA2,soon,200\n", "row 2, column as_of: not a date (soon)"),
+        ("device_id,balance\nA1,100\nA2,abc\n", "row 3, column balance: not a number (abc)"),
+        ("device_id,balance\nA1,-5000\n", "row 2, column balance: negative (-5000)"),
+        ("device_id,balance\nA1,100\n,200\n", "row 3, column device_id: empty"),
+        ("device_id,balance\nA1,\n", "row 2, column balance: empty"),
+        (
+            "device_id,as_of,balance\nA1,2026-11-02,100\nA2,soon,200\n",
+            "row 3, column as_of: not a date (YYYY-MM-DD) (soon)",
+        ),
+        ("device_id,as_of,balance\nA1,03/11/2026,100\n", "row 2, column as_of: not a date"),
+        (
+            "device_id,balance\nA1,100\nA2,5\nA1,200\n",
+            "rows 2 and 4 both give A1's balance on the morning of 2026-11-02",
+        ),
+        ("device_id,balance\nA1,100,7\n", "row 2: wrong number of fields (expected 2)"),
+        ("device_id,bal\nA1,100\n", "missing required column(s) ['balance']"),
+        ("", "the file is empty"),
     ],
 )
 def test_bad_balances_file_names_row_and_column(tmp_path, capsys, rows, error):
