@@ -69,15 +69,28 @@ class PathRun:
         return PathRun(*(values[:, :days] for values in (self.before, self.after, self.short, self.segment_risk)))
 
 
-def fill_level(balance: np.ndarray, target: np.ndarray, top_up: bool, is_atm: np.ndarray) -> np.ndarray:
+def fill_level(
+    balance: np.ndarray,
+    target: np.ndarray,
+    top_up: bool,
+    is_atm: np.ndarray,
+    multiple: np.ndarray | None = None,
+    ceiling: np.ndarray | None = None,
+) -> np.ndarray:
     """Cash right after a visit aiming at `target`.
 
-    Cassette swap replaces the cash; a top-up never takes cash out of an ATM; branches and
-    recyclers are brought to the target either way (a pickup when above it).
+    Cassette swap replaces the cash. A top-up adds whole `multiple`s (the target rounded up, unless that
+    passes `ceiling`) and never takes cash out of an ATM; branches and recyclers above the target are
+    brought down to it (a pickup: the crew takes what is there above it).
     """
     if not top_up:
         return np.broadcast_to(target, balance.shape).copy()
-    return np.where(is_atm, np.maximum(balance, target), target)
+    gap = target - balance
+    added = np.maximum(gap, 0.0)
+    if multiple is not None:
+        whole = round_up_to_multiple(added, multiple)
+        added = np.where(balance + whole <= ceiling + 1e-6, whole, np.maximum(whole - multiple, 0.0))
+    return np.where(is_atm | (gap > 0), balance + added, target)
 
 
 def simulate_paths(
@@ -87,8 +100,11 @@ def simulate_paths(
     top_up: bool,
     is_atm: np.ndarray,
     final_end: np.ndarray | None = None,
+    bundles: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> PathRun:
     """Run a schedule (targets (n, H), NaN = no visit) over the paths with lost demand.
+
+    `bundles` (load_multiple, max_load per device) make top-ups whole bundles, as `fill_level` does.
 
     The last visit's segment_risk counts running out before day `final_end` (default H).
     Devices run in blocks of SIMULATE_BLOCK: a day's column of `net` is strided, and a block's
@@ -97,13 +113,21 @@ def simulate_paths(
     n, _, horizon = net.shape
     final_end = np.full(n, horizon) if final_end is None else final_end
     blocks = [
-        _simulate_block(net[rows], start_balance[rows], targets[rows], top_up, is_atm[rows], final_end[rows])
+        _simulate_block(
+            net[rows],
+            start_balance[rows],
+            targets[rows],
+            top_up,
+            is_atm[rows],
+            final_end[rows],
+            None if bundles is None else tuple(values[rows] for values in bundles),
+        )
         for rows in (slice(lo, lo + SIMULATE_BLOCK) for lo in range(0, max(n, 1), SIMULATE_BLOCK))
     ]
     return PathRun(*(np.concatenate([getattr(b, name) for b in blocks]) for name in PathRun.__dataclass_fields__))
 
 
-def _simulate_block(net, start_balance, targets, top_up, is_atm, final_end) -> PathRun:
+def _simulate_block(net, start_balance, targets, top_up, is_atm, final_end, bundles) -> PathRun:
     n, n_paths, horizon = net.shape
     cash = np.repeat(start_balance.astype("float64")[:, None], n_paths, axis=1)
     before, after, short = (np.zeros((n, horizon)) for _ in range(3))
@@ -120,7 +144,8 @@ def _simulate_block(net, start_balance, targets, top_up, is_atm, final_end) -> P
         last_visit[done] = -1
         after[:, day] = before[:, day]
         if visit.any():
-            level = fill_level(cash[visit], targets[visit, day][:, None], top_up, is_atm[visit][:, None])
+            whole = (None, None) if bundles is None else (values[visit][:, None] for values in bundles)
+            level = fill_level(cash[visit], targets[visit, day][:, None], top_up, is_atm[visit][:, None], *whole)
             cash[visit] = level
             ran_out[visit] = False
             last_visit[visit] = day
@@ -362,12 +387,13 @@ def plan_network(
     top_up = not config.plan.cassette_swap
     is_atm = terms["kind"].to_numpy() == "atm"
     padded = np.concatenate([targets, np.full((len(targets), total_days - horizon), np.nan)], axis=1)
-    run = simulate_paths(net, start_balance, padded, top_up, is_atm, final_end).first_days(horizon)
+    bundles = (dev.load_multiple, dev.max_load)
+    run = simulate_paths(net, start_balance, padded, top_up, is_atm, final_end, bundles).first_days(horizon)
     baseline_targets = weekly_fill_targets(allowed, dates, dev.max_load)
     # The baseline gets the visits already on order too (it cannot change them either), and is
     # credited, like the plan, only with the visits it orders itself.
     with_orders = np.where(np.isnan(fixed), baseline_targets, fixed)
-    baseline = simulate_paths(net[:, :, :horizon], start_balance, with_orders, top_up, is_atm)
+    baseline = simulate_paths(net[:, :, :horizon], start_balance, with_orders, top_up, is_atm, bundles=bundles)
 
     device_notes = _device_notes(
         dev, withdrawals, net[:, :, :horizon], allowed, start_balance, balance_known, forecast_notes, run
@@ -484,7 +510,7 @@ def _plan_rows(
     rows, days = np.nonzero(~np.isnan(targets) & np.isnan(fixed))
     covered = segment_end[rows, days] - days
     before = run.before[rows, days]
-    after = fill_level(before, targets[rows, days], top_up, is_atm[rows])
+    after = fill_level(before, targets[rows, days], top_up, is_atm[rows], dev.load_multiple[rows], dev.max_load[rows])
     pickup = ~is_atm[rows] & (after < before - 1e-6)
     amount = np.where(pickup, before - after, after - before if top_up else after)
     risk = run.segment_risk[rows, days]

@@ -187,7 +187,14 @@ def _execute(win: _Window, decide: Decide | None, schedule: np.ndarray) -> dict[
         record["opening"][:, day] = cash
         level = cash.copy()
         if routine.any():
-            level[routine] = fill_level(cash[routine], schedule[routine, day], win.top_up, win.is_atm[routine])
+            level[routine] = fill_level(
+                cash[routine],
+                schedule[routine, day],
+                win.top_up,
+                win.is_atm[routine],
+                win.dev.load_multiple[routine],
+                win.dev.max_load[routine],
+            )
         level[emergency] = np.maximum(cash[emergency], win.dev.max_load[emergency])
         pending &= ~(routine | emergency)
         available = level + win.deposits[:, day]

@@ -333,8 +333,9 @@ def test_plan_respects_capacity_floor_bundles_and_visit_days(config, devices, sw
             assert row.amount == pytest.approx(row.expected_balance_before - row.balance_after, abs=0.02)
         elif swap:
             assert row.amount == row.balance_after
-        else:
+        else:  # a top-up adds whole bundles to the cash expected in the device
             assert row.amount == pytest.approx(row.balance_after - row.expected_balance_before, abs=0.02)
+            assert row.amount / row.load_multiple == pytest.approx(round(row.amount / row.load_multiple))
         capped = row.stockout_risk > 1 - row.service_level + 1e-9
         if swap and not capped and row.balance_after >= row.min_balance:
             # An uncapped load keeps the expected cash at or above the floor until the next visit.
