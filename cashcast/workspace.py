@@ -92,7 +92,10 @@ class Workspace:
     def keep_tool_state_inside(self) -> None:
         """Point the libraries' own caches at this workspace: a command writes nothing outside it (the
         Prefect API aside). Matplotlib keeps its font cache under `<home>/.cache/matplotlib` (0.2 s to
-        build once); MLflow's usage telemetry, which writes `~/.config/mlflow` and calls out to the
-        network, is off. Values already set in the environment win. Call before those libraries load."""
+        build once); a temporary Dask cluster's scratch space (lock files, spilled data) goes under
+        `<home>/.cache/dask`, not `/tmp/dask-scratch-space`; MLflow's usage telemetry, which writes
+        `~/.config/mlflow` and calls out to the network, is off. Values already set in the environment
+        win. Call before those libraries load."""
         os.environ.setdefault("MPLCONFIGDIR", str(self.home / ".cache" / "matplotlib"))
+        os.environ.setdefault("DASK_TEMPORARY_DIRECTORY", str(self.home / ".cache" / "dask"))
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

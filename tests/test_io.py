@@ -105,11 +105,13 @@ def test_csv_conventions_for_people_reading_the_files(tmp_path: Path):
 
 def test_library_caches_stay_inside_the_workspace(tmp_path: Path):
     """CONTRACT.md: a command writes nothing outside its workspace (the Prefect API aside). Matplotlib's font
-    cache and MLflow's telemetry file would land in the user's home: run both in a fresh process to see."""
-    user = tmp_path / "user"
+    cache and MLflow's telemetry file would land in the user's home, a Dask cluster's scratch space in the
+    system's temporary folder: run them in a fresh process to see."""
+    user, system_tmp = tmp_path / "user", tmp_path / "tmp"
     user.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MPL", "MLFLOW", "XDG_", "DO_NOT_TRACK"))}
-    env["HOME"] = str(user)
+    system_tmp.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MPL", "MLFLOW", "XDG_", "DO_NOT_TRACK", "DASK_"))}
+    env["HOME"], env["TMPDIR"] = str(user), str(system_tmp)
     script = f"""
 import mlflow
 from cashcast.workspace import Workspace
@@ -122,7 +124,11 @@ plt.plot([1, 2]); plt.savefig(ws.home / "figure.png")
 mlflow.set_tracking_uri(ws.tracking_uri())
 with mlflow.start_run():
     mlflow.log_metric("x", 1.0)
+from flows.runners import local_cluster
+local_cluster(1).close()
 """
     subprocess.run([sys.executable, "-c", script], check=True, env=env, cwd=tmp_path, capture_output=True)
-    assert not [p for p in user.rglob("*")], "written outside the workspace"
+    written = [p for p in [*user.rglob("*"), *system_tmp.rglob("*")] if ".prefect" not in p.parts]  # the API's
+    assert not written, "written outside the workspace"
     assert (tmp_path / "ws" / ".cache" / "matplotlib").is_dir() and (tmp_path / "ws" / "figure.png").exists()
+    assert (tmp_path / "ws" / ".cache" / "dask").is_dir()
