@@ -532,12 +532,20 @@ def _parse_devices(run: _Run, batch: pa.RecordBatch, first: int) -> pd.DataFrame
 
 
 def _balance_limit_checks(out: dict) -> list[tuple[str, str, np.ndarray]]:
-    """Limits no plan can keep: a floor above the cassette or above the ceiling (given cells only; empty
-    ones take the config's defaults later)."""
-    floor, capacity, ceiling = (np.asarray(out[c], dtype="float64") for c in ("min_balance", "capacity", "max_balance"))
+    """Limits no plan can keep: a cassette smaller than one bundle, a floor at or above the cassette (no
+    cash left to serve), a ceiling below the floor (given cells only; empty ones take the config's
+    defaults later)."""
+    floor, capacity, ceiling, bundle = (
+        np.asarray(out[c], dtype="float64") for c in ("min_balance", "capacity", "max_balance", "load_multiple")
+    )
     with np.errstate(invalid="ignore"):
         return [
-            ("min_balance", "min_balance above capacity", (capacity > 0) & (floor > capacity)),
+            (
+                "capacity",
+                "capacity below one load_multiple (no whole bundle fits)",
+                (capacity > 0) & (bundle > capacity),
+            ),
+            ("min_balance", "min_balance at or above capacity", (capacity > 0) & (floor >= capacity)),
             ("max_balance", "max_balance below min_balance", (ceiling > 0) & (floor > ceiling)),
         ]
 

@@ -282,12 +282,13 @@ G,atm,,,,Mars/Olympus,,,,,
 H,atm,,Mon-Fri,,,XX,,,,
 I,atm,,,,,IN,ZZ,,,
 J,atm,,,,,,,0,,
-K,atm,100000,,,,,,,200000,
+K,atm,100000,,,,,,,100000,
 L,branch,,,,,,,,50000,20000
+M,atm,5000,,,,,,10000,,
 """,
     )
     report = ingest_file(devices, "devices", ws, config)
-    assert (report.rows_loaded, report.rows_rejected, report.rows_duplicate) == (1, 12, 0)
+    assert (report.rows_loaded, report.rows_rejected, report.rows_duplicate) == (1, 13, 0)
     rejects = pd.read_csv(report.rejects_path)
     assert rejects["reason"].tolist() == [
         "unknown kind (expected atm, branch or recycler)",
@@ -300,10 +301,18 @@ L,branch,,,,,,,,50000,20000
         "unknown country 'XX' (expected an ISO code such as CN, GB or IN)",
         f"unknown subdivision 'ZZ' of IN (known: {', '.join(holidays.list_supported_countries()['IN'])})",
         "load_multiple must be above 0 (the size of one bundle)",
-        "min_balance above capacity",
+        "min_balance at or above capacity",
         "max_balance below min_balance",
+        "capacity below one load_multiple (no whole bundle fits)",
     ]
-    assert rejects["column"].tolist()[-5:] == ["country", "subdivision", "load_multiple", "min_balance", "max_balance"]
+    assert rejects["column"].tolist()[-6:] == [
+        "country",
+        "subdivision",
+        "load_multiple",
+        "min_balance",
+        "max_balance",
+        "capacity",
+    ]
     master = ingest.read_table(ws, "devices").set_index("device_id")
     assert tuple(master.loc["A", ["country", "subdivision"]]) == ("IN", "TN")  # as the holidays package spells them
     balances = write(
