@@ -73,3 +73,8 @@ def process_file(ws: Workspace, config: Config, path: Path) -> dict[str, Any]:
         return {"file": path.name, "outcome": "failed", "reason": str(exc), "moved_to": str(target)}
     target = _move(path, ws.processed)
     return {**report.to_dict(), "file": path.name, "outcome": "processed", "kind": kind, "moved_to": str(target)}
+
+
+def failure_note(item: dict[str, Any]) -> str:
+    """One line for a landing file that failed: which, why, and where it went."""
+    return f"landing file {item['file']} failed and was moved to {item['moved_to']}: {item['reason']}"

@@ -20,6 +20,7 @@ from cashcast import analyst
 from cashcast.analyst import new_figure
 from cashcast.config import Config
 from cashcast.io import atomic_path, read_table
+from cashcast.landing import failure_note
 from cashcast.schema import STALE_HISTORY_DAYS, days_unrecorded
 from cashcast.workspace import Workspace
 
@@ -282,6 +283,14 @@ STYLE = """body{font-family:sans-serif;margin:2em;max-width:1100px;color:#222}
 .wrap-last th:last-child{text-align:left} img{max-width:100%}"""
 
 
+def _failed_files(notes: str) -> str:
+    """Landing files the night could not ingest: their data is missing from tonight's plan."""
+    if not notes:
+        return ""
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in notes.splitlines())
+    return f"<h2>Files not ingested</h2><p>Tonight's plan does not include their data.</p><ul>{items}</ul>"
+
+
 def render_report(
     as_of: pd.Timestamp,
     plan: pd.DataFrame,
@@ -299,6 +308,7 @@ def render_report(
 <p>Plan horizon {html.escape(context.get("horizon", ""))} days; plan file
 <code>{html.escape(context.get("plan", ""))}</code>. Training: {html.escape(context.get("training", ""))}.
 Amounts in {CURRENCY} of the devices' currency.</p>
+{_failed_files(context.get("failed_files", ""))}
 <h2>Cash deployed against the fixed-schedule baseline</h2>
 {_table(headline_table(summary))}
 {_img(cash_figure(summary), "cash deployed and idle cash against the baseline")}
@@ -318,8 +328,11 @@ equal chances: the visit due soonest first.</p>
 </body></html>"""
 
 
-def write_report(ws: Workspace, config: Config, as_of: pd.Timestamp, planned: dict, trained: dict) -> Path:
-    """Write reports/<as_of>/index.html: cash deployed, visits per day, devices at risk, yesterday's accuracy."""
+def write_report(
+    ws: Workspace, config: Config, as_of: pd.Timestamp, planned: dict, trained: dict, ingested: list[dict] = ()
+) -> Path:
+    """Write reports/<as_of>/index.html: cash deployed, visits per day, devices at risk, yesterday's accuracy,
+    and the landing files that failed (`ingested`: the nightly ingest's outcomes)."""
     folder = Path(planned["plan"]).parent
     projection_path = Path(planned.get("projection") or folder / "projection.csv")
     projection = read_table(projection_path) if projection_path.exists() else pd.DataFrame()
@@ -333,6 +346,7 @@ def write_report(ws: Workspace, config: Config, as_of: pd.Timestamp, planned: di
             "horizon": str(planned.get("horizon", config.plan.horizon_days)),
             "plan": str(planned["plan"]),
             "training": str(trained.get("reason", "")),
+            "failed_files": "\n".join(failure_note(i) for i in ingested if i.get("outcome") == "failed"),
         },
     )
     target = ws.reports / f"{as_of:%Y-%m-%d}" / "index.html"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from cashcast.locking import workspace_lock
 from cashcast.workspace import Workspace
 from flows import runners
 from forecasting import registry
+from ingest.report import IngestWarning
 
 
 def _context(home: str | None, config_file: str | None) -> tuple[Workspace, Config]:
@@ -46,6 +48,8 @@ def ingest_flow(home: str | None = None, config_file: str | None = None) -> list
     results = [ingest_task(str(ws.home), config_file, str(path)) for path in files]
     for item in results:
         logger.info("%s: %s", item["file"], item["outcome"])
+        if item["outcome"] == "failed":  # the run goes on without it: say so where the operator looks
+            warnings.warn(IngestWarning(landing.failure_note(item)), stacklevel=2)
     return results
 
 
@@ -197,7 +201,7 @@ def nightly_flow(
         with runners.dask_cluster(config, prefect_tasks=True) as on_cluster:  # one for training and the chunks
             trained = train_flow(str(ws.home), config_file, day, force_train, on_cluster.flows.dask_address)
             planned = on_configured_runner(forecast_and_plan_flow, on_cluster)(str(ws.home), config_file, day)
-        report_path = report.write_report(ws, config, as_of_ts, planned, trained)
+        report_path = report.write_report(ws, config, as_of_ts, planned, trained, ingested)
     summary = read_table(planned["summary"])
     create_markdown_artifact(
         key="cashcast-nightly-summary",

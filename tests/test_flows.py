@@ -20,6 +20,7 @@ from cashcast.config import load_config
 from cashcast.schema import PLAN_COLUMNS
 from cashcast.workspace import Workspace
 from flows import commands
+from ingest.report import IngestWarning
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
@@ -84,12 +85,15 @@ def test_corrupt_landing_file_goes_to_failed(nightly_run, fast_config_file):
     (ws.landing / "daily-corrupt.csv").write_text("device,when,how much\nx,y,z\n")
     good = ws.landing / "balances-late.csv"
     good.write_text("device_id,as_of,balance\nATM-00001,2026-11-01,900000\n")
-    result = commands.run_nightly(ws, str(fast_config_file), None)
+    with pytest.warns(IngestWarning, match="landing file daily-corrupt.csv failed and was moved to"):
+        result = commands.run_nightly(ws, str(fast_config_file), None)
     outcomes = {item["file"]: item["outcome"] for item in result["ingested"]}
     assert outcomes == {"daily-corrupt.csv": "failed", "balances-late.csv": "processed"}
     reason = (ws.failed / "daily-corrupt.csv.reason.txt").read_text()
     assert "daily-corrupt.csv" in reason and "column" in reason
     assert (ws.processed / "balances-late.csv").exists()
+    page = Path(result["report"]).read_text()  # cash ops read the report, not the logs
+    assert "Files not ingested" in page and "daily-corrupt.csv failed" in page
 
 
 def test_crash_between_stages_then_clean_rerun(nightly_run, fast_config_file, monkeypatch):
