@@ -23,6 +23,8 @@ def cmd_ingest(ws: Workspace, config: Config, args: argparse.Namespace) -> int:
     import ingest
     from flows.cli import print_json
 
+    for path in args.files:  # every file readable with its columns before any is loaded: a bad one loads none
+        ingest.open_source(path, args.kind, config)
     for path in args.files:
         report = ingest.ingest_file(path, args.kind, ws, config, progress=_progress())
         if args.json:

@@ -82,14 +82,20 @@ TRANSACTION_WRITE_OPTIONS = {
 }
 
 
-def ingest_file(
-    path: str | Path, kind: str, workspace: Workspace, config: Config, progress: bool = False
-) -> IngestReport:
-    """Load one CSV or Parquet file of `kind` into the workspace's lake; see the module docstring."""
+def open_source(path: str | Path, kind: str, config: Config) -> Source:
+    """The file opened for reading, once it is known to be readable with the columns `kind` needs."""
     if kind not in KINDS:
         raise IngestError(f"{path}: unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
     source = Source.open(path, config.ingest.batch_rows)
     source.require(REQUIRED[kind])
+    return source
+
+
+def ingest_file(
+    path: str | Path, kind: str, workspace: Workspace, config: Config, progress: bool = False
+) -> IngestReport:
+    """Load one CSV or Parquet file of `kind` into the workspace's lake; see the module docstring."""
+    source = open_source(path, kind, config)
     lake = workspace.lake
     with lk.writer_lock(lake):
         lk.recover(lake)

@@ -59,10 +59,22 @@ def test_a_file_whose_every_row_is_rejected_is_pointed_out(tmp_path, capsys):
 
 
 def test_bad_input_exits_non_zero_with_one_line_naming_the_file(tmp_path):
-    bad = tmp_path / "daily.csv"
+    good, bad = tmp_path / "good.csv", tmp_path / "daily.csv"
+    good.write_text("device_id,date,withdrawals\nA1,2024-01-01,100\n")
     bad.write_text("device,when\nx,y\n")
-    result = subprocess.run(
-        [sys.executable, "-m", "flows", "ingest", "--home", str(tmp_path / "h"), "--kind", "daily", str(bad)],
+    result = subprocess.run(  # the good file comes first, and is not loaded either: the ingest failed
+        [
+            sys.executable,
+            "-m",
+            "flows",
+            "ingest",
+            "--home",
+            str(tmp_path / "h"),
+            "--kind",
+            "daily",
+            str(good),
+            str(bad),
+        ],
         capture_output=True,
         text=True,
         cwd=tmp_path,
