@@ -35,6 +35,9 @@ _MULTIPLIER = np.uint64(0x100000001B3)
 MAX_BLOCK_BYTES = 16 << 20
 
 
+TEXT_SUFFIXES = (".csv", ".txt", ".tsv")  # CSV as spreadsheets and exports name it
+
+
 @dataclass
 class Source:
     """An input file opened for batch reading; `bad_texts` fills while batches are read."""
@@ -50,8 +53,12 @@ class Source:
     def open(cls, path: str | Path, batch_rows: int) -> Source:
         """Check the file can be read and has a header; raise IngestError naming it otherwise."""
         path = Path(path)
+        if path.is_dir():
+            raise IngestError(f"{path}: a folder, not a file")
         if not path.is_file():
             raise IngestError(f"{path}: file not found")
+        if path.suffix.lower() not in TEXT_SUFFIXES + (".parquet",):
+            raise IngestError(f"{path}: not a CSV or Parquet file (expected a name ending in .csv or .parquet)")
         size = path.stat().st_size
         delimiter = ","
         if path.suffix.lower() == ".parquet":
@@ -133,6 +140,8 @@ def _csv_header(path: Path) -> tuple[list[str], str]:
     try:
         with open(path, encoding="utf-8-sig", newline="") as handle:
             first = handle.readline()
+            if not first.strip() and handle.read(1 << 16).strip():
+                raise IngestError(f"{path}: line 1 is blank; the header (column names) must be the first line")
             delimiter = next((d for d in (";", "\t") if "," not in first and d in first), ",")
             header = next(csv.reader([first], delimiter=delimiter), None)
     except UnicodeDecodeError:

@@ -455,6 +455,8 @@ def test_a_file_with_a_header_and_no_rows_is_an_empty_day_not_an_error(tmp_path,
         ("latin.csv", "device_id,date,withdrawals\nM\xfcnchen,2024-01-01,1\n", "daily", r"latin\.csv: not a UTF-8"),
         ("bad.parquet", "not parquet at all", "daily", r"bad\.parquet: not a readable Parquet file"),
         ("ok.csv", "device_id,date,withdrawals\nA,2024-01-01,1\n", "weekly", r"ok\.csv: unknown kind 'weekly'"),
+        ("book.xlsx", "PK\x03\x04 a workbook", "daily", r"book\.xlsx: not a CSV or Parquet file"),
+        ("gap.csv", "\n\ndevice_id,date,withdrawals\nA,2024-01-01,1\n", "daily", r"gap\.csv: line 1 is blank"),
     ],
 )
 def test_unusable_files_raise_one_line_naming_the_file_and_write_nothing(
@@ -471,6 +473,9 @@ def test_unusable_files_raise_one_line_naming_the_file_and_write_nothing(
 def test_missing_file_raises(tmp_path, ws, config):
     with pytest.raises(IngestError, match="nowhere.csv: file not found"):
         ingest_file(tmp_path / "nowhere.csv", "daily", ws, config)
+    (tmp_path / "folder.csv").mkdir()
+    with pytest.raises(IngestError, match="folder.csv: a folder, not a file"):
+        ingest_file(tmp_path / "folder.csv", "daily", ws, config)
 
 
 def test_crash_mid_ingest_leaves_the_lake_unchanged(tmp_path, ws, config, monkeypatch):
