@@ -230,20 +230,25 @@ def tame_tails(paths: np.ndarray, level: float = TAIL_LEVEL) -> np.ndarray:
 
 def _start_balances(
     balances: pd.DataFrame | None, device_ids: np.ndarray, as_of: pd.Timestamp, assumed: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Morning balance per device (latest row on or before as_of) and whether it was known."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Morning balance per device (latest row on or before as_of), whether it was known, and how many
+    days before as_of it was counted (0 when undated or unknown)."""
     known = pd.Series(np.nan, index=device_ids)
+    age = np.zeros(len(device_ids), dtype=int)
     if balances is not None and not balances.empty:
-        frame = balances.copy()
+        frame = balances.rename(columns={"balance_as_of": "as_of"}).dropna(subset=["balance"])
         frame["device_id"] = frame["device_id"].astype(str)
         if "as_of" in frame:
             frame["as_of"] = pd.to_datetime(frame["as_of"])
-            frame = frame[frame["as_of"] <= as_of].sort_values("as_of")
-        latest = frame.dropna(subset=["balance"]).groupby("device_id")["balance"].last()
-        known = latest.reindex(device_ids).astype("float64")
+            frame = frame[frame["as_of"] <= as_of].sort_values("as_of", kind="stable")
+        latest = frame.groupby("device_id").last()
+        known = latest["balance"].reindex(device_ids).astype("float64")
+        if "as_of" in latest:
+            counted = latest["as_of"].reindex(device_ids)
+            age = (as_of.normalize() - counted.dt.normalize()).dt.days.fillna(0).to_numpy(dtype=int)
     values = known.to_numpy(dtype="float64")
     is_known = ~np.isnan(values)
-    return np.where(is_known, values, assumed), is_known
+    return np.where(is_known, values, assumed), is_known, age
 
 
 def _ordered_targets(
@@ -352,7 +357,9 @@ def plan_network(
     withdrawals = withdrawals[:, :, :horizon]
     week_need = net[:, :, :UNKNOWN_BALANCE_DAYS].sum(axis=2).mean(axis=1)
     assumed = np.maximum(round_up_to_multiple(dev.min_balance + week_need, dev.load_multiple), dev.min_balance)
-    start_balance, balance_known = _start_balances(balances, device_ids, as_of, np.minimum(assumed, dev.max_load))
+    start_balance, balance_known, balance_age = _start_balances(
+        balances, device_ids, as_of, np.minimum(assumed, dev.max_load)
+    )
 
     net = extend_weekly(net, total_days)  # days the forecast does not reach: its last week repeated
     all_dates = pd.date_range(dates[0], periods=total_days, freq="D")
@@ -396,7 +403,7 @@ def plan_network(
     baseline = simulate_paths(net[:, :, :horizon], start_balance, with_orders, top_up, is_atm, bundles=bundles)
 
     device_notes = _device_notes(
-        dev, withdrawals, net[:, :, :horizon], allowed, start_balance, balance_known, forecast_notes, run
+        dev, withdrawals, net[:, :, :horizon], allowed, start_balance, (balance_known, balance_age), forecast_notes, run
     )
     standing_notes = _standing_notes(terms, forecast.failures, as_of)
     for device, notes, standing in zip(device_ids, device_notes, standing_notes, strict=True):
@@ -443,8 +450,10 @@ def _segment_ends(targets: np.ndarray, final_end: np.ndarray) -> np.ndarray:
     return ends
 
 
-def _device_notes(dev, withdrawals, net, allowed, start_balance, balance_known, forecast_notes, run) -> list[list[str]]:
-    """Per-device warnings for cash ops: the inputs that made this plan unusual."""
+def _device_notes(dev, withdrawals, net, allowed, start_balance, balance_seen, forecast_notes, run) -> list[list[str]]:
+    """Per-device warnings for cash ops: the inputs that made this plan unusual. `balance_seen` is
+    (known, days since the count) per device."""
+    balance_known, balance_age = balance_seen
     n, n_paths, horizon = net.shape
     one_day = net.mean(axis=1).max(axis=1)
     no_demand = withdrawals.max(axis=(1, 2)) <= 0
@@ -454,6 +463,11 @@ def _device_notes(dev, withdrawals, net, allowed, start_balance, balance_known, 
         found = [forecast_notes[row]] if forecast_notes[row] else []
         if not balance_known[row]:
             found.append(f"balance unknown: assumed {start_balance[row]:,.0f} (min_balance + 7-day forecast)")
+        elif balance_age[row] > 0:
+            found.append(
+                f"balance {start_balance[row]:,.0f} was counted {balance_age[row]} day(s) before this plan: "
+                "withdrawals and visits since are not deducted, send this morning's count"
+            )
         if start_balance[row] < dev.min_balance[row] - 1e-6:
             found.append(f"balance {start_balance[row]:,.0f} is below min_balance {dev.min_balance[row]:,.0f}")
         elif start_balance[row] > dev.max_balance[row] + 1e-6:

@@ -411,6 +411,26 @@ def test_whole_plan_warnings_reach_the_reader(config):
     assert set(raised) <= set(result.warnings)
 
 
+def test_a_count_from_an_earlier_morning_is_named_in_the_plan(config):
+    """Cash counted days ago is not this morning's cash: the plan says how old it is, and which count is
+    today's (a later row of the same device wins; an undated one counts as this morning's)."""
+    forecast = lognormal_forecast([100.0, 100.0, 100.0], 10, n_paths=20, seed=2)
+    terms = make_terms(config, 3)
+    balances = pd.DataFrame(
+        {
+            "device_id": ["D0", "D1", "D1", "D2"],
+            "balance_as_of": [AS_OF - pd.Timedelta(days=4), AS_OF - pd.Timedelta(days=3), AS_OF, AS_OF],
+            "balance": [700.0, 100.0, 600.0, 500.0],
+        }
+    )
+    result = plan_network(forecast, terms, balances, AS_OF, config, holidays=NO_HOLIDAYS)
+    notes = result.summary.set_index("device_id")["notes"]
+    assert "balance 700 was counted 4 day(s) before this plan" in notes["D0"]
+    assert "counted" not in notes["D1"] and "counted" not in notes["D2"]
+    opening = result.projection.sort_values("date").groupby("device_id").first()
+    assert opening.loc["D1", "expected_opening_balance"] == pytest.approx(600.0)
+
+
 def test_degenerate_devices_get_a_plan_and_a_note(config):
     forecast = lognormal_forecast([0.0, 100.0, 100.0, 100.0], 10, n_paths=40, seed=3)
     forecast.withdrawal_paths[3] = np.nan
