@@ -152,13 +152,16 @@ def _csv_text(array: pa.Array) -> pa.Array:
 
 
 def _plain_number(array: pa.Array) -> pa.Array:
-    """Amounts of 10^10 and more (a fleet's total cash) as plain digits to the cent, as a person reading
-    the file expects: Arrow writes such floats with an exponent (1.627531e+10)."""
+    """Floats as a person reading the file expects: to 6 decimals (sums leave noise such as
+    1.7249999999999999), and amounts of 10^10 and more (a fleet's total cash) as plain digits to the
+    cent, which Arrow would write with an exponent (1.627531e+10)."""
     if not pa.types.is_floating(array.type):
         return array
     largest = pc.max(pc.abs(array)).as_py()  # NaN came in as null
-    if largest is None or largest < PLAIN_DIGITS_BELOW or largest == float("inf"):
+    if largest is None or largest == float("inf"):
         return array
+    if largest < PLAIN_DIGITS_BELOW:
+        return pc.round(array, 6)
     return pc.round(array, 2).cast(pa.decimal128(38, 2), safe=False)
 
 

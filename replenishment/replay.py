@@ -398,7 +398,9 @@ def replay(
     sums["stockout_rate"] = sums["stockout_device_days"] / sums["device_days"]
     sums["avg_idle_cash"] = per_device.groupby("policy", sort=False)["avg_idle_cash"].mean()
     sums["cost_vs_optimum"] = sums["total_cost"] / sums.loc["perfect_foresight", "total_cost"]
-    kpis = sums.reset_index()
+    money = ["holding_cost", "visit_cost", "emergency_cost", "total_cost", "lost_demand", "avg_idle_cash"]
+    kpis = sums.reset_index().round(dict.fromkeys(money, 2))
+    per_device = per_device.round(dict.fromkeys(money, 2))
     if win.imputed.any():
         notes.append(f"{int(win.imputed.sum())} device-days not recorded: demand imputed (same-weekday median)")
     return ReplayResult(kpis=kpis, per_device=per_device, daily=pd.concat(daily_tables, ignore_index=True), notes=notes)
