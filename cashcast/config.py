@@ -110,7 +110,9 @@ class ForecastSettings(_Section):
     @field_validator("quantiles")
     @classmethod
     def _levels(cls, value: list[float]) -> list[float]:
-        if not value or any(not 0 < q < 1 for q in value):
+        if not value:
+            raise ValueError("at least one quantile level is needed (e.g. [0.5, 0.9])")
+        if any(not 0 < q < 1 for q in value):
             raise ValueError("quantile levels must lie strictly between 0 and 1")
         return sorted(set(value))
 

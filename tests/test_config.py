@@ -36,6 +36,7 @@ def test_user_file_is_merged_over_defaults(tmp_path: Path):
         ("[plan]\nhorizon_dayz = 3\n", "plan.horizon_dayz"),
         ('[flows]\ntask_runner = "spark"\n', "flows.task_runner"),
         ("[forecast]\nquantiles = [0.5, 1.5]\n", "forecast.quantiles"),
+        ("[forecast]\nquantiles = []\n", "forecast.quantiles"),
         ('[devices]\nvisit_weekdays = "Mon,Funday"\n', "devices.visit_weekdays"),
         ("[nonsense]\nx = 1\n", "nonsense"),
     ],
