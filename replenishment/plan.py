@@ -676,5 +676,5 @@ def with_fleet_total(per_device: pd.DataFrame) -> pd.DataFrame:
     total_row["horizon_days"] = horizon
     summary = pd.concat([rows, pd.DataFrame([total_row])], ignore_index=True)
     summary["device_id"] = summary["device_id"].astype("string")
-    days = [column for column in summary.columns if column.endswith("stockout_days")]
-    return summary.round({column: 4 if column in days else 2 for column in summary.columns})
+    floats = summary.select_dtypes("float").columns
+    return summary.round({column: 4 if column.endswith("stockout_days") else 2 for column in floats})

@@ -467,7 +467,7 @@ def test_reason_names_the_span_holiday_and_service_level(config):
     result = plan_network(forecast, terms, balances, AS_OF, config, holidays=holidays)
     row = result.plan.iloc[0]
     assert row["reason"].startswith("covers Tue-")
-    assert "incl. holiday (Fest)" in row["reason"] and "at 99%" in row["reason"]
+    assert "incl. holiday (Fest)" in row["reason"] and "at 99.5%" in row["reason"]
     # An expensive visit: the load stretches past the 10-day plan, into the optimiser's lookahead.
     assert row["days_covered"] > 9
     assert f"{row['days_covered'] - 9} past the plan horizon" in row["reason"]
