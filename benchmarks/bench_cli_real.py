@@ -8,6 +8,8 @@ size left to the default) and runs `cashcast backtest` over the held-out weeks, 
 cost against perfect foresight.
 
 Run: python benchmarks/bench_cli_real.py [--daily FILE --country IN --subdivision TN --holdout 56 --config FILE]
+NN5: python benchmarks/bench_cli_real.py --daily NN5_FINAL_DATASET_WITH_TEST_DATA.csv --country GB --subdivision ENG
+     [--days-later 1]
 """
 
 from __future__ import annotations
@@ -34,11 +36,14 @@ def cashcast(*args: str) -> str:
     return done.stdout
 
 
-def load_daily(path: Path) -> pd.DataFrame:
-    from ingest.adapters import cub_to_daily
+def load_daily(path: Path, days_later: int = 0) -> pd.DataFrame:
+    """A `daily` file, the CUB table, or the NN5 competition's semicolon-separated wide table."""
+    from ingest.adapters import cub_to_daily, nn5_to_daily
 
-    raw = pd.read_csv(path)
-    return cub_to_daily(raw) if "series_id" in raw.columns else raw
+    raw = pd.read_csv(path, sep=None, engine="python", dtype={"device_id": str})
+    if "series_id" in raw.columns:
+        return cub_to_daily(raw)
+    return nn5_to_daily(raw, days_later) if "Date" in raw.columns else raw
 
 
 def scores(actual: pd.DataFrame, forecast: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
@@ -64,9 +69,10 @@ def main() -> int:
     parser.add_argument("--subdivision", default="TN")
     parser.add_argument("--holdout", type=int, default=56)
     parser.add_argument("--config", type=Path, default=None, help="TOML merged over the defaults (what-if runs)")
+    parser.add_argument("--days-later", type=int, default=0, help="NN5 only: move its dates (1 aligns its holidays)")
     args = parser.parse_args()
 
-    daily = load_daily(args.daily)
+    daily = load_daily(args.daily, args.days_later)
     daily["date"] = pd.to_datetime(daily["date"])
     as_of = daily["date"].max() - pd.Timedelta(days=args.holdout - 1)
     history, actual = daily[daily["date"] < as_of], daily[daily["date"] >= as_of]

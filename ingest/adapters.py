@@ -19,3 +19,20 @@ def cub_to_daily(frame: pd.DataFrame) -> pd.DataFrame:
             "n_withdrawals": frame["no_of_withdrawals"].astype("float64"),
         }
     )
+
+
+def nn5_to_daily(wide: pd.DataFrame, days_later: int = 0) -> pd.DataFrame:
+    """The NN5 competition's ATM table (`Date;N101;...;N211`, one column per ATM) as a `daily` input frame.
+
+    Blank cells are days not recorded (no row); amounts are in thousands and come back as units.
+    `days_later` moves every date: the file's holiday dips fall a day before the holidays.
+    """
+    atms = [column for column in wide.columns if str(column).startswith("N")]
+    long = wide.melt(id_vars="Date", value_vars=atms, var_name="device_id", value_name="withdrawals").dropna()
+    return pd.DataFrame(
+        {
+            "device_id": long["device_id"].astype("string"),
+            "date": pd.to_datetime(long["Date"]) + pd.Timedelta(days=days_later),
+            "withdrawals": long["withdrawals"].astype("float64") * 1000,
+        }
+    ).sort_values(["device_id", "date"], ignore_index=True)

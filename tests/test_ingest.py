@@ -15,7 +15,7 @@ from cashcast.config import load_config
 from cashcast.workspace import Workspace
 from ingest import IngestError, ingest_file, read_daily, read_table
 from ingest import lake as lk
-from ingest.adapters import cub_to_daily
+from ingest.adapters import cub_to_daily, nn5_to_daily
 from ingest.parse import hash_strings
 
 PINNED_T1 = 9920327468531923532
@@ -585,3 +585,18 @@ def test_real_cub_atm_file_ingests_after_mapping(tmp_path, ws, config):
     assert lake["date"].min() == pd.Timestamp("2011-01-01") and lake["deposits"].isna().all()
     airport = ingest.read_daily(ws, start="2011-01-01", end="2011-01-02", device_ids=["Airport ATM"])
     assert airport["withdrawals"].tolist() == [503400.0, 268600.0]
+
+
+def test_nn5_wide_table_maps_to_daily_rows_with_blanks_not_recorded(tmp_path, ws, config):
+    """The NN5 layout: one column per ATM, blank cells, a trailing semicolon (an unnamed empty column)."""
+    wide = tmp_path / "nn5.csv"
+    wide.write_text("Date;N101;N102;\n1996-03-18;21.499;12.911\n1996-03-19;;0\n")
+    daily = nn5_to_daily(pd.read_csv(wide, sep=";"), days_later=1)
+    assert daily.to_dict("list") == {
+        "device_id": ["N101", "N102", "N102"],
+        "date": [pd.Timestamp("1996-03-19"), pd.Timestamp("1996-03-19"), pd.Timestamp("1996-03-20")],
+        "withdrawals": [21499.0, 12911.0, 0.0],
+    }
+    path = tmp_path / "nn5.parquet"
+    daily.to_parquet(path)
+    assert ingest_file(path, "daily", ws, config).rows_loaded == 3
