@@ -666,6 +666,12 @@ def replay_window(ws: Workspace, config: Config, start: pd.Timestamp, end: pd.Ti
     known = history.daily[history.daily["date"] < start]
     if known.empty:
         raise NoDataError(f"{ws.home}: no history before {start:%Y-%m-%d} to train on")
+    last = history.daily["date"].max()
+    if last < end:  # the days after it would be replayed on made-up demand
+        raise ValueError(
+            f"{ws.home}: --end {end:%Y-%m-%d} is after the last recorded day {last:%Y-%m-%d}; a replay needs actual"
+            " demand"
+        )
     opening = latest_balances(history.balances, start)
     terms = replenishment.resolve_terms(history.devices, known, config)
     return ReplayWindow(history, known, terms, opening if len(opening) else None)

@@ -264,7 +264,7 @@ def test_bad_balances_file_names_row_and_column(tmp_path, capsys, rows, error):
     assert f"{balances}: {error}" in capsys.readouterr().err
 
 
-def test_backtest_through_the_cli(cli_home, tmp_path):
+def test_backtest_through_the_cli(cli_home, tmp_path, capsys):
     home, config = cli_home
     out = tmp_path / "bt"
     args = [
@@ -290,6 +290,9 @@ def test_backtest_through_the_cli(cli_home, tmp_path):
     per_device = pd.read_csv(out / "per_device.csv")
     # ATM-00020 is installed after the window (2026-10-16): nothing to replay, so it is left out.
     assert per_device["device_id"].nunique() == 29 and "ATM-00020" not in set(per_device["device_id"])
+    # Days after the last recorded one would be replayed on made-up demand.
+    assert main([*args[:-4], "--end", "2026-11-10", "--out", str(tmp_path / "late")]) == 2
+    assert "--end 2026-11-10 is after the last recorded day 2026-10-31" in capsys.readouterr().err
 
 
 def test_help_explains_each_command(capsys):
