@@ -517,6 +517,10 @@ def _parse_devices(run: _Run, batch: pa.RecordBatch, first: int) -> pd.DataFrame
             ]
             if column in ("service_level", "holding_rate"):
                 checks.append((column, f"{column} must be below 1", values >= 1))
+            if column == "service_level":
+                checks.append((column, "service_level must be above 0 (e.g. 0.99)", values == 0))
+            if column == "lead_time_days":
+                checks.append((column, "lead_time_days must be whole days", np.isfinite(values) & (values % 1 != 0)))
             if column == "load_multiple":
                 checks.append((column, "load_multiple must be above 0 (the size of one bundle)", values == 0))
             out[column] = values

@@ -285,10 +285,11 @@ J,atm,,,,,,,0,,
 K,atm,100000,,,,,,,100000,
 L,branch,,,,,,,,50000,20000
 M,atm,5000,,,,,,10000,,
+N,atm,,,0,,,,,,
 """,
     )
     report = ingest_file(devices, "devices", ws, config)
-    assert (report.rows_loaded, report.rows_rejected, report.rows_duplicate) == (1, 13, 0)
+    assert (report.rows_loaded, report.rows_rejected, report.rows_duplicate) == (1, 14, 0)
     rejects = pd.read_csv(report.rejects_path)
     assert rejects["reason"].tolist() == [
         "unknown kind (expected atm, branch or recycler)",
@@ -304,14 +305,16 @@ M,atm,5000,,,,,,10000,,
         "min_balance at or above capacity",
         "max_balance below min_balance",
         "capacity below one load_multiple (no whole bundle fits)",
+        "service_level must be above 0 (e.g. 0.99)",
     ]
-    assert rejects["column"].tolist()[-6:] == [
+    assert rejects["column"].tolist()[-7:] == [
         "country",
         "subdivision",
         "load_multiple",
         "min_balance",
         "max_balance",
         "capacity",
+        "service_level",
     ]
     master = ingest.read_table(ws, "devices").set_index("device_id")
     assert tuple(master.loc["A", ["country", "subdivision"]]) == ("IN", "TN")  # as the holidays package spells them
@@ -600,3 +603,12 @@ def test_nn5_wide_table_maps_to_daily_rows_with_blanks_not_recorded(tmp_path, ws
     path = tmp_path / "nn5.parquet"
     daily.to_parquet(path)
     assert ingest_file(path, "daily", ws, config).rows_loaded == 3
+
+
+def test_a_lead_time_in_part_days_is_refused_not_rounded(tmp_path, ws, config):
+    devices = write(tmp_path / "lead.csv", "device_id,lead_time_days\nA,1\nB,1.5\n")
+    report = ingest_file(devices, "devices", ws, config)
+    rejects = pd.read_csv(report.rejects_path)
+    assert report.rows_loaded == 1 and rejects[["row", "column", "reason"]].values.tolist() == [
+        [3, "lead_time_days", "lead_time_days must be whole days"]
+    ]
