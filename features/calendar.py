@@ -117,7 +117,7 @@ def place_calendar(
     pad = pd.Timedelta(days=max(cap, MAX_PAYDAY_DISTANCE) + 45)
     start, end = pd.Timestamp(start).normalize(), pd.Timestamp(end).normalize()
     try:
-        table = holiday_table(country, subdivision, start - pad, end + pad)
+        table = holiday_table(country, subdivision, start - pad, end + pad, needed=(start, end))
     except ValueError as exc:  # one mistyped country must not stop the whole network's features
         warnings.warn(f"no holiday calendar for {country!r}/{subdivision!r} ({exc}): weekends only", stacklevel=2)
         days = pd.date_range(start - pad, end + pad, freq="D", unit="ns")

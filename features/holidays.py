@@ -44,12 +44,19 @@ class HolidayEstimateWarning(UserWarning):
     """A year's official holiday schedule is not known yet; rule-based estimates are used."""
 
 
-def holiday_table(country: str, subdivision: str, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
+def holiday_table(
+    country: str,
+    subdivision: str,
+    start: pd.Timestamp,
+    end: pd.Timestamp,
+    needed: tuple[pd.Timestamp, pd.Timestamp] | None = None,
+) -> pd.DataFrame:
     """One row per day in [start, end]: date, is_holiday, is_working_day, holiday_name.
 
     `is_working_day` honours make-up workdays (China's weekend workdays) and holiday-swapped weekdays.
     Years whose official make-up schedule is not published yet are estimated by rule, and one
-    `HolidayEstimateWarning` names them.
+    `HolidayEstimateWarning` names those of them inside `needed` (default [start, end]): a caller that
+    pads its range for edge effects does not warn about a year it only pads into.
     """
     start, end = pd.Timestamp(start).normalize(), pd.Timestamp(end).normalize()
     dates = pd.date_range(start, end, freq="D")
@@ -71,6 +78,8 @@ def holiday_table(country: str, subdivision: str, start: pd.Timestamp, end: pd.T
         workdays |= year_workdays
         if estimated:
             estimated_years.append(year)
+    first, last = (pd.Timestamp(day) for day in (needed or (start, end)))
+    estimated_years = [year for year in estimated_years if first.year <= year <= last.year]
     if estimated_years:
         warnings.warn(
             f"holidays {holidays_lib.__version__} has no official working-day schedule for {country} "

@@ -389,7 +389,7 @@ def test_numeric_device_ids_keep_their_leading_zeros(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "ignored" not in err  # every balance found its device
     warned = [line for line in err.splitlines() if line.startswith("cashcast: warning:")]
-    # holidays 0.109 only estimates CN 2027: training and forecasting both meet it, and it is said once.
+    # Each warning is said once, however many stages meet it.
     assert len(warned) == len(set(warned))
     plan = analyst.latest_plan(Workspace.resolve(home))
     assert set(plan.plan["device_id"]) <= set(ids.values()) and set(plan.plan["device_id"])

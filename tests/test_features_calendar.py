@@ -150,6 +150,8 @@ def test_published_years_do_not_warn():
         warnings.simplefilter("error", HolidayEstimateWarning)
         holiday_table("CN", "", pd.Timestamp("2024-01-01"), pd.Timestamp("2026-12-31"))
         holiday_table("GB", "ENG", pd.Timestamp("2040-01-01"), pd.Timestamp("2040-12-31"))
+        # A plan for November 2026 pads its calendar into 2027 for edge effects: no warning about 2027.
+        place_calendar("CN", "", pd.Timestamp("2026-11-01"), pd.Timestamp("2026-11-28"), CONFIG)
 
 
 def test_unknown_country_names_it():
