@@ -397,3 +397,13 @@ def test_numeric_device_ids_keep_their_leading_zeros(tmp_path, capsys):
     assert set(first_day["device_id"]) == set(ids.values())
     assert (first_day.set_index("device_id").loc[list(ids.values()), "expected_opening_balance"] == 0).all()
     assert set(plan.summary["device_id"]) == {*ids.values(), "TOTAL"}
+
+
+def test_each_warning_is_printed_once_on_one_line(capsys):
+    """Training and forecasting meet the same estimated holiday year, say: the reader needs it once."""
+    from flows import cli
+
+    cli._warned.clear()
+    for _ in range(2):
+        cli._short_warning(UserWarning("holidays estimated for CN [2031]"), UserWarning, "features/x.py", 7)
+    assert capsys.readouterr().err == "cashcast: warning: holidays estimated for CN [2031]\n"
