@@ -324,11 +324,14 @@ def _gbm_params(
     }
 
 
+MIN_POOLED_SAMPLES = 50  # the pooled model's min_data_in_leaf
+
+
 class PooledGBM:
     """One LightGBM for all devices on demand/level ratios (direct multi-horizon).
 
-    A network with no device past its first week has no sample to learn from (every feature needs a
-    week of history); it then forecasts each device's level, the mean of its observed days.
+    A network with hardly any device past its first week has too few samples to learn from (every
+    feature needs a week of history); it then forecasts each device's level, the mean of its observed days.
     """
 
     def __init__(
@@ -371,8 +374,10 @@ class PooledGBM:
         y = panel.values[dev, origin + horizon - 1]
         keep = level > 0
         self.booster_: lgb.Booster | None = None
-        if keep.any():
-            params = _gbm_params(self.objective, self.learning_rate, self.num_leaves, 50, self.seed, self.n_jobs)
+        if keep.sum() >= MIN_POOLED_SAMPLES:  # fewer cannot split a leaf (and bagging may leave none)
+            params = _gbm_params(
+                self.objective, self.learning_rate, self.num_leaves, MIN_POOLED_SAMPLES, self.seed, self.n_jobs
+            )
             data = lgb.Dataset(X[keep], y[keep] / level[keep], feature_name=GBM_FEATURES, free_raw_data=True)
             self.booster_ = lgb.train(params, data, num_boost_round=self.n_estimators)
         return self

@@ -395,3 +395,14 @@ def test_network_in_its_first_week_forecasts_each_devices_mean(config, days):
     assert len(frame) == 3 * 14 and np.isfinite(frame["yhat"]).all() and len(seen) >= 1
     forecast_mean = frame.groupby("device_id")["yhat"].mean()
     assert np.allclose(forecast_mean[seen.index], seen, rtol=0.05)
+
+
+def test_a_staggered_rollout_with_one_device_past_its_first_week_still_trains(config):
+    """One usable sample is too few for the pooled trees (bagging could leave none): the level serves."""
+    young = generate_network(n_atms=60, n_branches=0, n_recyclers=0, start="2024-03-04", days=8, seed=5)
+    daily = young.daily[(young.daily["device_id"] == "ATM-00001") | (young.daily["date"] > "2024-03-04")]
+    for seed in (0, 4, 5):  # seeds whose bagging left LightGBM no row at all
+        settings = config.updated(forecast={"seed": seed})
+        result = train(daily, young.devices, pd.Timestamp("2024-03-12"), settings)
+        frame = result.model.predict(daily, young.devices, pd.Timestamp("2024-03-12"), 7).frame
+        assert len(frame) == 60 * 7 and np.isfinite(frame["yhat"]).all()
