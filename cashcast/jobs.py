@@ -24,6 +24,8 @@ from cashcast.io import atomic_path, unescape_formulas, write_table
 from cashcast.schema import STALE_HISTORY_DAYS, DemandForecast, days_unrecorded
 from cashcast.workspace import Workspace
 
+DAY_NS = 86_400 * 10**9
+
 
 class NoDataError(RuntimeError):
     """The workspace has no history to work from."""
@@ -459,16 +461,18 @@ def read_balances_file(path: Path, as_of: pd.Timestamp) -> pd.DataFrame:
     given = "as_of" in source.columns
     ids = text(table["device_id"].combine_chunks())
     amount = to_float(table["balance"].combine_chunks())
-    day = np.full(len(table), pd.Timestamp(as_of).value, dtype=np.int64)
+    day, zoned = np.full(len(table), pd.Timestamp(as_of).value, dtype=np.int64), np.zeros(len(table), bool)
     if given:
-        day = to_timestamps(table["as_of"].combine_chunks())[0]
+        day, zoned = to_timestamps(table["as_of"].combine_chunks())
+        day = np.where(day == NAT, NAT, day - day % DAY_NS)  # the morning counted: its date, whatever the hour
     cells = {column: table[column].combine_chunks().cast(pa.string()).to_pylist() for column in table.column_names}
     for column, problem, bad in (
         ("device_id", "empty", is_empty(ids)),
         ("balance", "empty", is_empty(table["balance"].combine_chunks())),
         ("balance", "not a number", np.isnan(amount)),
         ("balance", "negative", amount < 0),
-        ("as_of", "not a date (YYYY-MM-DD)", day == NAT),
+        ("as_of", "not a YYYY-MM-DD date", day == NAT),
+        ("as_of", "has a time zone: give the device's local date", zoned),
     ):
         if bad.any():
             row = int(bad.argmax())
@@ -482,7 +486,9 @@ def read_balances_file(path: Path, as_of: pd.Timestamp) -> pd.DataFrame:
     if twice.any():
         rows = np.flatnonzero(twice.to_numpy())
         first = balances.iloc[rows[0]]
-        same = rows[(balances["device_id"].iloc[rows] == first["device_id"]).to_numpy()]
+        same = rows[
+            ((balances["device_id"] == first["device_id"]) & (balances["as_of"] == first["as_of"])).to_numpy()[rows]
+        ]
         raise ValueError(
             f"{path}: rows {same[0] + 2} and {same[1] + 2} both give {first['device_id']}'s balance on the morning"
             f" of {first['as_of']:%Y-%m-%d}"

@@ -245,9 +245,14 @@ def test_plan_with_balances_file(cli_home, tmp_path, capsys):
         ("device_id,balance\nA1,\n", "row 2, column balance: empty"),
         (
             "device_id,as_of,balance\nA1,2026-11-02,100\nA2,soon,200\n",
-            "row 3, column as_of: not a date (YYYY-MM-DD) (soon)",
+            "row 3, column as_of: not a YYYY-MM-DD date (soon)",
         ),
-        ("device_id,as_of,balance\nA1,03/11/2026,100\n", "row 2, column as_of: not a date"),
+        ("device_id,as_of,balance\nA1,03/11/2026,100\n", "row 2, column as_of: not a YYYY-MM-DD date"),
+        ("device_id,as_of,balance\nA1,2026-11-02T08:00+08:00,1\n", "row 2, column as_of: has a time zone"),
+        (
+            "device_id,as_of,balance\nA1,2026-11-01,1\nA1,2026-11-02 08:00,2\nA1,2026-11-01,3\nA1,2026-11-02 09:30,4\n",
+            "rows 2 and 4 both give A1's balance on the morning of 2026-11-01",
+        ),
         (
             "device_id,balance\nA1,100\nA2,5\nA1,200\n",
             "rows 2 and 4 both give A1's balance on the morning of 2026-11-02",
