@@ -527,11 +527,15 @@ def _plan_rows(
     after = fill_level(before, targets[rows, days], top_up, is_atm[rows], dev.load_multiple[rows], dev.max_load[rows])
     pickup = ~is_atm[rows] & (after < before - 1e-6)
     amount = np.where(pickup, before - after, after - before if top_up else after)
+    useful = pickup | (amount > 0.005)  # a top-up within a bundle of the cassette's top adds nothing: no visit
+    rows, days, covered, before, after, pickup, amount = (
+        values[useful] for values in (rows, days, covered, before, after, pickup, amount)
+    )
     risk = run.segment_risk[rows, days]
     held = np.concatenate([np.zeros((len(targets), 1)), np.cumsum(run.after, axis=1)], axis=1)
     holding = (held[rows, np.minimum(days + covered, horizon)] - held[rows, days]) * dev.daily_holding_rate[rows]
     first_visit = np.diff(rows, prepend=-1) != 0  # visits come sorted by device, then day
-    capped = after >= dev.max_load[rows] - 1e-6
+    capped = np.maximum(after, targets[rows, days]) >= dev.max_load[rows] - 1e-6
     flags = zip(pickup, capped, strict=True)
     weekdays = [WEEKDAY_NAMES[day] for day in dates.day_of_week]
     reasons = [
@@ -668,7 +672,9 @@ def device_rows(summary: pd.DataFrame) -> pd.DataFrame:
 
 def with_fleet_total(per_device: pd.DataFrame) -> pd.DataFrame:
     """Per-device summary rows plus one fleet TOTAL row (so chunked runs can merge summaries)."""
-    rows = device_rows(per_device)
+    floats = per_device.select_dtypes("float").columns
+    rounding = {column: 4 if column.endswith("stockout_days") else 2 for column in floats}
+    rows = device_rows(per_device).round(rounding)  # the TOTAL adds up the rows as printed
     total = rows.drop(columns=_LABELS).sum()
     horizon = int(rows["horizon_days"].max()) if len(rows) else 0
     total_row = {**total.to_dict(), "device_id": TOTAL_ID, "name": "fleet", "region": "", "kind": "", "notes": ""}
@@ -676,5 +682,4 @@ def with_fleet_total(per_device: pd.DataFrame) -> pd.DataFrame:
     total_row["horizon_days"] = horizon
     summary = pd.concat([rows, pd.DataFrame([total_row])], ignore_index=True)
     summary["device_id"] = summary["device_id"].astype("string")
-    floats = summary.select_dtypes("float").columns
-    return summary.round({column: 4 if column.endswith("stockout_days") else 2 for column in floats})
+    return summary.round(rounding)
