@@ -16,7 +16,6 @@ from cashcast.workspace import Workspace
 
 # Ingest order within one night: the master first (so unknown devices are caught), then history.
 KINDS = ("devices", "daily", "transactions", "status", "balances")
-SUFFIXES = (".csv", ".parquet")
 
 
 def kind_of(path: Path, landing: Path) -> str:
@@ -45,8 +44,8 @@ def pending_files(ws: Workspace) -> list[Path]:
     if not ws.landing.exists():
         return []
     files = [
-        p for p in ws.landing.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES and not p.name.startswith(".")
-    ]
+        p for p in ws.landing.rglob("*") if p.is_file() and not p.name.startswith(".")
+    ]  # every file, so one that cannot be read goes to failed/ with its reason instead of lying there unseen
     return sorted(files, key=lambda p: _order(p, ws.landing))
 
 
