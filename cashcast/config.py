@@ -41,7 +41,7 @@ class DeviceDefaults(_Section):
     visit_weekdays: str = "Mon,Tue,Wed,Thu,Fri"
     lead_time_days: int = Field(1, ge=0, le=30)
     load_multiple: float = Field(1.0, gt=0)
-    service_level: float = Field(0.99, gt=0, lt=1)
+    service_level: float = Field(0.995, gt=0, lt=1)
     country: str = "CN"
     subdivision: str = ""
     region: str = ""
