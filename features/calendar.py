@@ -107,17 +107,25 @@ def payday_features(dates: pd.DatetimeIndex, is_working_day: np.ndarray, setting
 
 
 def place_calendar(
-    country: str, subdivision: str, start: pd.Timestamp, end: pd.Timestamp, config: Config
+    country: str,
+    subdivision: str,
+    start: pd.Timestamp,
+    end: pd.Timestamp,
+    config: Config,
+    used_until: pd.Timestamp | None = None,
 ) -> pd.DataFrame:
     """Date, holiday, block and payday features for one country/subdivision over [start, end].
 
-    Computed on a padded range and cut, so blocks, windows and distances at the edges are exact.
+    Computed on a padded range and cut, so blocks, windows and distances at the edges are exact. A caller
+    whose range runs past the last day it forecasts gives that day (`used_until`): holiday estimates are
+    warned about only as far as the features of days up to it can reach.
     """
     cap = config.calendar.holiday_distance_cap
     pad = pd.Timedelta(days=max(cap, MAX_PAYDAY_DISTANCE) + 45)
     start, end = pd.Timestamp(start).normalize(), pd.Timestamp(end).normalize()
+    reach = end if used_until is None else min(end, pd.Timestamp(used_until) + pd.Timedelta(days=cap))
     try:
-        table = holiday_table(country, subdivision, start - pad, end + pad, needed=(start, end))
+        table = holiday_table(country, subdivision, start - pad, end + pad, needed=(start, reach))
     except ValueError as exc:  # one mistyped country must not stop the whole network's features
         warnings.warn(f"no holiday calendar for {country!r}/{subdivision!r} ({exc}): weekends only", stacklevel=2)
         days = pd.date_range(start - pad, end + pad, freq="D", unit="ns")
@@ -173,7 +181,11 @@ def device_places(devices: pd.DataFrame, config: Config, device_ids: pd.Index | 
 
 
 def calendar_lookup(
-    places: pd.DataFrame, dates: pd.DatetimeIndex, config: Config, events: pd.DataFrame | None = None
+    places: pd.DataFrame,
+    dates: pd.DatetimeIndex,
+    config: Config,
+    events: pd.DataFrame | None = None,
+    used_until: pd.Timestamp | None = None,
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """Calendars of the distinct keys stacked (len(dates) rows each) and each device's key number.
 
@@ -198,7 +210,7 @@ def calendar_lookup(
     distinct = distinct.sort_values("key")
     cap = config.calendar.holiday_distance_cap
     by_place = {
-        place: place_calendar(place[0], place[1], dates[0], dates[-1], config).drop(columns="date")
+        place: place_calendar(place[0], place[1], dates[0], dates[-1], config, used_until).drop(columns="date")
         for place in distinct[["country", "subdivision"]].drop_duplicates().itertuples(index=False, name=None)
     }
     blocks = []

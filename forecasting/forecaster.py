@@ -55,9 +55,10 @@ class CashForecaster:
         return max(horizon, self.max_horizon) + 7
 
     def _panel(
-        self, daily, devices, as_of, horizon: int, device_ids, column: str = "withdrawals", events=None
+        self, daily, devices, as_of, horizon: int, device_ids, column: str = "withdrawals", events=None, fit=False
     ) -> Panel:
-        """The panel every fit and predict reads: history before as_of, calendar `horizon` days ahead."""
+        """The panel every fit and predict reads: history before as_of, calendar `horizon` days ahead
+        (a fit forecasts none of them)."""
         return build_panel(
             daily,
             devices,
@@ -65,6 +66,7 @@ class CashForecaster:
             self.config,
             column=column,
             pad=self._pad(horizon),
+            horizon=0 if fit else horizon,
             device_ids=device_ids,
             events=self.events if events is None else events,
         )
@@ -72,7 +74,7 @@ class CashForecaster:
     def fit(self, daily: pd.DataFrame, devices: pd.DataFrame | None, as_of) -> CashForecaster:
         as_of = pd.Timestamp(as_of).normalize()
         known = np.sort(daily.loc[daily["date"] < as_of, "device_id"].astype(str).unique())
-        panel = self._panel(daily, devices, as_of, self.max_horizon, known)
+        panel = self._panel(daily, devices, as_of, self.max_horizon, known, fit=True)
         if not np.isfinite(panel.values).any():
             last = daily.loc[daily["date"] < as_of, "date"].max()
             raise ValueError(
@@ -86,7 +88,9 @@ class CashForecaster:
         self.deposit_devices_ = _deposit_devices(daily, as_of)
         self.deposits_ = None
         if len(self.deposit_devices_):
-            dep_panel = self._panel(daily, devices, as_of, self.max_horizon, self.deposit_devices_, "deposits")
+            dep_panel = self._panel(
+                daily, devices, as_of, self.max_horizon, self.deposit_devices_, "deposits", fit=True
+            )
             self.deposits_ = TargetModel(self.config, self.max_horizon)
             tasks += self.deposits_.tasks(dep_panel)
         # One pool for both targets' fits: workers start once and stay busy.

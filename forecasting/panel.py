@@ -127,10 +127,12 @@ def build_panel(
     pad: int = 120,
     device_ids: np.ndarray | None = None,
     events: pd.DataFrame | None = None,
+    horizon: int | None = None,
 ) -> Panel:
     """Panel of `column` over the training window before `as_of` (history on/after as_of is ignored).
 
-    `events` (a `features.load_events` frame) reach the calendar like holidays do.
+    `events` (a `features.load_events` frame) reach the calendar like holidays do. `horizon`: the days
+    ahead that will be forecast (the calendar runs `pad` days; only those are warned about).
 
     Default rows: devices with history before as_of and devices of the master (no history: all NaN).
     """
@@ -161,7 +163,8 @@ def build_panel(
     places = device_places(master, config, device_ids=pd.Index(device_ids, dtype="string"))
     places = places.set_index("device_id").loc[pd.Index(device_ids, dtype="string")].reset_index()
     days = pd.date_range(start, periods=n_days + pad, freq="D", unit="ns")
-    table, group = calendar_lookup(places, days, config, events)
+    used_until = None if horizon is None else as_of + pd.Timedelta(days=horizon - 1)
+    table, group = calendar_lookup(places, days, config, events, used_until)
     n_places = int(group.max()) + 1 if len(group) else 1
     calendar = table[CALENDAR_COLUMNS].to_numpy(np.float32).reshape(n_places, len(days), len(CALENDAR_COLUMNS))
     holiday = calendar[group, :n_days, CALENDAR_COLUMNS.index("is_holiday")] > 0

@@ -225,3 +225,21 @@ def test_device_places_fill_defaults_without_leaking_subdivisions():
     assert places.loc["c", "country"] == "IN"
     only_ids = device_places(pd.DataFrame({"device_id": ["z"]}), CONFIG)
     assert only_ids.loc[0, "country"] == CONFIG.devices.country
+
+
+def test_a_panel_warns_about_estimated_years_only_as_far_as_its_forecast_reaches():
+    """The panel's calendar runs 63 days ahead for the features' edges; a 21-day forecast from 2 November
+    2026 never reaches CN 2027, whose make-up days are estimates, but a 56-day one does (its distance
+    features look a month ahead)."""
+    from forecasting.panel import build_panel
+
+    daily = pd.DataFrame(
+        {"device_id": "A", "date": pd.date_range("2026-10-01", "2026-11-01"), "withdrawals": 100.0, "censored": False}
+    )
+    as_of = pd.Timestamp("2026-11-02")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", HolidayEstimateWarning)
+        build_panel(daily, None, as_of, CONFIG, pad=63, horizon=21)
+        build_panel(daily, None, as_of, CONFIG, pad=63, horizon=0)  # a fit forecasts nothing
+    with pytest.warns(HolidayEstimateWarning, match=r"CN \[2027\]"):
+        build_panel(daily, None, as_of, CONFIG, pad=63, horizon=56)
