@@ -36,6 +36,7 @@ BLOCK_COLUMNS = [
     "block_other",
     "pre_holiday_window",
     "post_holiday_window",
+    "next_block_length",
 ]
 ESTIMATED = " (estimated)"
 
@@ -193,6 +194,9 @@ def holiday_blocks(table: pd.DataFrame, distance_cap: int, country: str) -> pd.D
     out["pre_holiday_window"] = np.where(working & (next_start < n) & (ahead <= HOLIDAY_WINDOW_DAYS), ahead, 0).astype(
         np.int8
     )
+    # How long the coming block is: a four-day Easter draws more cash ahead of it than a long weekend.
+    coming = block_length[np.minimum(next_start, n - 1)] if n else block_length
+    out["next_block_length"] = np.where(out["pre_holiday_window"] > 0, coming, 0).astype(np.int16)
     prev_end = _previous_index(long_end)
     behind = working_before[idx + 1] - working_before[np.maximum(prev_end, -1) + 1]
     out["post_holiday_window"] = np.where(

@@ -243,3 +243,13 @@ def test_a_panel_warns_about_estimated_years_only_as_far_as_its_forecast_reaches
         build_panel(daily, None, as_of, CONFIG, pad=63, horizon=0)  # a fit forecasts nothing
     with pytest.warns(HolidayEstimateWarning, match=r"CN \[2027\]"):
         build_panel(daily, None, as_of, CONFIG, pad=63, horizon=56)
+
+
+def test_days_before_a_long_block_know_how_long_it_is():
+    """Cash drawn ahead of a block grows with its length: Easter (Fri-Mon, 4 days) against May Day (Sat-Mon)."""
+    calendar = place_calendar("GB", "ENG", pd.Timestamp("2026-03-23"), pd.Timestamp("2026-05-10"), CONFIG)
+    length = calendar.set_index("date")["next_block_length"]
+    assert length[pd.Timestamp("2026-04-02")] == 4 and length[pd.Timestamp("2026-03-30")] == 4  # Thu, Mon before
+    assert length[pd.Timestamp("2026-05-01")] == 3  # the Friday before May Day Monday
+    assert length[pd.Timestamp("2026-04-15")] == 0  # well clear of both
+    assert length[pd.Timestamp("2026-04-04")] == 0  # inside the block itself: holiday_block_length says it
