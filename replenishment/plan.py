@@ -527,10 +527,10 @@ def _plan_rows(
     after = fill_level(before, targets[rows, days], top_up, is_atm[rows], dev.load_multiple[rows], dev.max_load[rows])
     pickup = ~is_atm[rows] & (after < before - 1e-6)
     amount = np.where(pickup, before - after, after - before if top_up else after)
-    useful = pickup | (amount > 0.005)  # a top-up within a bundle of the cassette's top adds nothing: no visit
-    rows, days, covered, before, after, pickup, amount = (
-        values[useful] for values in (rows, days, covered, before, after, pickup, amount)
-    )
+    if top_up:  # a top-up within a bundle of the cassette's top adds nothing: no visit, the one before covers on
+        rows, days, covered, before, after, pickup, amount = _without_empty_top_ups(
+            pickup | (amount > 0.005), rows, days, covered, before, after, pickup, amount
+        )
     risk = run.segment_risk[rows, days]
     held = np.concatenate([np.zeros((len(targets), 1)), np.cumsum(run.after, axis=1)], axis=1)
     holding = (held[rows, np.minimum(days + covered, horizon)] - held[rows, days]) * dev.daily_holding_rate[rows]
@@ -567,6 +567,17 @@ def _plan_rows(
         }
     )
     return plan[[*PLAN_COLUMNS, "name", "region", "kind", "visit_cost", "expected_holding_cost"]]
+
+
+def _without_empty_top_ups(useful, rows, days, covered, *values):
+    """The plan rows (device row, day, days covered, ...) without the visits that add nothing; a kept visit
+    covers on to the next kept one of its device (or as far as the dropped ones did)."""
+    ends = pd.Series(days + covered).groupby(rows).max()
+    rows, days = rows[useful], days[useful]
+    same_device_next = np.r_[rows[1:] == rows[:-1], False]
+    next_day = np.r_[days[1:], 0]
+    covered = np.where(same_device_next, next_day, ends.reindex(rows).to_numpy()) - days
+    return (rows, days, covered, *(value[useful] for value in values))
 
 
 def _reason(weekdays, day, covered, horizon, holiday_names, dev, row, risk, flags) -> str:
