@@ -338,13 +338,14 @@ def test_plan_respects_capacity_floor_bundles_and_visit_days(config, devices, sw
             assert row.amount / row.load_multiple == pytest.approx(round(row.amount / row.load_multiple))
         capped = row.stockout_risk > 1 - row.service_level + 1e-9
         if swap and not capped and row.balance_after >= row.min_balance:
-            # An uncapped load keeps the expected cash at or above the floor until the next visit.
+            # An uncapped load keeps at least service_level of the paths at or above the floor until the next
+            # visit, and cash never goes below 0: the expected cash stays at or above service_level x the floor.
             days = result.projection[
                 (result.projection["device_id"] == row.device_id)
                 & (result.projection["date"] > row.visit_date)
                 & (result.projection["date"] < row.visit_date + pd.Timedelta(days=row.days_covered))
             ]
-            assert (days["expected_opening_balance"] >= row.min_balance - 1e-3).all()
+            assert (days["expected_opening_balance"] >= row.service_level * row.min_balance - 1e-3).all()
         if swap:
             max_load = np.floor(min(row.capacity, row.max_balance) / row.load_multiple + 1e-9) * row.load_multiple
             assert row.balance_after >= min(row.min_balance, max_load) - tol
