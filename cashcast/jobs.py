@@ -24,8 +24,6 @@ from cashcast.io import atomic_path, unescape_formulas, write_table
 from cashcast.schema import STALE_HISTORY_DAYS, DemandForecast, days_unrecorded
 from cashcast.workspace import Workspace
 
-DAY_NS = 86_400 * 10**9
-
 
 class NoDataError(RuntimeError):
     """The workspace has no history to work from."""
@@ -445,7 +443,7 @@ def read_balances_file(path: Path, as_of: pd.Timestamp) -> pd.DataFrame:
     """
     import pyarrow as pa
 
-    from ingest.parse import NAT, Source, is_empty, text, to_float, to_timestamps
+    from ingest.parse import Source, days_of, is_empty, text, to_float, to_timestamps
     from replenishment.plan import PlanWarning
 
     source = Source.open(path, batch_rows=1 << 16)
@@ -458,42 +456,41 @@ def read_balances_file(path: Path, as_of: pd.Timestamp) -> pd.DataFrame:
             {"device_id": pd.Series(dtype="string"), "as_of": pd.Series(dtype="datetime64[ns]"), "balance": []}
         )
     table = pa.Table.from_batches(batches)
-    given = "as_of" in source.columns
-    ids = text(table["device_id"].combine_chunks())
-    amount = to_float(table["balance"].combine_chunks())
-    day, zoned = np.full(len(table), pd.Timestamp(as_of).value, dtype=np.int64), np.zeros(len(table), bool)
-    if given:
-        day, zoned = to_timestamps(table["as_of"].combine_chunks())
-        day = np.where(day == NAT, NAT, day - day % DAY_NS)  # the morning counted: its date, whatever the hour
-    cells = {column: table[column].combine_chunks().cast(pa.string()).to_pylist() for column in table.column_names}
+    ids, counted = text(table["device_id"].combine_chunks()), table["balance"].combine_chunks()
+    amount = to_float(counted)
+    day, zoned = np.full(len(table), np.datetime64(as_of.normalize(), "D")), np.zeros(len(table), bool)
+    if "as_of" in source.columns:
+        ns, zoned = to_timestamps(table["as_of"].combine_chunks())
+        day = days_of(ns)  # the morning counted: its date, whatever the hour
     for column, problem, bad in (
         ("device_id", "empty", is_empty(ids)),
-        ("balance", "empty", is_empty(table["balance"].combine_chunks())),
+        ("balance", "empty", is_empty(counted)),
         ("balance", "not a number", np.isnan(amount)),
         ("balance", "negative", amount < 0),
-        ("as_of", "not a YYYY-MM-DD date", day == NAT),
+        ("as_of", "not a YYYY-MM-DD date", np.isnat(day)),
         ("as_of", "has a time zone: give the device's local date", zoned),
     ):
         if bad.any():
             row = int(bad.argmax())
-            cell = cells[column][row]
+            cell = table[column][row].as_py()
             shown = f" ({cell})" if cell not in (None, "") else ""
             raise ValueError(f"{path}: row {row + 2}, column {column}: {problem}{shown}")
     balances = pd.DataFrame(
-        {"device_id": pd.array(ids.to_pylist(), dtype="string"), "as_of": pd.to_datetime(day), "balance": amount}
+        {
+            "device_id": pd.array(ids.to_pylist(), dtype="string"),
+            "as_of": day.astype("datetime64[ns]"),
+            "balance": amount,
+        }
     )
     twice = balances.duplicated(["device_id", "as_of"], keep=False)
     if twice.any():
-        rows = np.flatnonzero(twice.to_numpy())
-        first = balances.iloc[rows[0]]
-        same = rows[
-            ((balances["device_id"] == first["device_id"]) & (balances["as_of"] == first["as_of"])).to_numpy()[rows]
-        ]
+        first = balances[twice].iloc[0]
+        same = np.flatnonzero((balances["device_id"] == first["device_id"]) & (balances["as_of"] == first["as_of"]))
         raise ValueError(
             f"{path}: rows {same[0] + 2} and {same[1] + 2} both give {first['device_id']}'s balance on the morning"
             f" of {first['as_of']:%Y-%m-%d}"
         )
-    later = balances["as_of"].dt.normalize() > as_of
+    later = balances["as_of"] > as_of
     if later.any():
         first = int(later.to_numpy().argmax())
         warnings.warn(

@@ -50,6 +50,7 @@ from ingest.parse import (
     NAT,
     Source,
     combine_hashes,
+    days_of,
     hash_strings,
     is_empty,
     text,
@@ -248,10 +249,6 @@ def _mask(values: pa.Array) -> np.ndarray:
     return pc.fill_null(values, False).to_numpy(zero_copy_only=False)
 
 
-def _days(ns: np.ndarray) -> np.ndarray:
-    return ns.view("datetime64[ns]").astype("datetime64[D]")
-
-
 class _SeenKeys:
     """Transaction keys per month: those in the lake (read on first touch) plus those loaded from this file."""
 
@@ -306,7 +303,7 @@ def _load_transactions(run: _Run, staging: lk.Staging) -> tuple[int, int]:
             ids = pc.dictionary_encode(ids.take(keep))  # written as is: the Parquet writer skips re-encoding
             ns, amount, is_deposit = ns[good], amount[good], is_deposit[good]
             txn_id = text(batch["txn_id"]).take(keep) if "txn_id" in columns else pa.nulls(len(keep), pa.string())
-            month = _days(ns).astype("datetime64[M]")
+            month = days_of(ns).astype("datetime64[M]")
             key = _transaction_keys(ids, txn_id, ns, amount, is_deposit, month)
             new = ~pd.Series(key).duplicated().to_numpy()
             months = np.arange(month.min(), month.max() + 1) if len(month) else month
@@ -389,7 +386,7 @@ def _device_day_sums(
     codes = np.array(
         [device_names.setdefault(name, len(device_names)) for name in ids.dictionary.to_pylist()], dtype=np.int64
     )
-    cells = (codes[ids.indices.to_numpy(zero_copy_only=False)] << DAY_BITS) + _days(ns).astype(np.int64)
+    cells = (codes[ids.indices.to_numpy(zero_copy_only=False)] << DAY_BITS) + days_of(ns).astype(np.int64)
     cells += DAY_OFFSET
     withdrawals = np.where(is_deposit, 0.0, amount)
     return _sum_cells(
@@ -453,7 +450,7 @@ def _load_daily(run: _Run, staging: lk.Staging) -> tuple[int, int]:
             checks += more
         good = run.screen(batch, first, [*run.id_checks(ids), *run.date_checks(batch, "date", ns), *checks])
         frame = pd.DataFrame({name: v[good] for name, v in values.items()})
-        frame.insert(0, "date", _days(ns[good]).astype("datetime64[ns]"))
+        frame.insert(0, "date", days_of(ns[good]).astype("datetime64[ns]"))
         frame.insert(0, "device_id", ids.filter(pa.array(good)).to_pandas())
         parts.append(frame)
     if not parts:
@@ -620,7 +617,7 @@ def _parse_balances(run: _Run, batch: pa.RecordBatch, first: int) -> pd.DataFram
     return pd.DataFrame(
         {
             "device_id": ids.filter(pa.array(good)).to_pandas(),
-            "as_of": _days(ns[good]).astype("datetime64[ns]"),
+            "as_of": days_of(ns[good]).astype("datetime64[ns]"),
             "balance": balance[good],
         }
     )

@@ -204,6 +204,11 @@ def to_timestamps(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return out, zoned
 
 
+def days_of(ns: np.ndarray) -> np.ndarray:
+    """The calendar day of int64 ns wall-clock times (NaT stays NaT)."""
+    return ns.view("datetime64[ns]").astype("datetime64[D]")
+
+
 def _ns(values: pa.Array) -> np.ndarray:
     """int64 ns since the epoch; NAT for nulls, BEYOND for dates past 2262 (they still count as future)."""
     micros = pc.fill_null(pc.cast(values, pa.timestamp("us", tz=values.type.tz), safe=False).cast(pa.int64()), NAT)
