@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -283,11 +284,11 @@ STYLE = """body{font-family:sans-serif;margin:2em;max-width:1100px;color:#222}
 .wrap-last th:last-child{text-align:left} img{max-width:100%}"""
 
 
-def _failed_files(notes: str) -> str:
+def _failed_files(notes: Sequence[str]) -> str:
     """Landing files the night could not ingest: their data is missing from tonight's plan."""
     if not notes:
         return ""
-    items = "".join(f"<li>{html.escape(line)}</li>" for line in notes.splitlines())
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in notes)
     return f"<h2>Files not ingested</h2><p>Tonight's plan does not include their data.</p><ul>{items}</ul>"
 
 
@@ -298,8 +299,10 @@ def render_report(
     projection: pd.DataFrame,
     accuracy: pd.DataFrame,
     context: dict[str, str],
+    failed_files: Sequence[str] = (),
 ) -> str:
-    """The whole page as one HTML string (pure: frames in, text out)."""
+    """The whole page as one HTML string (pure: frames in, text out); `failed_files`: one note per
+    landing file the night could not ingest."""
     at_risk = devices_at_risk(plan)
     quiet = quiet_devices(summary, as_of)
     return f"""<!doctype html><html><head><meta charset="utf-8">
@@ -308,7 +311,7 @@ def render_report(
 <p>Plan horizon {html.escape(context.get("horizon", ""))} days; plan file
 <code>{html.escape(context.get("plan", ""))}</code>. Training: {html.escape(context.get("training", ""))}.
 Amounts in {CURRENCY} of the devices' currency.</p>
-{_failed_files(context.get("failed_files", ""))}
+{_failed_files(failed_files)}
 <h2>Cash deployed against the fixed-schedule baseline</h2>
 {_table(headline_table(summary))}
 {_img(cash_figure(summary), "cash deployed and idle cash against the baseline")}
@@ -346,8 +349,8 @@ def write_report(
             "horizon": str(planned.get("horizon", config.plan.horizon_days)),
             "plan": str(planned["plan"]),
             "training": str(trained.get("reason", "")),
-            "failed_files": "\n".join(failure_note(i) for i in ingested if i.get("outcome") == "failed"),
         },
+        failed_files=[failure_note(i) for i in ingested if i.get("outcome") == "failed"],
     )
     target = ws.reports / f"{as_of:%Y-%m-%d}" / "index.html"
     with atomic_path(target) as tmp:
