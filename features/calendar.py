@@ -14,7 +14,7 @@ import pandas as pd
 
 from cashcast.config import CalendarSettings, Config
 from features.events import event_features
-from features.holidays import BLOCK_COLUMNS, holiday_blocks, holiday_table
+from features.holidays import BLOCK_COLUMNS, SAME_HOLIDAY_GAP, holiday_blocks, holiday_table
 from features.keys import take_ids
 
 MAX_PAYDAY_DISTANCE = 31
@@ -124,11 +124,12 @@ def place_calendar(
     pad = pd.Timedelta(days=max(cap, MAX_PAYDAY_DISTANCE) + 45)
     start, end = pd.Timestamp(start).normalize(), pd.Timestamp(end).normalize()
     reach = end if used_until is None else min(end, pd.Timestamp(used_until) + pd.Timedelta(days=cap))
+    first = start - pad - pd.Timedelta(days=SAME_HOLIDAY_GAP[1])  # last year's blocks, to align this year's
     try:
-        table = holiday_table(country, subdivision, start - pad, end + pad, needed=(start, reach))
+        table = holiday_table(country, subdivision, first, end + pad, needed=(start, reach))
     except ValueError as exc:  # one mistyped country must not stop the whole network's features
         warnings.warn(f"no holiday calendar for {country!r}/{subdivision!r} ({exc}): weekends only", stacklevel=2)
-        days = pd.date_range(start - pad, end + pad, freq="D", unit="ns")
+        days = pd.date_range(first, end + pad, freq="D", unit="ns")
         table = pd.DataFrame(
             {"date": days, "is_holiday": False, "is_working_day": days.day_of_week < 5, "holiday_name": ""}
         )

@@ -37,8 +37,15 @@ BLOCK_COLUMNS = [
     "pre_holiday_window",
     "post_holiday_window",
     "next_block_length",
+    "year_back_days",
 ]
 ESTIMATED = " (estimated)"
+YEAR_BACK_DAYS = 364  # 52 weeks: the same weekday a year earlier
+# Days before and after a holiday block read against the same holiday's block a year earlier, and how far
+# apart (days) two blocks of one holiday may lie in consecutive years (lunar holidays move by up to a month).
+ALIGN_WINDOW_DAYS = 7
+SAME_HOLIDAY_GAP = (330, 400)
+_NAME_SUFFIX = re.compile(r"\s*\((observed|estimated)\)", re.IGNORECASE)
 
 
 class HolidayEstimateWarning(UserWarning):
@@ -197,12 +204,49 @@ def holiday_blocks(table: pd.DataFrame, distance_cap: int, country: str) -> pd.D
     # How long the coming block is: a four-day Easter draws more cash ahead of it than a long weekend.
     coming = block_length[np.minimum(next_start, n - 1)] if n else block_length
     out["next_block_length"] = np.where(out["pre_holiday_window"] > 0, coming, 0).astype(np.int16)
+    block_start = np.flatnonzero(run_start)[run_has_holiday]
+    block_names = [
+        {_NAME_SUFFIX.sub("", name).strip() for name in text.split("; ") if name.strip()}
+        for text in pd.Series(names[closed]).groupby(runs).agg("; ".join)[run_has_holiday]
+    ]
+    block_end = block_start + run_length[run_has_holiday] - 1
+    out["year_back_days"] = _year_back_days(block_start, block_end, block_names, n)
     prev_end = _previous_index(long_end)
     behind = working_before[idx + 1] - working_before[np.maximum(prev_end, -1) + 1]
     out["post_holiday_window"] = np.where(
         working & (prev_end >= 0) & (behind <= HOLIDAY_WINDOW_DAYS), behind, 0
     ).astype(np.int8)
     return out
+
+
+def _year_back_days(starts: np.ndarray, ends: np.ndarray, names: list[set[str]], n: int) -> np.ndarray:
+    """Days back from each day to its analogue a year earlier: 364 (the same weekday), or, within a week
+    of a holiday block, the same place relative to that holiday's block the year before.
+
+    Easter, Spring Festival, Diwali and Eid move by weeks from year to year, so 364 days back from the
+    Saturday before Easter is an ordinary Saturday; a forecast that reads last year's demand needs last
+    year's Easter Saturday. Blocks are matched by holiday name; the nearest block decides a day.
+    """
+    back = np.full(n, YEAR_BACK_DAYS, np.int16)
+    distance = np.full(n, ALIGN_WINDOW_DAYS + 1)
+    lo_gap, hi_gap = SAME_HOLIDAY_GAP
+    for b, (start, end) in enumerate(zip(starts, ends, strict=True)):
+        earlier = [p for p in range(b) if lo_gap <= start - starts[p] <= hi_gap and names[p] & names[b]]
+        if not earlier:
+            continue
+        p = min(earlier, key=lambda p: abs(start - starts[p] - YEAR_BACK_DAYS))
+        days = np.arange(max(start - ALIGN_WINDOW_DAYS, 0), min(end + ALIGN_WINDOW_DAYS + 1, n))
+        before, after = days < start, days > end
+        gap = np.where(before, start - days, np.where(after, days - end, 0))
+        analogue = np.where(
+            before,
+            starts[p] - (start - days),
+            np.where(after, ends[p] + (days - end), np.minimum(starts[p] + days - start, ends[p])),
+        )
+        nearer = gap < distance[days]
+        back[days[nearer]] = (days - analogue)[nearer]
+        distance[days[nearer]] = gap[nearer]
+    return back
 
 
 def _next_index(mask: np.ndarray) -> np.ndarray:

@@ -190,9 +190,13 @@ class ETS:
         return out
 
 
+# Calendar columns that are lookups, not demand drivers: `year_back_days` says where last year's analogue
+# day is (read into the last-year features), not how much cash a day draws.
+LOOKUP_COLUMNS = ("year_back_days",)
+MODEL_CALENDAR = [column for column in CALENDAR_COLUMNS if column not in LOOKUP_COLUMNS]
 GBM_FEATURES = [
     "horizon",
-    *CALENDAR_COLUMNS,
+    *MODEL_CALENDAR,
     "log_level",
     "level_7_ratio",
     "level_28_ratio",
@@ -267,12 +271,14 @@ def design(panel: Panel, sums: _Sums, dev: np.ndarray, origin: np.ndarray, horiz
         # Same weekday as the target, last seen before the origin; then the weeks before it.
         recent = origin - 1 - ((origin - 1 - target) % SEASON)
         weekly = np.stack([sums.at(dev, recent - SEASON * k) for k in range(8)], axis=1)
-        last_year = np.stack([sums.at(dev, target - 364 + k) for k in range(-3, 4)], axis=1)
-        ly_level = origin_level(sums, dev, origin - 364)
         cal = panel.calendar[panel.group[dev], np.minimum(target, panel.calendar.shape[1] - 1)]
+        # Last year's analogue: 364 days back, or the same day of last year's Easter, Spring Festival...
+        analogue = target - cal[:, CALENDAR_COLUMNS.index("year_back_days")].astype(np.int64)
+        last_year = np.stack([sums.at(dev, analogue + k) for k in range(-3, 4)], axis=1)
+        ly_level = origin_level(sums, dev, origin - 364)
         cols = [
             horizon,
-            *cal.T,
+            *cal[:, [CALENDAR_COLUMNS.index(column) for column in MODEL_CALENDAR]].T,
             np.log1p(np.nan_to_num(level)),
             sums.mean(dev, origin, 7) * inv,
             sums.mean(dev, origin, 28) * inv,

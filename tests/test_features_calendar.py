@@ -253,3 +253,34 @@ def test_days_before_a_long_block_know_how_long_it_is():
     assert length[pd.Timestamp("2026-05-01")] == 3  # the Friday before May Day Monday
     assert length[pd.Timestamp("2026-04-15")] == 0  # well clear of both
     assert length[pd.Timestamp("2026-04-04")] == 0  # inside the block itself: holiday_block_length says it
+
+
+def test_days_around_a_moving_holiday_look_back_to_the_same_holiday_last_year():
+    """364 days back from Easter Saturday 1998 is an ordinary Saturday; last year's Easter Saturday is 378 back."""
+    england = place_calendar("GB", "ENG", pd.Timestamp("1998-03-01"), pd.Timestamp("1998-05-31"), CONFIG)
+    back = england.set_index("date")["year_back_days"]
+    analogue = back.index - pd.to_timedelta(back.to_numpy(), unit="D")
+    by_day = pd.Series(analogue, index=back.index)
+    assert by_day[pd.Timestamp("1998-04-11")] == pd.Timestamp("1997-03-29")  # Easter Saturday to Easter Saturday
+    assert by_day[pd.Timestamp("1998-04-09")] == pd.Timestamp("1997-03-27")  # Maundy Thursday, the day before
+    assert by_day[pd.Timestamp("1998-04-20")] == pd.Timestamp("1997-04-07")  # a week after Easter Monday
+    assert back[pd.Timestamp("1998-03-10")] == 364 and back[pd.Timestamp("1998-04-22")] == 364  # ordinary weeks
+    china = place_calendar("CN", "", pd.Timestamp("2024-01-01"), pd.Timestamp("2024-03-31"), CONFIG).set_index("date")
+    # Spring Festival 2024 ran Feb 10-17 (8 days), 2023's Jan 21-27 (7): the eve matches the eve, the
+    # block's eighth day the last day of last year's, and the days after follow last year's block end.
+    for day, then in (
+        ("2024-02-09", "2023-01-20"),
+        ("2024-02-10", "2023-01-21"),
+        ("2024-02-17", "2023-01-27"),
+        ("2024-02-19", "2023-01-29"),
+    ):
+        assert pd.Timestamp(day) - pd.Timedelta(days=int(china.loc[day, "year_back_days"])) == pd.Timestamp(then)
+    tamil_nadu = place_calendar("IN", "TN", pd.Timestamp("2016-10-01"), pd.Timestamp("2016-11-30"), CONFIG)
+    diwali = tamil_nadu.set_index("date").loc[pd.Timestamp("2016-10-30"), "year_back_days"]
+    assert pd.Timestamp("2016-10-30") - pd.Timedelta(days=int(diwali)) == pd.Timestamp("2015-11-11")
+
+
+def test_an_unknown_country_looks_back_52_weeks():
+    with pytest.warns(UserWarning, match="weekends only"):
+        calendar = place_calendar("XX", "", pd.Timestamp("2024-01-01"), pd.Timestamp("2024-03-31"), CONFIG)
+    assert (calendar["year_back_days"] == 364).all()

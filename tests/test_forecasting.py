@@ -20,7 +20,7 @@ from cashcast.config import load_config
 from cashcast.synthetic import generate_network
 from forecasting import CashForecaster, mase, score_window, smape, train, wape
 from forecasting.backtest import TargetModel, combine, predict_candidates, special_days
-from forecasting.models import DeviceGBM, PooledGBM, SeasonalNaive
+from forecasting.models import GBM_FEATURES, DeviceGBM, PooledGBM, SeasonalNaive, forecast_design
 from forecasting.panel import build_panel, mask_outages
 
 HORIZON = 14
@@ -149,6 +149,25 @@ def test_device_gbm_learns_each_device_and_joins_the_pooled_forecast(network, co
     assert "lightgbm_device" not in out
     np.testing.assert_allclose(out["lightgbm"][has_own], 0.5 * (pooled[has_own] + own[has_own]))
     np.testing.assert_array_equal(out["lightgbm"][~has_own], pooled[~has_own])
+
+
+def test_lightgbm_reads_last_years_easter_not_the_same_week_52_weeks_back():
+    """Easter moved from 28 March 1997 to 10 April 1998: the Saturday before it must read 29 March 1997."""
+    days = pd.date_range("1996-06-01", "1998-04-05", freq="D")
+    demand = pd.Series(100.0, index=days)
+    demand[pd.Timestamp("1997-03-29")] = 900.0  # last year's Easter Saturday
+    demand[pd.Timestamp("1997-04-12")] = 50.0  # the Saturday 52 weeks before 1998's
+    daily = pd.DataFrame(
+        {"device_id": "N1", "date": days, "withdrawals": demand.to_numpy(), "deposits": 0.0, "censored": False}
+    )
+    devices = pd.DataFrame({"device_id": ["N1"], "country": ["GB"], "subdivision": ["ENG"]})
+    as_of = pd.Timestamp("1998-04-06")
+    panel = build_panel(daily, devices, as_of, load_config(), pad=20, horizon=14)
+    X, _ = forecast_design(panel, np.array([0]), 14, 56)
+    ratio = X[:, GBM_FEATURES.index("last_year_day_ratio")]
+    last_years_level = (91 * 100 + 800) / 91  # the 91 days before 1997-04-07 hold the 900
+    assert ratio[5] == pytest.approx(900 / last_years_level, rel=1e-5)  # 1998-04-11, the sixth day ahead
+    assert ratio[0] == pytest.approx(100 / last_years_level, rel=1e-5)  # an ordinary Monday reads 52 weeks back
 
 
 def test_train_reports_backtest_selection_metrics_and_window(trained, network, as_of):
