@@ -67,6 +67,12 @@ class IngestSettings(_Section):
     max_amount: float = Field(1.0e9, gt=0)
     batch_rows: int = Field(1_000_000, ge=1000)
     future_tolerance_days: int = Field(0, ge=0)
+    currency: str = Field("", pattern=r"^([A-Za-z]{3})?$")
+
+    @field_validator("currency")
+    @classmethod
+    def _upper(cls, value: str) -> str:
+        return value.upper()
 
 
 class CalendarSettings(_Section):

@@ -19,7 +19,8 @@ Rules (CONTRACT.md "Input files"):
 - `devices` (per device_id), `balances` (per device_id + as_of), `status` (per device_id + start + state):
   the latest ingested row wins whole; empty cells are stored empty and mean "the config's default".
 - Reject reasons: missing or unparseable value, negative or above `[ingest].max_amount` amount, unknown
-  type / kind / state, a date later than today + `[ingest].future_tolerance_days` (today in the workspace
+  type / kind / state, a transaction `currency` other than the network's (`[ingest].currency`, else the file's
+  main one), a date later than today + `[ingest].future_tolerance_days` (today in the workspace
   time zone), end before start, a device missing from the device master (only once a master exists),
   and CSV lines with the wrong number of fields.
 - All lake changes of one file are committed at once (see `ingest.lake`); a file that cannot be read at
@@ -143,6 +144,7 @@ class _Run:
         zones = self.devices.set_index("device_id")["timezone"].replace("", np.nan)
         self.zone_of = zones.dropna().to_dict()
         self.default_zone = self.config.devices.timezone or self.config.workspace.timezone
+        self.currency = self.config.ingest.currency
 
     def batches(self) -> Iterator[tuple[pa.RecordBatch, int]]:
         """(batch, index of its first record among the file's parsed records)."""
@@ -219,6 +221,25 @@ class _Run:
             unknown = ~_mask(pc.is_in(ids, value_set=self.known_ids)) & ~missing
             checks.append(("device_id", "device_id not in the device master", unknown))
         return checks
+
+    def currency_checks(self, batch: pa.RecordBatch) -> list[tuple[str, str, np.ndarray]]:
+        """Rows in another currency than the network's: CNY and USD summed into one day would be neither.
+
+        The network's is `[ingest] currency`; when that is empty, the currency most rows of the file's
+        first batch name (a million rows) stands for it. Empty cells are the network's currency.
+        """
+        codes = pc.utf8_upper(text(batch["currency"]))
+        named = _mask(pc.is_valid(codes))
+        source = "the network's, [ingest] currency"
+        if not self.config.ingest.currency:
+            source = "the file's main currency; set [ingest] currency to name the network's"
+            if not self.currency and named.any():
+                counts = pc.value_counts(codes.filter(pa.array(named))).to_pylist()
+                self.currency = min(counts, key=lambda c: (-c["counts"], c["values"]))["values"]
+        if not self.currency:
+            return []
+        other = named & ~_mask(pc.equal(codes, self.currency))
+        return [("currency", f"currency other than {self.currency} ({source})", other)]
 
     def amount_checks(self, batch: pa.RecordBatch, column: str, required: bool = True):
         """(values, checks) for a money column: empty (if required), unparseable, negative, too large."""
@@ -297,6 +318,7 @@ def _load_transactions(run: _Run, staging: lk.Staging) -> tuple[int, int]:
                     *run.date_checks(batch, "timestamp", ns),
                     *amount_checks,
                     ("type", "unknown type (expected withdrawal or deposit)", unknown_type),
+                    *(run.currency_checks(batch) if "currency" in columns else []),
                 ],
             )
             keep = pa.array(np.flatnonzero(good))

@@ -265,6 +265,34 @@ A,2024-05-01 12:00,100,withdrawal,ok1
     assert Path(report.rejects_path).name.startswith("transactions-messy-")
 
 
+def test_transactions_in_another_currency_are_rejected_not_summed(tmp_path, ws, config):
+    """CNY and USD added into one device-day would be neither: the odd currency goes to the rejects."""
+    body = """
+device_id,timestamp,amount,currency
+A,2024-05-01 10:00,100,CNY
+A,2024-05-01 11:00,50,usd
+A,2024-05-01 12:00,30,
+A,2024-05-01 13:00,20, cny
+"""
+    report = ingest_file(write(tmp_path / "mixed.csv", body), "transactions", ws, config)
+    assert accounted(report) and (report.rows_loaded, report.rows_rejected) == (3, 1)
+    rejects = pd.read_csv(report.rejects_path, dtype=str, keep_default_na=False)
+    assert rejects[["row", "column"]].values.tolist() == [["3", "currency"]]
+    assert rejects["reason"].item().startswith("currency other than CNY (the file's main currency")
+    assert read_daily(ws)["withdrawals"].tolist() == [150.0]  # the empty cell is the network's currency
+
+    # Named in the config, the network's currency wins even where a file holds mostly another one.
+    usd = load_config().updated(ingest={"batch_rows": 1000, "currency": "usd"})
+    assert usd.ingest.currency == "USD"
+    report = ingest_file(write(tmp_path / "mixed2.csv", body.replace("13:00", "14:00")), "transactions", ws, usd)
+    rejects = pd.read_csv(report.rejects_path, dtype=str, keep_default_na=False)
+    assert rejects["row"].tolist() == ["2", "5"] and set(rejects["reason"]) == {
+        "currency other than USD (the network's, [ingest] currency)"
+    }
+    with pytest.raises(ValueError, match="currency"):
+        load_config().updated(ingest={"currency": "yuan"})
+
+
 def test_every_reject_reason_of_the_small_tables(tmp_path, ws, config):
     ingest_file(write(tmp_path / "dev0.csv", "device_id\nA\n"), "devices", ws, config)
     devices = write(
