@@ -9,6 +9,7 @@ from pathlib import Path
 
 from cashcast import jobs
 from cashcast.config import Config, load_config
+from cashcast.landing import pending_files
 from cashcast.workspace import CHECKOUT_DATA_DIR, Workspace
 
 SAMPLE_DIR = CHECKOUT_DATA_DIR / "sample"
@@ -86,6 +87,12 @@ def run_nightly(
 
 
 def cmd_nightly(ws: Workspace, config: Config, args: argparse.Namespace) -> int:
+    if not ws.table("daily").exists() and not pending_files(ws):
+        # Said before Prefect starts: a flow run that fails on it logs a traceback a first-time user reads as a crash.
+        raise jobs.NoDataError(
+            f"{ws.home}: nothing to forecast: the lake has no daily history and {ws.landing} holds no files;"
+            " drop files there or run `cashcast ingest`"
+        )
     result = run_nightly(ws, args.config, args.as_of, args.force_train, args.wait)
     print(f"plan written to {result['planned']['plan']}")
     print(f"report written to {result['report']}")

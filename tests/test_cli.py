@@ -47,6 +47,18 @@ def test_ingest_json_accounting_and_idempotence(tmp_path, capsys):
     assert second["rows_loaded"] == 0 and second["rows_read"] == 4
 
 
+def test_nightly_with_nothing_to_forecast_says_so_in_one_line(tmp_path, capsys):
+    """A first run before any data arrived: one line naming the workspace and the landing folder, no flow run."""
+    home = tmp_path / "home"
+    assert main(["nightly", "--home", str(home)]) == 1
+    out, err = capsys.readouterr()
+    assert err.strip().splitlines() == [
+        f"cashcast nightly: error: {home}: nothing to forecast: the lake has no daily history and {home / 'landing'}"
+        " holds no files; drop files there or run `cashcast ingest`"
+    ]
+    assert "Traceback" not in out + err and not (home / "plans").exists()
+
+
 def test_a_file_whose_every_row_is_rejected_is_pointed_out(tmp_path, capsys):
     """Day-first dates (a spreadsheet's export) reject every row: the rows are kept in the rejects table as
     always, and stderr says what the first one got wrong instead of leaving a quiet "loaded 0"."""
