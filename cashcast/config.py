@@ -35,7 +35,7 @@ class DeviceDefaults(_Section):
     capacity_days: float = Field(14.0, gt=0)
     min_balance: float = Field(0.0, ge=0)
     max_balance: float = Field(0.0, ge=0)
-    visit_cost: float = Field(1500.0, ge=0)
+    visit_cost: float = Field(1500.0, gt=0)  # stockouts are priced in visits: a free visit prices them at 0
     emergency_visit_cost: float = Field(4500.0, ge=0)
     holding_rate: float = Field(0.05, ge=0, le=1)
     visit_weekdays: str = "Mon,Tue,Wed,Thu,Fri"

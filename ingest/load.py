@@ -542,6 +542,9 @@ def _parse_devices(run: _Run, batch: pa.RecordBatch, first: int) -> pd.DataFrame
                 checks.append((column, "lead_time_days must be whole days", np.isfinite(values) & (values % 1 != 0)))
             if column == "load_multiple":
                 checks.append((column, "load_multiple must be above 0 (the size of one bundle)", values == 0))
+            if column == "visit_cost":
+                reason = "visit_cost must be above 0 (stockouts are priced in visits: a free visit prices them at 0)"
+                checks.append((column, reason, values == 0))
             out[column] = values
             continue
         values = text(batch[column])
@@ -561,8 +564,8 @@ def _parse_devices(run: _Run, batch: pa.RecordBatch, first: int) -> pd.DataFrame
 
 
 def _balance_limit_checks(out: dict) -> list[tuple[str, str, np.ndarray]]:
-    """Limits no plan can keep: a cassette smaller than one bundle, a floor at or above the cassette (no
-    cash left to serve), a ceiling below the floor (given cells only; empty ones take the config's
+    """Limits no plan can keep: a cassette smaller than one bundle, a floor at or above the cassette or the
+    ceiling (no cash left to serve), a free visit (given cells only; empty ones take the config's
     defaults later)."""
     floor, capacity, ceiling, bundle = (
         np.asarray(out[c], dtype="float64") for c in ("min_balance", "capacity", "max_balance", "load_multiple")
@@ -575,7 +578,7 @@ def _balance_limit_checks(out: dict) -> list[tuple[str, str, np.ndarray]]:
                 (capacity > 0) & (bundle > capacity),
             ),
             ("min_balance", "min_balance at or above capacity", (capacity > 0) & (floor >= capacity)),
-            ("max_balance", "max_balance below min_balance", (ceiling > 0) & (floor > ceiling)),
+            ("max_balance", "max_balance at or below min_balance", (ceiling > 0) & (floor >= ceiling)),
         ]
 
 

@@ -83,6 +83,9 @@ def resolve_terms(devices: pd.DataFrame | None, daily: pd.DataFrame, config) -> 
         values = master[column].astype("string") if column in master else pd.Series(pd.NA, index=terms.index)
         filled = values.fillna("").astype(str).str.strip().to_numpy(dtype=object)
         terms[column] = np.where(filled == "", default, filled).astype(object)
+    free = terms.loc[terms["visit_cost"] <= 0, "device_id"].tolist()
+    if free:  # ingest rejects these; a device frame handed in directly is checked here
+        raise ValueError(f"visit_cost must be above 0 (stockouts are priced in visits) for device(s) {free[:5]}")
     terms["name"] = np.where(terms["name"] == "", terms["device_id"], terms["name"]).astype(object)
     terms["kind"] = terms["kind"].str.lower()
     terms["lead_time_days"] = terms["lead_time_days"].round().astype(int)

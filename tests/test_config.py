@@ -38,6 +38,8 @@ def test_user_file_is_merged_over_defaults(tmp_path: Path):
         ("[forecast]\nquantiles = [0.5, 1.5]\n", "forecast.quantiles"),
         ("[forecast]\nquantiles = []\n", "forecast.quantiles"),
         ('[devices]\nvisit_weekdays = "Mon,Funday"\n', "devices.visit_weekdays"),
+        ("[devices]\nvisit_cost = 0\n", "devices.visit_cost"),
+        ('[ingest]\ncurrency = "yuan"\n', "ingest.currency"),
         ("[nonsense]\nx = 1\n", "nonsense"),
     ],
 )

@@ -298,26 +298,28 @@ def test_every_reject_reason_of_the_small_tables(tmp_path, ws, config):
     devices = write(
         tmp_path / "devices.csv",
         """
-device_id,kind,capacity,visit_weekdays,service_level,timezone,country,subdivision,load_multiple,min_balance,max_balance
-A,atm,100000,"Mon,Thu",0.99,Asia/Kolkata,in,tn,100,,
-B,vault,,,,,,,,,
-C,atm,lots,,,,,,,,
-D,atm,-5,,,,,,,,
-E,atm,,Someday,,,,,,,
-F,atm,,,1.5,,,,,,
-G,atm,,,,Mars/Olympus,,,,,
-,atm,,,,,,,,,
-H,atm,,Mon-Fri,,,XX,,,,
-I,atm,,,,,IN,ZZ,,,
-J,atm,,,,,,,0,,
-K,atm,100000,,,,,,,100000,
-L,branch,,,,,,,,50000,20000
-M,atm,5000,,,,,,10000,,
-N,atm,,,0,,,,,,
+device_id,kind,capacity,visit_weekdays,service_level,timezone,country,subdivision,load_multiple,min_balance,max_balance,visit_cost
+A,atm,100000,"Mon,Thu",0.99,Asia/Kolkata,in,tn,100,,,
+B,vault,,,,,,,,,,
+C,atm,lots,,,,,,,,,
+D,atm,-5,,,,,,,,,
+E,atm,,Someday,,,,,,,,
+F,atm,,,1.5,,,,,,,
+G,atm,,,,Mars/Olympus,,,,,,
+,atm,,,,,,,,,,
+H,atm,,Mon-Fri,,,XX,,,,,
+I,atm,,,,,IN,ZZ,,,,
+J,atm,,,,,,,0,,,
+K,atm,100000,,,,,,,100000,,
+L,branch,,,,,,,,50000,20000,
+M,atm,5000,,,,,,10000,,,
+N,atm,,,0,,,,,,,
+O,branch,,,,,,,,20000,20000,
+P,atm,,,,,,,,,,0
 """,
     )
     report = ingest_file(devices, "devices", ws, config)
-    assert (report.rows_loaded, report.rows_rejected, report.rows_duplicate) == (1, 14, 0)
+    assert (report.rows_loaded, report.rows_rejected, report.rows_duplicate) == (1, 16, 0)
     rejects = pd.read_csv(report.rejects_path)
     assert rejects["reason"].tolist() == [
         "unknown kind (expected atm, branch or recycler)",
@@ -331,11 +333,13 @@ N,atm,,,0,,,,,,
         f"unknown subdivision 'ZZ' of IN (known: {', '.join(holidays.list_supported_countries()['IN'])})",
         "load_multiple must be above 0 (the size of one bundle)",
         "min_balance at or above capacity",
-        "max_balance below min_balance",
+        "max_balance at or below min_balance",
         "capacity below one load_multiple (no whole bundle fits)",
         "service_level must be above 0 (e.g. 0.99)",
+        "max_balance at or below min_balance",
+        "visit_cost must be above 0 (stockouts are priced in visits: a free visit prices them at 0)",
     ]
-    assert rejects["column"].tolist()[-7:] == [
+    assert rejects["column"].tolist()[-9:] == [
         "country",
         "subdivision",
         "load_multiple",
@@ -343,6 +347,8 @@ N,atm,,,0,,,,,,
         "max_balance",
         "capacity",
         "service_level",
+        "max_balance",
+        "visit_cost",
     ]
     master = ingest.read_table(ws, "devices").set_index("device_id")
     assert tuple(master.loc["A", ["country", "subdivision"]]) == ("IN", "TN")  # as the holidays package spells them

@@ -88,6 +88,9 @@ def test_resolve_terms_fills_defaults_and_derives_capacity(config):
     assert terms.loc["C", "weekday_set"] == (0, 3)
     assert terms.loc["C", "capacity_source"] == "no history"
     assert terms.loc["B", "visit_cost"] == 50.0 and terms.loc["B", "country"] == "CN"
+    # A free visit would price stockouts at nothing and plan no visit at all: refused, naming the device.
+    with pytest.raises(ValueError, match=r"visit_cost must be above 0 .* \['C'\]"):
+        resolve_terms(devices.assign(visit_cost=[10.0, 0.0]), daily, config)
 
 
 # ---------------------------------------------------------------- naive forecast
