@@ -99,11 +99,12 @@ def _impute_same_weekday(values: np.ndarray, dates: pd.DatetimeIndex) -> np.ndar
 
 
 def _recorded_in_window(actual: pd.DataFrame, terms: pd.DataFrame, start, end) -> tuple[pd.DataFrame, list[str]]:
-    """The devices with demand recorded in [start, end], and a note on those left out.
+    """The devices with demand recorded in [start, end] and before it, and a note on those left out.
 
     A replay executes plans against what happened: a device with no record in the window (not yet
     installed, closed, its feed lost) has nothing to replay, and imputing all its days would score
-    the policies on made-up demand.
+    the policies on made-up demand. Nor does a device installed inside the window: its days before
+    the first record would be made-up demand on an empty cassette, stockouts for every policy.
     """
     first, last = pd.Timestamp(start).normalize(), pd.Timestamp(end).normalize()
     inside = actual[(actual["date"] >= first) & (actual["date"] <= last) & actual["withdrawals"].notna()]
@@ -112,12 +113,20 @@ def _recorded_in_window(actual: pd.DataFrame, terms: pd.DataFrame, start, end) -
         raise ValueError(
             f"no demand recorded between {first:%Y-%m-%d} and {last:%Y-%m-%d} to replay (daily history: {span})"
         )
-    recorded = terms["device_id"].astype(str).isin(set(inside["device_id"]))
+    ids = terms["device_id"].astype(str)
+    recorded = ids.isin(set(inside["device_id"]))
+    started = actual.loc[actual["withdrawals"].notna()].groupby("device_id")["date"].min()
+    late = recorded & (ids.map(started) > first)
     notes = []
     if not recorded.all():
-        missing = terms.loc[~recorded, "device_id"].astype(str).tolist()
+        missing = ids[~recorded].tolist()
         notes.append(f"{len(missing)} device(s) with no record in the window left out: {missing[:5]}")
-    return terms[recorded.to_numpy()].reset_index(drop=True), notes
+    if late.any():
+        notes.append(
+            f"{int(late.sum())} device(s) first recorded inside the window (installed after {first:%Y-%m-%d})"
+            f" left out: {ids[late].tolist()[:5]}"
+        )
+    return terms[(recorded & ~late).to_numpy()].reset_index(drop=True), notes
 
 
 def _window(actual: pd.DataFrame, terms: pd.DataFrame, start, end, config, initial_balances) -> _Window:

@@ -204,8 +204,9 @@ def test_with_exact_forecasts_the_lookahead_brings_the_rolling_plan_nearer_the_o
 
 
 def test_devices_without_a_record_in_the_window_are_left_out_and_an_empty_window_refused():
-    """A device closed before the window has nothing to replay: scoring it on imputed demand would
-    make the KPIs up. A window with no record at all is an error, not a table of zeros."""
+    """A device closed before the window, or installed inside it, has nothing (or half a window) to replay:
+    scoring it on imputed demand would make the KPIs up. A window with no record at all is an error, not a
+    table of zeros."""
     dates = pd.date_range("2025-01-01", periods=120, freq="D")
     daily = pd.DataFrame(
         {
@@ -214,11 +215,13 @@ def test_devices_without_a_record_in_the_window_are_left_out_and_an_empty_window
             "withdrawals": np.full(2 * len(dates), 1000.0),
         }
     )
+    new = pd.DataFrame({"device_id": "NEW", "date": dates[100:], "withdrawals": 1000.0})  # installed on day 100
     daily = daily[(daily["device_id"] == "OPEN") | (daily["date"] < dates[90])]  # CLOSED stops on day 90
+    daily = pd.concat([daily, new], ignore_index=True)
     config = load_config().updated(devices={"visit_cost": 40.0, "capacity_days": 14.0}, forecast={"n_paths": 40})
     start, end = dates[95], dates[-1]
-    terms = resolve_terms(None, daily[daily["date"] < start], config)
-    assert set(terms["device_id"]) == {"OPEN", "CLOSED"}
+    terms = resolve_terms(pd.DataFrame({"device_id": ["NEW"]}), daily[daily["date"] < start], config)
+    assert set(terms["device_id"]) == {"OPEN", "CLOSED", "NEW"}
 
     def forecast(history, as_of, horizon):
         return naive_forecast(history, as_of, horizon, n_paths=40, seed=3)
@@ -227,5 +230,8 @@ def test_devices_without_a_record_in_the_window_are_left_out_and_an_empty_window
     assert set(result.per_device["device_id"]) == {"OPEN"}
     assert (result.kpis["device_days"] == len(pd.date_range(start, end))).all()
     assert any("CLOSED" in note and "left out" in note for note in result.notes)
+    # Its days before day 100 would be made-up demand on an empty cassette: stockouts for every policy.
+    assert any("NEW" in note and "installed after 2025-04-06" in note for note in result.notes)
+    assert result.kpis.set_index("policy").loc["perfect_foresight", "stockout_device_days"] == 0
     with pytest.raises(ValueError, match="no demand recorded between 2025-06-01 and 2025-06-30"):
         replay(daily, terms, pd.Timestamp("2025-06-01"), pd.Timestamp("2025-06-30"), forecast, config)
