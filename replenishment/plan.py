@@ -384,11 +384,7 @@ def plan_network(
     _, next_day, _ = solve_visits(seg_costs, first_costs, allowed_ahead, end_value)
     next_day = next_day[:, :horizon]
     targets = np.where(has_fixed[:, None] & ~np.isnan(fixed), fixed, chosen_loads(next_day, loads[:, :horizon]))
-    # A cassette smaller than one day's demand runs dry every day whatever the DP picks: a day
-    # counts as a stockout either way, so serve as much as possible by visiting every allowed day.
-    one_day = net[:, :, :horizon].mean(axis=1).max(axis=1)
-    tiny = (one_day > 0) & (one_day + dev.min_balance > dev.max_load)
-    targets[tiny] = np.where(allowed[tiny], dev.max_load[tiny, None], np.nan)
+    tiny = visit_daily_where_too_small(targets, net[:, :, :horizon].mean(axis=1), allowed, dev)
     final_end = np.where(tiny | (next_day.max(axis=1) < horizon), horizon, next_day.max(axis=1))
     segment_end = _segment_ends(targets, final_end)
     top_up = not config.plan.cassette_swap
@@ -402,8 +398,9 @@ def plan_network(
     with_orders = np.where(np.isnan(fixed), baseline_targets, fixed)
     baseline = simulate_paths(net[:, :, :horizon], start_balance, with_orders, top_up, is_atm, bundles=bundles)
 
+    balance_seen = (balance_known, balance_age)
     device_notes = _device_notes(
-        dev, withdrawals, net[:, :, :horizon], allowed, start_balance, (balance_known, balance_age), forecast_notes, run
+        dev, withdrawals, net[:, :, :horizon], (allowed, tiny), start_balance, balance_seen, forecast_notes, run
     )
     standing_notes = _standing_notes(terms, forecast.failures, as_of)
     for device, notes, standing in zip(device_ids, device_notes, standing_notes, strict=True):
@@ -429,6 +426,22 @@ def plan_network(
     return PlanResult(plan=plan, projection=projection, summary=summary, warnings=messages)
 
 
+def visit_daily_where_too_small(
+    targets: np.ndarray, daily_need: np.ndarray, allowed: np.ndarray, dev: DeviceArrays
+) -> np.ndarray:
+    """Fill to the ceiling on every allowed day the devices whose cassette is smaller than one day's need
+    (`daily_need` (n, days), the plan's expected or the replay's actual net outflow); rewrites their rows of
+    `targets` (n, days) and returns their mask.
+
+    Such a cassette runs dry every day whatever the visit days: the DP counts a stockout day either way
+    and would save the visits, yet each visit serves a cassette's worth more demand.
+    """
+    one_day = daily_need.max(axis=1)
+    tiny = (one_day > 0) & (one_day + dev.min_balance > dev.max_load)
+    targets[tiny] = np.where(allowed[tiny], dev.max_load[tiny, None], np.nan)
+    return tiny
+
+
 def extend_weekly(paths: np.ndarray, total_days: int) -> np.ndarray:
     """Paths continued past their last day by repeating their last week (weekly seasonality), so
     the final visit's load can be weighed against the days just after the plan."""
@@ -450,10 +463,11 @@ def _segment_ends(targets: np.ndarray, final_end: np.ndarray) -> np.ndarray:
     return ends
 
 
-def _device_notes(dev, withdrawals, net, allowed, start_balance, balance_seen, forecast_notes, run) -> list[list[str]]:
-    """Per-device warnings for cash ops: the inputs that made this plan unusual. `balance_seen` is
-    (known, days since the count) per device."""
+def _device_notes(dev, withdrawals, net, visit_days, start_balance, balance_seen, forecast_notes, run) -> list[list]:
+    """Per-device warnings for cash ops: the inputs that made this plan unusual. `visit_days` is (allowed
+    (n, H), visited daily as too small (n,)), `balance_seen` (known, days since the count) per device."""
     balance_known, balance_age = balance_seen
+    allowed, tiny = visit_days
     n, n_paths, horizon = net.shape
     one_day = net.mean(axis=1).max(axis=1)
     no_demand = withdrawals.max(axis=(1, 2)) <= 0
@@ -462,7 +476,10 @@ def _device_notes(dev, withdrawals, net, allowed, start_balance, balance_seen, f
     for row in range(n):
         found = [forecast_notes[row]] if forecast_notes[row] else []
         if not balance_known[row]:
-            found.append(f"balance unknown: assumed {start_balance[row]:,.0f} (min_balance + 7-day forecast)")
+            found.append(
+                f"balance unknown: assumed {start_balance[row]:,.0f} (min_balance + 7-day forecast, at most the"
+                " largest load)"
+            )
         elif balance_age[row] > 0:
             found.append(
                 f"balance {start_balance[row]:,.0f} was counted {balance_age[row]} day(s) before this plan: "
@@ -471,7 +488,10 @@ def _device_notes(dev, withdrawals, net, allowed, start_balance, balance_seen, f
         if start_balance[row] < dev.min_balance[row] - 1e-6:
             found.append(f"balance {start_balance[row]:,.0f} is below min_balance {dev.min_balance[row]:,.0f}")
         elif start_balance[row] > dev.max_balance[row] + 1e-6:
-            found.append(f"balance {start_balance[row]:,.0f} is above max_balance {dev.max_balance[row]:,.0f}")
+            found.append(
+                f"balance {start_balance[row]:,.0f} is above the most the device may hold,"
+                f" {dev.max_balance[row]:,.0f} (max_balance, else capacity)"
+            )
         if no_demand[row]:
             found.append("zero forecast demand")
         if not allowed[row].any():
@@ -481,7 +501,7 @@ def _device_notes(dev, withdrawals, net, allowed, start_balance, balance_seen, f
                 f"min_balance {dev.min_balance[row]:,.0f} is above the largest load {dev.max_load[row]:,.0f} "
                 "(capacity, max_balance and bundle size)"
             )
-        elif one_day[row] > 0 and one_day[row] + dev.min_balance[row] > dev.max_load[row]:
+        elif tiny[row]:
             found.append(
                 f"capacity {dev.max_load[row]:,.0f} is below one day's demand (up to {one_day[row]:,.0f}): "
                 "visit every allowed day"

@@ -25,7 +25,13 @@ import pandas as pd
 
 from cashcast.schema import DemandForecast, validate_daily
 from replenishment.dp import DeviceArrays, chosen_loads, prefix_costs, segment_table, solve_visits
-from replenishment.plan import extend_weekly, fill_level, plan_network, weekly_fill_targets
+from replenishment.plan import (
+    extend_weekly,
+    fill_level,
+    plan_network,
+    visit_daily_where_too_small,
+    weekly_fill_targets,
+)
 from replenishment.terms import (
     allowed_visit_days,
     device_holidays,
@@ -238,7 +244,9 @@ def _perfect_foresight(win: _Window) -> np.ndarray:
     loads, costs = segment_table(net, win.dev, allowed)
     first = prefix_costs(net, np.zeros(len(net), dtype=int), win.initial, win.dev)
     _, next_day, _ = solve_visits(costs, first, allowed)
-    return chosen_loads(next_day, loads)[:, :days]
+    targets = chosen_loads(next_day, loads)[:, :days]
+    visit_daily_where_too_small(targets, win.withdrawals - win.deposits, win.after_lead, win.dev)
+    return targets
 
 
 def _cover_rule(win: _Window, actual: pd.DataFrame, config) -> Decide:

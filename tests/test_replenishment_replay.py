@@ -107,6 +107,28 @@ def test_perfect_foresight_is_the_floor_for_stockout_free_policies():
     assert pf["lost"].sum() == 0
 
 
+def test_perfect_foresight_visits_daily_a_cassette_smaller_than_a_days_demand():
+    """Every policy runs such a device dry every day; the optimum still serves the most by visiting every
+    allowed day, as the plan does, instead of saving visits and paying emergency ones (it was the dearest)."""
+    dates = pd.date_range("2025-03-03", periods=90, freq="D")
+    daily = pd.DataFrame({"device_id": "A", "date": dates, "withdrawals": 1000.0})
+    config = load_config().updated(
+        devices={"capacity": 600.0, "visit_cost": 50.0, "emergency_visit_cost": 150.0, "load_multiple": 100.0},
+        backtest={"baselines": []},
+    )
+    start, end = dates[-21], dates[-1]
+    terms = resolve_terms(None, daily[daily["date"] < start], config)
+    result = replay(daily, terms, start, end, lambda h, a, n: naive_forecast(h, a, n, n_paths=20), config)
+    kpis = result.kpis.set_index("policy")
+    pf = result.daily[result.daily["policy"] == "perfect_foresight"]
+    weekdays = pf["date"].dt.day_of_week < 5
+    assert (
+        (pf.loc[weekdays & (pf["date"] > start), "visit"]).all()
+        and kpis.loc["perfect_foresight", "emergency_visits"] == 0
+    )
+    assert kpis.loc["cashcast", "cost_vs_optimum"] >= 1 - 1e-9
+
+
 def test_perfect_foresight_keeps_covering_past_the_window_end():
     """The optimum plans on past the window, as every plan must: it may not empty the device on the
     window's last day (a saving no plan can make) and stays comparable to the policies."""
