@@ -66,10 +66,11 @@ def process_file(ws: Workspace, config: Config, path: Path) -> dict[str, Any]:
     try:
         kind = kind_of(path, ws.landing)
         report = ingest.ingest_file(path, kind, ws, config)
-    except (ingest.IngestError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever one file does, the night goes on with the others
+        reason = str(exc) if isinstance(exc, ingest.IngestError | ValueError) else f"{type(exc).__name__}: {exc}"
         target = _move(path, ws.failed)
-        target.with_name(target.name + ".reason.txt").write_text(str(exc) + "\n")
-        return {"file": path.name, "outcome": "failed", "reason": str(exc), "moved_to": str(target)}
+        target.with_name(target.name + ".reason.txt").write_text(reason + "\n")
+        return {"file": path.name, "outcome": "failed", "reason": reason, "moved_to": str(target)}
     target = _move(path, ws.processed)
     return {**report.to_dict(), "file": path.name, "outcome": "processed", "kind": kind, "moved_to": str(target)}
 

@@ -104,7 +104,10 @@ def ingest_file(
         run = _Run(source, config, lake, lk.read_small(lake, "devices"), progress)
         staging = lk.Staging(lake)
         try:
-            loaded, duplicate = LOADERS[kind](run, staging)
+            try:
+                loaded, duplicate = LOADERS[kind](run, staging)
+            except pa.ArrowException as exc:  # a column type no reader rule covers: name the file, load nothing
+                raise IngestError(f"{path}: cannot read its columns ({str(exc).splitlines()[0]})") from None
             rejects = run.rejects_frame()
             staging.commit()  # a header with no rows is a day with nothing to report (no outages, say)
         finally:

@@ -63,9 +63,13 @@ class Source:
         delimiter = ","
         if path.suffix.lower() == ".parquet":
             try:
-                names = pq.ParquetFile(path).schema_arrow.names
+                schema = pq.ParquetFile(path).schema_arrow
             except (pa.ArrowException, OSError) as exc:
                 raise IngestError(f"{path}: not a readable Parquet file ({exc})") from None
+            names = schema.names
+            nested = [f"{field.name} ({field.type})" for field in schema if pa.types.is_nested(field.type)]
+            if nested:
+                raise IngestError(f"{path}: column(s) {', '.join(nested)} hold lists or records, not single values")
         else:
             names, delimiter = _csv_header(path)
         columns = [str(name).strip().lower() for name in names]
@@ -184,6 +188,9 @@ def to_timestamps(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     Values without a zone are returned as written; values with one are returned in UTC.
     """
     kind = column.type
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind):
+        # A Parquet writer's 20261101: read as the CSV text would be, not as seconds after 1970.
+        column, kind = column.cast(pa.string()), pa.string()
     if pa.types.is_timestamp(kind):
         return _ns(column), np.full(len(column), kind.tz is not None)
     if pa.types.is_date(kind):

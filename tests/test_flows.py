@@ -11,6 +11,8 @@ import socket
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from conftest import make_device_fail
 from mlflow import MlflowClient
@@ -84,12 +86,22 @@ def test_corrupt_landing_file_goes_to_failed(nightly_run, fast_config_file):
     (ws.landing).mkdir(exist_ok=True)
     (ws.landing / "daily-corrupt.csv").write_text("device,when,how much\nx,y,z\n")
     (ws.landing / "daily-book.xlsx").write_bytes(b"PK\x03\x04 a workbook")  # not left lying there unseen
+    # A column of lists: pyarrow's own error type, which once stopped the night (and every night after).
+    nested = pa.table({"device_id": ["ATM-00001"], "date": ["2026-11-01"], "withdrawals": [[1, 2]]})
+    pq.write_table(nested, ws.landing / "daily-nested.parquet")
     good = ws.landing / "balances-late.csv"
     good.write_text("device_id,as_of,balance\nATM-00001,2026-11-01,900000\n")
     with pytest.warns(IngestWarning, match="landing file daily-corrupt.csv failed and was moved to"):
         result = commands.run_nightly(ws, str(fast_config_file), None)
     outcomes = {item["file"]: item["outcome"] for item in result["ingested"]}
-    assert outcomes == {"daily-corrupt.csv": "failed", "daily-book.xlsx": "failed", "balances-late.csv": "processed"}
+    assert outcomes == {
+        "daily-corrupt.csv": "failed",
+        "daily-book.xlsx": "failed",
+        "daily-nested.parquet": "failed",
+        "balances-late.csv": "processed",
+    }
+    nested_reason = (ws.failed / "daily-nested.parquet.reason.txt").read_text()
+    assert "withdrawals (list<element: int64>) hold lists" in nested_reason
     reason = (ws.failed / "daily-corrupt.csv.reason.txt").read_text()
     assert "daily-corrupt.csv" in reason and "column" in reason
     assert (ws.processed / "balances-late.csv").exists()

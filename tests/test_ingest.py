@@ -8,6 +8,7 @@ import holidays
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 import ingest
@@ -263,6 +264,16 @@ A,2024-05-01 12:00,100,withdrawal,ok1
     assert set(rejects["file"]) == {str(path)}
     assert rejects.loc[rejects["row"] == "3", "timestamp"].item() == "not a time"
     assert Path(report.rejects_path).name.startswith("transactions-messy-")
+
+
+def test_parquet_dates_written_as_numbers_read_like_the_csv_text(tmp_path, ws, config):
+    """20261101 in an integer column is the 1st of November 2026, as in a CSV, not 20 million ns after 1970."""
+    path = tmp_path / "daily.parquet"
+    pq.write_table(pa.table({"device_id": ["A", "A"], "date": [20241101, 99], "withdrawals": [100.0, 200.0]}), path)
+    report = ingest_file(path, "daily", ws, config)
+    assert (report.rows_loaded, report.rows_rejected) == (1, 1)
+    assert read_daily(ws)["date"].tolist() == [pd.Timestamp("2024-11-01")]
+    assert pd.read_csv(report.rejects_path)["reason"].tolist() == ["unparseable date"]
 
 
 def test_transactions_in_another_currency_are_rejected_not_summed(tmp_path, ws, config):
