@@ -358,12 +358,15 @@ def plan_forecast(
     terms: pd.DataFrame,
     balances: pd.DataFrame | None = None,
     on_order: pd.DataFrame | None = None,
+    made: pd.DataFrame | None = None,
 ):
-    """Plan the visits of the forecast devices from the latest balances before `history.as_of`,
-    around the visits `on_order` (see `visits_on_order`)."""
+    """Plan the visits of the forecast devices from the latest balances before `history.as_of`, brought
+    forward to it over the visits `made` since the counts (see `visits_made`), around the visits `on_order`
+    (see `visits_on_order`)."""
     import replenishment
 
     opening = latest_balances(history.balances if balances is None else balances, history.as_of)
+    opening = replenishment.roll_balances_forward(opening, history.daily, made, history.as_of)
     return replenishment.plan_network(forecast, terms, opening, history.as_of, config, ordered_visits=on_order)
 
 
@@ -386,12 +389,30 @@ def visits_on_order(ws: Workspace, as_of: pd.Timestamp) -> pd.DataFrame | None:
     return replenishment.visits_on_order(plan, as_of)
 
 
+def visits_made(ws: Workspace, as_of: pd.Timestamp, balances: pd.DataFrame | None = None) -> pd.DataFrame | None:
+    """The visits taken as made between the devices' latest cash counts (`balances`, default the lake's)
+    and the morning of `as_of`: on each day, the visits on order that morning for that day (None when
+    there are none, or no plans)."""
+    import replenishment
+
+    opening = latest_balances(ingest.read_table(ws, "balances") if balances is None else balances, as_of)
+    if opening.empty:
+        return None
+    since = pd.to_datetime(opening["balance_as_of"]).min().normalize()
+    since = max(since, as_of - pd.Timedelta(days=replenishment.plan.MAX_ROLL_DAYS))
+    days = [day for day in pd.date_range(since, as_of - pd.Timedelta(days=1), freq="D")]
+    ordered = [(day, visits_on_order(ws, day)) for day in days]
+    parts = [frame[pd.to_datetime(frame["visit_date"]) == day] for day, frame in ordered if frame is not None]
+    return pd.concat(parts, ignore_index=True) if parts else None
+
+
 def plan_devices(
     model,
     history: History,
     config: Config,
     balances: pd.DataFrame | None = None,
     on_order: pd.DataFrame | None = None,
+    made: pd.DataFrame | None = None,
 ):
     """Forecast with sample paths and plan the visits of the devices in `history` (pure apart from the model).
 
@@ -399,7 +420,7 @@ def plan_devices(
     plan's last loads against the visits that follow.
     """
     forecast = forecast_devices(model, history, config, config.plan.forecast_days)
-    result = plan_forecast(forecast, history, config, device_terms(history, config), balances, on_order)
+    result = plan_forecast(forecast, history, config, device_terms(history, config), balances, on_order, made)
     return forecast, result, forecast.failures
 
 
@@ -530,7 +551,8 @@ def run_plan(
         forecast = forecast_devices(model, history, config, config.plan.forecast_days)
         terms = resolving.result()
         written = helper.submit(write_table, forecast.frame, output_path(ws.forecasts, as_of, "forecast.csv"))
-        result = plan_forecast(forecast, history, config, terms, balances, visits_on_order(ws, as_of))
+        made = visits_made(ws, as_of, history.balances if balances is None else balances)
+        result = plan_forecast(forecast, history, config, terms, balances, visits_on_order(ws, as_of), made)
         return write_plan(ws, as_of, forecast.frame, result, out, forecast_file=written.result())
 
 

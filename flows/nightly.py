@@ -102,14 +102,15 @@ def plan_chunk(
     device_ids: list[str],
     model: jobs.ModelRef,
     on_order: pd.DataFrame | None = None,
+    made: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
     """Forecast and plan one chunk of devices with the `model` of the morning, around their visits
-    `on_order`; reads only those devices' history."""
+    `on_order`, from their counts brought forward over the visits `made`; reads only those devices' history."""
     ws, config = _context(home, config_file)
     model = runners.cached_model(ws, config, model)
     history = jobs.load_history(ws, jobs.parse_date(as_of), device_ids=device_ids)
     config = config.updated(plan={"horizon_days": horizon})
-    forecast, result, failures = jobs.plan_devices(model, history, config, on_order=on_order)
+    forecast, result, failures = jobs.plan_devices(model, history, config, on_order=on_order, made=made)
     return {
         "worker": f"{socket.gethostname()}:{os.getpid()}",
         "forecast": forecast.frame,
@@ -139,11 +140,21 @@ def forecast_and_plan_flow(
         )
     chunks = jobs.device_chunks(ws, config.flows.devices_per_task)
     on_order = jobs.visits_on_order(ws, as_of_ts)
+    made = jobs.visits_made(ws, as_of_ts)
     chunk_task = plan_chunk.with_options(**runners.retry_options(config))
     day = f"{as_of_ts:%Y-%m-%d}"
     try:
         futures = [
-            chunk_task.submit(str(ws.home), config_file, day, horizon, chunk, model, _for_devices(on_order, chunk))
+            chunk_task.submit(
+                str(ws.home),
+                config_file,
+                day,
+                horizon,
+                chunk,
+                model,
+                _for_devices(on_order, chunk),
+                _for_devices(made, chunk),
+            )
             for chunk in chunks
         ]
         parts = [f.result() for f in futures]

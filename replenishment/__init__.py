@@ -1,7 +1,14 @@
 """Replenishment: least-cost CIT visit and load plans from demand sample paths, and the backtest replay."""
 
 from replenishment.naive import naive_forecast
-from replenishment.plan import PlanResult, device_rows, plan_network, visits_on_order, with_fleet_total
+from replenishment.plan import (
+    PlanResult,
+    device_rows,
+    plan_network,
+    roll_balances_forward,
+    visits_on_order,
+    with_fleet_total,
+)
 from replenishment.replay import ReplayResult, replay
 from replenishment.terms import device_holidays, resolve_terms
 
@@ -12,6 +19,7 @@ __all__ = [
     "naive_forecast",
     "device_rows",
     "plan_network",
+    "roll_balances_forward",
     "visits_on_order",
     "with_fleet_total",
     "replay",

@@ -228,13 +228,76 @@ def tame_tails(paths: np.ndarray, level: float = TAIL_LEVEL) -> np.ndarray:
     return tamed
 
 
+MAX_ROLL_DAYS = 31  # a count older than a month is not brought forward: ask for a new one
+
+
+def roll_balances_forward(
+    balances: pd.DataFrame, daily: pd.DataFrame, visits: pd.DataFrame | None, as_of
+) -> pd.DataFrame:
+    """Counts taken before the morning of `as_of` (device_id, balance, balance_as_of) brought to it.
+
+    Day by day from the count: the visit made that morning sets the cash to its balance_after (`visits`:
+    device_id, visit_date, balance_after, as they stood on order), then the day's recorded withdrawals
+    less deposits leave, floored at 0. A day with no record stops a device there: its balance keeps that
+    morning's date, and the plan says how old it is. Counts over MAX_ROLL_DAYS days old stay as they are.
+    Adds `counted_on`, the day of the count itself. Why: yesterday's count knows nothing of yesterday's
+    swap, so a plan built on it sends the crew for cash that is gone or leaves a device to run dry.
+    """
+    as_of = pd.Timestamp(as_of).normalize()
+    out = balances.reset_index(drop=True).copy()
+    if "balance_as_of" not in out:
+        return out
+    counted = pd.to_datetime(out["balance_as_of"]).dt.normalize()
+    out["counted_on"] = counted
+    stale = (counted < as_of) & (counted >= as_of - pd.Timedelta(days=MAX_ROLL_DAYS)) & out["balance"].notna()
+    stale = stale.to_numpy()
+    if not stale.any():
+        return out
+    first = counted[stale].min()
+    dates = pd.date_range(first, as_of - pd.Timedelta(days=1), freq="D")
+    ids = out.loc[stale, "device_id"].astype(str).to_numpy(dtype=object)
+    recent = daily[(daily["date"] >= first) & (daily["date"] < as_of)]
+    recent = recent.assign(device_id=recent["device_id"].astype(str))
+    recent = recent[recent["device_id"].isin(set(ids))]
+
+    def matrix(frame: pd.DataFrame, day_column: str, value: str) -> np.ndarray:
+        table = frame.pivot_table(index="device_id", columns=day_column, values=value, aggfunc="last")
+        return table.reindex(index=ids, columns=dates).to_numpy(dtype="float64")
+
+    net = matrix(recent, "date", "withdrawals")
+    if "deposits" in recent:
+        net = net - np.nan_to_num(matrix(recent, "date", "deposits"))
+    made = np.full(net.shape, np.nan)
+    if visits is not None and len(visits):
+        visits = visits.assign(
+            device_id=visits["device_id"].astype(str), visit_date=pd.to_datetime(visits["visit_date"]).dt.normalize()
+        )
+        made = matrix(visits, "visit_date", "balance_after")
+    balance = out.loc[stale, "balance"].to_numpy(dtype="float64").copy()
+    reached = (counted[stale] - first).dt.days.to_numpy(dtype=int, copy=True)
+    rolling = np.ones(len(ids), dtype=bool)
+    for day in range(len(dates)):
+        on = rolling & (day >= reached)
+        rolling &= ~(on & np.isnan(net[:, day]))  # no record that day: stop before it
+        go = on & rolling
+        visited = go & ~np.isnan(made[:, day])
+        balance[visited] = made[visited, day]
+        balance[go] = np.maximum(balance[go] - net[go, day], 0.0)
+        reached[go] = day + 1
+    out.loc[stale, "balance"] = balance
+    out.loc[stale, "balance_as_of"] = first + pd.to_timedelta(reached, unit="D")
+    return out
+
+
 def _start_balances(
     balances: pd.DataFrame | None, device_ids: np.ndarray, as_of: pd.Timestamp, assumed: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Morning balance per device (latest row on or before as_of), whether it was known, and how many
-    days before as_of it was counted (0 when undated or unknown)."""
+    days before as_of it dates from and was counted (0 when undated or unknown; they differ for a count
+    brought forward by roll_balances_forward)."""
     known = pd.Series(np.nan, index=device_ids)
     age = np.zeros(len(device_ids), dtype=int)
+    count_age = age
     if balances is not None and not balances.empty:
         frame = balances.rename(columns={"balance_as_of": "as_of"}).dropna(subset=["balance"])
         frame["device_id"] = frame["device_id"].astype(str)
@@ -244,11 +307,15 @@ def _start_balances(
         latest = frame.groupby("device_id").last()
         known = latest["balance"].reindex(device_ids).astype("float64")
         if "as_of" in latest:
-            counted = latest["as_of"].reindex(device_ids)
-            age = (as_of.normalize() - counted.dt.normalize()).dt.days.fillna(0).to_numpy(dtype=int)
+            dated = latest["as_of"].reindex(device_ids)
+            age = (as_of.normalize() - dated.dt.normalize()).dt.days.fillna(0).to_numpy(dtype=int)
+            count_age = age
+        if "counted_on" in latest:
+            counted = pd.to_datetime(latest["counted_on"]).reindex(device_ids)
+            count_age = (as_of.normalize() - counted.dt.normalize()).dt.days.fillna(0).to_numpy(dtype=int)
     values = known.to_numpy(dtype="float64")
     is_known = ~np.isnan(values)
-    return np.where(is_known, values, assumed), is_known, age
+    return np.where(is_known, values, assumed), is_known, np.stack([age, count_age])
 
 
 def _ordered_targets(
@@ -480,10 +547,21 @@ def _device_notes(dev, withdrawals, net, visit_days, start_balance, balance_seen
                 f"balance unknown: assumed {start_balance[row]:,.0f} (min_balance + 7-day forecast, at most the"
                 " largest load)"
             )
-        elif balance_age[row] > 0:
+        elif balance_age[0, row] > 0 and balance_age[1, row] > balance_age[0, row]:
             found.append(
-                f"balance {start_balance[row]:,.0f} was counted {balance_age[row]} day(s) before this plan: "
+                f"balance {start_balance[row]:,.0f} dates from {balance_age[0, row]} day(s) before this plan:"
+                f" brought forward from a count {balance_age[1, row]} day(s) old as far as withdrawals are"
+                " recorded; send this morning's count"
+            )
+        elif balance_age[0, row] > 0:
+            found.append(
+                f"balance {start_balance[row]:,.0f} was counted {balance_age[0, row]} day(s) before this plan: "
                 "withdrawals and visits since are not deducted, send this morning's count"
+            )
+        elif balance_age[1, row] > 0:
+            found.append(
+                f"balance {start_balance[row]:,.0f} brought forward from the count of {balance_age[1, row]} day(s)"
+                " ago: recorded withdrawals and deposits since, and the visits on order then"
             )
         if start_balance[row] < dev.min_balance[row] - 1e-6:
             found.append(f"balance {start_balance[row]:,.0f} is below min_balance {dev.min_balance[row]:,.0f}")

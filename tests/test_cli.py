@@ -59,6 +59,28 @@ def test_nightly_with_nothing_to_forecast_says_so_in_one_line(tmp_path, capsys):
     assert "Traceback" not in out + err and not (home / "plans").exists()
 
 
+def test_visits_made_since_a_count_are_each_days_visits_on_order(tmp_path):
+    """What the carrier did between a count and this morning: each day, the visits on order that morning."""
+    from cashcast import jobs
+    from cashcast.workspace import Workspace
+
+    ws = Workspace.resolve(tmp_path / "home")
+    header = "device_id,visit_date,order_by,action,amount,balance_after\n"
+    for day, rows in {
+        "2026-11-01": ["A,2026-11-02,2026-11-01,load,500,500", "B,2026-11-05,2026-11-04,load,90,90"],
+        "2026-11-02": ["A,2026-11-03,2026-11-02,load,700,700"],  # the next plan orders A again for the 3rd
+    }.items():
+        (ws.plans / day).mkdir(parents=True)
+        (ws.plans / day / "plan.csv").write_text(header + "\n".join(rows) + "\n")
+    counts = pd.DataFrame(
+        {"device_id": ["A", "B"], "as_of": pd.to_datetime(["2026-11-01", "2026-11-01"]), "balance": [100.0, 50.0]}
+    )
+    made = jobs.visits_made(ws, pd.Timestamp("2026-11-04"), counts)
+    assert made[["device_id", "balance_after"]].values.tolist() == [["A", 500.0], ["A", 700.0]]
+    assert list(pd.to_datetime(made["visit_date"])) == [pd.Timestamp("2026-11-02"), pd.Timestamp("2026-11-03")]
+    assert jobs.visits_made(ws, pd.Timestamp("2026-11-01"), counts) is None  # counted this morning: nothing since
+
+
 def test_a_file_whose_every_row_is_rejected_is_pointed_out(tmp_path, capsys):
     """Day-first dates (a spreadsheet's export) reject every row: the rows are kept in the rejects table as
     always, and stderr says what the first one got wrong instead of leaving a quiet "loaded 0"."""
