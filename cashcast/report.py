@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
@@ -25,19 +26,21 @@ from cashcast.landing import failure_note
 from cashcast.schema import STALE_HISTORY_DAYS, days_unrecorded
 from cashcast.workspace import Workspace
 
-RISK_COLUMNS = ["device_id", "visit_date", "action", "amount", "stockout_risk", "reason"]
+RISK_COLUMNS = ["device_id", "visit_date", "action", "amount", "stockout_risk_before", "stockout_risk", "reason"]
 
 
 def devices_at_risk(plan: pd.DataFrame, top: int = 10) -> pd.DataFrame:
-    """Each device's riskiest planned visit (chance of running out before the next one), riskiest first.
+    """Each device's riskiest planned visit, riskiest first: the chance of running out before it
+    (`stockout_risk_before`: before the first visit, the cash of this morning) or after it, before the next.
 
     Ties (a fleet planned at its service level is mostly near zero) go to the visit due soonest.
     """
     if plan.empty:
         return pd.DataFrame(columns=RISK_COLUMNS)
     columns = [c for c in RISK_COLUMNS if c in plan.columns]
-    ranked = plan.assign(_due=pd.to_datetime(plan["visit_date"])).sort_values(
-        ["stockout_risk", "_due"], ascending=[False, True], kind="stable"
+    risk = plan[[c for c in ("stockout_risk", "stockout_risk_before") if c in plan.columns]].max(axis=1)
+    ranked = plan.assign(_due=pd.to_datetime(plan["visit_date"]), _risk=risk).sort_values(
+        ["_risk", "_due"], ascending=[False, True], kind="stable"
     )
     ranked = ranked.drop_duplicates("device_id")
     return ranked[columns].head(top).reset_index(drop=True)
@@ -78,7 +81,7 @@ def summary_markdown(
         "",
         f"- Files ingested: {len(ingested) - len(failed)} processed, {len(failed)} failed",
         *[f"  - failed: `{i['file']}`: {i['reason']}" for i in failed],
-        f"- Training: {'retrained' if trained.get('trained') else 'not due'} ({trained.get('reason', '')})",
+        f"- Training: {training_line(trained)}",
     ]
     if trained.get("trained"):
         lines.append(
@@ -109,6 +112,12 @@ def summary_markdown(
     if report_path:
         lines.append(f"- Report: [{report_path}]({Path(report_path).as_uri()})")
     return "\n".join(lines)
+
+
+def training_line(trained: dict) -> str:
+    """'retrained (no champion model yet)': what the run did, then why, for the report and the artifact alike."""
+    did = "retrained" if trained.get("trained") else "not due"
+    return f"{did} ({trained['reason']})" if trained.get("reason") else did
 
 
 def _fmt(value: Any) -> str:
@@ -252,9 +261,29 @@ def _table(frame: pd.DataFrame, wrap_last: bool = False) -> str:
     return frame.to_html(index=False, classes=classes, border=0, float_format=lambda v: f"{v:,.2f}", escape=True)
 
 
+def _shown_headline(table: pd.DataFrame) -> pd.DataFrame:
+    """Whole amounts and counts, expected stockout days to two places, the change to one ('n/a' without a
+    baseline figure): 39 visits, not 39.00."""
+
+    def number(value: float, places: int) -> str:
+        return "n/a" if pd.isna(value) else f"{value:,.{places}f}"
+
+    places = np.where(table["figure"].str.contains("stockout"), 2, 0)
+    shown = table.copy()
+    for column in ("Cashcast plan", "baseline"):
+        shown[column] = [number(v, p) for v, p in zip(table[column], places, strict=True)]
+    shown["change %"] = ["n/a" if pd.isna(v) else f"{v:+.1f}" for v in table["change %"]]
+    return shown
+
+
 def _risk_table(at_risk: pd.DataFrame) -> str:
-    shown = at_risk.assign(stockout_risk=at_risk["stockout_risk"].map(lambda p: f"{100 * p:.1f}%"))
-    return _table(shown.rename(columns={"stockout_risk": "stockout risk"}), wrap_last=True)
+    percent = {
+        c: at_risk[c].map(lambda p: f"{100 * p:.1f}%")
+        for c in ("stockout_risk", "stockout_risk_before")
+        if c in at_risk
+    }
+    names = {"stockout_risk": "risk after (to the next visit)", "stockout_risk_before": "risk before"}
+    return _table(at_risk.assign(**percent).rename(columns=names), wrap_last=True)
 
 
 def _worst_table(accuracy: pd.DataFrame) -> str:
@@ -313,7 +342,7 @@ def render_report(
 Amounts in {CURRENCY} of the devices' currency.</p>
 {_failed_files(failed_files)}
 <h2>Cash deployed against the fixed-schedule baseline</h2>
-{_table(headline_table(summary))}
+{_table(_shown_headline(headline_table(summary)))}
 {_img(cash_figure(summary), "cash deployed and idle cash against the baseline")}
 {_img(fleet_cash_figure(projection), "expected fleet cash per day")}
 <h2>Visits per day</h2>{_img(visits_figure(plan), "visits per day")}
@@ -348,7 +377,7 @@ def write_report(
         context={
             "horizon": str(planned.get("horizon", config.plan.horizon_days)),
             "plan": str(planned["plan"]),
-            "training": str(trained.get("reason", "")),
+            "training": training_line(trained),
         },
         failed_files=[failure_note(i) for i in ingested if i.get("outcome") == "failed"],
     )

@@ -64,9 +64,20 @@ class PathRun:
     after: np.ndarray  # expected cash held through the day (after the visit)
     short: np.ndarray  # P(part of the day's demand goes unserved)
     segment_risk: np.ndarray  # on visit days: P(running out before the next visit), else NaN
+    opening_risk: np.ndarray  # (n,): P(running out before the first visit, or in the horizon without one)
 
     def first_days(self, days: int) -> PathRun:
-        return PathRun(*(values[:, :days] for values in (self.before, self.after, self.short, self.segment_risk)))
+        daily = (values[:, :days] for values in (self.before, self.after, self.short, self.segment_risk))
+        return PathRun(*daily, self.opening_risk)
+
+    def risk_before(self, targets: np.ndarray, rows: np.ndarray, days: np.ndarray) -> np.ndarray:
+        """P(running out before the visit on (rows, days)): the risk of the segment that ends there, the
+        previous visit's (of `targets`, visits on order included) or the opening one."""
+        visited = ~np.isnan(targets)
+        index = np.where(visited, np.arange(targets.shape[1]), -1)
+        previous = np.concatenate([np.full((len(targets), 1), -1), np.maximum.accumulate(index, axis=1)[:, :-1]], 1)
+        earlier = previous[rows, days]
+        return np.where(earlier >= 0, self.segment_risk[rows, np.maximum(earlier, 0)], self.opening_risk[rows])
 
 
 def fill_level(
@@ -132,6 +143,7 @@ def _simulate_block(net, start_balance, targets, top_up, is_atm, final_end, bund
     cash = np.repeat(start_balance.astype("float64")[:, None], n_paths, axis=1)
     before, after, short = (np.zeros((n, horizon)) for _ in range(3))
     risk = np.full((n, horizon), np.nan)
+    opening_risk = np.full(n, np.nan)
     ran_out = np.zeros((n, n_paths), dtype=bool)
     out = np.empty((n, n_paths), dtype=bool)
     last_visit = np.full(n, -1)
@@ -143,6 +155,8 @@ def _simulate_block(net, start_balance, targets, top_up, is_atm, final_end, bund
         risk[rows[done], last_visit[done]] = ran_out[done].mean(axis=1)
         last_visit[done] = -1
         after[:, day] = before[:, day]
+        first = visit & np.isnan(opening_risk)
+        opening_risk[first] = ran_out[first].mean(axis=1)
         if visit.any():
             whole = (None, None) if bundles is None else (values[visit][:, None] for values in bundles)
             level = fill_level(cash[visit], targets[visit, day][:, None], top_up, is_atm[visit][:, None], *whole)
@@ -157,7 +171,9 @@ def _simulate_block(net, start_balance, targets, top_up, is_atm, final_end, bund
         np.maximum(cash, 0.0, out=cash)
     open_end = last_visit >= 0
     risk[rows[open_end], last_visit[open_end]] = ran_out[open_end].mean(axis=1)
-    return PathRun(before=before, after=after, short=short, segment_risk=risk)
+    never = np.isnan(opening_risk)
+    opening_risk[never] = ran_out[never].mean(axis=1)
+    return PathRun(before=before, after=after, short=short, segment_risk=risk, opening_risk=opening_risk)
 
 
 def _clean_paths(
@@ -630,15 +646,18 @@ def _plan_rows(
             pickup | (amount > 0.005), rows, days, covered, before, after, pickup, amount
         )
     risk = run.segment_risk[rows, days]
+    risk_before = run.risk_before(targets, rows, days)
     held = np.concatenate([np.zeros((len(targets), 1)), np.cumsum(run.after, axis=1)], axis=1)
     holding = (held[rows, np.minimum(days + covered, horizon)] - held[rows, days]) * dev.daily_holding_rate[rows]
     first_visit = np.diff(rows, prepend=-1) != 0  # visits come sorted by device, then day
     capped = np.maximum(after, targets[rows, days]) >= dev.max_load[rows] - 1e-6
-    flags = zip(pickup, capped, strict=True)
+    flags = zip(pickup, capped, after, strict=True)
     weekdays = [WEEKDAY_NAMES[day] for day in dates.day_of_week]
     reasons = [
         _reason(weekdays, int(day), int(span), horizon, holiday_names[row, day : day + span], dev, row, p_out, flag)
-        for row, day, span, p_out, flag in zip(rows, days, covered, risk, flags, strict=True)
+        for row, day, span, p_out, flag in zip(
+            rows, days, covered, zip(risk, risk_before, strict=True), flags, strict=True
+        )
     ]
     reasons = [
         "; ".join([text, *(device_notes[row] if first else []), *standing_notes[row]])
@@ -662,9 +681,11 @@ def _plan_rows(
             "kind": terms["kind"].to_numpy()[rows],
             "visit_cost": dev.visit_cost[rows],
             "expected_holding_cost": np.round(holding, 2),  # within the plan horizon
+            "stockout_risk_before": np.round(risk_before, 4),
         }
     )
-    return plan[[*PLAN_COLUMNS, "name", "region", "kind", "visit_cost", "expected_holding_cost"]]
+    extra = ["name", "region", "kind", "visit_cost", "expected_holding_cost", "stockout_risk_before"]
+    return plan[[*PLAN_COLUMNS, *extra]]
 
 
 def _without_empty_top_ups(useful, rows, days, covered, *values):
@@ -678,9 +699,13 @@ def _without_empty_top_ups(useful, rows, days, covered, *values):
     return (rows, days, covered, *(value[useful] for value in values))
 
 
-def _reason(weekdays, day, covered, horizon, holiday_names, dev, row, risk, flags) -> str:
-    """'covers Fri-Tue (5 days) incl. holiday (National Day) at 99%' plus what cash ops must know."""
-    pickup, capped = flags
+def _reason(weekdays, day, covered, horizon, holiday_names, dev, row, risks, flags) -> str:
+    """'covers Fri-Tue (5 days) incl. holiday (National Day) at 99%' plus what cash ops must know.
+
+    `risks` are the chances of running out after the visit (to the next) and before it; `flags` say
+    whether it is a pickup, whether the load is at the ceiling, and the cash it leaves."""
+    pickup, capped, level = flags
+    risk, risk_before = risks
     sl = dev.service_level[row]
     beyond = day + covered - horizon
     until = f", {beyond} past the plan horizon" if beyond > 0 else ""
@@ -689,11 +714,16 @@ def _reason(weekdays, day, covered, horizon, holiday_names, dev, row, risk, flag
     days = f"{covered} day{'s' if covered > 1 else ''}{until}"
     parts = [f"covers {_day_span(weekdays, day, covered)} ({days}){holiday} at {_percent(sl)}"]
     if pickup:
-        parts.insert(0, f"pickup: deposits lift cash above max_balance {dev.max_balance[row]:,.0f}")
+        parts.insert(0, f"pickup: takes the cash down to {level:,.0f}, what the days it covers need (deposits pile up)")
+    target = f"above the {_percent(1 - sl)} target"
+    if risk_before > 1 - sl + 1e-9:
+        parts.append(f"{_percent(risk_before)} risk of running out before this visit, {target}")
     if risk > 1 - sl + 1e-9 and capped:
-        parts.append(f"stockout risk {_percent(risk)} above target: load capped at {dev.max_load[row]:,.0f}")
+        parts.append(f"stockout risk {_percent(risk)} {target}: load capped at {dev.max_load[row]:,.0f}")
     elif risk > 1 - sl + 1e-9:
-        parts.append(f"stockout risk {_percent(risk)} in simulation (rare demand surges the load does not chase)")
+        parts.append(
+            f"stockout risk {_percent(risk)} in simulation, {target} (rare demand surges the load does not chase)"
+        )
     return "; ".join(parts)
 
 

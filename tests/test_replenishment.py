@@ -375,6 +375,19 @@ def test_chance_constraint_holds_on_the_paths(config):
     assert row["balance_after"] > 300.0 * row["days_covered"]
 
 
+def test_the_risk_before_each_visit_is_in_the_plan_and_named_when_above_target(config):
+    """Cash ops read rows, not the projection: a device that may run dry before its first visit says so there."""
+    forecast = lognormal_forecast([100.0], 10, n_paths=100, seed=5)
+    terms = make_terms(config, 1, capacity=[3000.0], lead_time_days=[2])
+    balances = pd.DataFrame({"device_id": ["D0"], "balance": [150.0]})  # gone on the 2nd day; first visit on the 3rd
+    plan = plan_network(forecast, terms, balances, AS_OF, config, holidays=NO_HOLIDAYS).plan
+    first = plan.iloc[0]
+    assert first["stockout_risk_before"] > 0.5
+    assert f"{first['stockout_risk_before'] * 100:.3g}% risk of running out before this visit" in first["reason"]
+    # Later visits: the risk before is the risk after the visit before.
+    assert (plan["stockout_risk_before"].iloc[1:].to_numpy() == plan["stockout_risk"].iloc[:-1].to_numpy()).all()
+
+
 def test_branch_with_net_deposits_gets_pickups(config):
     forecast = lognormal_forecast([100.0], 10, n_paths=80, deposits=[400.0], seed=2)
     terms = make_terms(config, 1, kind=["branch"], capacity=[2000.0], max_balance=[1500.0], visit_cost=[5.0])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import re
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -107,7 +108,11 @@ def test_report_tables_show_the_plan(page, planned_ws):
         assert label in page
     at_risk = page.split("Devices most at risk")[1].split("Forecast against actual")[0]
     assert set(re.findall(r"<td>([A-Z]{2,3}-\d+)</td>", at_risk)) == set(plan["device_id"])
-    assert "no champion model yet" in page
+    assert "Training: not due (no champion model yet)." in page  # what the run did, then why
+    headline = page.split("<table")[1]
+    visits = re.search(r"<td>visits</td>\s*<td>([^<]*)</td>\s*<td>([^<]*)</td>\s*<td>([^<]*)</td>", headline)
+    assert visits and re.fullmatch(r"[\d,]+", visits[1]) and re.fullmatch(r"[\d,]+", visits[2])  # 39, not 39.00
+    assert re.fullmatch(r"[+-]\d+\.\d|n/a", visits[3])
 
 
 def test_report_scores_yesterday_without_censored_days(page):
@@ -179,6 +184,9 @@ def test_devices_at_risk_keeps_each_devices_riskiest_visit():
     assert ranked["device_id"].tolist() == ["A", "B"]
     assert ranked["visit_date"].tolist() == ["2026-11-05", "2026-11-03"]
     assert report.devices_at_risk(plan.iloc[0:0]).empty
+    # C may run dry before its first visit: that counts as much as a risk after one.
+    before = plan.assign(stockout_risk_before=[0.0, 0.01, 0.0, 0.3])
+    assert report.devices_at_risk(before, top=2)["device_id"].tolist() == ["C", "A"]
 
 
 def test_devices_at_risk_breaks_ties_by_the_visit_due_soonest():
@@ -229,7 +237,7 @@ def test_devices_whose_feed_stopped_are_listed_for_a_look(planned_ws, config, tm
 
 def test_lake_view_marks_censored_and_unrecorded_days(planned_ws, config):
     ws, _ = planned_ws
-    lake = analyst.load_lake(ws, AS_OF)
+    lake = analyst.load_lake(ws, f"{AS_OF:%Y-%m-%d}")  # a notebook's ISO string as well as a Timestamp
     days = analyst.device_days(lake, CENSORED_YESTERDAY)
     assert days["date"].max() == YESTERDAY
     assert days.set_index("date").loc[YESTERDAY, "censored"]
@@ -252,6 +260,17 @@ def test_latest_outputs_read_back_what_was_written(planned_ws):
     assert plan.plan["visit_date"].min() >= AS_OF
     forecast = analyst.latest_forecast(ws)
     assert forecast["date"].min() == AS_OF and set(forecast["device_id"]) == set(DEVICES)
+    # Read back as written before the spreadsheet escaping: a '-0042 in the CSV is device -0042 again.
+    escaped = ws.plans / "2030-01-01"
+    escaped.mkdir()
+    for name in ("plan", "projection", "summary"):
+        (escaped / f"{name}.csv").write_text(
+            "device_id,name,visit_date,order_by,date\n'-0042,'=x,2030-01-02,2030-01-01,2030-01-02\n"
+        )
+    assert analyst.latest_plan(ws).plan[["device_id", "name"]].values.tolist() == [["-0042", "=x"]]
+    shutil.rmtree(escaped)
+    with pytest.raises(FileNotFoundError, match="run `cashcast backtest --start D1 --end D2` first"):
+        analyst.latest_backtest(analyst.open_workspace(ws.home.parent / "empty"))
 
 
 def test_fan_chart_draws_one_band_per_upper_quantile(planned_ws, config):
