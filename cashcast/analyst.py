@@ -35,7 +35,7 @@ from matplotlib.ticker import FuncFormatter
 import ingest
 from cashcast import jobs
 from cashcast.config import Config, load_config
-from cashcast.io import read_table
+from cashcast.io import read_table, unescape_formulas
 from cashcast.schema import DemandForecast, quantile_column
 from cashcast.workspace import CHECKOUT_DATA_DIR, Workspace
 from features.holidays import holiday_table
@@ -125,7 +125,7 @@ def ensure_outputs(ws: Workspace, config: Config, as_of: pd.Timestamp | None = N
     workspace without retraining anything.
     """
     next_as_of = ensure_lake(ws, config)
-    as_of = as_of or next_as_of
+    as_of = next_as_of if as_of is None else pd.Timestamp(as_of).normalize()
     if not (ws.plans / f"{as_of:%Y-%m-%d}" / "plan.csv").exists():
         jobs.run_plan(ws, config, as_of)
     return as_of
@@ -226,18 +226,23 @@ def dated_folders(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and p.name[:10].replace("-", "").isdigit())
 
 
-def _latest(folder: Path, name: str) -> Path:
+def _latest(folder: Path, name: str, made_by: str = "`cashcast plan` or `cashcast nightly`") -> Path:
     candidates = [p / name for p in dated_folders(folder) if (p / name).exists()]
     if not candidates:
-        raise FileNotFoundError(f"no {name} under {folder}; run `cashcast plan` or `cashcast nightly` first")
+        raise FileNotFoundError(f"no {name} under {folder}; run {made_by} first")
     return candidates[-1]
 
 
 def _read_csv(path: Path, dates: tuple[str, ...]) -> pd.DataFrame:
+    """A CSV Cashcast wrote, with its dates parsed and its ids and names as they were before the
+    spreadsheet escaping ('-0042 is -0042 again, so joins to the lake find it)."""
     frame = read_table(path)
     for column in dates:
         if column in frame:
             frame[column] = pd.to_datetime(frame[column])
+    for column in ("device_id", "name", "region"):
+        if column in frame:
+            frame[column] = unescape_formulas(frame[column])
     return frame
 
 
@@ -296,6 +301,7 @@ def yesterday_accuracy(ws: Workspace, as_of: pd.Timestamp, max_age_days: int = 7
     """
     import features
 
+    as_of = pd.Timestamp(as_of).normalize()
     yesterday = as_of - pd.Timedelta(days=1)
     columns = ["device_id", "date", "model", "yhat", "withdrawals", "censored", "made"]
     for age in range(1, max_age_days + 1):
@@ -377,7 +383,7 @@ def run_table(ws: Workspace, config: Config, run_id: str, name: str = "backtest_
 
 def latest_backtest(ws: Workspace) -> dict[str, pd.DataFrame]:
     """The newest backtests/<start>_<end>/ KPI tables: 'kpis' (per policy) and 'per_device'."""
-    folder = _latest(ws.backtests, "kpis.csv").parent
+    folder = _latest(ws.backtests, "kpis.csv", "`cashcast backtest --start D1 --end D2`").parent
     return {name: _read_csv(folder / f"{name}.csv", ()) for name in ("kpis", "per_device")}
 
 

@@ -71,6 +71,7 @@ def load_history(
     With `config`, the custom events calendar ([calendar] events_file, none when it is empty) comes
     along for training and forecasting.
     """
+    as_of = None if as_of is None else pd.Timestamp(as_of).normalize()  # an analyst's "2026-11-01" too
     end = None if as_of is None else as_of - pd.Timedelta(days=1)
     daily = ingest.read_daily(ws, end=end, device_ids=device_ids)
     if daily.empty:
