@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[1] / "configs" / "default.toml"
 MAX_PLAN_DAYS = 90  # longest plan horizon: visits are planned day by day, and forecasts grow vague
+MAX_FORECAST_DAYS = 366  # longest forecast: past a year the calendar is all a model has left
 
 
 class ConfigError(ValueError):

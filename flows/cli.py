@@ -52,6 +52,16 @@ def _plan_days(text: str) -> int:
     return value
 
 
+def _forecast_days(text: str) -> int:
+    """A forecast horizon: 1 to MAX_FORECAST_DAYS (past a year the calendar is all a model has left)."""
+    from cashcast.config import MAX_FORECAST_DAYS
+
+    value = _positive(text)
+    if value > MAX_FORECAST_DAYS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_FORECAST_DAYS} days")
+    return value
+
+
 def _output(text: str) -> Path:
     if not text.lower().endswith((".csv", ".parquet")):
         raise argparse.ArgumentTypeError(f"{text}: output name must end in .csv or .parquet")
@@ -113,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(trains first when none exists). Columns: device_id, date, model, yhat, q50.. .",
     )
     p.add_argument("--as-of", type=_date, required=True, help="first forecast day D (history through D-1)")
-    p.add_argument("--horizon", type=_positive, required=True, help="number of days N")
+    p.add_argument("--horizon", type=_forecast_days, required=True, help="number of days N (at most 366)")
     p.add_argument("--out", type=_output, help="output .csv or .parquet (default: <home>/forecasts/D/forecast.csv)")
 
     p = sub.add_parser(

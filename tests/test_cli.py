@@ -133,6 +133,7 @@ def test_bad_config_key_is_named(tmp_path, capsys):
         (["forecast", "--as-of", "2026-13-01", "--horizon", "3"], "argument --as-of: not a date (YYYY-MM-DD)"),
         (["forecast", "--as-of", "2026-11-01", "--horizon", "3", "--out", "f.txt"], "must end in .csv or .parquet"),
         (["plan", "--as-of", "2026-11-01", "--horizon", "100"], "argument --horizon: must be at most 90 days"),
+        (["forecast", "--as-of", "2026-11-01", "--horizon", "100000"], "argument --horizon: must be at most 366 days"),
     ],
 )
 def test_bad_arguments_are_refused_before_any_work(tmp_path, capsys, args, error):

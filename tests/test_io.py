@@ -28,6 +28,13 @@ def test_atomic_path_leaves_old_file_on_crash(tmp_path: Path):
     assert [p.name for p in tmp_path.iterdir()] == ["plan.csv"]
 
 
+def test_an_unwritable_target_is_named_not_its_temporary_neighbour(tmp_path: Path):
+    blocked = tmp_path / "file"
+    blocked.write_text("a file where a folder should be")
+    with pytest.raises(OSError, match=f"cannot write {blocked / 'plan.csv'}"):
+        write_table(pd.DataFrame({"a": [1]}), blocked / "plan.csv")
+
+
 def test_atomic_dir_swaps_whole_folder(tmp_path: Path):
     target = tmp_path / "table"
     target.mkdir()
