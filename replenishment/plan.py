@@ -502,8 +502,8 @@ def plan_network(
         is_atm,
         deadlines,
     )
-    quantiles = config.forecast.quantiles
-    projection = _projection(device_ids, dates, withdrawals, net[:, :, :horizon], targets, run, quantiles)
+    demand = _demand_quantiles(forecast.frame, device_ids, dates, withdrawals, config.forecast.quantiles)
+    projection = _projection(device_ids, dates, net[:, :, :horizon], targets, run, demand)
     summary_notes = [[*notes, *standing] for notes, standing in zip(device_notes, standing_notes, strict=True)]
     summary = _summary(terms, dev, plan, fixed, run, baseline, baseline_targets, summary_notes)
     return PlanResult(plan=plan, projection=projection, summary=summary, warnings=messages)
@@ -727,7 +727,28 @@ def _reason(weekdays, day, covered, horizon, holiday_names, dev, row, risks, fla
     return "; ".join(parts)
 
 
-def _projection(device_ids, dates, withdrawals, net, targets, run, quantiles) -> pd.DataFrame:
+def _demand_quantiles(
+    frame: pd.DataFrame, device_ids: np.ndarray, dates: pd.DatetimeIndex, withdrawals: np.ndarray, levels
+) -> dict[str, np.ndarray]:
+    """Demand quantiles (n, H) per column name: the forecast's own columns, so the projection shows what
+    forecast.csv says for the same device-day; the paths' quantiles for a level the forecast lacks."""
+    index = pd.MultiIndex.from_product([pd.Index(device_ids, dtype="string"), dates], names=["device_id", "date"])
+    keyed = frame.assign(device_id=frame["device_id"].astype("string")).set_index(["device_id", "date"])
+    ordered = None
+    out = {}
+    for level in levels:
+        column = quantile_column(level)
+        if column in keyed:
+            out[f"demand_{column}"] = (
+                keyed[column].reindex(index).to_numpy(dtype="float64").reshape(len(device_ids), -1)
+            )
+            continue
+        ordered = np.sort(withdrawals, axis=1) if ordered is None else ordered  # one sort serves every level
+        out[f"demand_{column}"] = _sorted_quantile(ordered, level)
+    return out
+
+
+def _projection(device_ids, dates, net, targets, run, demand: dict[str, np.ndarray]) -> pd.DataFrame:
     """Day-by-day expected cash per device under the plan, in cents and risks to 4 places as in the
     plan rows (a 10,000-device projection is 140,000 rows: full float digits made its CSV 40% larger
     and slower to write, for nothing cash ops can use)."""
@@ -740,9 +761,8 @@ def _projection(device_ids, dates, withdrawals, net, targets, run, quantiles) ->
             "expected_net_outflow": np.round(net.mean(axis=1, dtype="float64").ravel(), 2),
         }
     )
-    ordered = np.sort(withdrawals, axis=1)  # one sort serves every level
-    for level in quantiles:
-        frame[f"demand_{quantile_column(level)}"] = np.round(_sorted_quantile(ordered, level).ravel(), 2)
+    for column, values in demand.items():
+        frame[column] = np.round(values.ravel(), 2)
     frame["visit"] = ~np.isnan(targets).ravel()
     frame["balance_after"] = np.round(run.after.ravel(), 2)
     frame["stockout_probability"] = np.round(run.short.ravel(), 4)

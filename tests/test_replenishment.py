@@ -388,6 +388,17 @@ def test_the_risk_before_each_visit_is_in_the_plan_and_named_when_above_target(c
     assert (plan["stockout_risk_before"].iloc[1:].to_numpy() == plan["stockout_risk"].iloc[:-1].to_numpy()).all()
 
 
+def test_the_projection_shows_the_forecasts_own_quantiles(config):
+    """Cash ops compare projection.csv with forecast.csv: the same device-day must show the same q50."""
+    forecast = lognormal_forecast([100.0, 200.0], 12, n_paths=60, seed=6)
+    forecast.frame["q50"] = np.arange(len(forecast.frame), dtype="float64")  # unlike any path quantile
+    result = plan_network(forecast, make_terms(config, 2), None, AS_OF, config, holidays=NO_HOLIDAYS)
+    joined = result.projection.merge(forecast.frame, on=["device_id", "date"])
+    assert len(joined) == len(result.projection) and (joined["demand_q50"] == joined["q50"]).all()
+    # A level the forecast lacks comes from the paths, as before.
+    assert joined["demand_q90"].between(100.0, 600.0).all()
+
+
 def test_branch_with_net_deposits_gets_pickups(config):
     forecast = lognormal_forecast([100.0], 10, n_paths=80, deposits=[400.0], seed=2)
     terms = make_terms(config, 1, kind=["branch"], capacity=[2000.0], max_balance=[1500.0], visit_cost=[5.0])
