@@ -209,6 +209,14 @@ def nightly_flow(
         ingested = ingest_flow(str(ws.home), config_file)
         as_of_ts = jobs.parse_date(as_of) or jobs.next_as_of(ws)
         day = f"{as_of_ts:%Y-%m-%d}"
+        if as_of is None and (ws.plans / day / "plan.csv").exists():
+            # A feed that stopped looks like this: the same morning planned again, night after night.
+            message = (
+                f"no day newer than {as_of_ts - pd.Timedelta(days=1):%Y-%m-%d} has arrived since the last run:"
+                f" planning the morning of {day} again (has the feed stopped?)"
+            )
+            logger.warning(message)
+            warnings.warn(jobs.StaleHistoryWarning(message), stacklevel=2)
         with runners.dask_cluster(config, prefect_tasks=True) as on_cluster:  # one for training and the chunks
             trained = train_flow(str(ws.home), config_file, day, force_train, on_cluster.flows.dask_address)
             planned = on_configured_runner(forecast_and_plan_flow, on_cluster)(str(ws.home), config_file, day)

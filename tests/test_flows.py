@@ -59,7 +59,8 @@ def test_nightly_end_to_end_on_sample(nightly_run, fast_config_file):
     forecast = pd.read_csv(result["planned"]["forecast"])
     assert {"device_id", "date", "model", "yhat", "q50", "q90", "q95", "q99"} <= set(forecast.columns)
     # The second night (same config) finds nothing new, does not retrain, and plans again.
-    again = commands.run_nightly(ws, str(fast_config_file), None)
+    with pytest.warns(jobs.StaleHistoryWarning, match="planning the morning of 2026-11-01 again"):
+        again = commands.run_nightly(ws, str(fast_config_file), None)  # a stopped feed looks like this: said
     assert again["ingested"] == [] and not again["trained"]["trained"]
 
 
