@@ -40,8 +40,7 @@ BLOCK_COLUMNS = [
     "year_back_days",
 ]
 ESTIMATED = " (estimated)"
-SEASON_DAYS = 7
-YEAR_BACK_DAYS = 52 * SEASON_DAYS  # the same weekday a year earlier
+YEAR_BACK_DAYS = 364  # 52 weeks: the same weekday a year earlier
 # Days before and after a holiday block read against the same holiday's block a year earlier, and how far
 # apart (days) two blocks of one holiday may lie in consecutive years (lunar holidays move by up to a month).
 ALIGN_WINDOW_DAYS = 7
@@ -221,9 +220,8 @@ def holiday_blocks(table: pd.DataFrame, distance_cap: int, country: str) -> pd.D
 
 
 def _year_back_days(starts: np.ndarray, ends: np.ndarray, names: list[set[str]], n: int) -> np.ndarray:
-    """Days back from each day to its analogue a year earlier: 364 (the same weekday), or, near a holiday
-    block, last year's block of the same holiday: inside the block the same day of it, within a week of it
-    the whole number of weeks that puts the same weekday next to it.
+    """Days back from each day to its analogue a year earlier: 364 (the same weekday), or, within a week
+    of a holiday block, the same place relative to that holiday's block the year before.
 
     Easter, Spring Festival, Diwali and Eid move by weeks from year to year, so 364 days back from the
     Saturday before Easter is an ordinary Saturday; a forecast that reads last year's demand needs last
@@ -245,12 +243,8 @@ def _year_back_days(starts: np.ndarray, ends: np.ndarray, names: list[set[str]],
             starts[p] - (start - days),
             np.where(after, ends[p] + (days - end), np.minimum(starts[p] + days - start, ends[p])),
         )
-        offset = days - analogue
-        # Around the block, whole weeks back: the weekday pattern still lines up, and the holiday lies within
-        # the three days either side that the last-year features average over.
-        offset = np.where(before | after, SEASON_DAYS * np.round(offset / SEASON_DAYS), offset).astype(np.int64)
         nearer = gap < distance[days]
-        back[days[nearer]] = offset[nearer]
+        back[days[nearer]] = (days - analogue)[nearer]
         distance[days[nearer]] = gap[nearer]
     return back
 
