@@ -116,7 +116,7 @@ def latest_balances(balances: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame
     if balances.empty:
         return pd.DataFrame({"device_id": pd.Series(dtype="string"), "balance": pd.Series(dtype=float)})
     known = balances[pd.to_datetime(balances["as_of"]) <= as_of]
-    known = known.sort_values("as_of").groupby("device_id", as_index=False).tail(1)
+    known = known.sort_values("as_of", kind="stable").groupby("device_id", as_index=False).tail(1)
     return known[["device_id", "balance", "as_of"]].rename(columns={"as_of": "balance_as_of"})
 
 
@@ -552,6 +552,8 @@ def run_plan(
         forecast = forecast_devices(model, history, config, config.plan.forecast_days)
         terms = resolving.result()
         written = helper.submit(write_table, forecast.frame, output_path(ws.forecasts, as_of, "forecast.csv"))
+        if balances is not None:  # the file's counts win; devices it leaves out keep their ingested ones
+            balances = pd.concat([history.balances[["device_id", "as_of", "balance"]], balances], ignore_index=True)
         made = visits_made(ws, as_of, history.balances if balances is None else balances)
         result = plan_forecast(forecast, history, config, terms, balances, visits_on_order(ws, as_of), made)
         return write_plan(ws, as_of, forecast.frame, result, out, forecast_file=written.result())

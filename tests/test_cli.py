@@ -271,6 +271,24 @@ def test_plan_with_balances_file(cli_home, tmp_path, capsys):
     assert first_rows["reason"].str.contains("run out").all()
 
 
+def test_a_balances_file_naming_some_devices_leaves_the_others_their_ingested_counts(cli_home, tmp_path):
+    from cashcast import jobs
+    from cashcast.config import load_config
+    from cashcast.workspace import Workspace
+
+    home, config = cli_home
+    ws, cfg = Workspace.resolve(home), load_config(config)
+    balances = tmp_path / "one.csv"
+    balances.write_text("device_id,balance\nATM-00001,5000\n")  # undated: this morning's count
+    files = jobs.run_plan(ws, cfg, pd.Timestamp("2026-11-01"), balances_file=balances, out=tmp_path / "p.csv")
+    opening = pd.read_csv(files.projection, dtype={"device_id": str}).groupby("device_id")["expected_opening_balance"]
+    ingested = pd.read_csv(REPO / "data" / "sample" / "balances.csv").set_index("device_id")["balance"]
+    assert opening.first()["ATM-00001"] == 5000
+    assert opening.first()["ATM-00002"] == ingested["ATM-00002"]  # not "balance unknown: assumed ..."
+    notes = pd.read_csv(files.summary, dtype={"device_id": str}).set_index("device_id")["notes"].fillna("")
+    assert not notes.str.contains("balance unknown").any()
+
+
 @pytest.mark.parametrize(
     ("rows", "error"),
     [
