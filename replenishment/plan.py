@@ -512,14 +512,16 @@ def plan_network(
 def visit_daily_where_too_small(
     targets: np.ndarray, daily_need: np.ndarray, allowed: np.ndarray, dev: DeviceArrays
 ) -> np.ndarray:
-    """Fill to the ceiling on every allowed day the devices whose cassette is smaller than one day's need
-    (`daily_need` (n, days), the plan's expected or the replay's actual net outflow); rewrites their rows of
-    `targets` (n, days) and returns their mask.
+    """Fill to the ceiling on every allowed day the devices whose cassette is smaller than a typical (median)
+    day's need (`daily_need` (n, days), the plan's expected or the replay's actual net outflow); rewrites
+    their rows of `targets` (n, days) and returns their mask.
 
     Such a cassette runs dry every day whatever the visit days: the DP counts a stockout day either way
-    and would save the visits, yet each visit serves a cassette's worth more demand.
+    and would save the visits, yet each visit serves a cassette's worth more demand. The median, not the
+    largest day: one festival day above the cassette is a day the DP plans around, not a reason to visit
+    every day of the month.
     """
-    one_day = daily_need.max(axis=1)
+    one_day = np.median(daily_need, axis=1)
     tiny = (one_day > 0) & (one_day + dev.min_balance > dev.max_load)
     targets[tiny] = np.where(allowed[tiny], dev.max_load[tiny, None], np.nan)
     return tiny
@@ -552,7 +554,7 @@ def _device_notes(dev, withdrawals, net, visit_days, start_balance, balance_seen
     balance_known, balance_age = balance_seen
     allowed, tiny = visit_days
     n, n_paths, horizon = net.shape
-    one_day = net.mean(axis=1).max(axis=1)
+    one_day = np.median(net.mean(axis=1), axis=1)
     no_demand = withdrawals.max(axis=(1, 2)) <= 0
     first_allowed = np.where(allowed.any(axis=1), np.argmax(allowed, axis=1), horizon)
     notes: list[list[str]] = []
@@ -597,7 +599,7 @@ def _device_notes(dev, withdrawals, net, visit_days, start_balance, balance_seen
             )
         elif tiny[row]:
             found.append(
-                f"capacity {dev.max_load[row]:,.0f} is below one day's demand (up to {one_day[row]:,.0f}): "
+                f"capacity {dev.max_load[row]:,.0f} is below one day's demand (typically {one_day[row]:,.0f}): "
                 "visit every allowed day"
             )
         early_short = run.short[row, : first_allowed[row]].sum() if first_allowed[row] > 0 else 0.0
