@@ -58,7 +58,8 @@ class Source:
         if not path.is_file():
             raise IngestError(f"{path}: file not found")
         if path.suffix.lower() not in TEXT_SUFFIXES + (".parquet",):
-            raise IngestError(f"{path}: not a CSV or Parquet file (expected a name ending in .csv or .parquet)")
+            endings = ", ".join(TEXT_SUFFIXES)
+            raise IngestError(f"{path}: not a CSV or Parquet file (expected a name ending in {endings} or .parquet)")
         size = path.stat().st_size
         delimiter = ","
         if path.suffix.lower() == ".parquet":

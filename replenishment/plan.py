@@ -653,7 +653,7 @@ def _plan_rows(
     holding = (held[rows, np.minimum(days + covered, horizon)] - held[rows, days]) * dev.daily_holding_rate[rows]
     first_visit = np.diff(rows, prepend=-1) != 0  # visits come sorted by device, then day
     capped = np.maximum(after, targets[rows, days]) >= dev.max_load[rows] - 1e-6
-    flags = zip(pickup, capped, after, strict=True)
+    flags = zip(pickup, capped, after, before, strict=True)
     weekdays = [WEEKDAY_NAMES[day] for day in dates.day_of_week]
     reasons = [
         _reason(weekdays, int(day), int(span), horizon, holiday_names[row, day : day + span], dev, row, p_out, flag)
@@ -705,8 +705,8 @@ def _reason(weekdays, day, covered, horizon, holiday_names, dev, row, risks, fla
     """'covers Fri-Tue (5 days) incl. holiday (National Day) at 99%' plus what cash ops must know.
 
     `risks` are the chances of running out after the visit (to the next) and before it; `flags` say
-    whether it is a pickup, whether the load is at the ceiling, and the cash it leaves."""
-    pickup, capped, level = flags
+    whether it is a pickup, whether the load is at the ceiling, the cash it leaves and the cash expected before."""
+    pickup, capped, level, expected = flags
     risk, risk_before = risks
     sl = dev.service_level[row]
     beyond = day + covered - horizon
@@ -717,6 +717,8 @@ def _reason(weekdays, day, covered, horizon, holiday_names, dev, row, risks, fla
     parts = [f"covers {_day_span(weekdays, day, covered)} ({days}){holiday} at {_percent(sl)}"]
     if pickup:
         parts.insert(0, f"pickup: takes the cash down to {level:,.0f}, what the days it covers need (deposits pile up)")
+    elif level < expected - dev.load_multiple[row] + 1e-6:  # a swap that leaves less than it finds
+        parts.append(f"swaps out about {expected:,.0f} expected in it: {expected - level:,.0f} goes back")
     target = f"above the {_percent(1 - sl)} target"
     if risk_before > 1 - sl + 1e-9:
         parts.append(f"{_percent(risk_before)} risk of running out before this visit, {target}")

@@ -399,6 +399,17 @@ def test_the_projection_shows_the_forecasts_own_quantiles(config):
     assert joined["demand_q90"].between(100.0, 600.0).all()
 
 
+def test_a_swap_that_leaves_less_cash_than_it_finds_says_how_much_goes_back(config):
+    from replenishment.dp import DeviceArrays
+    from replenishment.plan import _reason
+
+    dev = DeviceArrays.from_terms(make_terms(config, 1, capacity=[5000.0]), 3.0)
+    days = ["Mon", "Tue", "Wed", "Thu"]
+    text = _reason(days, 0, 3, 4, ["", "", ""], dev, 0, (0.0, 0.0), (False, False, 500.0, 2000.0))
+    assert text == "covers Mon-Wed (3 days) at 99.5%; swaps out about 2,000 expected in it: 1,500 goes back"
+    assert "goes back" not in _reason(days, 0, 3, 4, ["", "", ""], dev, 0, (0.0, 0.0), (False, False, 500.0, 300.0))
+
+
 def test_branch_with_net_deposits_gets_pickups(config):
     forecast = lognormal_forecast([100.0], 10, n_paths=80, deposits=[400.0], seed=2)
     terms = make_terms(config, 1, kind=["branch"], capacity=[2000.0], max_balance=[1500.0], visit_cost=[5.0])
