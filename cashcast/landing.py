@@ -68,11 +68,19 @@ def process_file(ws: Workspace, config: Config, path: Path) -> dict[str, Any]:
         report = ingest.ingest_file(path, kind, ws, config)
     except Exception as exc:  # noqa: BLE001 - whatever one file does, the night goes on with the others
         reason = str(exc) if isinstance(exc, ingest.IngestError | ValueError) else f"{type(exc).__name__}: {exc}"
-        target = _move(path, ws.failed)
-        target.with_name(target.name + ".reason.txt").write_text(reason + "\n")
-        return {"file": path.name, "outcome": "failed", "reason": reason, "moved_to": str(target)}
+        return _failed(ws, path, reason)
+    if report.rows_read and report.rows_rejected == report.rows_read:  # day-first dates, say: nothing of it loaded
+        reason = f"{path}: every row ({report.rows_read}) was rejected; the reasons are in {report.rejects_path}"
+        return {**report.to_dict(), **_failed(ws, path, reason), "kind": kind}
     target = _move(path, ws.processed)
     return {**report.to_dict(), "file": path.name, "outcome": "processed", "kind": kind, "moved_to": str(target)}
+
+
+def _failed(ws: Workspace, path: Path, reason: str) -> dict[str, Any]:
+    """Move a landing file to failed/ with its reason beside it."""
+    target = _move(path, ws.failed)
+    target.with_name(target.name + ".reason.txt").write_text(reason + "\n")
+    return {"file": path.name, "outcome": "failed", "reason": reason, "moved_to": str(target)}
 
 
 def failure_note(item: dict[str, Any]) -> str:

@@ -90,6 +90,8 @@ def test_corrupt_landing_file_goes_to_failed(nightly_run, fast_config_file):
     # A column of lists: pyarrow's own error type, which once stopped the night (and every night after).
     nested = pa.table({"device_id": ["ATM-00001"], "date": ["2026-11-01"], "withdrawals": [[1, 2]]})
     pq.write_table(nested, ws.landing / "daily-nested.parquet")
+    # Read, but nothing of it loaded (day-first dates): not "processed", or nobody looks at it again.
+    (ws.landing / "daily-dayfirst.csv").write_text("device_id,date,withdrawals\nATM-00001,31/10/2026,100\n")
     good = ws.landing / "balances-late.csv"
     good.write_text("device_id,as_of,balance\nATM-00001,2026-11-01,900000\n")
     with pytest.warns(IngestWarning, match="landing file daily-corrupt.csv failed and was moved to"):
@@ -99,8 +101,10 @@ def test_corrupt_landing_file_goes_to_failed(nightly_run, fast_config_file):
         "daily-corrupt.csv": "failed",
         "daily-book.xlsx": "failed",
         "daily-nested.parquet": "failed",
+        "daily-dayfirst.csv": "failed",
         "balances-late.csv": "processed",
     }
+    assert "every row (1) was rejected; the reasons are in" in (ws.failed / "daily-dayfirst.csv.reason.txt").read_text()
     nested_reason = (ws.failed / "daily-nested.parquet.reason.txt").read_text()
     assert "withdrawals (list<element: int64>) hold lists" in nested_reason
     reason = (ws.failed / "daily-corrupt.csv.reason.txt").read_text()
