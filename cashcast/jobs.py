@@ -6,6 +6,7 @@ the same functions in tasks, so both paths produce identical files.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import pickle
 import warnings
@@ -371,9 +372,10 @@ def plan_forecast(
     return replenishment.plan_network(forecast, terms, opening, history.as_of, config, ordered_visits=on_order)
 
 
-def visits_on_order(ws: Workspace, as_of: pd.Timestamp) -> pd.DataFrame | None:
+def visits_on_order(ws: Workspace, as_of: pd.Timestamp, read=None) -> pd.DataFrame | None:
     """The visits the carrier already has on the morning of `as_of`, from the latest plan written for
-    an earlier morning (None when there is none): inside the lead time they can no longer change."""
+    an earlier morning (None when there is none): inside the lead time they can no longer change.
+    `read` reads that plan's visits (default `_planned_visits`; a caller asking about many mornings caches it)."""
     import replenishment
 
     days = {
@@ -383,17 +385,20 @@ def visits_on_order(ws: Workspace, as_of: pd.Timestamp) -> pd.DataFrame | None:
     earlier = {path: day for path, day in days.items() if pd.notna(day) and day < as_of}  # plans/<YYYY-MM-DD> only
     if not earlier:
         return None
-    latest = max(earlier, key=earlier.get)
-    columns = ["device_id", "visit_date", "order_by", "balance_after"]
-    plan = pd.read_csv(latest, dtype={"device_id": str}, usecols=columns)
+    return replenishment.visits_on_order((read or _planned_visits)(max(earlier, key=earlier.get)), as_of)
+
+
+def _planned_visits(path: Path) -> pd.DataFrame:
+    """A written plan's visits as `replenishment.visits_on_order` reads them (ids unescaped)."""
+    plan = pd.read_csv(path, dtype={"device_id": str}, usecols=["device_id", "visit_date", "order_by", "balance_after"])
     plan["device_id"] = unescape_formulas(plan["device_id"])
-    return replenishment.visits_on_order(plan, as_of)
+    return plan
 
 
 def visits_made(ws: Workspace, as_of: pd.Timestamp, balances: pd.DataFrame | None = None) -> pd.DataFrame | None:
     """The visits taken as made between the devices' latest cash counts (`balances`, default the lake's)
     and the morning of `as_of`: on each day, the visits on order that morning for that day (None when
-    there are none, or no plans)."""
+    there are none, or no plans). Each plan is read once, however many mornings it served."""
     import replenishment
 
     opening = latest_balances(ingest.read_table(ws, "balances") if balances is None else balances, as_of)
@@ -401,9 +406,12 @@ def visits_made(ws: Workspace, as_of: pd.Timestamp, balances: pd.DataFrame | Non
         return None
     since = pd.to_datetime(opening["balance_as_of"]).min().normalize()
     since = max(since, as_of - pd.Timedelta(days=replenishment.plan.MAX_ROLL_DAYS))
-    days = [day for day in pd.date_range(since, as_of - pd.Timedelta(days=1), freq="D")]
-    ordered = [(day, visits_on_order(ws, day)) for day in days]
-    parts = [frame[pd.to_datetime(frame["visit_date"]) == day] for day, frame in ordered if frame is not None]
+    read = functools.cache(_planned_visits)
+    parts = []
+    for day in pd.date_range(since, as_of - pd.Timedelta(days=1), freq="D"):
+        ordered = visits_on_order(ws, day, read)
+        if ordered is not None:
+            parts.append(ordered[pd.to_datetime(ordered["visit_date"]) == day])
     return pd.concat(parts, ignore_index=True) if parts else None
 
 

@@ -27,6 +27,7 @@ from cashcast.schema import STALE_HISTORY_DAYS, days_unrecorded
 from cashcast.workspace import Workspace
 
 RISK_COLUMNS = ["device_id", "visit_date", "action", "amount", "stockout_risk_before", "stockout_risk", "reason"]
+RISKS = {"stockout_risk": "risk after (to the next visit)", "stockout_risk_before": "risk before"}  # column: heading
 
 
 def devices_at_risk(plan: pd.DataFrame, top: int = 10) -> pd.DataFrame:
@@ -38,7 +39,7 @@ def devices_at_risk(plan: pd.DataFrame, top: int = 10) -> pd.DataFrame:
     if plan.empty:
         return pd.DataFrame(columns=RISK_COLUMNS)
     columns = [c for c in RISK_COLUMNS if c in plan.columns]
-    risk = plan[[c for c in ("stockout_risk", "stockout_risk_before") if c in plan.columns]].max(axis=1)
+    risk = plan[[c for c in RISKS if c in plan.columns]].max(axis=1)
     ranked = plan.assign(_due=pd.to_datetime(plan["visit_date"]), _risk=risk).sort_values(
         ["_risk", "_due"], ascending=[False, True], kind="stable"
     )
@@ -277,13 +278,8 @@ def _shown_headline(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def _risk_table(at_risk: pd.DataFrame) -> str:
-    percent = {
-        c: at_risk[c].map(lambda p: f"{100 * p:.1f}%")
-        for c in ("stockout_risk", "stockout_risk_before")
-        if c in at_risk
-    }
-    names = {"stockout_risk": "risk after (to the next visit)", "stockout_risk_before": "risk before"}
-    return _table(at_risk.assign(**percent).rename(columns=names), wrap_last=True)
+    percent = {c: at_risk[c].map(lambda p: f"{100 * p:.1f}%") for c in RISKS if c in at_risk}
+    return _table(at_risk.assign(**percent).rename(columns=RISKS), wrap_last=True)
 
 
 def _worst_table(accuracy: pd.DataFrame) -> str:

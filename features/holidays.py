@@ -181,7 +181,7 @@ def holiday_blocks(table: pd.DataFrame, distance_cap: int, country: str) -> pd.D
     out["days_to_next_holiday"] = _capped(next_block - idx, next_block < n, distance_cap)
     out["days_since_last_holiday"] = _capped(idx - last_block, last_block >= 0, distance_cap)
 
-    run_text = pd.Series(names[closed]).groupby(runs).agg(" ".join).reindex(range(n_runs), fill_value="")
+    run_text = pd.Series(names[closed]).groupby(runs).agg("; ".join).reindex(range(n_runs), fill_value="")
     named_any = np.zeros(n, bool)
     for column, pattern in NAMED_BLOCKS.items():
         run_flag = run_text.str.contains(pattern).to_numpy(bool)
@@ -207,7 +207,7 @@ def holiday_blocks(table: pd.DataFrame, distance_cap: int, country: str) -> pd.D
     block_start = np.flatnonzero(run_start)[run_has_holiday]
     block_names = [
         {_NAME_SUFFIX.sub("", name).strip() for name in text.split("; ") if name.strip()}
-        for text in pd.Series(names[closed]).groupby(runs).agg("; ".join)[run_has_holiday]
+        for text in run_text[run_has_holiday]
     ]
     block_end = block_start + run_length[run_has_holiday] - 1
     out["year_back_days"] = _year_back_days(block_start, block_end, block_names, n)

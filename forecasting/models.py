@@ -194,6 +194,8 @@ class ETS:
 # day is (read into the last-year features), not how much cash a day draws.
 LOOKUP_COLUMNS = ("year_back_days",)
 MODEL_CALENDAR = [column for column in CALENDAR_COLUMNS if column not in LOOKUP_COLUMNS]
+_MODEL_CALENDAR_AT = [CALENDAR_COLUMNS.index(column) for column in MODEL_CALENDAR]
+_YEAR_BACK_AT = CALENDAR_COLUMNS.index("year_back_days")
 GBM_FEATURES = [
     "horizon",
     *MODEL_CALENDAR,
@@ -273,12 +275,12 @@ def design(panel: Panel, sums: _Sums, dev: np.ndarray, origin: np.ndarray, horiz
         weekly = np.stack([sums.at(dev, recent - SEASON * k) for k in range(8)], axis=1)
         cal = panel.calendar[panel.group[dev], np.minimum(target, panel.calendar.shape[1] - 1)]
         # Last year's analogue: 364 days back, or the same day of last year's Easter, Spring Festival...
-        analogue = target - cal[:, CALENDAR_COLUMNS.index("year_back_days")].astype(np.int64)
+        analogue = target - cal[:, _YEAR_BACK_AT].astype(np.int64)
         last_year = np.stack([sums.at(dev, analogue + k) for k in range(-3, 4)], axis=1)
         ly_level = origin_level(sums, dev, origin - 364)
         cols = [
             horizon,
-            *cal[:, [CALENDAR_COLUMNS.index(column) for column in MODEL_CALENDAR]].T,
+            *cal[:, _MODEL_CALENDAR_AT].T,
             np.log1p(np.nan_to_num(level)),
             sums.mean(dev, origin, 7) * inv,
             sums.mean(dev, origin, 28) * inv,

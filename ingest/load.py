@@ -568,8 +568,7 @@ def _parse_devices(run: _Run, batch: pa.RecordBatch, first: int) -> pd.DataFrame
 
 def _balance_limit_checks(out: dict) -> list[tuple[str, str, np.ndarray]]:
     """Limits no plan can keep: a cassette smaller than one bundle, a floor at or above the cassette or the
-    ceiling (no cash left to serve), a free visit (given cells only; empty ones take the config's
-    defaults later)."""
+    ceiling (no cash left to serve); given cells only, empty ones take the config's defaults later."""
     floor, capacity, ceiling, bundle = (
         np.asarray(out[c], dtype="float64") for c in ("min_balance", "capacity", "max_balance", "load_multiple")
     )

@@ -521,10 +521,15 @@ def visit_daily_where_too_small(
     largest day: one festival day above the cassette is a day the DP plans around, not a reason to visit
     every day of the month.
     """
-    one_day = np.median(daily_need, axis=1)
+    one_day = typical_day(daily_need)
     tiny = (one_day > 0) & (one_day + dev.min_balance > dev.max_load)
     targets[tiny] = np.where(allowed[tiny], dev.max_load[tiny, None], np.nan)
     return tiny
+
+
+def typical_day(daily_need: np.ndarray) -> np.ndarray:
+    """A device's typical day's need (n,) from (n, days): the median, which one festival day does not move."""
+    return np.median(daily_need, axis=1)
 
 
 def extend_weekly(paths: np.ndarray, total_days: int) -> np.ndarray:
@@ -554,7 +559,7 @@ def _device_notes(dev, withdrawals, net, visit_days, start_balance, balance_seen
     balance_known, balance_age = balance_seen
     allowed, tiny = visit_days
     n, n_paths, horizon = net.shape
-    one_day = np.median(net.mean(axis=1), axis=1)
+    one_day = typical_day(net.mean(axis=1))
     no_demand = withdrawals.max(axis=(1, 2)) <= 0
     first_allowed = np.where(allowed.any(axis=1), np.argmax(allowed, axis=1), horizon)
     notes: list[list[str]] = []

@@ -107,18 +107,25 @@ def test_perfect_foresight_is_the_floor_for_stockout_free_policies():
     assert pf["lost"].sum() == 0
 
 
+def _steady_atm_replay(days: int, window: int, **devices):
+    """One ATM drawing 1,000 a day from 2025-03-03 for `days` days, replayed over its last `window` days
+    (no baselines; `devices` adds to the terms): the result, the window's first and last day."""
+    dates = pd.date_range("2025-03-03", periods=days, freq="D")
+    daily = pd.DataFrame({"device_id": "A", "date": dates, "withdrawals": 1000.0})
+    config = load_config().updated(
+        devices={"visit_cost": 50.0, "emergency_visit_cost": 150.0, "load_multiple": 100.0, **devices},
+        backtest={"baselines": []},
+    )
+    start, end = dates[-window], dates[-1]
+    terms = resolve_terms(None, daily[daily["date"] < start], config)
+    result = replay(daily, terms, start, end, lambda h, a, n: naive_forecast(h, a, n, n_paths=20), config)
+    return result, start, end
+
+
 def test_perfect_foresight_visits_daily_a_cassette_smaller_than_a_days_demand():
     """Every policy runs such a device dry every day; the optimum still serves the most by visiting every
     allowed day, as the plan does, instead of saving visits and paying emergency ones (it was the dearest)."""
-    dates = pd.date_range("2025-03-03", periods=90, freq="D")
-    daily = pd.DataFrame({"device_id": "A", "date": dates, "withdrawals": 1000.0})
-    config = load_config().updated(
-        devices={"capacity": 600.0, "visit_cost": 50.0, "emergency_visit_cost": 150.0, "load_multiple": 100.0},
-        backtest={"baselines": []},
-    )
-    start, end = dates[-21], dates[-1]
-    terms = resolve_terms(None, daily[daily["date"] < start], config)
-    result = replay(daily, terms, start, end, lambda h, a, n: naive_forecast(h, a, n, n_paths=20), config)
+    result, start, _ = _steady_atm_replay(90, 21, capacity=600.0)
     kpis = result.kpis.set_index("policy")
     pf = result.daily[result.daily["policy"] == "perfect_foresight"]
     weekdays = pf["date"].dt.day_of_week < 5
@@ -132,15 +139,7 @@ def test_perfect_foresight_visits_daily_a_cassette_smaller_than_a_days_demand():
 def test_perfect_foresight_keeps_covering_past_the_window_end():
     """The optimum plans on past the window, as every plan must: it may not empty the device on the
     window's last day (a saving no plan can make) and stays comparable to the policies."""
-    dates = pd.date_range("2025-03-03", periods=120, freq="D")
-    daily = pd.DataFrame({"device_id": "A", "date": dates, "withdrawals": 1000.0})
-    config = load_config().updated(
-        devices={"visit_cost": 50.0, "emergency_visit_cost": 150.0, "capacity_days": 14.0, "load_multiple": 100.0},
-        backtest={"baselines": []},
-    )
-    start, end = dates[-28], dates[-1]
-    terms = resolve_terms(None, daily[daily["date"] < start], config)
-    result = replay(daily, terms, start, end, lambda h, a, n: naive_forecast(h, a, n, n_paths=20), config)
+    result, _, end = _steady_atm_replay(120, 28, capacity_days=14.0)
     pf = result.daily
     pf = pf[pf["policy"] == "perfect_foresight"].set_index("date")
     closing = pf["balance_after_visit"] + pf["deposits"] - pf["served"]
