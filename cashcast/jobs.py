@@ -501,10 +501,11 @@ def read_balances_file(path: Path, as_of: pd.Timestamp) -> pd.DataFrame:
         ("as_of", "has a time zone: give the device's local date", zoned),
     ):
         if bad.any():
-            row = int(bad.argmax())
-            cell = table[column][row].as_py()
+            record = int(bad.argmax())
+            cell = table[column][record].as_py()
             shown = f" ({cell})" if cell not in (None, "") else ""
-            raise ValueError(f"{path}: row {row + 2}, column {column}: {problem}{shown}")
+            row = source.spreadsheet_rows(np.array([record]))[0]
+            raise ValueError(f"{path}: row {row}, column {column}: {problem}{shown}")
     balances = pd.DataFrame(
         {
             "device_id": pd.array(ids.to_pylist(), dtype="string"),
@@ -515,9 +516,11 @@ def read_balances_file(path: Path, as_of: pd.Timestamp) -> pd.DataFrame:
     twice = balances.duplicated(["device_id", "as_of"], keep=False)
     if twice.any():
         first = balances[twice].iloc[0]
-        same = np.flatnonzero((balances["device_id"] == first["device_id"]) & (balances["as_of"] == first["as_of"]))
+        same = source.spreadsheet_rows(
+            np.flatnonzero((balances["device_id"] == first["device_id"]) & (balances["as_of"] == first["as_of"]))
+        )
         raise ValueError(
-            f"{path}: rows {same[0] + 2} and {same[1] + 2} both give {first['device_id']}'s balance on the morning"
+            f"{path}: rows {same[0]} and {same[1]} both give {first['device_id']}'s balance on the morning"
             f" of {first['as_of']:%Y-%m-%d}"
         )
     later = balances["as_of"] > as_of
@@ -526,7 +529,7 @@ def read_balances_file(path: Path, as_of: pd.Timestamp) -> pd.DataFrame:
         warnings.warn(
             PlanWarning(
                 f"{path}: {int(later.sum())} balance row(s) dated after the plan's morning {as_of:%Y-%m-%d} were"
-                f" ignored (row {first + 2}: {balances['device_id'].iloc[first]} on"
+                f" ignored (row {source.spreadsheet_rows(np.array([first]))[0]}: {balances['device_id'].iloc[first]} on"
                 f" {balances['as_of'].iloc[first]:%Y-%m-%d})"
             ),
             stacklevel=2,

@@ -194,10 +194,7 @@ class _Run:
         parts = []
         if self.rejected:
             records = pd.concat(self.rejected, ignore_index=True)
-            rows = records["row"].to_numpy(dtype=np.int64) + 2
-            for line in sorted(number for number, _ in bad_lines):
-                rows[rows >= line] += 1
-            records["row"] = rows
+            records["row"] = self.source.spreadsheet_rows(records["row"].to_numpy())
             parts.append(records)
         if bad_lines:
             reason = f"wrong number of fields (expected {len(self.source.columns)})"

@@ -3,7 +3,7 @@
 CSV files are streamed with pyarrow (every column read as text, so one bad cell rejects one row
 rather than failing the file); Parquet files are read batch by batch. Rows with the wrong number of
 fields are kept aside as rejects. Row numbers follow a spreadsheet: the header is row 1, the first
-data row is row 2 (blank lines are not counted; a quoted field spanning lines counts as one row).
+data row is row 2, blank lines count as rows and a quoted field spanning lines is one row.
 Dates and timestamps are ISO 8601; a value with a zone offset (`+08:00`, `Z`) is flagged so the
 caller can convert it to the device's local time.
 """
@@ -11,7 +11,6 @@ caller can convert it to the device's local time.
 from __future__ import annotations
 
 import csv
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +47,7 @@ class Source:
     bad_texts: list[str] = field(default_factory=list)
     size_bytes: int = 0
     delimiter: str = ","
+    _skipped: tuple[list[tuple[int, str]], list[int]] | None = field(default=None, repr=False)
 
     @classmethod
     def open(cls, path: str | Path, batch_rows: int) -> Source:
@@ -128,15 +128,54 @@ class Source:
         """
         if not self.bad_texts:
             return []
-        wanted = Counter(self.bad_texts)
-        found = []
-        with open(self.path, encoding="utf-8-sig", newline="") as handle:
-            rows = (line.rstrip("\r\n") for line in handle)
-            for number, line in enumerate((line for line in rows if line), start=1):
-                if wanted[line] > 0:
-                    wanted[line] -= 1
-                    found.append((number, line))
-        return found
+        found = self._layout()[0]
+        if len(found) == len(self.bad_texts):
+            return found
+        # The two parsers disagree on an odd line: keep the reader's count, number what the scan located.
+        rows = [number for number, _ in found] + [0] * len(self.bad_texts)
+        return list(zip(rows, self.bad_texts, strict=False))
+
+    def spreadsheet_rows(self, records: np.ndarray) -> np.ndarray:
+        """Spreadsheet row numbers (header = row 1) of parsed records, given as 0-based indices in file order.
+
+        The reader skips blank lines and wrong-width lines, which a spreadsheet still shows as rows; only files
+        that have any are scanned again to count them.
+        """
+        rows = np.asarray(records, dtype=np.int64) + 2
+        if self.path.suffix.lower() == ".parquet" or not (self.bad_texts or _has_blank_line(self.path)):
+            return rows
+        skipped = np.asarray(self._layout()[1], dtype=np.int64)
+        # The i-th skipped row (0-based) has skipped[i] - i - 1 shown rows before it; it precedes every record
+        # whose row would otherwise be above that count.
+        before = skipped - np.arange(1, len(skipped) + 1)
+        return rows + np.searchsorted(before, rows, side="left")
+
+    def _layout(self) -> tuple[list[tuple[int, str]], list[int]]:
+        """The wrong-width lines as (row, text), and the rows of every skipped line, blank ones included."""
+        if self._skipped is None:
+            bad, skipped = [], []
+            with open(self.path, encoding="utf-8-sig", newline="") as handle:
+                cells = csv.reader(handle, delimiter=self.delimiter)
+                next(cells, None)
+                for number, record in enumerate(cells, start=2):
+                    if len(record) != len(self.columns) and any(record):
+                        bad.append((number, self.delimiter.join(record)))
+                    if len(record) != len(self.columns):
+                        skipped.append(number)
+            self._skipped = (bad, skipped)
+        return self._skipped
+
+
+def _has_blank_line(path: Path) -> bool:
+    """Whether a text file has an empty line (read in blocks, without parsing)."""
+    tail = b""
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 24):
+            text = tail + block
+            if b"\n\n" in text or b"\n\r\n" in text:
+                return True
+            tail = text[-2:]
+    return False
 
 
 def _csv_header(path: Path) -> tuple[list[str], str]:

@@ -311,6 +311,8 @@ def test_a_balances_file_naming_some_devices_leaves_the_others_their_ingested_co
             "rows 2 and 4 both give A1's balance on the morning of 2026-11-02",
         ),
         ("device_id,balance\nA1,100,7\n", "row 2: wrong number of fields (expected 2)"),
+        ("device_id,balance\nA1,100\n\nA2,1,2\n\nA3,x\n", "row 4: wrong number of fields (expected 2)"),
+        ("device_id,balance\nA1,100\n\nA3,x\n", "row 4, column balance: not a number (x)"),
         ("device_id,bal\nA1,100\n", "missing required column(s) ['balance']"),
         ("", "the file is empty"),
     ],

@@ -18,6 +18,7 @@ from ingest import IngestError, ingest_file, read_daily, read_table
 from ingest import lake as lk
 from ingest.adapters import cub_to_daily, nn5_to_daily
 from ingest.parse import hash_strings
+from ingest.report import IngestWarning
 
 PINNED_T1 = 9920327468531923532
 CUB = Path(__file__).resolve().parents[1] / "data" / "cub_atm" / "daily.csv"
@@ -266,6 +267,34 @@ A,2024-05-01 12:00,100,withdrawal,ok1
     assert Path(report.rejects_path).name.startswith("transactions-messy-")
 
 
+def test_reject_rows_are_the_rows_a_spreadsheet_shows_past_blank_lines_and_multi_line_cells(tmp_path, ws, config):
+    """Excel shows a blank line as an empty row and a quoted cell spanning lines as one row: so do the rejects."""
+    ingest_file(write(tmp_path / "devices.csv", "device_id,name\nA,x\nB,y\n"), "devices", ws, config)
+    body = (
+        "device_id,date,withdrawals\n"  # row 1
+        "A,2024-05-01,100\n"  # 2
+        "\n"  # 3
+        "A,2024-05-02,abc\n"  # 4
+        '"B",2024-05-03,"1\n2"\n'  # 5: one cell over two lines
+        "\r\n"  # 6
+        "A,2024-05-04,1,9\n"  # 7: one field too many
+        "\n"  # 8
+        "B,2024-05-05,-3\n"  # 9
+        "B,2024-05-06,4\n"  # 10
+        "\n\n"  # trailing blank lines: no rows after them
+    )
+    report = ingest_file(write(tmp_path / "gaps.csv", body), "daily", ws, config)
+    assert accounted(report) and (report.rows_read, report.rows_loaded, report.rows_rejected) == (6, 2, 4)
+    rejects = pd.read_csv(report.rejects_path, dtype=str, keep_default_na=False)
+    assert rejects[["row", "column"]].values.tolist() == [
+        ["4", "withdrawals"],
+        ["5", "withdrawals"],
+        ["7", ""],
+        ["9", "withdrawals"],
+    ]
+    assert rejects.loc[rejects["row"] == "7", "line"].item() == "A,2024-05-04,1,9"
+
+
 def test_parquet_dates_written_as_numbers_read_like_the_csv_text(tmp_path, ws, config):
     """20261101 in an integer column is the 1st of November 2026, as in a CSV, not 20 million ns after 1970."""
     path = tmp_path / "daily.parquet"
@@ -441,7 +470,8 @@ def test_a_file_of_only_bad_rows_loads_nothing_and_keeps_the_lake(tmp_path, ws, 
         ("transactions", "device_id,timestamp,amount\nA,2024-01-01 10:00,-1\n"),
         ("balances", "device_id,as_of,balance\nA,2024-01-01,x\n"),
     ]:
-        report = ingest_file(write(tmp_path / f"{kind}.csv", body), kind, ws, config)
+        with pytest.warns(IngestWarning, match="every row was rejected, e.g. row 2"):
+            report = ingest_file(write(tmp_path / f"{kind}.csv", body), kind, ws, config)
         assert (report.rows_read, report.rows_loaded, report.rows_rejected) == (1, 0, 1)
     assert_same_lake(before, lake_snapshot(ws))
 
