@@ -1,7 +1,8 @@
 """The landing folder: new files arrive, get ingested, and move to processed/ or failed/.
 
 The kind of a file comes from its name (`transactions-2026-11-27.csv`, `daily_branch.parquet`) or
-from the subfolder it sits in (`landing/status/outages.csv`). A failed file keeps a `.reason.txt`.
+from the subfolder it sits in (`landing/status/outages.csv`). A file moves to the same subfolder of
+processed/ or failed/; a failed file keeps a `.reason.txt`.
 """
 
 from __future__ import annotations
@@ -49,7 +50,9 @@ def pending_files(ws: Workspace) -> list[Path]:
     return sorted(files, key=lambda p: _order(p, ws.landing))
 
 
-def _move(path: Path, folder: Path) -> Path:
+def _move(path: Path, landing: Path, to: Path) -> Path:
+    """Move a landing file to the same subfolder of `to` (so a file's kind folder stays), never over another."""
+    folder = to / path.parent.relative_to(landing)
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / path.name
     if target.exists():
@@ -72,13 +75,13 @@ def process_file(ws: Workspace, config: Config, path: Path) -> dict[str, Any]:
     if report.rows_read and report.rows_rejected == report.rows_read:  # day-first dates, say: nothing of it loaded
         reason = f"{path}: every row ({report.rows_read}) was rejected; the reasons are in {report.rejects_path}"
         return {**report.to_dict(), **_failed(ws, path, reason), "kind": kind}
-    target = _move(path, ws.processed)
+    target = _move(path, ws.landing, ws.processed)
     return {**report.to_dict(), "file": path.name, "outcome": "processed", "kind": kind, "moved_to": str(target)}
 
 
 def _failed(ws: Workspace, path: Path, reason: str) -> dict[str, Any]:
     """Move a landing file to failed/ with its reason beside it."""
-    target = _move(path, ws.failed)
+    target = _move(path, ws.landing, ws.failed)
     target.with_name(target.name + ".reason.txt").write_text(reason + "\n")
     return {"file": path.name, "outcome": "failed", "reason": reason, "moved_to": str(target)}
 

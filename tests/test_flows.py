@@ -94,8 +94,15 @@ def test_corrupt_landing_file_goes_to_failed(nightly_run, fast_config_file):
     (ws.landing / "daily-dayfirst.csv").write_text("device_id,date,withdrawals\nATM-00001,31/10/2026,100\n")
     good = ws.landing / "balances-late.csv"
     good.write_text("device_id,as_of,balance\nATM-00001,2026-11-01,900000\n")
-    with pytest.warns(IngestWarning, match="landing file daily-corrupt.csv failed and was moved to"):
+    (ws.landing / "balances").mkdir()  # its kind from the folder, which it keeps in processed/
+    (ws.landing / "balances" / "counts.csv").write_text(good.read_text())
+    with pytest.warns(Warning) as said:
         result = commands.run_nightly(ws, str(fast_config_file), None)
+    notes = [str(w.message) for w in said if w.category is IngestWarning]
+    failures = {note.split(" failed and was moved to ")[0] for note in notes if " failed and was moved to " in note}
+    names = ("corrupt.csv", "book.xlsx", "nested.parquet", "dayfirst.csv")
+    assert failures == {f"landing file daily-{name}" for name in names}
+    assert any(w.category is jobs.StaleHistoryWarning for w in said)  # the same morning again: said
     outcomes = {item["file"]: item["outcome"] for item in result["ingested"]}
     assert outcomes == {
         "daily-corrupt.csv": "failed",
@@ -103,13 +110,14 @@ def test_corrupt_landing_file_goes_to_failed(nightly_run, fast_config_file):
         "daily-nested.parquet": "failed",
         "daily-dayfirst.csv": "failed",
         "balances-late.csv": "processed",
+        "counts.csv": "processed",
     }
     assert "every row (1) was rejected; the reasons are in" in (ws.failed / "daily-dayfirst.csv.reason.txt").read_text()
     nested_reason = (ws.failed / "daily-nested.parquet.reason.txt").read_text()
     assert "withdrawals (list<element: int64>) hold lists" in nested_reason
     reason = (ws.failed / "daily-corrupt.csv.reason.txt").read_text()
     assert "daily-corrupt.csv" in reason and "column" in reason
-    assert (ws.processed / "balances-late.csv").exists()
+    assert (ws.processed / "balances-late.csv").exists() and (ws.processed / "balances" / "counts.csv").exists()
     page = Path(result["report"]).read_text()  # cash ops read the report, not the logs
     assert "Files not ingested" in page and "daily-corrupt.csv failed" in page
 
