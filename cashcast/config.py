@@ -54,6 +54,15 @@ class DeviceDefaults(_Section):
         parse_weekdays(value)
         return value
 
+    @model_validator(mode="after")
+    def _emergency_costs_more(self) -> DeviceDefaults:
+        if self.emergency_visit_cost < self.visit_cost:
+            raise ValueError(
+                f"emergency_visit_cost {self.emergency_visit_cost:g} is below visit_cost {self.visit_cost:g}:"
+                " an unplanned visit costs at least a planned one"
+            )
+        return self
+
     @model_validator(mode="before")
     @classmethod
     def _region(cls, data: Any) -> Any:

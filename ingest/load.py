@@ -18,7 +18,8 @@ Rules (CONTRACT.md "Input files"):
 - `daily` rows replace the device-day they name: the latest ingested wins. Absent days stay absent.
 - `devices` (per device_id), `balances` (per device_id + as_of), `status` (per device_id + start + state):
   the latest ingested row wins whole; empty cells are stored empty and mean "the config's default".
-- Reject reasons: missing or unparseable value, negative or above `[ingest].max_amount` amount, unknown
+- Reject reasons: missing or unparseable value, negative, zero (transactions) or above `[ingest].max_amount`
+  amount, an `emergency_visit_cost` below the device's `visit_cost`, unknown
   type / kind / state, a transaction `currency` other than the network's (`[ingest].currency`, else the file's
   main one), a date later than today + `[ingest].future_tolerance_days` (today in the workspace
   time zone), end before start, a device missing from the device master (only once a master exists),
@@ -302,6 +303,7 @@ def _load_transactions(run: _Run, staging: lk.Staging) -> tuple[int, int]:
         for batch, first in run.batches():
             ids = text(batch["device_id"])
             amount, amount_checks = run.amount_checks(batch, "amount")
+            amount_checks.append(("amount", "amount 0 (a transaction moves cash: amounts are positive)", amount == 0))
             if "type" in columns:
                 kind = pc.utf8_lower(text(batch["type"]))
                 unknown_type = _mask(pc.invert(pc.is_in(kind, value_set=TXN_TYPES_ARRAY)))
@@ -557,7 +559,7 @@ def _parse_devices(run: _Run, batch: pa.RecordBatch, first: int) -> pd.DataFrame
         elif column == "timezone":
             checks.append((column, "unknown timezone", _invalid(values, _is_zone)))
         out[column] = values
-    checks += _region_checks(run.config, out) + _balance_limit_checks(out)
+    checks += _region_checks(run.config, out) + _balance_limit_checks(out) + _cost_checks(out)
     good = run.screen(batch, first, checks)
     frame = pd.DataFrame({c: v.to_pandas() if isinstance(v, pa.Array) else v for c, v in out.items()})
     return frame[good].reset_index(drop=True)
@@ -579,6 +581,13 @@ def _balance_limit_checks(out: dict) -> list[tuple[str, str, np.ndarray]]:
             ("min_balance", "min_balance at or above capacity", (capacity > 0) & (floor >= capacity)),
             ("max_balance", "max_balance at or below min_balance", (ceiling > 0) & (floor >= ceiling)),
         ]
+
+
+def _cost_checks(out: dict) -> list[tuple[str, str, np.ndarray]]:
+    """An unplanned visit cheaper than a planned one (both given) would make running dry the cheap plan."""
+    visit, emergency = (np.asarray(out[c], dtype="float64") for c in ("visit_cost", "emergency_visit_cost"))
+    with np.errstate(invalid="ignore"):
+        return [("emergency_visit_cost", "emergency_visit_cost below visit_cost", emergency < visit)]
 
 
 def _region_checks(config: Config, out: dict) -> list[tuple[str, str, np.ndarray]]:

@@ -61,10 +61,11 @@ def round_up_to_multiple(amount: np.ndarray | float, multiple: np.ndarray | floa
 def resolve_terms(devices: pd.DataFrame | None, daily: pd.DataFrame, config) -> pd.DataFrame:
     """One row per device in `devices` ∪ `daily`, every CONTRACT.md device field filled.
 
-    Empty cells take `config.devices`; an unknown capacity (0 or empty) becomes capacity_days x
-    mean daily withdrawals (last 91 observed days) rounded up to the load multiple; an unknown
-    max_balance becomes the capacity. Extra columns: `weekday_set` (tuple of allowed weekdays,
-    Monday = 0), `mean_daily_demand`, `capacity_source` and `last_observed` (see recent_demand).
+    Empty cells take `config.devices` (an emergency visit then costs at least the device's visit); an
+    unknown capacity (0 or empty) becomes capacity_days x mean daily withdrawals (last 91 observed
+    days) rounded up to the load multiple; an unknown max_balance becomes the capacity. Extra columns:
+    `weekday_set` (tuple of allowed weekdays, Monday = 0), `mean_daily_demand`, `capacity_source` and
+    `last_observed` (see recent_demand).
     """
     defaults = config.devices
     master = pd.DataFrame(columns=["device_id"]) if devices is None else devices.copy()
@@ -86,6 +87,8 @@ def resolve_terms(devices: pd.DataFrame | None, daily: pd.DataFrame, config) -> 
     free = terms.loc[terms["visit_cost"] <= 0, "device_id"].tolist()
     if free:  # ingest rejects these; a device frame handed in directly is checked here
         raise ValueError(f"visit_cost must be above 0 (stockouts are priced in visits) for device(s) {free[:5]}")
+    # A master's visit_cost above the config's emergency default: an unplanned visit costs at least a planned one.
+    terms["emergency_visit_cost"] = np.maximum(terms["emergency_visit_cost"], terms["visit_cost"])
     terms["name"] = np.where(terms["name"] == "", terms["device_id"], terms["name"]).astype(object)
     terms["kind"] = terms["kind"].str.lower()
     terms["lead_time_days"] = terms["lead_time_days"].round().astype(int)

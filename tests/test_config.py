@@ -65,6 +65,8 @@ def test_updated_copy_is_validated():
     assert config.updated(plan={"horizon_days": 5}).plan.horizon_days == 5
     with pytest.raises(ConfigError, match="plan.horizon_days"):
         config.updated(plan={"horizon_days": -1})
+    with pytest.raises(ConfigError, match="emergency_visit_cost 1000 is below visit_cost 1500"):
+        config.updated(devices={"emergency_visit_cost": 1000.0})
 
 
 def test_parse_weekdays():

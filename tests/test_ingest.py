@@ -239,13 +239,14 @@ A,2999-01-01 10:00,1,,r8
 ZZZ,2024-05-01 10:00,1,,r9
 ,2024-05-01 10:00,1,,r10
 A,2024-05-01 10:00,1,withdrawal,r11,extra
+A,2024-05-01 10:00,0,withdrawal,r12
 A,2024-05-01 11:00,5,deposit,ok2
 A,2024-05-01 12:00,100,withdrawal,ok1
 """,
     )
     report = ingest_file(path, "transactions", ws, config)
     assert accounted(report)
-    assert (report.rows_read, report.rows_loaded, report.rows_rejected, report.rows_duplicate) == (14, 2, 11, 1)
+    assert (report.rows_read, report.rows_loaded, report.rows_rejected, report.rows_duplicate) == (15, 2, 12, 1)
     rejects = pd.read_csv(report.rejects_path, dtype=str, keep_default_na=False)
     assert list(rejects.columns[:4]) == ["file", "row", "column", "reason"]
     by_row = dict(zip(rejects["row"].astype(int), rejects["reason"], strict=True))
@@ -261,6 +262,7 @@ A,2024-05-01 12:00,100,withdrawal,ok1
         11: "device_id not in the device master",
         12: "missing device_id",
         13: "wrong number of fields (expected 5)",
+        14: "amount 0 (a transaction moves cash: amounts are positive)",
     }
     assert set(rejects["file"]) == {str(path)}
     assert rejects.loc[rejects["row"] == "3", "timestamp"].item() == "not a time"
@@ -338,28 +340,29 @@ def test_every_reject_reason_of_the_small_tables(tmp_path, ws, config):
     devices = write(
         tmp_path / "devices.csv",
         """
-device_id,kind,capacity,visit_weekdays,service_level,timezone,country,subdivision,load_multiple,min_balance,max_balance,visit_cost
-A,atm,100000,"Mon,Thu",0.99,Asia/Kolkata,in,tn,100,,,
-B,vault,,,,,,,,,,
-C,atm,lots,,,,,,,,,
-D,atm,-5,,,,,,,,,
-E,atm,,Someday,,,,,,,,
-F,atm,,,1.5,,,,,,,
-G,atm,,,,Mars/Olympus,,,,,,
-,atm,,,,,,,,,,
-H,atm,,Mon-Fri,,,XX,,,,,
-I,atm,,,,,IN,ZZ,,,,
-J,atm,,,,,,,0,,,
-K,atm,100000,,,,,,,100000,,
-L,branch,,,,,,,,50000,20000,
-M,atm,5000,,,,,,10000,,,
-N,atm,,,0,,,,,,,
-O,branch,,,,,,,,20000,20000,
-P,atm,,,,,,,,,,0
+device_id,kind,capacity,visit_weekdays,service_level,timezone,country,subdivision,load_multiple,min_balance,max_balance,visit_cost,emergency_visit_cost
+A,atm,100000,"Mon,Thu",0.99,Asia/Kolkata,in,tn,100,,,,
+B,vault,,,,,,,,,,,
+C,atm,lots,,,,,,,,,,
+D,atm,-5,,,,,,,,,,
+E,atm,,Someday,,,,,,,,,
+F,atm,,,1.5,,,,,,,,
+G,atm,,,,Mars/Olympus,,,,,,,
+,atm,,,,,,,,,,,
+H,atm,,Mon-Fri,,,XX,,,,,,
+I,atm,,,,,IN,ZZ,,,,,
+J,atm,,,,,,,0,,,,
+K,atm,100000,,,,,,,100000,,,
+L,branch,,,,,,,,50000,20000,,
+M,atm,5000,,,,,,10000,,,,
+N,atm,,,0,,,,,,,,
+O,branch,,,,,,,,20000,20000,,
+P,atm,,,,,,,,,,0,
+Q,atm,,,,,,,,,,2000,1000
 """,
     )
     report = ingest_file(devices, "devices", ws, config)
-    assert (report.rows_loaded, report.rows_rejected, report.rows_duplicate) == (1, 16, 0)
+    assert (report.rows_loaded, report.rows_rejected, report.rows_duplicate) == (1, 17, 0)
     rejects = pd.read_csv(report.rejects_path)
     assert rejects["reason"].tolist() == [
         "unknown kind (expected atm, branch or recycler)",
@@ -378,8 +381,9 @@ P,atm,,,,,,,,,,0
         "service_level must be above 0 (e.g. 0.99)",
         "max_balance at or below min_balance",
         "visit_cost must be above 0 (stockouts are priced in visits: a free visit prices them at 0)",
+        "emergency_visit_cost below visit_cost",
     ]
-    assert rejects["column"].tolist()[-9:] == [
+    assert rejects["column"].tolist()[-10:] == [
         "country",
         "subdivision",
         "load_multiple",
@@ -389,6 +393,7 @@ P,atm,,,,,,,,,,0
         "service_level",
         "max_balance",
         "visit_cost",
+        "emergency_visit_cost",
     ]
     master = ingest.read_table(ws, "devices").set_index("device_id")
     assert tuple(master.loc["A", ["country", "subdivision"]]) == ("IN", "TN")  # as the holidays package spells them

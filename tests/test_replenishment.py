@@ -91,6 +91,9 @@ def test_resolve_terms_fills_defaults_and_derives_capacity(config):
     # A free visit would price stockouts at nothing and plan no visit at all: refused, naming the device.
     with pytest.raises(ValueError, match=r"visit_cost must be above 0 .* \['C'\]"):
         resolve_terms(devices.assign(visit_cost=[10.0, 0.0]), daily, config)
+    # A master's dear visit against the config's emergency default: the emergency costs at least the visit.
+    dear = resolve_terms(devices.assign(visit_cost=[10.0, 9000.0]), daily, config).set_index("device_id")
+    assert dear["emergency_visit_cost"].to_dict() == {"A": 4500.0, "B": 4500.0, "C": 9000.0}
 
 
 # ---------------------------------------------------------------- naive forecast
