@@ -22,7 +22,7 @@ Rules (CONTRACT.md "Input files"):
   amount, an `emergency_visit_cost` below the device's `visit_cost`, unknown
   type / kind / state, a transaction `currency` other than the network's (`[ingest].currency`, else the file's
   main one), a date later than today + `[ingest].future_tolerance_days` (today in the workspace
-  time zone), end before start, a device missing from the device master (only once a master exists),
+  time zone) or before 1970, end before start, a device missing from the device master (only once a master exists),
   and CSV lines with the wrong number of fields.
 - All lake changes of one file are committed at once (see `ingest.lake`); a file that cannot be read at
   all raises IngestError before anything is written.
@@ -258,9 +258,11 @@ class _Run:
 
     def date_checks(self, batch: pa.RecordBatch, column: str, ns: np.ndarray, required: bool = True):
         empty = is_empty(batch[column])
+        early = (ns != NAT) & (ns < 0)  # 0 ns is 1970-01-01
         checks = [
             (column, f"unparseable {column}", (ns == NAT) & ~empty),
             (column, f"{column} is in the future", ns >= self.first_future_ns),
+            (column, f"{column} before 1970 (cash history starts later: an empty spreadsheet date?)", early),
         ]
         if required:
             checks.insert(0, (column, f"missing {column}", empty))

@@ -240,13 +240,14 @@ ZZZ,2024-05-01 10:00,1,,r9
 ,2024-05-01 10:00,1,,r10
 A,2024-05-01 10:00,1,withdrawal,r11,extra
 A,2024-05-01 10:00,0,withdrawal,r12
+A,1900-01-01 00:00,7,withdrawal,r13
 A,2024-05-01 11:00,5,deposit,ok2
 A,2024-05-01 12:00,100,withdrawal,ok1
 """,
     )
     report = ingest_file(path, "transactions", ws, config)
     assert accounted(report)
-    assert (report.rows_read, report.rows_loaded, report.rows_rejected, report.rows_duplicate) == (15, 2, 12, 1)
+    assert (report.rows_read, report.rows_loaded, report.rows_rejected, report.rows_duplicate) == (16, 2, 13, 1)
     rejects = pd.read_csv(report.rejects_path, dtype=str, keep_default_na=False)
     assert list(rejects.columns[:4]) == ["file", "row", "column", "reason"]
     by_row = dict(zip(rejects["row"].astype(int), rejects["reason"], strict=True))
@@ -263,6 +264,7 @@ A,2024-05-01 12:00,100,withdrawal,ok1
         12: "missing device_id",
         13: "wrong number of fields (expected 5)",
         14: "amount 0 (a transaction moves cash: amounts are positive)",
+        15: "timestamp before 1970 (cash history starts later: an empty spreadsheet date?)",
     }
     assert set(rejects["file"]) == {str(path)}
     assert rejects.loc[rejects["row"] == "3", "timestamp"].item() == "not a time"
