@@ -10,6 +10,7 @@ from pathlib import Path
 from cashcast import jobs
 from cashcast.config import Config, load_config
 from cashcast.landing import pending_files
+from cashcast.locking import workspace_lock
 from cashcast.workspace import CHECKOUT_DATA_DIR, Workspace
 
 SAMPLE_DIR = CHECKOUT_DATA_DIR / "sample"
@@ -83,6 +84,10 @@ def run_nightly(
     """Run the nightly flow; its forecast-and-plan chunks run on the configured task runner."""
     from flows.nightly import nightly_flow
 
+    # A busy workspace is said in one line before Prefect starts (a failed flow run prints its traceback first);
+    # the flow takes the lock again for itself.
+    with workspace_lock(ws, timeout=wait):
+        pass
     return nightly_flow(str(ws.home), config_file, as_of, force_train, wait)
 
 

@@ -11,8 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cashcast.locking import workspace_lock
 from cashcast.schema import PLAN_COLUMNS
+from cashcast.workspace import Workspace
 from flows.cli import build_parser, main
+from flows.commands import SAMPLE_FILES, stage_sample
 
 REPO = Path(__file__).resolve().parents[1]
 FAST_CONFIG = "[forecast]\nbacktest_folds = 1\nbacktest_horizon_days = 14\nn_paths = 100\n"
@@ -45,6 +48,19 @@ def test_ingest_json_accounting_and_idempotence(tmp_path, capsys):
     assert main(["ingest", "--home", str(home), "--kind", "daily", "--json", str(messy)]) == 0
     second = json.loads(capsys.readouterr().out.strip())
     assert second["rows_loaded"] == 0 and second["rows_read"] == 4
+
+
+def test_a_second_nightly_on_a_busy_workspace_says_so_in_one_line(tmp_path, capsys):
+    """Two nightly runs must not write one workspace at once: the second refuses, before any flow starts."""
+    home = tmp_path / "home"
+    ws = Workspace.resolve(home).ensure()
+    stage_sample(ws)
+    with workspace_lock(ws):
+        assert main(["nightly", "--home", str(home)]) == 1
+    out, err = capsys.readouterr()
+    assert len(err.strip().splitlines()) == 1 and "workspace is busy (pid" in err
+    assert "Traceback" not in out + err and not (home / "plans").exists()
+    assert len(list(ws.landing.iterdir())) == len(SAMPLE_FILES)  # nothing ingested either
 
 
 def test_nightly_with_nothing_to_forecast_says_so_in_one_line(tmp_path, capsys):
