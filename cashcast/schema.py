@@ -7,7 +7,8 @@ is "not recorded", never zero demand; a censored day (cash-out, offline) keeps i
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -123,6 +124,20 @@ class DemandForecast:
     withdrawal_paths: np.ndarray  # float32 (n_devices, n_paths, horizon), >= 0
     deposit_paths: np.ndarray | None = None  # same shape; zeros for devices without deposits
     failures: dict[str, str] = field(default_factory=dict)  # device_id -> why it got the fallback forecast
+
+    def subset(self, device_ids: Sequence[str] | np.ndarray) -> DemandForecast:
+        """The forecasts of those of `device_ids` it has, in its own row order (a replay plans only its window's
+        devices from a forecast of the whole network)."""
+        keep = np.isin(self.device_ids.astype(str), np.asarray(device_ids).astype(str))
+        kept = self.device_ids[keep]
+        return replace(
+            self,
+            frame=self.frame[self.frame["device_id"].astype(str).isin(kept.astype(str))].reset_index(drop=True),
+            device_ids=kept,
+            withdrawal_paths=self.withdrawal_paths[keep],
+            deposit_paths=None if self.deposit_paths is None else self.deposit_paths[keep],
+            failures={device: why for device, why in self.failures.items() if device in kept.astype(str)},
+        )
 
     def net_outflow_paths(self) -> np.ndarray:
         """Cash leaving each device per day and path: withdrawals minus deposits."""

@@ -17,7 +17,6 @@ so every policy faces the same demand; their count is reported per device.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -27,7 +26,6 @@ import pandas as pd
 from cashcast.schema import DemandForecast, validate_daily
 from replenishment.dp import DeviceArrays, chosen_loads, prefix_costs, segment_table, solve_visits
 from replenishment.plan import (
-    PlanWarning,
     extend_weekly,
     fill_level,
     plan_network,
@@ -305,19 +303,17 @@ def _cashcast(win: _Window, actual: pd.DataFrame, forecaster: Forecaster, config
                 "balance_after": schedule[rows, cols[col_index]],
             }
         )
-        with warnings.catch_warnings():
-            # The forecaster learns from the whole network; the devices left out of the window (said once, in
-            # the replay's notes) are not planned, which every re-plan would otherwise repeat.
-            warnings.filterwarnings("ignore", message=r".*forecast device\(s\) without terms", category=PlanWarning)
-            result = plan_network(
-                forecast,
-                win.terms,
-                pd.DataFrame({"device_id": device_ids, "balance": cash}),
-                as_of,
-                config,
-                holidays=win.holidays,
-                ordered_visits=ordered,
-            )
+        # The forecaster learns from the whole network; the devices left out of the window (said once, in the
+        # replay's notes) are not planned, so they are not handed over (every re-plan would warn of them).
+        result = plan_network(
+            forecast.subset(device_ids),
+            win.terms,
+            pd.DataFrame({"device_id": device_ids, "balance": cash}),
+            as_of,
+            config,
+            holidays=win.holidays,
+            ordered_visits=ordered,
+        )
         schedule[:, day:] = np.nan  # the new plan's visits replace the old plan's, but for those on order
         schedule[rows, cols[col_index]] = ordered["balance_after"].to_numpy()
         plan = result.plan[result.plan["visit_date"] <= win.dates[-1]]

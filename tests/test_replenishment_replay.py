@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 
 from cashcast.config import load_config
 from replenishment import naive_forecast, replay, resolve_terms
+from replenishment.plan import PlanWarning
 
 CUB = Path(__file__).resolve().parents[1] / "data" / "cub_atm" / "daily.csv"
 
@@ -247,7 +249,16 @@ def test_devices_without_a_record_in_the_window_are_left_out_and_an_empty_window
     def forecast(history, as_of, horizon):
         return naive_forecast(history, as_of, horizon, n_paths=40, seed=3)
 
-    result = replay(daily, terms, start, end, forecast, config)
+    # The forecast covers the network (CLOSED too); the replay hands the planner its window's devices only.
+    network = forecast(daily[daily["date"] < start], start, 14)
+    window = network.subset(["OPEN", "NEW", "ELSEWHERE"])
+    assert set(network.device_ids) == {"OPEN", "CLOSED"} and list(window.device_ids) == ["OPEN"]
+    assert set(window.frame["device_id"]) == {"OPEN"} and window.withdrawal_paths.shape[0] == 1
+    np.testing.assert_array_equal(window.withdrawal_paths[0], network.withdrawal_paths[network.device_ids == "OPEN"][0])
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        result = replay(daily, terms, start, end, forecast, config)
+    assert [str(w.message) for w in said if w.category is PlanWarning] == []  # left out once, in the notes
     assert set(result.per_device["device_id"]) == {"OPEN"}
     assert (result.kpis["device_days"] == len(pd.date_range(start, end))).all()
     assert any("CLOSED" in note and "left out" in note for note in result.notes)
