@@ -7,6 +7,7 @@ crash never leaves a half-written plan or lake partition behind.
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import os
 import shutil
@@ -34,6 +35,8 @@ def _umask_mode(mode: int) -> int:
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to `target`; on success rename it over `target`."""
     target = Path(target)
+    if target.is_dir():  # found before the work, not at the rename after it
+        raise IsADirectoryError(errno.EISDIR, f"cannot write {target}: a folder of that name is in the way")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -44,7 +47,10 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     try:
         yield tmp_path
         os.chmod(tmp_path, _umask_mode(0o666))  # mkstemp makes 0600; outputs are for other readers too
-        os.replace(tmp_path, target)
+        try:
+            os.replace(tmp_path, target)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot write {target}: {exc.strerror}") from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

@@ -451,17 +451,15 @@ def write_plan(
 ) -> PlanFiles:
     """Write plan, projection, summary and the forecast behind them (unless written to `forecast_file`
     already), each atomically. The plan also goes to `out` when given: the workspace's copy is where
-    tomorrow's plan finds the visits already on order."""
+    tomorrow's plan finds the visits already on order, so it is written last, once the others are (a plan
+    that failed to reach `out` or its projection is not taken as ordered)."""
     folder = ws.plans / f"{as_of:%Y-%m-%d}"
+    delivered = write_table(result.plan, out) if out is not None else None
+    forecast = forecast_file or write_table(forecast_frame, output_path(ws.forecasts, as_of, "forecast.csv"))
+    projection = write_table(result.projection, folder / "projection.csv")
+    summary = write_table(result.summary, folder / "summary.csv")
     plan_path = write_table(result.plan, folder / "plan.csv")
-    if out is not None:
-        plan_path = write_table(result.plan, out)
-    return PlanFiles(
-        plan=plan_path,
-        projection=write_table(result.projection, folder / "projection.csv"),
-        summary=write_table(result.summary, folder / "summary.csv"),
-        forecast=forecast_file or write_table(forecast_frame, output_path(ws.forecasts, as_of, "forecast.csv")),
-    )
+    return PlanFiles(plan=delivered or plan_path, projection=projection, summary=summary, forecast=forecast)
 
 
 def read_balances_file(path: Path, as_of: pd.Timestamp) -> pd.DataFrame:

@@ -6,6 +6,7 @@ checkout) and touches nothing outside it, so two workspaces never interfere.
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +87,8 @@ class Workspace:
         return configured or f"sqlite:///{self.mlflow_db}"
 
     def ensure(self) -> Workspace:
+        if self.home.exists() and not self.home.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, f"{self.home}: the workspace (--home) is a file, not a folder")
         self.home.mkdir(parents=True, exist_ok=True)
         return self
 

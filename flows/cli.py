@@ -216,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("CASHCAST_DEBUG"):
             raise
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, OSError) and exc.strerror:  # "[Errno 21] ..." says nothing to a cash-ops reader
+            message = f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
         print(f"cashcast {args.command}: error: {message}", file=sys.stderr)
         return 2 if isinstance(exc, ValueError | FileNotFoundError | LookupError) else 1
 

@@ -63,6 +63,14 @@ def test_a_second_nightly_on_a_busy_workspace_says_so_in_one_line(tmp_path, caps
     assert len(list(ws.landing.iterdir())) == len(SAMPLE_FILES)  # nothing ingested either
 
 
+def test_a_workspace_that_is_a_file_is_refused_in_one_line(tmp_path, capsys):
+    (tmp_path / "home").write_text("not a folder")
+    assert main(["train", "--home", str(tmp_path / "home")]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"cashcast train: error: {tmp_path / 'home'}: the workspace (--home) is a file, not a folder"
+    ]
+
+
 def test_nightly_with_nothing_to_forecast_says_so_in_one_line(tmp_path, capsys):
     """A first run before any data arrived: one line naming the workspace and the landing folder, no flow run."""
     home = tmp_path / "home"
@@ -222,6 +230,15 @@ def test_train_forecast_plan_through_the_cli(cli_home, tmp_path, capsys):
     loads = terms[terms["action"] == "load"]
     assert (loads["balance_after"] <= loads["capacity"] + 1e-6).all()
     assert not plan["name"].astype(str).str.startswith("+").any()  # formula-looking names are escaped
+
+    # A plan that cannot reach --out leaves the workspace's plan as it was: tomorrow reads it as on order.
+    kept = (home / "plans" / "2026-11-01" / "plan.csv").read_bytes()
+    (tmp_path / "taken.csv").mkdir()
+    args = ["plan", *common, "--as-of", "2026-11-01", "--horizon", "3", "--out", str(tmp_path / "taken.csv")]
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"cashcast plan: error: cannot write {tmp_path / 'taken.csv'}: a folder of that name is in the way"]
+    assert (home / "plans" / "2026-11-01" / "plan.csv").read_bytes() == kept
 
 
 def test_plan_on_a_workspace_without_champion_trains_and_reads_the_lake_once(tmp_path, monkeypatch):

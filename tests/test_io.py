@@ -33,6 +33,10 @@ def test_an_unwritable_target_is_named_not_its_temporary_neighbour(tmp_path: Pat
     blocked.write_text("a file where a folder should be")
     with pytest.raises(OSError, match=f"cannot write {blocked / 'plan.csv'}"):
         write_table(pd.DataFrame({"a": [1]}), blocked / "plan.csv")
+    (tmp_path / "folder.csv").mkdir()
+    with pytest.raises(OSError, match=f"cannot write {tmp_path / 'folder.csv'}: a folder of that name is in the way"):
+        write_table(pd.DataFrame({"a": [1]}), tmp_path / "folder.csv")
+    assert [p.name for p in (tmp_path / "folder.csv").iterdir()] == []  # nothing written into or beside it
 
 
 def test_atomic_dir_swaps_whole_folder(tmp_path: Path):
