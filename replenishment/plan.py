@@ -505,7 +505,7 @@ def plan_network(
     demand = _demand_quantiles(forecast.frame, device_ids, dates, withdrawals, config.forecast.quantiles)
     projection = _projection(device_ids, dates, net[:, :, :horizon], targets, run, demand)
     summary_notes = [[*notes, *standing] for notes, standing in zip(device_notes, standing_notes, strict=True)]
-    summary = _summary(terms, dev, plan, fixed, run, baseline, baseline_targets, summary_notes)
+    summary = _summary(terms, dev, plan, fixed, run, baseline, baseline_targets, summary_notes, top_up)
     return PlanResult(plan=plan, projection=projection, summary=summary, warnings=messages)
 
 
@@ -647,7 +647,8 @@ def _plan_rows(
     before = run.before[rows, days]
     after = fill_level(before, targets[rows, days], top_up, is_atm[rows], dev.load_multiple[rows], dev.max_load[rows])
     pickup = ~is_atm[rows] & (after < before - 1e-6)
-    amount = np.where(pickup, before - after, after - before if top_up else after)
+    # A swap brings `balance_after` whatever is found (the residual goes back); a top-up moves the difference.
+    amount = np.where(pickup, before - after, after - before) if top_up else after
     if top_up:  # a top-up within a bundle of the cassette's top adds nothing: no visit, the one before covers on
         rows, days, covered, before, after, pickup, amount = _without_empty_top_ups(
             pickup | (amount > 0.005), rows, days, covered, before, after, pickup, amount
@@ -721,7 +722,11 @@ def _reason(weekdays, day, covered, horizon, holiday_names, dev, row, risks, fla
     days = f"{covered} day{'s' if covered > 1 else ''}{until}"
     parts = [f"covers {_day_span(weekdays, day, covered)} ({days}){holiday} at {_percent(sl)}"]
     if pickup:
-        parts.insert(0, f"pickup: takes the cash down to {level:,.0f}, what the days it covers need (deposits pile up)")
+        parts.insert(
+            0,
+            f"pickup: takes the cash down to {level:,.0f}, what the days it covers need (deposits pile up):"
+            f" about {expected - level:,.0f} of the {expected:,.0f} expected comes back",
+        )
     elif level < expected - dev.load_multiple[row] + 1e-6:  # a swap that leaves less than it finds
         parts.append(f"swaps out about {expected:,.0f} expected in it: {expected - level:,.0f} goes back")
     target = f"above the {_percent(1 - sl)} target"
@@ -791,13 +796,14 @@ def _sorted_quantile(ordered: np.ndarray, level: float) -> np.ndarray:
     return above - step * (1 - gamma) if gamma >= 0.5 else below + step * gamma
 
 
-def _summary(terms, dev, plan, fixed, run, baseline, baseline_targets, device_notes) -> pd.DataFrame:
+def _summary(terms, dev, plan, fixed, run, baseline, baseline_targets, device_notes, top_up) -> pd.DataFrame:
     """One row per device and a fleet TOTAL: the plan's expected cost against the weekly fill.
 
     Visits already on order (`fixed`) are counted apart: both the plan and the baseline are simulated
-    with them, and neither is charged for them (an earlier plan ordered them)."""
+    with them, and neither is charged for them (an earlier plan ordered them). Cash deployed is the cash
+    the crews bring: every swap's, a top-up's loads."""
     horizon = run.after.shape[1]
-    loads = plan[plan["action"] == "load"].groupby("device_id")["amount"].sum()
+    loads = plan[(plan["action"] == "load") | (not top_up)].groupby("device_id")["amount"].sum()
     visits = plan.groupby("device_id").size()
     ids = terms["device_id"].astype(str)
     summary = pd.DataFrame(

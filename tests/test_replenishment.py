@@ -335,10 +335,10 @@ def test_plan_respects_capacity_floor_bundles_and_visit_days(config, devices, sw
         assert row.action in ("load", "pickup")
         if swap or row.action == "pickup":
             assert row.balance_after / row.load_multiple == pytest.approx(round(row.balance_after / row.load_multiple))
-        if row.action == "pickup":
-            assert row.amount == pytest.approx(row.expected_balance_before - row.balance_after, abs=0.02)
-        elif swap:
+        if swap:  # CONTRACT.md: the residual goes back and amount = balance_after, pickups included
             assert row.amount == row.balance_after
+        elif row.action == "pickup":
+            assert row.amount == pytest.approx(row.expected_balance_before - row.balance_after, abs=0.02)
         else:  # a top-up adds whole bundles to the cash expected in the device
             assert row.amount == pytest.approx(row.balance_after - row.expected_balance_before, abs=0.02)
             assert row.amount / row.load_multiple == pytest.approx(round(row.amount / row.load_multiple))
@@ -421,8 +421,12 @@ def test_branch_with_net_deposits_gets_pickups(config):
     pickups = result.plan[result.plan["action"] == "pickup"]
     assert len(pickups) >= 2
     assert (pickups["balance_after"] < pickups["expected_balance_before"]).all()
-    assert (pickups["amount"] > 0).all()
-    assert pickups["reason"].str.contains("pickup").all()
+    assert (pickups["amount"] == pickups["balance_after"]).all()  # a swap brings balance_after
+    back = (pickups["expected_balance_before"] - pickups["balance_after"]).map("about {:,.0f} of the".format)
+    assert all(text in reason for text, reason in zip(back, pickups["reason"], strict=True))
+    assert pickups["reason"].str.startswith("pickup: takes the cash down to").all()
+    summary = result.summary.set_index("device_id")
+    assert summary.loc["D0", "cash_deployed"] == pytest.approx(result.plan["amount"].sum())
     projection = result.projection
     assert (projection["expected_opening_balance"] <= 1500.0 + 400.0 * 2).all()
 
