@@ -30,6 +30,7 @@ Rules (CONTRACT.md "Input files"):
 
 from __future__ import annotations
 
+import difflib
 import warnings
 import zoneinfo
 from collections.abc import Callable, Iterator
@@ -50,6 +51,7 @@ from cashcast.workspace import Workspace
 from ingest import lake as lk
 from ingest.parse import (
     NAT,
+    UNNAMED,
     Source,
     combine_hashes,
     days_of,
@@ -69,6 +71,15 @@ REQUIRED = {
     "devices": ["device_id"],
     "balances": ["device_id", "as_of", "balance"],
     "status": ["device_id", "start", "end", "state"],
+}
+# Columns read when present (CONTRACT.md; `denomination` is accepted and not used). Any other column is ignored
+# with a warning, and one that looks like a misspelt known column refuses the file.
+OPTIONAL = {
+    "transactions": ["type", "currency", "denomination", "txn_id"],
+    "daily": ["deposits", "n_withdrawals", "n_deposits"],
+    "devices": lk.DEVICE_TABLE_COLUMNS[1:],
+    "balances": [],
+    "status": [],
 }
 TXN_TYPES = ("withdrawal", "deposit")
 DEVICE_KINDS = ("atm", "branch", "recycler")
@@ -91,7 +102,29 @@ def open_source(path: str | Path, kind: str, config: Config) -> Source:
         raise IngestError(f"{path}: unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
     source = Source.open(path, config.ingest.batch_rows)
     source.require(REQUIRED[kind])
+    _check_other_columns(source, kind)
     return source
+
+
+def _check_other_columns(source: Source, kind: str) -> None:
+    """Refuse a column that looks like a misspelt known one (`capcity`, `lead_time`, `deposit`): its values would
+    be ignored without a word, the config's defaults taken instead. Warn of the other unknown columns."""
+    known = REQUIRED[kind] + OPTIONAL[kind]
+    absent = [c for c in known if c not in source.columns]
+    unknown = [c for c in source.columns if c not in known]
+    for column in unknown:
+        if column.startswith(UNNAMED):
+            continue
+        guess = [c for c in absent if c.startswith(column)] or difflib.get_close_matches(column, absent, 1, 0.8)
+        if guess:
+            raise IngestError(
+                f"{source.path}: column {column!r} is not a {kind} column: is it {guess[0]!r}? (rename it, or its"
+                " values would be ignored)"
+            )
+    if unknown:
+        warnings.warn(
+            IngestWarning(f"{source.path}: column(s) {', '.join(unknown)} ignored: not {kind} columns"), stacklevel=4
+        )
 
 
 def ingest_file(

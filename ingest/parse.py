@@ -34,6 +34,7 @@ _MULTIPLIER = np.uint64(0x100000001B3)
 MAX_BLOCK_BYTES = 16 << 20
 
 
+UNNAMED = "unnamed_"  # + the column's position: a blank header cell (Excel saves empty trailing columns)
 TEXT_SUFFIXES = (".csv", ".txt", ".tsv")  # CSV as spreadsheets and exports name it
 
 
@@ -73,7 +74,7 @@ class Source:
                 raise IngestError(f"{path}: column(s) {', '.join(nested)} hold lists or records, not single values")
         else:
             names, delimiter = _csv_header(path)
-        columns = [str(name).strip().lower() for name in names]
+        columns = [str(name).strip().lower() or f"{UNNAMED}{number}" for number, name in enumerate(names, start=1)]
         duplicated = sorted({c for c in columns if columns.count(c) > 1})
         if duplicated:
             raise IngestError(f"{path}: column(s) {duplicated} appear more than once in the header")

@@ -299,6 +299,31 @@ def test_reject_rows_are_the_rows_a_spreadsheet_shows_past_blank_lines_and_multi
     assert rejects.loc[rejects["row"] == "7", "line"].item() == "A,2024-05-04,1,9"
 
 
+@pytest.mark.parametrize(
+    ("kind", "header", "column", "meant"),
+    [
+        ("devices", "device_id,capcity", "capcity", "capacity"),
+        ("devices", "device_id,lead_time", "lead_time", "lead_time_days"),
+        ("devices", "device_id,visit_weekday", "visit_weekday", "visit_weekdays"),
+        ("daily", "device_id,date,withdrawals,deposit", "deposit", "deposits"),
+        ("transactions", "device_id,timestamp,amount,txnid", "txnid", "txn_id"),
+    ],
+)
+def test_a_misspelt_column_refuses_the_file_instead_of_being_ignored(tmp_path, ws, config, kind, header, column, meant):
+    """A device master's `capcity` would leave every device on the default cassette without a word."""
+    path = write(tmp_path / f"{kind}.csv", header + "\n")
+    with pytest.raises(IngestError, match=f"column '{column}' is not a {kind} column: is it '{meant}'"):
+        ingest_file(path, kind, ws, config)
+    assert not ws.lake.exists() or not any(p.is_file() and p.suffix == ".parquet" for p in ws.lake.rglob("*"))
+
+
+def test_other_columns_are_ignored_with_a_warning_and_blank_excel_headers_are_no_duplicates(tmp_path, ws, config):
+    body = "device_id,date,withdrawals,terminal_model,,\nA,2024-05-01,100,NCR,,\n"
+    with pytest.warns(IngestWarning, match="column\\(s\\) terminal_model, unnamed_5, unnamed_6 ignored: not daily"):
+        report = ingest_file(write(tmp_path / "export.csv", body), "daily", ws, config)
+    assert (report.rows_loaded, report.rows_rejected) == (1, 0)
+
+
 def test_parquet_dates_written_as_numbers_read_like_the_csv_text(tmp_path, ws, config):
     """20261101 in an integer column is the 1st of November 2026, as in a CSV, not 20 million ns after 1970."""
     path = tmp_path / "daily.parquet"
