@@ -32,19 +32,27 @@ from forecasting.panel import Panel, quiet_nan
 SEASON = 7
 
 
-def _last_same_weekday(values: np.ndarray, horizon: int, weeks: int = 8) -> np.ndarray:
-    """(n, horizon): latest observed value on the target's weekday in the last `weeks` weeks."""
+def _last_same_weekday(values: np.ndarray, horizon: int, weeks: int | None = 8) -> np.ndarray:
+    """(n, horizon): latest observed value on the target's weekday in the last `weeks` weeks (None: any week)."""
     n, t_end = values.shape
     out = np.full((n, horizon), np.nan)
     for j in range(horizon):
         back = SEASON - (j % SEASON)  # the most recent history day on the same weekday as t_end + j
-        for k in range(weeks):
-            col = t_end - back - SEASON * k
-            if col < 0:
-                break
-            fill = np.isnan(out[:, j])
-            out[fill, j] = values[fill, col]
+        if t_end < back:
+            continue
+        same = values[:, t_end - back :: -SEASON][:, :weeks]  # newest first
+        seen = ~np.isnan(same)
+        out[:, j] = np.where(seen.any(axis=1), same[np.arange(n), seen.argmax(axis=1)], np.nan)
     return out
+
+
+def _last_observed_mean(values: np.ndarray, days: int) -> np.ndarray:
+    """(n,): mean of each device's last `days` observed values, however long ago (NaN for no history)."""
+    seen = ~np.isnan(values)
+    from_end = np.cumsum(seen[:, ::-1], axis=1)[:, ::-1]  # observed days from here to the end
+    recent = seen & (from_end <= days)
+    with quiet_nan():
+        return np.where(recent, values, 0.0).sum(axis=1) / recent.sum(axis=1)
 
 
 class SeasonalNaive:
@@ -63,11 +71,19 @@ class SeasonalNaive:
         return parts[0]
 
     def predict(self, panel: Panel, horizon: int) -> np.ndarray:
+        """The last `weeks` weeks' same weekday, else their mean; a device silent for longer gets what it last
+        showed (its latest same weekday, else its last four observed weeks' mean): not recorded is not zero."""
         out = _last_same_weekday(panel.values, horizon, self.weeks)
         recent = panel.values[:, -SEASON * self.weeks :]
         with quiet_nan():
             mean = np.nanmean(recent, axis=1) if recent.size else np.full(len(out), np.nan)
-        return np.where(np.isnan(out), mean[:, None], out)
+        out = np.where(np.isnan(out), mean[:, None], out)
+        silent = np.isnan(out).any(axis=1)
+        if silent.any():
+            older = _last_same_weekday(panel.values[silent], horizon, None)
+            level = _last_observed_mean(panel.values[silent], 4 * SEASON)
+            out[silent] = np.where(np.isnan(older), level[:, None], older)
+        return out
 
 
 ETS_ALPHA = (0.02, 0.05, 0.1, 0.2, 0.35, 0.5)

@@ -310,6 +310,19 @@ def test_device_whose_model_raises_gets_seasonal_naive_fallback(trained, network
     np.testing.assert_allclose(mine["yhat"], SeasonalNaive().fit(panel).predict(panel, HORIZON)[0])
 
 
+def test_a_device_silent_for_longer_than_the_naive_looks_back_is_forecast_at_its_last_level(trained, network, as_of):
+    """Nine weeks unrecorded is not nine weeks of zero demand: the fallback reads what it last showed."""
+    model = cloudpickle.loads(cloudpickle.dumps(trained.model))
+    quiet = str(model.withdrawals_.choice_.index[0])
+    make_device_fail(model, quiet)
+    silent = (network.daily["device_id"] == quiet) & (network.daily["date"] >= as_of - pd.Timedelta(63, "D"))
+    daily = network.daily[~silent]
+    mine = _forecast(model, daily, network.devices, as_of).frame.query("device_id == @quiet")
+    last = daily[daily["device_id"] == quiet].tail(28)["withdrawals"]
+    assert (mine["model"] == "fallback").all()
+    assert mine["yhat"].between(last.min(), last.max()).all() and mine["yhat"].mean() > 0.5 * last.mean()
+
+
 def test_pickle_round_trip_in_fresh_process_gives_identical_forecasts(trained, network, as_of, tmp_path):
     model_file, data_file, out_file = tmp_path / "model.pkl", tmp_path / "daily.parquet", tmp_path / "out.npz"
     model_file.write_bytes(cloudpickle.dumps(trained.model))
