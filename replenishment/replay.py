@@ -123,14 +123,17 @@ def _recorded_in_window(actual: pd.DataFrame, terms: pd.DataFrame, start, end) -
     recorded = ids.isin(set(inside["device_id"]))
     started = actual.loc[actual["withdrawals"].notna()].groupby("device_id")["date"].min()
     late = recorded & (ids.map(started) > first)
+    # Devices the terms do not know (no master row, nothing before the window) were installed inside it too.
+    unknown = sorted(set(inside["device_id"].astype(str)) - set(ids))
     notes = []
     if not recorded.all():
         missing = ids[~recorded].tolist()
         notes.append(f"{len(missing)} device(s) with no record in the window left out: {missing[:5]}")
-    if late.any():
+    if late.any() or unknown:
+        installed = [*ids[late].tolist(), *unknown]
         notes.append(
-            f"{int(late.sum())} device(s) first recorded inside the window (installed after {first:%Y-%m-%d})"
-            f" left out: {ids[late].tolist()[:5]}"
+            f"{len(installed)} device(s) first recorded inside the window (installed after {first:%Y-%m-%d})"
+            f" left out: {installed[:5]}"
         )
     return terms[(recorded & ~late).to_numpy()].reset_index(drop=True), notes
 

@@ -265,5 +265,9 @@ def test_devices_without_a_record_in_the_window_are_left_out_and_an_empty_window
     # Its days before day 100 would be made-up demand on an empty cassette: stockouts for every policy.
     assert any("NEW" in note and "installed after 2025-04-06" in note for note in result.notes)
     assert result.kpis.set_index("policy").loc["perfect_foresight", "stockout_device_days"] == 0
+    # Without a master row, a device first seen inside the window is not in the terms at all: said too.
+    unlisted = replay(daily, terms[terms["device_id"] != "NEW"], start, end, forecast, config)
+    assert any("NEW" in note and "installed after 2025-04-06" in note for note in unlisted.notes)
+    assert set(unlisted.per_device["device_id"]) == {"OPEN"}
     with pytest.raises(ValueError, match="no demand recorded between 2025-06-01 and 2025-06-30"):
         replay(daily, terms, pd.Timestamp("2025-06-01"), pd.Timestamp("2025-06-30"), forecast, config)
