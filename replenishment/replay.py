@@ -43,7 +43,9 @@ from replenishment.terms import (
 
 Forecaster = Callable[[pd.DataFrame, pd.Timestamp, int], DemandForecast]
 COVER_WINDOW_DAYS = 28
-LOST_TOLERANCE = 0.005  # currency units: float noise is not a stockout
+# Lost demand below this share of the day's withdrawals (or half a cent) is rounding, not a stockout: the optimum's
+# loads come from float32 sums, a few units off on a cassette of millions.
+LOST_TOLERANCE, LOST_SHARE_TOLERANCE = 0.005, 1e-5
 
 
 @dataclass
@@ -197,6 +199,7 @@ def _execute(win: _Window, decide: Decide | None, schedule: np.ndarray) -> dict[
     record = {k: np.zeros((n, days)) for k in ("opening", "level", "served", "lost", "load")}
     record["visit"] = np.zeros((n, days), dtype=bool)
     record["emergency"] = np.zeros((n, days), dtype=bool)
+    tolerance = _lost_tolerance(win)
     for day in range(days):
         if decide is not None:
             decide(day, cash, schedule)
@@ -219,7 +222,7 @@ def _execute(win: _Window, decide: Decide | None, schedule: np.ndarray) -> dict[
         served = np.minimum(win.withdrawals[:, day], available)
         lost = win.withdrawals[:, day] - served
         cash = available - served
-        pending |= lost > LOST_TOLERANCE
+        pending |= lost > tolerance[:, day]
         record["level"][:, day] = level
         record["served"][:, day] = served
         record["lost"][:, day] = lost
@@ -227,6 +230,11 @@ def _execute(win: _Window, decide: Decide | None, schedule: np.ndarray) -> dict[
         record["emergency"][:, day] = emergency
         record["load"][:, day] = np.where(routine | emergency, level, 0.0)
     return record
+
+
+def _lost_tolerance(win: _Window) -> np.ndarray:
+    """(n, days): the lost demand each device-day may have before it counts as a stockout."""
+    return np.maximum(LOST_TOLERANCE, LOST_SHARE_TOLERANCE * win.withdrawals)
 
 
 def _empty_schedule(win: _Window) -> np.ndarray:
@@ -332,7 +340,7 @@ def _tables(policy: str, win: _Window, record: dict[str, np.ndarray]) -> tuple[p
     n, days = win.withdrawals.shape
     device_ids = win.terms["device_id"].astype(str).to_numpy(dtype=object)
     routine = record["visit"] & ~record["emergency"]
-    stockout = record["lost"] > LOST_TOLERANCE
+    stockout = record["lost"] > _lost_tolerance(win)
     per_device = pd.DataFrame(
         {
             "policy": policy,
