@@ -36,6 +36,7 @@ from replenishment.terms import (
 
 WEEKDAY_NAMES = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 UNKNOWN_BALANCE_DAYS = 7
+HALF_CENT = 0.005  # a day's forecast demand below this is zero
 TAIL_LEVEL = 0.995  # weekly path sums beyond the body's extrapolation to this level are tamed (tame_tails)
 EXTENSION_DAYS = 7  # days past the optimiser's last visit day a load may cover (last forecast week repeated)
 QUIET_DEVICE_NOTE = "no usable record since"  # how a plan names a device whose feed stopped
@@ -212,8 +213,9 @@ def _clean_paths(
                 if empty[row]
                 else "forecast had gaps: filled with the day's mean"
             )
-    # np.maximum, not np.clip: the same values (NaN stays NaN) at a fifth of the time on float32.
-    withdrawals = tame_tails(np.maximum(withdrawals, 0.0))
+    # Below half a cent a day is the forecaster's arithmetic (a device that recorded only zeros gets 1e-5s), not
+    # demand a crew should come for; np.where keeps NaN, which the fill above has already replaced.
+    withdrawals = tame_tails(np.where(withdrawals < HALF_CENT, np.float32(0.0), withdrawals))
     if deposits is None:
         return withdrawals, withdrawals.copy(), notes
     net = withdrawals - np.nan_to_num(np.maximum(deposits, 0.0), copy=False)
@@ -616,8 +618,8 @@ def _device_notes(dev, withdrawals, net, visit_days, start_balance, balance_seen
 
 def _standing_notes(terms: pd.DataFrame, failures: dict[str, str], as_of: pd.Timestamp) -> list[list[str]]:
     """Notes on the device rather than on this plan, for every row of it: its model failed (the plan
-    rests on the fallback forecast), or its last usable record is over STALE_HISTORY_DAYS old (a
-    stopped feed, a device out of service), so someone should check it."""
+    rests on the fallback forecast), its last usable record is over STALE_HISTORY_DAYS old (a
+    stopped feed, a device out of service) or it has none yet (a new device), so someone should check it."""
     last = pd.DatetimeIndex(terms["last_observed"])
     silent = days_unrecorded(last, as_of)
     notes: list[list[str]] = []
@@ -625,6 +627,8 @@ def _standing_notes(terms: pd.DataFrame, failures: dict[str, str], as_of: pd.Tim
         found = ["model failed, fallback forecast used"] if device in failures else []
         if days > STALE_HISTORY_DAYS:
             found.append(f"{QUIET_DEVICE_NOTE} {last_day:%Y-%m-%d} ({days:.0f} days): check the device and its feed")
+        elif pd.isna(last_day):
+            found.append("no demand recorded yet: planned on the network's typical device; check it once it runs")
         notes.append(found)
     return notes
 

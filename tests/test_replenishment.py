@@ -516,6 +516,7 @@ def test_an_old_count_is_brought_forward_over_the_visits_and_demand_since(config
 
 def test_degenerate_devices_get_a_plan_and_a_note(config):
     forecast = lognormal_forecast([0.0, 100.0, 100.0, 100.0], 10, n_paths=40, seed=3)
+    forecast.withdrawal_paths[0] = 1e-5  # a device that recorded only zeros: the forecaster's arithmetic
     forecast.withdrawal_paths[3] = np.nan
     forecast.withdrawal_paths[2, :, 4] = np.nan
     terms = make_terms(
@@ -530,7 +531,7 @@ def test_degenerate_devices_get_a_plan_and_a_note(config):
     horizon_cfg = config.updated(plan={"horizon_days": 6})  # Mon..Sat: D1 (Sundays only) cannot be visited
     result = plan_network(forecast, terms, balances, AS_OF, horizon_cfg, holidays=NO_HOLIDAYS)
     notes = result.summary.set_index("device_id")["notes"]
-    assert "zero forecast demand" in notes["D0"]
+    assert "zero forecast demand" in notes["D0"] and result.plan[result.plan["device_id"] == "D0"].empty
     assert "no allowed visit day" in notes["D1"]
     assert "below min_balance" in notes["D2"]
     first_d2 = result.plan[result.plan["device_id"] == "D2"].iloc[0]
@@ -539,6 +540,7 @@ def test_degenerate_devices_get_a_plan_and_a_note(config):
     # A feed error worth a look:
     assert "balance 5,000 is above the most the device may hold, 1,000 (max_balance, else capacity)" in notes["D3"]
     assert "balance unknown" in notes["D4"] and "no forecast" in notes["D4"]
+    assert "no demand recorded yet: planned on the network's typical device" in notes["D4"]
     assert result.plan[result.plan["device_id"] == "D1"].empty
     assert np.isfinite(result.plan[["amount", "balance_after", "stockout_risk"]].to_numpy()).all()
 
