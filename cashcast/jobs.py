@@ -76,8 +76,12 @@ def load_history(
     end = None if as_of is None else as_of - pd.Timedelta(days=1)
     daily = ingest.read_daily(ws, end=end, device_ids=device_ids)
     if daily.empty:
-        before = "now" if as_of is None else f"{as_of:%Y-%m-%d}"
-        raise NoDataError(f"{ws.home}: no daily history in the lake before {before}; run `cashcast ingest`")
+        months = sorted(p.name.removeprefix("month=") for p in ws.table("daily").glob("month=*/") if any(p.iterdir()))
+        if not months:
+            raise NoDataError(f"{ws.home}: the lake has no daily history; run `cashcast ingest`")
+        whose = "" if device_ids is None else " for the devices asked for"
+        before = "" if as_of is None else f" before {as_of:%Y-%m-%d}"
+        raise NoDataError(f"{ws.home}: no daily history{whose}{before}; the lake's starts in {months[0]}")
     last = daily["date"].max()
     as_of = as_of if as_of is not None else last + pd.Timedelta(days=1)
     unrecorded = days_unrecorded(last, as_of)

@@ -71,6 +71,18 @@ def test_a_workspace_that_is_a_file_is_refused_in_one_line(tmp_path, capsys):
     ]
 
 
+def test_a_forecast_before_the_first_recorded_day_says_where_history_starts(tmp_path, capsys):
+    home = tmp_path / "home"
+    daily = tmp_path / "daily.csv"
+    daily.write_text("device_id,date,withdrawals\nA,2026-03-02,100\nA,2026-03-03,120\n")
+    assert main(["ingest", "--home", str(home), "--kind", "daily", str(daily)]) == 0
+    capsys.readouterr()
+    assert main(["forecast", "--home", str(home), "--as-of", "2025-06-01", "--horizon", "7"]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"cashcast forecast: error: {home}: no daily history before 2025-06-01; the lake's starts in 2026-03"
+    ]
+
+
 def test_nightly_with_nothing_to_forecast_says_so_in_one_line(tmp_path, capsys):
     """A first run before any data arrived: one line naming the workspace and the landing folder, no flow run."""
     home = tmp_path / "home"
