@@ -703,7 +703,9 @@ def replay_window(ws: Workspace, config: Config, start: pd.Timestamp, end: pd.Ti
 
     if end < start:
         raise ValueError(f"--end {end:%Y-%m-%d} is before --start {start:%Y-%m-%d}")
-    history = load_history(ws, end + pd.Timedelta(days=1), config=config)
+    with warnings.catch_warnings(record=True) as said:  # a stale-history warning ahead of the error below is noise
+        warnings.simplefilter("always")
+        history = load_history(ws, end + pd.Timedelta(days=1), config=config)
     known = history.daily[history.daily["date"] < start]
     if known.empty:
         raise NoDataError(f"{ws.home}: no history before {start:%Y-%m-%d} to train on")
@@ -713,6 +715,8 @@ def replay_window(ws: Workspace, config: Config, start: pd.Timestamp, end: pd.Ti
             f"{ws.home}: --end {end:%Y-%m-%d} is after the last recorded day {last:%Y-%m-%d}; a replay needs actual"
             " demand"
         )
+    for warning in said:
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     opening = latest_balances(history.balances, start)
     terms = replenishment.resolve_terms(history.devices, known, config)
     return ReplayWindow(history, known, terms, opening if len(opening) else None)
