@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import shutil
 import sys
 from pathlib import Path
@@ -42,11 +43,15 @@ def cmd_train(ws: Workspace, config: Config, args: argparse.Namespace) -> int:
     with training_on_configured_runner(config):
         outcome = jobs.run_train(ws, config, jobs.parse_date(args.as_of), progress=_progress())
     state = "promoted to champion" if outcome.promoted else "registered but NOT promoted"
+    smape, mase = (outcome.metrics.get(name, float("nan")) for name in ("smape_mean", "mase_mean"))
+    scores = (
+        f"sMAPE {smape:.2f}, MASE {mase:.3f}"
+        if math.isfinite(smape)
+        else "not backtested (too little history for a backtest window)"
+    )
     print(
-        f"trained {outcome.n_devices} devices on history before {outcome.as_of:%Y-%m-%d}: "
-        f"sMAPE {outcome.metrics.get('smape_mean', float('nan')):.2f}, "
-        f"MASE {outcome.metrics.get('mase_mean', float('nan')):.3f}; version {outcome.version} {state} "
-        f"({outcome.reason}); MLflow run {outcome.run_id}"
+        f"trained {outcome.n_devices} devices on history before {outcome.as_of:%Y-%m-%d}: {scores}; "
+        f"version {outcome.version} {state} ({outcome.reason}); MLflow run {outcome.run_id}"
     )
     return 0
 

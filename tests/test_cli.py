@@ -83,6 +83,17 @@ def test_a_forecast_before_the_first_recorded_day_says_where_history_starts(tmp_
     ]
 
 
+def test_training_a_network_too_young_to_backtest_says_so_not_nan(tmp_path, capsys):
+    home = tmp_path / "home"
+    dates = pd.date_range("2026-03-02", periods=20, freq="D")
+    daily = pd.DataFrame({"device_id": np.repeat(["A", "B"], 20), "date": np.tile(dates, 2), "withdrawals": 100.0})
+    daily.to_csv(tmp_path / "daily.csv", index=False, date_format="%Y-%m-%d")
+    assert main(["ingest", "--home", str(home), "--kind", "daily", str(tmp_path / "daily.csv")]) == 0
+    assert main(["train", "--home", str(home)]) == 0
+    out = capsys.readouterr().out
+    assert "trained 2 devices on history before 2026-03-22: not backtested" in out and "nan" not in out
+
+
 def test_nightly_with_nothing_to_forecast_says_so_in_one_line(tmp_path, capsys):
     """A first run before any data arrived: one line naming the workspace and the landing folder, no flow run."""
     home = tmp_path / "home"
