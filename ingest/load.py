@@ -152,10 +152,9 @@ def ingest_file(
         rejects_path = str(write_table(rejects, workspace.rejects / f"{kind}-{source.path.stem}-{stamp}.csv"))
     if run.rows_read and len(rejects) == run.rows_read:  # a format problem, most likely (day-first dates, say)
         first = rejects.iloc[0]
+        column = f", column {first['column']}" if first["column"] else ""  # a wrong-width line names none
         warnings.warn(
-            IngestWarning(
-                f"{path}: every row was rejected, e.g. row {first['row']}, column {first['column']}: {first['reason']}"
-            ),
+            IngestWarning(f"{path}: every row was rejected, e.g. row {first['row']}{column}: {first['reason']}"),
             stacklevel=2,
         )
     return IngestReport(str(path), run.rows_read, loaded, len(rejects), duplicate, rejects_path)
