@@ -433,4 +433,10 @@ def replay(
     per_device = per_device.round(dict.fromkeys(money, 2))
     if win.imputed.any():
         notes.append(f"{int(win.imputed.sum())} device-days not recorded: demand imputed (same-weekday median)")
+        mostly = win.imputed.mean(axis=1) > 0.5  # scored more on made-up demand than on what happened
+        if mostly.any():
+            names = win.terms["device_id"].astype(str)[mostly].tolist()
+            notes.append(
+                f"{len(names)} device(s) with over half the window imputed, read their rows with care: {names[:5]}"
+            )
     return ReplayResult(kpis=kpis, per_device=per_device, daily=pd.concat(daily_tables, ignore_index=True), notes=notes)

@@ -259,11 +259,12 @@ def test_devices_without_a_record_in_the_window_are_left_out_and_an_empty_window
     )
     new = pd.DataFrame({"device_id": "NEW", "date": dates[100:], "withdrawals": 1000.0})  # installed on day 100
     daily = daily[(daily["device_id"] == "OPEN") | (daily["date"] < dates[90])]  # CLOSED stops on day 90
-    daily = pd.concat([daily, new], ignore_index=True)
+    sparse = pd.DataFrame({"device_id": "SPARSE", "date": dates[[*range(96), 110]], "withdrawals": 1000.0})
+    daily = pd.concat([daily, new, sparse], ignore_index=True)
     config = load_config().updated(devices={"visit_cost": 40.0, "capacity_days": 14.0}, forecast={"n_paths": 40})
     start, end = dates[95], dates[-1]
     terms = resolve_terms(pd.DataFrame({"device_id": ["NEW"]}), daily[daily["date"] < start], config)
-    assert set(terms["device_id"]) == {"OPEN", "CLOSED", "NEW"}
+    assert set(terms["device_id"]) == {"OPEN", "CLOSED", "NEW", "SPARSE"}
 
     def forecast(history, as_of, horizon):
         return naive_forecast(history, as_of, horizon, n_paths=40, seed=3)
@@ -271,15 +272,17 @@ def test_devices_without_a_record_in_the_window_are_left_out_and_an_empty_window
     # The forecast covers the network (CLOSED too); the replay hands the planner its window's devices only.
     network = forecast(daily[daily["date"] < start], start, 14)
     window = network.subset(["OPEN", "NEW", "ELSEWHERE"])
-    assert set(network.device_ids) == {"OPEN", "CLOSED"} and list(window.device_ids) == ["OPEN"]
+    assert set(network.device_ids) == {"OPEN", "CLOSED", "SPARSE"} and list(window.device_ids) == ["OPEN"]
     assert set(window.frame["device_id"]) == {"OPEN"} and window.withdrawal_paths.shape[0] == 1
     np.testing.assert_array_equal(window.withdrawal_paths[0], network.withdrawal_paths[network.device_ids == "OPEN"][0])
     with warnings.catch_warnings(record=True) as said:
         warnings.simplefilter("always")
         result = replay(daily, terms, start, end, forecast, config)
     assert [str(w.message) for w in said if w.category is PlanWarning] == []  # left out once, in the notes
-    assert set(result.per_device["device_id"]) == {"OPEN"}
-    assert (result.kpis["device_days"] == len(pd.date_range(start, end))).all()
+    assert set(result.per_device["device_id"]) == {"OPEN", "SPARSE"}
+    # Two of its 25 days recorded: scored mostly on imputed demand, which the notes say by name.
+    assert any("over half the window imputed" in note and "SPARSE" in note for note in result.notes)
+    assert (result.kpis["device_days"] == 2 * len(pd.date_range(start, end))).all()
     assert any("CLOSED" in note and "left out" in note for note in result.notes)
     # Its days before day 100 would be made-up demand on an empty cassette: stockouts for every policy.
     assert any("NEW" in note and "installed after 2025-04-06" in note for note in result.notes)
@@ -287,6 +290,6 @@ def test_devices_without_a_record_in_the_window_are_left_out_and_an_empty_window
     # Without a master row, a device first seen inside the window is not in the terms at all: said too.
     unlisted = replay(daily, terms[terms["device_id"] != "NEW"], start, end, forecast, config)
     assert any("NEW" in note and "installed after 2025-04-06" in note for note in unlisted.notes)
-    assert set(unlisted.per_device["device_id"]) == {"OPEN"}
+    assert set(unlisted.per_device["device_id"]) == {"OPEN", "SPARSE"}
     with pytest.raises(ValueError, match="no demand recorded between 2025-06-01 and 2025-06-30"):
         replay(daily, terms, pd.Timestamp("2025-06-01"), pd.Timestamp("2025-06-30"), forecast, config)
