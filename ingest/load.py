@@ -5,7 +5,8 @@ Rules (CONTRACT.md "Input files"):
 - Every data row is loaded, rejected (to `rejects/<kind>-<stem>-<UTC time>.csv`, one line per row with
   the first reason found) or counted as a duplicate. A duplicate is a row that changes nothing: a
   transaction already in the lake or earlier in the file, a device-day / device / balance / status row
-  identical to what the lake holds, or a row superseded by a later row with the same key in the same file.
+  identical to what the lake holds, or an earlier row of the file identical to a later one with its key. An
+  earlier row with the same key and other values is rejected, naming the later row that wins.
   Re-ingesting a file therefore reports all its good rows as duplicates and leaves the lake identical.
 - `transactions` are summed into device-days of the device's local business date. Naive timestamps are
   local already; zoned ones are converted to the device's zone (devices table `timezone`, else
@@ -84,6 +85,7 @@ OPTIONAL = {
 TXN_TYPES = ("withdrawal", "deposit")
 DEVICE_KINDS = ("atm", "branch", "recycler")
 REJECT_KEY = ["file", "row", "column", "reason"]
+RECORD = "_record"  # a parsed row's index among the file's records, for rejects found after parsing
 DAY_BITS, DAY_OFFSET = 21, 2**20  # device-day cells: device code << 21 | (days since 1970 + 2**20)
 TXN_TYPES_ARRAY = pa.array(TXN_TYPES)
 TRANSACTION_WRITE_SCHEMA = lk.TRANSACTION_SCHEMA.set(
@@ -510,20 +512,60 @@ def _load_daily(run: _Run, staging: lk.Staging) -> tuple[int, int]:
         frame = pd.DataFrame({name: v[good] for name, v in values.items()})
         frame.insert(0, "date", days_of(ns[good]).astype("datetime64[ns]"))
         frame.insert(0, "device_id", ids.filter(pa.array(good)).to_pandas())
-        parts.append(frame)
+        parts.append(frame.assign(**{RECORD: first + np.flatnonzero(good)}))
     if not parts:
         return 0, 0
-    daily = pd.concat(parts, ignore_index=True).reindex(columns=lk.DAILY_SCHEMA.names)
-    superseded = daily.duplicated(["device_id", "date"], keep="last")
-    daily = daily[~superseded]
+    daily = pd.concat(parts, ignore_index=True).reindex(columns=[*lk.DAILY_SCHEMA.names, RECORD])
     keys = ["device_id", "date"]
+    daily, superseded = _latest_per_key(run, daily, keys)
     months = np.unique(daily["date"].to_numpy().astype("datetime64[M]"))
     old = [lk.read_partition(run.lake, lk.daily_partition(m), lk.DAILY_SCHEMA) for m in months]
     unchanged = _unchanged(daily, pd.concat(old, ignore_index=True) if old else daily.iloc[:0], keys)
     changed = daily[~unchanged]
     if len(changed):
         _merge_daily(run.lake, staging, changed, _replace_days)
-    return len(changed), int(superseded.sum() + unchanged.sum())
+    return len(changed), superseded + int(unchanged.sum())
+
+
+def _latest_per_key(run: _Run, frame: pd.DataFrame, keys: list[str]) -> tuple[pd.DataFrame, int]:
+    """The last row of each key in the file (without its RECORD column), and how many earlier rows repeated it
+    exactly (duplicates). An earlier row with other values goes to the rejects naming the row that replaced it:
+    two demands for one device-day in one file are a question for whoever sent it, not a silent pick."""
+    superseded = frame.duplicated(keys, keep="last").to_numpy()
+    winners = frame[~superseded]
+    if not superseded.any():
+        return winners.drop(columns=RECORD), 0
+    earlier = frame[superseded].merge(winners, on=keys, suffixes=("", "_later"))
+    values = [c for c in frame.columns if c not in (*keys, RECORD)]
+    differs = np.zeros(len(earlier), dtype=bool)
+    for column in values:
+        a, b = earlier[column], earlier[f"{column}_later"]
+        differs |= ~((a == b) | (a.isna() & b.isna())).to_numpy(dtype=bool)
+    if differs.any():
+        conflicts = earlier[differs]
+        later_rows = run.source.spreadsheet_rows(conflicts[f"{RECORD}_later"].to_numpy())
+        shown = pd.DataFrame(
+            {
+                column: conflicts[column].dt.strftime("%Y-%m-%d %H:%M:%S").str.removesuffix(" 00:00:00")
+                if pd.api.types.is_datetime64_any_dtype(conflicts[column])
+                else conflicts[column].map(lambda v: f"{v:.15g}")
+                if pd.api.types.is_float_dtype(conflicts[column])
+                else conflicts[column].astype(str)
+                for column in [*keys, *values]
+            }
+        ).replace({"nan": "", "NaT": "", "<NA>": "", "None": ""})
+        shown.insert(
+            0,
+            "reason",
+            [
+                f"same {' and '.join(keys)} as row {row}, a later row with other values, which wins"
+                for row in later_rows
+            ],
+        )
+        shown.insert(0, "column", "")
+        shown.insert(0, "row", conflicts[RECORD].to_numpy())
+        run.rejected.append(shown.reset_index(drop=True))
+    return winners.drop(columns=RECORD), int((~differs).sum())
 
 
 def _unchanged(new: pd.DataFrame, old: pd.DataFrame, keys: list[str]) -> np.ndarray:
@@ -540,9 +582,8 @@ def _load_small(run: _Run, staging: lk.Staging, name: str, parse) -> tuple[int, 
     """Devices, balances, status: latest row wins per key; the whole table file is rewritten."""
     parts = [parse(run, batch, first) for batch, first in run.batches()]
     schema, keys = lk.SMALL_SCHEMAS[name], lk.SMALL_KEYS[name]
-    new = pd.concat(parts, ignore_index=True) if parts else schema.empty_table().to_pandas()
-    superseded = new.duplicated(keys, keep="last")
-    new = new[~superseded]
+    empty = schema.empty_table().to_pandas().assign(**{RECORD: np.zeros(0, dtype=np.int64)})
+    new, superseded = _latest_per_key(run, pd.concat(parts, ignore_index=True) if parts else empty, keys)
     old = lk.read_small(run.lake, name)
     unchanged = _unchanged(new, old, keys)
     changed = new[~unchanged]
@@ -551,7 +592,7 @@ def _load_small(run: _Run, staging: lk.Staging, name: str, parse) -> tuple[int, 
         table = pd.concat([kept[kept["_merge"] == "left_only"].drop(columns="_merge"), changed], ignore_index=True)
         table = table.sort_values(keys, ignore_index=True)
         staging.write(lk.frame_to_table(table, schema), lk.small_table_path(name))
-    return len(changed), int(superseded.sum() + unchanged.sum())
+    return len(changed), superseded + int(unchanged.sum())
 
 
 def _parse_devices(run: _Run, batch: pa.RecordBatch, first: int) -> pd.DataFrame:
@@ -596,7 +637,7 @@ def _parse_devices(run: _Run, batch: pa.RecordBatch, first: int) -> pd.DataFrame
     checks += _region_checks(run.config, out) + _balance_limit_checks(out) + _cost_checks(out)
     good = run.screen(batch, first, checks)
     frame = pd.DataFrame({c: v.to_pandas() if isinstance(v, pa.Array) else v for c, v in out.items()})
-    return frame[good].reset_index(drop=True)
+    return frame[good].reset_index(drop=True).assign(**{RECORD: first + np.flatnonzero(good)})
 
 
 def _balance_limit_checks(out: dict) -> list[tuple[str, str, np.ndarray]]:
@@ -686,6 +727,7 @@ def _parse_balances(run: _Run, batch: pa.RecordBatch, first: int) -> pd.DataFram
             "device_id": ids.filter(pa.array(good)).to_pandas(),
             "as_of": days_of(ns[good]).astype("datetime64[ns]"),
             "balance": balance[good],
+            RECORD: first + np.flatnonzero(good),
         }
     )
 
@@ -711,6 +753,7 @@ def _parse_status(run: _Run, batch: pa.RecordBatch, first: int) -> pd.DataFrame:
             "start": start[good].view("datetime64[ns]"),
             "end": end[good].view("datetime64[ns]"),
             "state": state.filter(pa.array(good)).to_pandas(),
+            RECORD: first + np.flatnonzero(good),
         }
     )
 

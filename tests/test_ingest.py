@@ -122,11 +122,16 @@ def test_corrected_daily_file_replaces_device_days(tmp_path, ws, config):
         ws,
         config,
     )
-    fix = write(tmp_path / "d2.csv", "device_id,date,withdrawals\nA,2024-01-02,25\nA,2024-01-03,30\nA,2024-01-03,31\n")
-    report = ingest_file(fix, "daily", ws, config)
-    # The repeated 2024-01-03 row: the later one wins, the earlier counts as a duplicate.
-    assert (report.rows_loaded, report.rows_duplicate) == (2, 1)
+    body = "device_id,date,withdrawals\nA,2024-01-02,25\nA,2024-01-03,30\nA,2024-01-03,31\nA,2024-01-02,25\n"
+    report = ingest_file(write(tmp_path / "d2.csv", body), "daily", ws, config)
+    # Within one file the later row of a device-day wins: a repeat is a duplicate, a different value a reject
+    # that names the row replacing it (two demands for one day are a question for the sender).
+    assert accounted(report) and (report.rows_loaded, report.rows_duplicate, report.rows_rejected) == (2, 1, 1)
     assert read_daily(ws)["withdrawals"].tolist() == [10.0, 25.0, 31.0]
+    rejects = pd.read_csv(report.rejects_path, dtype=str, keep_default_na=False)
+    assert rejects[["row", "reason", "date", "withdrawals"]].values.tolist() == [
+        ["3", "same device_id and date as row 4, a later row with other values, which wins", "2024-01-03", "30"]
+    ]
 
 
 def test_transactions_sum_to_local_days_and_late_files_top_up(tmp_path, ws, config):
@@ -473,8 +478,9 @@ A,2024-01-01,12,
     )
     report = ingest_file(path, "daily", ws, config)
     assert accounted(report)
-    assert (report.rows_loaded, report.rows_rejected, report.rows_duplicate) == (1, 4, 1)
+    assert (report.rows_loaded, report.rows_rejected, report.rows_duplicate) == (1, 5, 0)
     assert pd.read_csv(report.rejects_path)["reason"].tolist() == [
+        "same device_id and date as row 7, a later row with other values, which wins",
         "unparseable date",
         "missing withdrawals",
         "negative deposits",
@@ -532,6 +538,16 @@ def test_latest_wins_for_devices_balances_and_status(tmp_path, ws, config):
         write(tmp_path / "s2.csv", "device_id,start,end,state\nA,2024-01-01,2024-01-03,offline\n"), "status", ws, config
     )
     assert read_table(ws, "status")["end"].tolist() == [pd.Timestamp("2024-01-03")]
+
+    # Within one file as across files the later row wins; an earlier one that differs is a reject naming it.
+    twice = write(tmp_path / "d3.csv", "device_id,capacity,name\nA,300,x\nB,5,y\nA,400,x\nB,5,y\n")
+    report = ingest_file(twice, "devices", ws, config)
+    assert accounted(report) and (report.rows_loaded, report.rows_duplicate, report.rows_rejected) == (2, 1, 1)
+    rejects = pd.read_csv(report.rejects_path, dtype=str, keep_default_na=False)
+    assert rejects[["row", "reason", "capacity"]].values.tolist() == [
+        ["2", "same device_id as row 4, a later row with other values, which wins", "300"]
+    ]
+    assert read_table(ws, "devices").set_index("device_id")["capacity"].to_dict() == {"A": 400.0, "B": 5.0}
 
 
 def test_absent_tables_read_as_empty_frames_with_columns(ws):
