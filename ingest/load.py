@@ -117,7 +117,8 @@ def _check_other_columns(source: Source, kind: str) -> None:
     for column in unknown:
         if column.startswith(UNNAMED):
             continue
-        guess = [c for c in absent if c.startswith(column)] or difflib.get_close_matches(column, absent, 1, 0.8)
+        cut_short = [c for c in absent if c.startswith(column)] if len(column) >= 4 else []  # lead_time, visit_week
+        guess = cut_short or difflib.get_close_matches(column, absent, 1, 0.8)
         if guess:
             raise IngestError(
                 f"{source.path}: column {column!r} is not a {kind} column: is it {guess[0]!r}? (rename it, or its"
