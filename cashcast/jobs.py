@@ -61,6 +61,9 @@ def parse_date(text: str | pd.Timestamp | None) -> pd.Timestamp | None:
     return None if text is None else pd.Timestamp(text).normalize()
 
 
+MAX_PLAN_REACH_DAYS = 130  # past a plan's last visit: its horizon is at most 90 days
+
+
 def load_history(
     ws: Workspace,
     as_of: pd.Timestamp | None = None,
@@ -377,19 +380,31 @@ def plan_forecast(
 
 
 def visits_on_order(ws: Workspace, as_of: pd.Timestamp, read=None) -> pd.DataFrame | None:
-    """The visits the carrier already has on the morning of `as_of`, from the latest plan written for
-    an earlier morning (None when there is none): inside the lead time they can no longer change.
-    `read` reads that plan's visits (default `_planned_visits`; a caller asking about many mornings caches it)."""
+    """The visits the carrier already has on the morning of `as_of`, from the plans written for earlier
+    mornings (None when there are none): inside the lead time they can no longer change.
+
+    Each plan's orders stood until the next plan was written, so a visit counts when its plan ordered it
+    (`order_by`) before the next plan's morning, and it falls on `as_of` or later. A visit ordered three
+    mornings ago for the day after tomorrow is in that plan only: the plans since took it as given and do not
+    list it. `read` reads a plan's visits (default `_planned_visits`; a caller asking about many mornings caches it).
+    """
     import replenishment
 
     days = {
         path: pd.to_datetime(path.parent.name, format="%Y-%m-%d", errors="coerce")
         for path in ws.plans.glob("*/plan.csv")
     }
-    earlier = {path: day for path, day in days.items() if pd.notna(day) and day < as_of}  # plans/<YYYY-MM-DD> only
+    oldest = as_of - pd.Timedelta(days=MAX_PLAN_REACH_DAYS)  # no visit of an older plan reaches as_of
+    earlier = sorted((day, path) for path, day in days.items() if pd.notna(day) and oldest <= day < as_of)
     if not earlier:
         return None
-    return replenishment.visits_on_order((read or _planned_visits)(max(earlier, key=earlier.get)), as_of)
+    parts = []
+    for (_, path), following in zip(earlier, [day for day, _ in earlier[1:]] + [as_of], strict=True):
+        visits = (read or _planned_visits)(path)
+        stood = pd.to_datetime(visits["order_by"]) < following  # ordered while this plan was the latest
+        parts.append(replenishment.visits_on_order(visits[stood], as_of))
+    ordered = pd.concat(parts, ignore_index=True)
+    return ordered.drop_duplicates(["device_id", "visit_date"], keep="last").reset_index(drop=True)
 
 
 def _planned_visits(path: Path) -> pd.DataFrame:

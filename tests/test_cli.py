@@ -128,6 +128,28 @@ def test_visits_made_since_a_count_are_each_days_visits_on_order(tmp_path):
     assert jobs.visits_made(ws, pd.Timestamp("2026-11-01"), counts) is None  # counted this morning: nothing since
 
 
+def test_a_visit_ordered_mornings_ago_stays_on_order_though_later_plans_do_not_list_it(tmp_path):
+    """Lead time 2: the plan of the 28th orders C for the 30th; the plan of the 29th takes it as given and does not
+    list it; on the 30th it is still on order (it used to vanish on its second night, and be planned again)."""
+    from cashcast import jobs
+    from cashcast.workspace import Workspace
+
+    ws = Workspace.resolve(tmp_path / "home")
+    header = "device_id,visit_date,order_by,action,amount,balance_after\n"
+    for day, rows in {
+        "2026-10-28": [
+            "C,2026-10-30,2026-10-28,load,800,800",  # ordered on the 28th: stands
+            "D,2026-11-02,2026-10-31,load,600,600",  # not yet ordered when the 29th's plan replaced it
+        ],
+        "2026-10-29": ["E,2026-10-31,2026-10-29,load,300,300", "D,2026-11-03,2026-11-01,load,650,650"],
+    }.items():
+        (ws.plans / day).mkdir(parents=True)
+        (ws.plans / day / "plan.csv").write_text(header + "\n".join(rows) + "\n")
+    ordered = jobs.visits_on_order(ws, pd.Timestamp("2026-10-30"))
+    assert ordered[["device_id", "balance_after"]].values.tolist() == [["C", 800.0], ["E", 300.0]]
+    assert jobs.visits_on_order(ws, pd.Timestamp("2026-10-31"))["device_id"].tolist() == ["E"]  # C was yesterday
+
+
 def test_a_file_whose_every_row_is_rejected_is_pointed_out(tmp_path, capsys):
     """Day-first dates (a spreadsheet's export) reject every row: the rows are kept in the rejects table as
     always, and stderr says what the first one got wrong instead of leaving a quiet "loaded 0"."""
