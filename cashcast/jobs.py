@@ -167,11 +167,15 @@ def run_train(
         history.daily, history.devices, history.as_of, config, progress=progress, events=history.events
     )
     champion = registry.load_champion(ws, config)
-    champion_score = None
-    if champion is not None:
-        window = result.window
+    champion_score, unscored = None, None
+    origins = [pd.Timestamp(origin) for origin in result.window["backtest_origins"]]
+    if champion is not None and origins and champion.as_of_ > min(origins):
+        # Fitted on days the window scores, it would be graded in-sample against the challenger's out-of-sample
+        # backtest and never lose: a refit of the method on newer history replaces it.
+        unscored = f"the champion (as of {champion.as_of_:%Y-%m-%d}) was fitted on part of this backtest window"
+    elif champion is not None:
         scored = forecasting.score_window(
-            champion, history.daily, history.devices, window["backtest_origins"], window["horizon"], config
+            champion, history.daily, history.devices, origins, result.window["horizon"], config
         )
         champion_score = float(scored[registry.SCORE_KEY])
     outcome = registry.log_training(
@@ -181,6 +185,7 @@ def run_train(
         as_of=history.as_of,
         fingerprint=data_fingerprint(history.daily),
         champion_score=champion_score,
+        unscored_champion=unscored,
     )
     return TrainOutcome(
         as_of=history.as_of,

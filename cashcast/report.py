@@ -118,6 +118,8 @@ def summary_markdown(
 def training_line(trained: dict) -> str:
     """'retrained (no champion model yet)': what the run did, then why, for the report and the artifact alike."""
     did = "retrained" if trained.get("trained") else "not due"
+    if trained.get("trained") and not trained.get("promoted", True):
+        did = "retrained, but the new model was worse on the backtest window: the champion keeps serving"
     return f"{did} ({trained['reason']})" if trained.get("reason") else did
 
 

@@ -111,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="fit, backtest, select, log to MLflow and register",
         description="Fit every device's models on history before the as-of date, backtest them, "
         "select per device, log the run to MLflow and register the bundle; the champion alias "
-        "moves only when the new model is no worse on the same backtest window.",
+        "moves only when the new model is no worse on the same backtest window (a champion fitted on part of "
+        "that window is replaced: it would be graded in-sample).",
     )
     p.add_argument("--as-of", type=_date, help="train on history before this day (default: after the last day)")
 

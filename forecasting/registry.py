@@ -239,10 +239,12 @@ def log_training(
     fingerprint: str,
     champion_score: float | None,
     extra_tags: dict[str, str] | None = None,
+    unscored_champion: str | None = None,
 ) -> RegistryOutcome:
     """Log one training job, register its bundle, and move `champion` when it is no worse.
 
-    `champion_score` is the serving champion's score on this run's backtest window (None: no champion).
+    `champion_score` is the serving champion's score on this run's backtest window (None: no champion, or
+    one that cannot be scored fairly there, whose reason is `unscored_champion`).
     """
     use_store(ws, config)
     params: dict[str, str] = {}
@@ -253,7 +255,7 @@ def log_training(
     challenger = float(result.metrics[SCORE_KEY])
     promote = champion_score is None or (math.isfinite(challenger) and challenger <= champion_score + 1e-9)
     reason = (
-        "no comparable champion (first model, or one built by other code)"
+        unscored_champion or "no comparable champion (first model, or one built by other code)"
         if champion_score is None
         else f"backtest sMAPE {challenger:.3f} vs champion {champion_score:.3f} on the same window"
     )

@@ -77,8 +77,9 @@ def test_worse_challenger_is_kept_but_not_promoted_then_better_one_is(trained, m
 
         return fake
 
+    # The champion (as of 10-01) has not seen the challenger's backtest window (origins 10-01 and 10-15).
     monkeypatch.setattr(forecasting, "score_window", champion_scores(1.0))  # a champion hard to beat
-    refused = jobs.run_train(ws, config, pd.Timestamp("2026-10-08"))
+    refused = jobs.run_train(ws, config, pd.Timestamp("2026-10-29"))
     challenger_score = refused.metrics[registry.SCORE_KEY]
     assert not refused.promoted and challenger_score > 1.0
     assert str(registry.champion_version(ws, config).version) == "1"
@@ -88,9 +89,15 @@ def test_worse_challenger_is_kept_but_not_promoted_then_better_one_is(trained, m
     assert client.get_run(refused.run_id).data.tags["cashcast.promoted"] == "false"
 
     monkeypatch.setattr(forecasting, "score_window", champion_scores(challenger_score + 50))
-    accepted = jobs.run_train(ws, config, pd.Timestamp("2026-10-08"))
+    accepted = jobs.run_train(ws, config, pd.Timestamp("2026-10-29"))
     assert accepted.promoted
     assert str(registry.champion_version(ws, config).version) == accepted.version
+
+    # A champion fitted on the days a window scores would be graded in-sample against the challenger's
+    # out-of-sample backtest and never lose: it is not scored, and the refit on newer history replaces it.
+    monkeypatch.setattr(forecasting, "score_window", champion_scores(0.0))
+    refreshed = jobs.run_train(ws, config, pd.Timestamp("2026-10-30"))
+    assert refreshed.promoted and "(as of 2026-10-29) was fitted on part of this backtest window" in refreshed.reason
 
 
 def test_registered_model_reloads_in_fresh_process_with_identical_forecasts(trained, tmp_path):
@@ -149,16 +156,24 @@ def test_champion_fitted_under_other_model_settings_is_refitted_by_the_nightly_r
         config.updated(forecast={"backtest_folds": config.forecast.backtest_folds + 1}),
     ):
         assert registry.settings_differ(champion, other)
-        due, why = jobs.training_due(ws, other, pd.Timestamp("2026-10-09"))
+        due, why = jobs.training_due(ws, other, pd.Timestamp("2026-10-31"))
         assert due and "other model settings" in why
         with pytest.warns(jobs.ModelSettingsWarning, match="other model settings"):
-            assert jobs.ensure_champion(ws, other, pd.Timestamp("2026-10-09")).version == champion.version
-    due, _ = jobs.training_due(ws, config, pd.Timestamp("2026-10-09"))
+            assert jobs.ensure_champion(ws, other, pd.Timestamp("2026-10-31")).version == champion.version
+    due, _ = jobs.training_due(ws, config, pd.Timestamp("2026-10-31"))
     assert not due
     # Once a model was fitted under the new settings, losing to the champion does not make every night
     # retrain: the cadence and drift rules take over again.
     other = config.updated(calendar={"paydays": [25]})
     monkeypatch.setattr(forecasting, "score_window", lambda *args, **kwargs: {registry.SCORE_KEY: 0.0})
-    assert not jobs.run_train(ws, other, pd.Timestamp("2026-10-09")).promoted
-    _, why = jobs.training_due(ws, other, pd.Timestamp("2026-10-10"))
+    fitted_before_the_window = registry.load_champion
+
+    def champion_from_january(ws, config):  # older than the backtest window: scored, and it wins
+        model = fitted_before_the_window(ws, config)
+        model.as_of_ = pd.Timestamp("2026-01-01")
+        return model
+
+    monkeypatch.setattr(registry, "load_champion", champion_from_january)
+    assert not jobs.run_train(ws, other, pd.Timestamp("2026-10-31")).promoted
+    _, why = jobs.training_due(ws, other, pd.Timestamp("2026-11-01"))
     assert "other model settings" not in why
