@@ -122,11 +122,19 @@ def ensure_outputs(ws: Workspace, config: Config, as_of: pd.Timestamp | None = N
     """Whatever is missing of lake, champion model and plan for `as_of`, produced in that order.
 
     A workspace that already has them is only read, so notebooks can run against a production
-    workspace without retraining anything.
+    workspace without retraining anything. A plan is written only into a workspace with none yet (the
+    sample one): in a workspace the nightly run keeps, a notebook's plan would count as ordered tomorrow.
     """
     next_as_of = ensure_lake(ws, config)
     as_of = next_as_of if as_of is None else pd.Timestamp(as_of).normalize()
     if not (ws.plans / f"{as_of:%Y-%m-%d}" / "plan.csv").exists():
+        planned = sorted(path.parent.name for path in ws.plans.glob("*/plan.csv"))
+        if planned:
+            raise ValueError(
+                f"{ws.home} has no plan for {as_of:%Y-%m-%d}, and a notebook writes none into a workspace the nightly"
+                f" run keeps (its visits would count as ordered): pick a planned morning (latest {planned[-1]}) or run"
+                f" `cashcast plan --as-of {as_of:%Y-%m-%d}`"
+            )
         jobs.run_plan(ws, config, as_of)
     return as_of
 

@@ -171,6 +171,15 @@ def test_headline_table_compares_the_fleet_row_with_the_baseline(planned_ws):
     assert row["change %"] == pytest.approx(expected)
 
 
+def test_a_notebook_writes_no_plan_into_a_workspace_the_nightly_run_keeps(planned_ws, config):
+    """Its visits would count as ordered the next morning: it names the planned morning to read instead."""
+    ws, _ = planned_ws
+    assert analyst.ensure_outputs(ws, config, AS_OF) == AS_OF  # planned already: only read
+    with pytest.raises(ValueError, match=f"no plan for 2026-11-05.*latest {AS_OF:%Y-%m-%d}"):
+        analyst.ensure_outputs(ws, config, pd.Timestamp("2026-11-05"))
+    assert not (ws.plans / "2026-11-05").exists()
+
+
 def test_devices_at_risk_keeps_each_devices_riskiest_visit():
     plan = pd.DataFrame(
         {
