@@ -685,7 +685,7 @@ def training_due(ws: Workspace, config: Config, as_of: pd.Timestamp | None) -> t
     recent = recent_forecast_error(ws, as_of)
     if recent is not None and baseline > 0 and recent > baseline * (1 + config.forecast.drift_threshold):
         return True, f"recent sMAPE {recent:.1f} drifted past backtest {baseline:.1f}"
-    return False, f"champion is {age} days old and within drift bounds"
+    return False, f"champion is {age} day{'' if age == 1 else 's'} old and within drift bounds"
 
 
 # ---------------------------------------------------------------- backtest

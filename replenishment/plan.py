@@ -611,7 +611,10 @@ def _device_notes(dev, withdrawals, net, visit_days, start_balance, balance_seen
             )
         early_short = run.short[row, : first_allowed[row]].sum() if first_allowed[row] > 0 else 0.0
         if early_short > 1 - dev.service_level[row]:
-            found.append(f"may run out before the first possible visit ({early_short:.2g} expected stockout days)")
+            found.append(
+                f"may run out before the first possible visit ({early_short:.2g} expected stockout"
+                f" day{'' if f'{early_short:.2g}' == '1' else 's'})"
+            )
         notes.append(found)
     return notes
 
