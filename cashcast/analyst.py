@@ -126,7 +126,7 @@ def ensure_outputs(ws: Workspace, config: Config, as_of: pd.Timestamp | None = N
     sample one): in a workspace the nightly run keeps, a notebook's plan would count as ordered tomorrow.
     """
     next_as_of = ensure_lake(ws, config)
-    as_of = next_as_of if as_of is None else pd.Timestamp(as_of).normalize()
+    as_of = next_as_of if as_of is None else jobs.parse_date(as_of)
     if not (ws.plans / f"{as_of:%Y-%m-%d}" / "plan.csv").exists():
         planned = sorted(path.parent.name for path in ws.plans.glob("*/plan.csv"))
         if planned:
@@ -159,6 +159,7 @@ def load_lake(ws: Workspace, as_of: pd.Timestamp | None = None, device_ids: list
     >>> lake = load_lake(ws)                       # as of the morning after the last recorded day
     >>> lake.daily.loc[lake.daily["censored"], ["device_id", "date", "withdrawals"]]
     """
+    device_ids = [device_ids] if isinstance(device_ids, str) else device_ids
     history = jobs.load_history(ws, as_of, device_ids)
     status = ingest.read_table(ws, "status")
     if device_ids is not None:
@@ -309,7 +310,7 @@ def yesterday_accuracy(ws: Workspace, as_of: pd.Timestamp, max_age_days: int = 7
     """
     import features
 
-    as_of = pd.Timestamp(as_of).normalize()
+    as_of = jobs.parse_date(as_of)
     yesterday = as_of - pd.Timedelta(days=1)
     columns = ["device_id", "date", "model", "yhat", "withdrawals", "censored", "made"]
     for age in range(1, max_age_days + 1):

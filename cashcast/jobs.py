@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import pickle
+import re
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -57,10 +58,14 @@ class History:
 
 
 def parse_date(text: str | pd.Timestamp | None) -> pd.Timestamp | None:
-    """CLI dates (YYYY-MM-DD) as normalised timestamps; None stays None."""
+    """Dates from the command line or a notebook (YYYY-MM-DD text, or a Timestamp) as normalised timestamps;
+    None stays None. Other text is refused, as ingest refuses it: '03/11/2026' is March or November."""
+    if isinstance(text, str) and not ISO_DAY.fullmatch(text.strip()):
+        raise ValueError(f"{text!r}: dates are YYYY-MM-DD (e.g. 2026-11-03)")
     return None if text is None else pd.Timestamp(text).normalize()
 
 
+ISO_DAY = re.compile(r"\d{4}-\d{2}-\d{2}([ T]\d{2}:\d{2}(:\d{2})?)?")  # a time of day is dropped
 MAX_PLAN_REACH_DAYS = 130  # past a plan's last visit: its horizon is at most 90 days
 
 
@@ -75,7 +80,8 @@ def load_history(
     With `config`, the custom events calendar ([calendar] events_file, none when it is empty) comes
     along for training and forecasting.
     """
-    as_of = None if as_of is None else pd.Timestamp(as_of).normalize()  # an analyst's "2026-11-01" too
+    as_of = parse_date(as_of)  # an analyst's "2026-11-01" too
+    device_ids = [device_ids] if isinstance(device_ids, str) else device_ids  # one device, named bare
     end = None if as_of is None else as_of - pd.Timedelta(days=1)
     daily = ingest.read_daily(ws, end=end, device_ids=device_ids)
     if daily.empty:

@@ -249,6 +249,10 @@ def test_devices_whose_feed_stopped_are_listed_for_a_look(planned_ws, config, tm
 def test_lake_view_marks_censored_and_unrecorded_days(planned_ws, config):
     ws, _ = planned_ws
     lake = analyst.load_lake(ws, f"{AS_OF:%Y-%m-%d}")  # a notebook's ISO string as well as a Timestamp
+    with pytest.raises(ValueError, match="dates are YYYY-MM-DD"):  # 03/11 is March or November: refused, as in ingest
+        analyst.load_lake(ws, "01/11/2026")
+    one = analyst.load_lake(ws, AS_OF, CENSORED_YESTERDAY)  # a device named bare, not in a list
+    assert set(one.daily["device_id"]) == {CENSORED_YESTERDAY}
     days = analyst.device_days(lake, CENSORED_YESTERDAY)
     assert days["date"].max() == YESTERDAY
     assert days.set_index("date").loc[YESTERDAY, "censored"]
