@@ -514,16 +514,18 @@ def what_if(
     """
     import forecasting
 
+    start, end = jobs.parse_date(start), jobs.parse_date(end)
     window = jobs.replay_window(ws, config, start, end)
     history = window.history
+    for name, overrides in scenarios.items():  # before the fit: a typo should not cost one
+        unknown = set(overrides) - set(window.terms.columns)
+        if unknown:
+            raise KeyError(f"scenario {name!r}: unknown device term(s) {sorted(unknown)}")
     if model is None:
         model = forecasting.train(window.known, history.devices, start, config, events=history.events).model
     forecaster = caching_forecaster(model, history.devices)
     kpis, trajectories = [], []
     for name, overrides in scenarios.items():
-        unknown = set(overrides) - set(window.terms.columns)
-        if unknown:
-            raise KeyError(f"scenario {name!r}: unknown device term(s) {sorted(unknown)}")
         result = window.replay(start, end, forecaster, config, terms=window.terms.assign(**dict(overrides)))
         kpis.append(result.kpis.assign(scenario=name))
         trajectories.append(result.daily.assign(scenario=name))

@@ -302,7 +302,7 @@ def test_fan_chart_draws_one_band_per_upper_quantile(planned_ws, config):
     assert "censored (lower bound)" in legend
 
 
-def test_what_if_replays_every_scenario_with_shared_forecasts(planned_ws, config):
+def test_what_if_replays_every_scenario_with_shared_forecasts(planned_ws, config, monkeypatch):
     ws, _ = planned_ws
     calls = []
 
@@ -325,6 +325,15 @@ def test_what_if_replays_every_scenario_with_shared_forecasts(planned_ws, config
     assert_labelled(fig, "currency units")
     with pytest.raises(KeyError, match="unknown device term"):
         analyst.what_if(ws, config, start, end, {"typo": {"holdng_rate": 0.1}}, model=NaiveModel())
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("a typo in a scenario should be caught before the model is fitted")
+
+    import forecasting
+
+    monkeypatch.setattr(forecasting, "train", no_fit)
+    with pytest.raises(KeyError, match="unknown device term"):  # ISO strings as well as Timestamps
+        analyst.what_if(ws, config, f"{start:%Y-%m-%d}", f"{end:%Y-%m-%d}", {"typo": {"holdng_rate": 0.1}})
 
 
 def test_latest_backtest_reads_the_newest_kpi_folder(planned_ws, config):
