@@ -256,9 +256,10 @@ def roll_balances_forward(
 
     Day by day from the count: the visit made that morning sets the cash to its balance_after (`visits`:
     device_id, visit_date, balance_after, as they stood on order), then the day's recorded withdrawals
-    less deposits leave, floored at 0. A day with no record stops a device there: its balance keeps that
-    morning's date, and the plan says how old it is. Counts over MAX_ROLL_DAYS days old stay as they are.
-    Adds `counted_on`, the day of the count itself. Why: yesterday's count knows nothing of yesterday's
+    less deposits leave, floored at 0. A day with no record stops a device there, after that morning's
+    visit: its balance keeps that morning's date (`after_visit` says the visit is in it), and the plan says
+    how old it is. Counts over MAX_ROLL_DAYS days old stay as they are. Adds `counted_on`, the day of the
+    count itself. Why: yesterday's count knows nothing of yesterday's
     swap, so a plan built on it sends the crew for cash that is gone or leaves a device to run dry.
     """
     as_of = pd.Timestamp(as_of).normalize()
@@ -294,9 +295,14 @@ def roll_balances_forward(
     balance = out.loc[stale, "balance"].to_numpy(dtype="float64").copy()
     reached = (counted[stale] - first).dt.days.to_numpy(dtype=int, copy=True)
     rolling = np.ones(len(ids), dtype=bool)
+    after_visit = np.zeros(len(ids), dtype=bool)
     for day in range(len(dates)):
         on = rolling & (day >= reached)
-        rolling &= ~(on & np.isnan(net[:, day]))  # no record that day: stop before it
+        stop = on & np.isnan(net[:, day])  # no record that day: stop there, after its visit (that one is known)
+        seen_visit = stop & ~np.isnan(made[:, day])
+        balance[seen_visit] = made[seen_visit, day]
+        after_visit |= seen_visit
+        rolling &= ~stop
         go = on & rolling
         visited = go & ~np.isnan(made[:, day])
         balance[visited] = made[visited, day]
@@ -304,6 +310,8 @@ def roll_balances_forward(
         reached[go] = day + 1
     out.loc[stale, "balance"] = balance
     out.loc[stale, "balance_as_of"] = first + pd.to_timedelta(reached, unit="D")
+    out["after_visit"] = False
+    out.loc[stale, "after_visit"] = after_visit
     return out
 
 
@@ -312,10 +320,11 @@ def _start_balances(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Morning balance per device (latest row on or before as_of), whether it was known, and how many
     days before as_of it dates from and was counted (0 when undated or unknown; they differ for a count
-    brought forward by roll_balances_forward)."""
+    brought forward by roll_balances_forward), and whether that morning's visit is in it (1) or not (0)."""
     known = pd.Series(np.nan, index=device_ids)
     age = np.zeros(len(device_ids), dtype=int)
     count_age = age
+    after_visit = np.zeros(len(device_ids), dtype=int)
     if balances is not None and not balances.empty:
         frame = balances.rename(columns={"balance_as_of": "as_of"}).dropna(subset=["balance"])
         frame["device_id"] = frame["device_id"].astype(str)
@@ -331,9 +340,11 @@ def _start_balances(
         if "counted_on" in latest:
             counted = pd.to_datetime(latest["counted_on"]).reindex(device_ids)
             count_age = (as_of.normalize() - counted.dt.normalize()).dt.days.fillna(0).to_numpy(dtype=int)
+        if "after_visit" in latest:
+            after_visit = latest["after_visit"].reindex(device_ids).fillna(False).to_numpy(dtype=int)
     values = known.to_numpy(dtype="float64")
     is_known = ~np.isnan(values)
-    return np.where(is_known, values, assumed), is_known, np.stack([age, count_age])
+    return np.where(is_known, values, assumed), is_known, np.stack([age, count_age, after_visit])
 
 
 def _ordered_targets(
@@ -571,6 +582,12 @@ def _device_notes(dev, withdrawals, net, visit_days, start_balance, balance_seen
             found.append(
                 f"balance unknown: assumed {start_balance[row]:,.0f} (min_balance + 7-day forecast, at most the"
                 " largest load)"
+            )
+        elif balance_age[0, row] > 0 and balance_age[2, row]:
+            found.append(
+                f"balance {start_balance[row]:,.0f} is what the visit of {balance_age[0, row]} day(s) before this"
+                f" plan left (its balance_after; counted {balance_age[1, row]} day(s) ago): the withdrawals since are"
+                " not recorded, send this morning's count"
             )
         elif balance_age[0, row] > 0 and balance_age[1, row] > balance_age[0, row]:
             found.append(

@@ -481,19 +481,19 @@ def test_an_old_count_is_brought_forward_over_the_visits_and_demand_since(config
     """Yesterday's count knows nothing of yesterday's swap: the plan starts from the count, the visits made
     since (their balance_after) and the recorded withdrawals less deposits, as far as days are recorded."""
     # D0 swapped since its count, D1 has a day without a record, D2 was counted this morning, D3 too long ago
-    # to bring forward, D4 recorded more than it held.
+    # to bring forward, D4 recorded more than it held, D5 was visited yesterday, a day with no record.
     day = [AS_OF - pd.Timedelta(days=k) for k in range(5)]  # day[1] is yesterday
     balances = pd.DataFrame(
         {
-            "device_id": ["D0", "D1", "D2", "D3", "D4"],
-            "balance": [1000.0, 1000.0, 400.0, 900.0, 300.0],
-            "balance_as_of": [day[3], day[3], day[0], AS_OF - pd.Timedelta(days=40), day[1]],
+            "device_id": ["D0", "D1", "D2", "D3", "D4", "D5"],
+            "balance": [1000.0, 1000.0, 400.0, 900.0, 300.0, 5000.0],
+            "balance_as_of": [day[3], day[3], day[0], AS_OF - pd.Timedelta(days=40), day[1], day[1]],
         }
     )
     rows = [("D0", day[3], 100.0, None), ("D0", day[2], 200.0, 50.0), ("D0", day[1], 300.0, None)]
     rows += [("D1", day[3], 100.0, None), ("D1", day[1], 100.0, None), ("D4", day[1], 500.0, None)]
     daily = pd.DataFrame(rows, columns=["device_id", "date", "withdrawals", "deposits"])
-    visits = pd.DataFrame({"device_id": ["D0"], "visit_date": [day[2]], "balance_after": [2000.0]})
+    visits = pd.DataFrame({"device_id": ["D0", "D5"], "visit_date": [day[2], day[1]], "balance_after": [2000.0, 570.0]})
     rolled = roll_balances_forward(balances, daily, visits, AS_OF).set_index("device_id")
     # 1000 - 100; swapped to 2000 - (200 - 50); - 300.
     assert rolled.loc["D0", "balance"] == 1550.0 and rolled.loc["D0", "balance_as_of"] == AS_OF
@@ -502,14 +502,25 @@ def test_an_old_count_is_brought_forward_over_the_visits_and_demand_since(config
     assert rolled.loc["D2", "balance"] == 400.0 and rolled.loc["D3", "balance"] == 900.0  # untouched
     assert rolled.loc["D4", "balance"] == 0.0  # recorded more than it held: empty, never negative
     assert rolled.loc["D0", "counted_on"] == day[3]
+    # The pickup down to 570 is known though the day's deposits are not: after it, dated that morning.
+    assert (rolled.loc["D5", "balance"], rolled.loc["D5", "balance_as_of"]) == (570.0, day[1])
+    assert rolled["after_visit"].to_dict() == {
+        "D0": False,
+        "D1": False,
+        "D2": False,
+        "D3": False,
+        "D4": False,
+        "D5": True,
+    }
 
-    forecast = lognormal_forecast([100.0] * 5, 10, n_paths=20, seed=2)
+    forecast = lognormal_forecast([100.0] * 6, 10, n_paths=20, seed=2)
     terms = resolve_terms(balances[["device_id"]], None, config)
     result = plan_network(forecast, terms, rolled.reset_index(), AS_OF, config, holidays=NO_HOLIDAYS)
     notes = result.summary.set_index("device_id")["notes"]
     assert "balance 1,550 brought forward from the count of 3 day(s) ago" in notes["D0"]
     assert "balance 900 dates from 2 day(s) before this plan: brought forward from a count 3 day(s) old" in notes["D1"]
     assert "was counted 40 day(s) before this plan" in notes["D3"]
+    assert "balance 570 is what the visit of 1 day(s) before this plan left" in notes["D5"]
     opening = result.projection.sort_values("date").groupby("device_id").first()
     assert opening.loc["D0", "expected_opening_balance"] == pytest.approx(1550.0)
 
