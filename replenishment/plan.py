@@ -679,9 +679,17 @@ def _plan_rows(
         )
     risk = run.segment_risk[rows, days]
     risk_before = run.risk_before(targets, rows, days)
+    # A plan's first own visit answers for this morning's cash too: through the visits already on order, the
+    # riskiest stretch before it (a device running dry before tomorrow's ordered visit shows here, not nowhere).
+    on_order_risk = np.where(~np.isnan(fixed), run.segment_risk, 0.0)
+    before_day = np.concatenate([np.zeros((len(fixed), 1)), np.maximum.accumulate(on_order_risk, axis=1)[:, :-1]], 1)
+    opens = np.diff(rows, prepend=-1) != 0  # visits come sorted by device, then day
+    risk_before = np.where(
+        opens, np.maximum.reduce([risk_before, run.opening_risk[rows], before_day[rows, days]]), risk_before
+    )
     held = np.concatenate([np.zeros((len(targets), 1)), np.cumsum(run.after, axis=1)], axis=1)
     holding = (held[rows, np.minimum(days + covered, horizon)] - held[rows, days]) * dev.daily_holding_rate[rows]
-    first_visit = np.diff(rows, prepend=-1) != 0  # visits come sorted by device, then day
+    first_visit = opens
     capped = np.maximum(after, targets[rows, days]) >= dev.max_load[rows] - 1e-6
     flags = zip(pickup, capped, after, before, strict=True)
     weekdays = [WEEKDAY_NAMES[day] for day in dates.day_of_week]

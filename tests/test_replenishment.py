@@ -587,6 +587,10 @@ def test_ordered_visits_inside_the_lead_time_are_kept(config):
         and day.loc[AS_OF + pd.Timedelta(days=2), "expected_opening_balance"] < 700
     )
     assert result.plan.iloc[0]["expected_balance_before"] < 700
+    # Empty this morning, it runs dry before the ordered visit: the plan's first row says so (no row is the ordered
+    # visit's, so the report ranking devices by their rows would otherwise never show it).
+    assert result.plan.iloc[0]["stockout_risk_before"] > 0.9
+    assert "risk of running out before this visit" in result.plan.iloc[0]["reason"]
     # The fixed-schedule baseline is compared on the same footing: the ordered refill is its too.
     summary = result.summary.set_index("device_id").loc["D0"]
     assert summary["baseline_expected_stockout_days"] < 1.5 and summary["expected_stockout_days"] < 1.5
