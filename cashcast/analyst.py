@@ -127,16 +127,18 @@ def ensure_outputs(ws: Workspace, config: Config, as_of: pd.Timestamp | None = N
     """
     next_as_of = ensure_lake(ws, config)
     as_of = next_as_of if as_of is None else jobs.parse_date(as_of)
-    if not (ws.plans / f"{as_of:%Y-%m-%d}" / "plan.csv").exists():
-        planned = sorted(path.parent.name for path in ws.plans.glob("*/plan.csv"))
-        if planned:
-            raise ValueError(
-                f"{ws.home} has no plan for {as_of:%Y-%m-%d}, and a notebook writes none into a workspace the nightly"
-                f" run keeps (its visits would count as ordered): pick a planned morning (latest {planned[-1]}) or run"
-                f" `cashcast plan --as-of {as_of:%Y-%m-%d}`"
-            )
+    if (ws.plans / f"{as_of:%Y-%m-%d}" / "plan.csv").exists():
+        return as_of
+    try:
+        latest = _latest(ws.plans, "plan.csv").parent.name
+    except FileNotFoundError:  # no plan at all: the sample workspace, planned here
         jobs.run_plan(ws, config, as_of)
-    return as_of
+        return as_of
+    raise ValueError(
+        f"{ws.home} has no plan for {as_of:%Y-%m-%d}, and a notebook writes none into a workspace the nightly"
+        f" run keeps (its visits would count as ordered): pick a planned morning (latest {latest}) or run"
+        f" `cashcast plan --as-of {as_of:%Y-%m-%d}`"
+    )
 
 
 # ---------------------------------------------------------------- the lake

@@ -57,6 +57,9 @@ class History:
     events: pd.DataFrame | None = None  # the custom events calendar ([calendar] events_file)
 
 
+ISO_DAY = re.compile(r"\d{4}-\d{2}-\d{2}([ T]\d{2}:\d{2}(:\d{2})?)?")  # a time of day is dropped
+
+
 def parse_date(text: str | pd.Timestamp | None) -> pd.Timestamp | None:
     """Dates from the command line or a notebook (YYYY-MM-DD text, or a Timestamp) as normalised timestamps;
     None stays None. Other text is refused, as ingest refuses it: '03/11/2026' is March or November."""
@@ -65,7 +68,6 @@ def parse_date(text: str | pd.Timestamp | None) -> pd.Timestamp | None:
     return None if text is None else pd.Timestamp(text).normalize()
 
 
-ISO_DAY = re.compile(r"\d{4}-\d{2}-\d{2}([ T]\d{2}:\d{2}(:\d{2})?)?")  # a time of day is dropped
 MAX_PLAN_REACH_DAYS = 130  # past a plan's last visit: its horizon is at most 90 days
 
 
@@ -81,7 +83,6 @@ def load_history(
     along for training and forecasting.
     """
     as_of = parse_date(as_of)  # an analyst's "2026-11-01" too
-    device_ids = [device_ids] if isinstance(device_ids, str) else device_ids  # one device, named bare
     end = None if as_of is None else as_of - pd.Timedelta(days=1)
     daily = ingest.read_daily(ws, end=end, device_ids=device_ids)
     if daily.empty:
@@ -390,28 +391,39 @@ def plan_forecast(
     return replenishment.plan_network(forecast, terms, opening, history.as_of, config, ordered_visits=on_order)
 
 
-def visits_on_order(ws: Workspace, as_of: pd.Timestamp, read=None) -> pd.DataFrame | None:
+def visits_on_order(ws: Workspace, as_of: pd.Timestamp) -> pd.DataFrame | None:
     """The visits the carrier already has on the morning of `as_of`, from the plans written for earlier
     mornings (None when there are none): inside the lead time they can no longer change.
 
     Each plan's orders stood until the next plan was written, so a visit counts when its plan ordered it
     (`order_by`) before the next plan's morning, and it falls on `as_of` or later. A visit ordered three
     mornings ago for the day after tomorrow is in that plan only: the plans since took it as given and do not
-    list it. `read` reads a plan's visits (default `_planned_visits`; a caller asking about many mornings caches it).
+    list it.
     """
-    import replenishment
+    return _on_order(_written_plans(ws), as_of, _planned_visits)
 
+
+def _written_plans(ws: Workspace) -> list[tuple[pd.Timestamp, Path]]:
+    """(morning, plan.csv) of every plan in the workspace (plans/<YYYY-MM-DD> only), oldest first."""
     days = {
         path: pd.to_datetime(path.parent.name, format="%Y-%m-%d", errors="coerce")
         for path in ws.plans.glob("*/plan.csv")
     }
+    return sorted((day, path) for path, day in days.items() if pd.notna(day))
+
+
+def _on_order(plans: list[tuple[pd.Timestamp, Path]], as_of: pd.Timestamp, read) -> pd.DataFrame | None:
+    """`visits_on_order` over the plans listed, each read by `read` (a caller asking about many mornings
+    lists them once and caches the reading)."""
+    import replenishment
+
     oldest = as_of - pd.Timedelta(days=MAX_PLAN_REACH_DAYS)  # no visit of an older plan reaches as_of
-    earlier = sorted((day, path) for path, day in days.items() if pd.notna(day) and oldest <= day < as_of)
+    earlier = [(day, path) for day, path in plans if oldest <= day < as_of]
     if not earlier:
         return None
     parts = []
     for (_, path), following in zip(earlier, [day for day, _ in earlier[1:]] + [as_of], strict=True):
-        visits = (read or _planned_visits)(path)
+        visits = read(path)
         stood = pd.to_datetime(visits["order_by"]) < following  # ordered while this plan was the latest
         parts.append(replenishment.visits_on_order(visits[stood], as_of))
     ordered = pd.concat(parts, ignore_index=True)
@@ -436,10 +448,10 @@ def visits_made(ws: Workspace, as_of: pd.Timestamp, balances: pd.DataFrame | Non
         return None
     since = pd.to_datetime(opening["balance_as_of"]).min().normalize()
     since = max(since, as_of - pd.Timedelta(days=replenishment.plan.MAX_ROLL_DAYS))
-    read = functools.cache(_planned_visits)
+    plans, read = _written_plans(ws), functools.cache(_planned_visits)
     parts = []
     for day in pd.date_range(since, as_of - pd.Timedelta(days=1), freq="D"):
-        ordered = visits_on_order(ws, day, read)
+        ordered = _on_order(plans, day, read)
         if ordered is not None:
             parts.append(ordered[pd.to_datetime(ordered["visit_date"]) == day])
     return pd.concat(parts, ignore_index=True) if parts else None

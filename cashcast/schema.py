@@ -130,13 +130,14 @@ class DemandForecast:
         devices from a forecast of the whole network)."""
         keep = np.isin(self.device_ids.astype(str), np.asarray(device_ids).astype(str))
         kept = self.device_ids[keep]
+        names = set(kept.astype(str))
         return replace(
             self,
-            frame=self.frame[self.frame["device_id"].astype(str).isin(kept.astype(str))].reset_index(drop=True),
+            frame=self.frame[self.frame["device_id"].astype(str).isin(names)].reset_index(drop=True),
             device_ids=kept,
             withdrawal_paths=self.withdrawal_paths[keep],
             deposit_paths=None if self.deposit_paths is None else self.deposit_paths[keep],
-            failures={device: why for device, why in self.failures.items() if device in kept.astype(str)},
+            failures={device: why for device, why in self.failures.items() if device in names},
         )
 
     def net_outflow_paths(self) -> np.ndarray:

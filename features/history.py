@@ -139,10 +139,10 @@ def _value_family(
     window = _gather(matrix, device[:, None], origin_col[:, None] + np.arange(-longest, 0))  # (pairs, 91)
     out: dict[str, np.ndarray] = {}
     for days in LEVEL_WINDOWS:
-        out[f"level_{days}"] = _nanmean(window[:, -days:])
+        out[f"level_{days}"] = nan_mean(window[:, -days:])
     recent, before = window[:, -28:], window[:, -56:-28]
     out["missing_share_28"] = np.isnan(recent).mean(axis=1)
-    previous = _nanmean(before)
+    previous = nan_mean(before)
     with np.errstate(divide="ignore", invalid="ignore"):
         out["trend_ratio"] = np.where(previous > 0, out["level_28"] / previous, np.nan)
     out["std_28"] = _nanstd(recent)
@@ -154,7 +154,7 @@ def _value_family(
     weeks = np.arange(max(DOW_WEEKS))
     same_weekday = _gather(matrix, device[:, None, None], latest_same_weekday[:, :, None] - 7 * weeks)
     for k in DOW_WEEKS:
-        weekday_mean = _nanmean(same_weekday[:, :, :k])  # (pairs, first week)
+        weekday_mean = nan_mean(same_weekday[:, :, :k])  # (pairs, first week)
         per_pair[f"dow_mean_{k}w"] = weekday_mean[:, (steps - 1) % 7].astype(np.float32).ravel()
     target_col = origin_col[:, None] + steps - 1  # (pairs, horizon)
     last_year = target_col - LAST_YEAR_DAYS
@@ -172,8 +172,9 @@ def _gather(matrix: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarra
     return np.where(inside, values, np.nan)
 
 
-def _nanmean(values: np.ndarray) -> np.ndarray:
-    """Mean over the last axis ignoring NaN; NaN (no warning) where nothing was observed."""
+def nan_mean(values: np.ndarray) -> np.ndarray:
+    """Mean over the last axis ignoring NaN; NaN where nothing was observed, with no warning (np.nanmean's
+    would need `warnings.catch_warnings`, which threads, such as the flows' task runners, undo for one another)."""
     count = (~np.isnan(values)).sum(axis=-1)
     total = np.where(np.isnan(values), 0.0, values).sum(axis=-1)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -183,7 +184,7 @@ def _nanmean(values: np.ndarray) -> np.ndarray:
 def _nanstd(values: np.ndarray) -> np.ndarray:
     """Population standard deviation over the last axis ignoring NaN; NaN with fewer than 2 values."""
     count = (~np.isnan(values)).sum(axis=-1)
-    mean = _nanmean(values)
+    mean = nan_mean(values)
     squares = np.where(np.isnan(values), 0.0, (values - mean[..., None]) ** 2).sum(axis=-1)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(count > 1, np.sqrt(squares / count), np.nan)

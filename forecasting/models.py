@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from features.calendar import CALENDAR_COLUMNS
+from features.history import nan_mean
 from forecasting.panel import Panel, quiet_nan
 
 SEASON = 7
@@ -270,14 +271,6 @@ class _Sums:
         return np.where(ok, self.values[dev, np.clip(col, 0, self.values.shape[1] - 1)], np.nan)
 
 
-def _row_mean(values: np.ndarray) -> np.ndarray:
-    """Mean of each row's observed values, NaN for none: np.nanmean's warning for an empty row would need
-    `warnings.catch_warnings`, which threads (the flows' task runners) undo for one another."""
-    seen = ~np.isnan(values)
-    count = seen.sum(axis=1)
-    return np.where(count > 0, np.where(seen, values, 0.0).sum(axis=1) / np.maximum(count, 1), np.nan)
-
-
 def origin_level(sums: _Sums, dev: np.ndarray, origin: np.ndarray) -> np.ndarray:
     """The normaliser: mean of the observed days among the last 91, else of all history.
 
@@ -310,10 +303,10 @@ def design(panel: Panel, sums: _Sums, dev: np.ndarray, origin: np.ndarray, horiz
             sums.mean(dev, origin, 28) * inv,
             sums.mean(dev, origin, 364) * inv,
             sums.at(dev, origin - 1) * inv,
-            _row_mean(weekly[:, :4]) * inv,
-            _row_mean(weekly) * inv,
+            nan_mean(weekly[:, :4]) * inv,
+            nan_mean(weekly) * inv,
             weekly[:, 0] * inv,
-            _row_mean(last_year) / ly_level,
+            nan_mean(last_year) / ly_level,
             last_year[:, 3] / ly_level,
             # How this device reacts to days off (weekends, holidays): an office ATM empties, a mall's fills.
             sums.mean(dev, origin, 364, days_off=True) / sums.mean(dev, origin, 364),

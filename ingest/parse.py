@@ -11,6 +11,7 @@ caller can convert it to the device's local time.
 from __future__ import annotations
 
 import csv
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +49,6 @@ class Source:
     bad_texts: list[str] = field(default_factory=list)
     size_bytes: int = 0
     delimiter: str = ","
-    _skipped: tuple[list[tuple[int, str]], list[int]] | None = field(default=None, repr=False)
 
     @classmethod
     def open(cls, path: str | Path, batch_rows: int) -> Source:
@@ -129,7 +129,7 @@ class Source:
         """
         if not self.bad_texts:
             return []
-        found = self._layout()[0]
+        found = self._layout[0]
         if len(found) == len(self.bad_texts):
             return found
         # The two parsers disagree on an odd line: keep the reader's count, number what the scan located.
@@ -143,40 +143,39 @@ class Source:
         that have any are scanned again to count them.
         """
         rows = np.asarray(records, dtype=np.int64) + 2
-        if self.path.suffix.lower() == ".parquet" or not (self.bad_texts or _has_blank_line(self.path)):
+        if self.path.suffix.lower() == ".parquet" or not (self.bad_texts or self._has_blank_line):
             return rows
-        skipped = np.asarray(self._layout()[1], dtype=np.int64)
+        skipped = np.asarray(self._layout[1], dtype=np.int64)
         # The i-th skipped row (0-based) has skipped[i] - i - 1 shown rows before it; it precedes every record
         # whose row would otherwise be above that count.
         before = skipped - np.arange(1, len(skipped) + 1)
         return rows + np.searchsorted(before, rows, side="left")
 
+    @functools.cached_property
     def _layout(self) -> tuple[list[tuple[int, str]], list[int]]:
         """The wrong-width lines as (row, text), and the rows of every skipped line, blank ones included."""
-        if self._skipped is None:
-            bad, skipped = [], []
-            with open(self.path, encoding="utf-8-sig", newline="") as handle:
-                cells = csv.reader(handle, delimiter=self.delimiter)
-                next(cells, None)
-                for number, record in enumerate(cells, start=2):
-                    if len(record) != len(self.columns) and any(record):
-                        bad.append((number, self.delimiter.join(record)))
-                    if len(record) != len(self.columns):
-                        skipped.append(number)
-            self._skipped = (bad, skipped)
-        return self._skipped
+        bad, skipped = [], []
+        with open(self.path, encoding="utf-8-sig", newline="") as handle:
+            cells = csv.reader(handle, delimiter=self.delimiter)
+            next(cells, None)
+            for number, record in enumerate(cells, start=2):
+                if len(record) != len(self.columns) and any(record):
+                    bad.append((number, self.delimiter.join(record)))
+                if len(record) != len(self.columns):
+                    skipped.append(number)
+        return bad, skipped
 
-
-def _has_blank_line(path: Path) -> bool:
-    """Whether a text file has an empty line (read in blocks, without parsing)."""
-    tail = b""
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 24):
-            text = tail + block
-            if b"\n\n" in text or b"\n\r\n" in text:
-                return True
-            tail = text[-2:]
-    return False
+    @functools.cached_property
+    def _has_blank_line(self) -> bool:
+        """Whether the text file has an empty line (read in blocks, without parsing; once per file)."""
+        tail = b""
+        with open(self.path, "rb") as handle:
+            while block := handle.read(1 << 24):
+                text = tail + block
+                if b"\n\n" in text or b"\n\r\n" in text:
+                    return True
+                tail = text[-2:]
+        return False
 
 
 def _csv_header(path: Path) -> tuple[list[str], str]:

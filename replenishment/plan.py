@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -71,14 +72,22 @@ class PathRun:
         daily = (values[:, :days] for values in (self.before, self.after, self.short, self.segment_risk))
         return PathRun(*daily, self.opening_risk)
 
-    def risk_before(self, targets: np.ndarray, rows: np.ndarray, days: np.ndarray) -> np.ndarray:
+    def risk_before(
+        self, targets: np.ndarray, fixed: np.ndarray, rows: np.ndarray, days: np.ndarray, first: np.ndarray
+    ) -> np.ndarray:
         """P(running out before the visit on (rows, days)): the risk of the segment that ends there, the
-        previous visit's (of `targets`, visits on order included) or the opening one."""
+        previous visit's (of `targets`, visits on order included) or the opening one. A device's `first`
+        visit of the plan answers for this morning's cash too: through the visits already on order (`fixed`,
+        which have no rows of their own), the riskiest stretch before it, so a device running dry before
+        tomorrow's ordered visit shows on a row."""
         visited = ~np.isnan(targets)
         index = np.where(visited, np.arange(targets.shape[1]), -1)
         previous = np.concatenate([np.full((len(targets), 1), -1), np.maximum.accumulate(index, axis=1)[:, :-1]], 1)
         earlier = previous[rows, days]
-        return np.where(earlier >= 0, self.segment_risk[rows, np.maximum(earlier, 0)], self.opening_risk[rows])
+        before = np.where(earlier >= 0, self.segment_risk[rows, np.maximum(earlier, 0)], self.opening_risk[rows])
+        on_order = np.where(~np.isnan(fixed), self.segment_risk, 0.0)
+        through = np.concatenate([np.zeros((len(fixed), 1)), np.maximum.accumulate(on_order, axis=1)[:, :-1]], 1)
+        return np.where(first, np.maximum.reduce([before, self.opening_risk[rows], through[rows, days]]), before)
 
 
 def fill_level(
@@ -298,14 +307,12 @@ def roll_balances_forward(
     after_visit = np.zeros(len(ids), dtype=bool)
     for day in range(len(dates)):
         on = rolling & (day >= reached)
+        visited = on & ~np.isnan(made[:, day])
+        balance[visited] = made[visited, day]
         stop = on & np.isnan(net[:, day])  # no record that day: stop there, after its visit (that one is known)
-        seen_visit = stop & ~np.isnan(made[:, day])
-        balance[seen_visit] = made[seen_visit, day]
-        after_visit |= seen_visit
+        after_visit |= stop & visited
         rolling &= ~stop
         go = on & rolling
-        visited = go & ~np.isnan(made[:, day])
-        balance[visited] = made[visited, day]
         balance[go] = np.maximum(balance[go] - net[go, day], 0.0)
         reached[go] = day + 1
     out.loc[stale, "balance"] = balance
@@ -315,16 +322,23 @@ def roll_balances_forward(
     return out
 
 
+class BalanceSeen(NamedTuple):
+    """Where each device's opening balance came from (n,) arrays: the plan's notes for cash ops."""
+
+    known: np.ndarray  # a count was given, not assumed
+    days_old: np.ndarray  # days before as_of the balance dates from (0 when undated or unknown)
+    counted_days_ago: np.ndarray  # days before as_of it was counted (more, when roll_balances_forward moved it)
+    after_visit: np.ndarray  # that morning's visit is in it
+
+
 def _start_balances(
     balances: pd.DataFrame | None, device_ids: np.ndarray, as_of: pd.Timestamp, assumed: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Morning balance per device (latest row on or before as_of), whether it was known, and how many
-    days before as_of it dates from and was counted (0 when undated or unknown; they differ for a count
-    brought forward by roll_balances_forward), and whether that morning's visit is in it (1) or not (0)."""
+) -> tuple[np.ndarray, BalanceSeen]:
+    """Morning balance per device (latest row on or before as_of; `assumed` where none) and where it came from."""
     known = pd.Series(np.nan, index=device_ids)
     age = np.zeros(len(device_ids), dtype=int)
     count_age = age
-    after_visit = np.zeros(len(device_ids), dtype=int)
+    after_visit = np.zeros(len(device_ids), dtype=bool)
     if balances is not None and not balances.empty:
         frame = balances.rename(columns={"balance_as_of": "as_of"}).dropna(subset=["balance"])
         frame["device_id"] = frame["device_id"].astype(str)
@@ -341,10 +355,10 @@ def _start_balances(
             counted = pd.to_datetime(latest["counted_on"]).reindex(device_ids)
             count_age = (as_of.normalize() - counted.dt.normalize()).dt.days.fillna(0).to_numpy(dtype=int)
         if "after_visit" in latest:
-            after_visit = latest["after_visit"].reindex(device_ids).fillna(False).to_numpy(dtype=int)
+            after_visit = latest["after_visit"].reindex(device_ids).fillna(False).to_numpy(dtype=bool)
     values = known.to_numpy(dtype="float64")
     is_known = ~np.isnan(values)
-    return np.where(is_known, values, assumed), is_known, np.stack([age, count_age, after_visit])
+    return np.where(is_known, values, assumed), BalanceSeen(is_known, age, count_age, after_visit)
 
 
 def _ordered_targets(
@@ -453,9 +467,7 @@ def plan_network(
     withdrawals = withdrawals[:, :, :horizon]
     week_need = net[:, :, :UNKNOWN_BALANCE_DAYS].sum(axis=2).mean(axis=1)
     assumed = np.maximum(round_up_to_multiple(dev.min_balance + week_need, dev.load_multiple), dev.min_balance)
-    start_balance, balance_known, balance_age = _start_balances(
-        balances, device_ids, as_of, np.minimum(assumed, dev.max_load)
-    )
+    start_balance, balance_seen = _start_balances(balances, device_ids, as_of, np.minimum(assumed, dev.max_load))
 
     net = extend_weekly(net, total_days)  # days the forecast does not reach: its last week repeated
     all_dates = pd.date_range(dates[0], periods=total_days, freq="D")
@@ -494,7 +506,6 @@ def plan_network(
     with_orders = np.where(np.isnan(fixed), baseline_targets, fixed)
     baseline = simulate_paths(net[:, :, :horizon], start_balance, with_orders, top_up, is_atm, bundles=bundles)
 
-    balance_seen = (balance_known, balance_age)
     device_notes = _device_notes(
         dev, withdrawals, net[:, :, :horizon], (allowed, tiny), start_balance, balance_seen, forecast_notes, run
     )
@@ -568,8 +579,8 @@ def _segment_ends(targets: np.ndarray, final_end: np.ndarray) -> np.ndarray:
 
 def _device_notes(dev, withdrawals, net, visit_days, start_balance, balance_seen, forecast_notes, run) -> list[list]:
     """Per-device warnings for cash ops: the inputs that made this plan unusual. `visit_days` is (allowed
-    (n, H), visited daily as too small (n,)), `balance_seen` (known, days since the count) per device."""
-    balance_known, balance_age = balance_seen
+    (n, H), visited daily as too small (n,)), `balance_seen` where the opening balances came from."""
+    seen = balance_seen
     allowed, tiny = visit_days
     n, n_paths, horizon = net.shape
     one_day = typical_day(net.mean(axis=1))
@@ -578,32 +589,33 @@ def _device_notes(dev, withdrawals, net, visit_days, start_balance, balance_seen
     notes: list[list[str]] = []
     for row in range(n):
         found = [forecast_notes[row]] if forecast_notes[row] else []
-        if not balance_known[row]:
+        if not seen.known[row]:
             found.append(
                 f"balance unknown: assumed {start_balance[row]:,.0f} (min_balance + 7-day forecast, at most the"
                 " largest load)"
             )
-        elif balance_age[0, row] > 0 and balance_age[2, row]:
+        elif seen.days_old[row] > 0 and seen.after_visit[row]:
             found.append(
-                f"balance {start_balance[row]:,.0f} is what the visit of {balance_age[0, row]} day(s) before this"
-                f" plan left (its balance_after; counted {balance_age[1, row]} day(s) ago): the withdrawals since are"
-                " not recorded, send this morning's count"
+                f"balance {start_balance[row]:,.0f} is what the visit of {seen.days_old[row]} day(s) before this"
+                f" plan left (its balance_after; counted {seen.counted_days_ago[row]} day(s) ago): the withdrawals"
+                " since are not recorded, send this morning's count"
             )
-        elif balance_age[0, row] > 0 and balance_age[1, row] > balance_age[0, row]:
+        elif seen.days_old[row] > 0 and seen.counted_days_ago[row] > seen.days_old[row]:
             found.append(
-                f"balance {start_balance[row]:,.0f} dates from {balance_age[0, row]} day(s) before this plan:"
-                f" brought forward from a count {balance_age[1, row]} day(s) old as far as withdrawals are"
+                f"balance {start_balance[row]:,.0f} dates from {seen.days_old[row]} day(s) before this plan:"
+                f" brought forward from a count {seen.counted_days_ago[row]} day(s) old as far as withdrawals are"
                 " recorded; send this morning's count"
             )
-        elif balance_age[0, row] > 0:
+        elif seen.days_old[row] > 0:
             found.append(
-                f"balance {start_balance[row]:,.0f} was counted {balance_age[0, row]} day(s) before this plan: "
+                f"balance {start_balance[row]:,.0f} was counted {seen.days_old[row]} day(s) before this plan: "
                 "withdrawals and visits since are not deducted, send this morning's count"
             )
-        elif balance_age[1, row] > 0:
+        elif seen.counted_days_ago[row] > 0:
             found.append(
-                f"balance {start_balance[row]:,.0f} brought forward from the count of {balance_age[1, row]} day(s)"
-                " ago: recorded withdrawals and deposits since, and the visits on order then"
+                f"balance {start_balance[row]:,.0f} brought forward from the count of"
+                f" {seen.counted_days_ago[row]} day(s) ago: recorded withdrawals and deposits since, and the visits on"
+                " order then"
             )
         if start_balance[row] < dev.min_balance[row] - 1e-6:
             found.append(f"balance {start_balance[row]:,.0f} is below min_balance {dev.min_balance[row]:,.0f}")
@@ -678,18 +690,10 @@ def _plan_rows(
             pickup | (amount > 0.005), rows, days, covered, before, after, pickup, amount
         )
     risk = run.segment_risk[rows, days]
-    risk_before = run.risk_before(targets, rows, days)
-    # A plan's first own visit answers for this morning's cash too: through the visits already on order, the
-    # riskiest stretch before it (a device running dry before tomorrow's ordered visit shows here, not nowhere).
-    on_order_risk = np.where(~np.isnan(fixed), run.segment_risk, 0.0)
-    before_day = np.concatenate([np.zeros((len(fixed), 1)), np.maximum.accumulate(on_order_risk, axis=1)[:, :-1]], 1)
-    opens = np.diff(rows, prepend=-1) != 0  # visits come sorted by device, then day
-    risk_before = np.where(
-        opens, np.maximum.reduce([risk_before, run.opening_risk[rows], before_day[rows, days]]), risk_before
-    )
+    first_visit = np.diff(rows, prepend=-1) != 0  # visits come sorted by device, then day
+    risk_before = run.risk_before(targets, fixed, rows, days, first_visit)
     held = np.concatenate([np.zeros((len(targets), 1)), np.cumsum(run.after, axis=1)], axis=1)
     holding = (held[rows, np.minimum(days + covered, horizon)] - held[rows, days]) * dev.daily_holding_rate[rows]
-    first_visit = opens
     capped = np.maximum(after, targets[rows, days]) >= dev.max_load[rows] - 1e-6
     flags = zip(pickup, capped, after, before, strict=True)
     weekdays = [WEEKDAY_NAMES[day] for day in dates.day_of_week]
