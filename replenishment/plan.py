@@ -756,7 +756,11 @@ def _reason(weekdays, day, covered, horizon, holiday_names, dev, row, risks, fla
     names = sorted({h for h in holiday_names if h})
     holiday = f" incl. holiday ({', '.join(names)})" if names else ""
     days = f"{covered} day{'s' if covered > 1 else ''}{until}"
-    parts = [f"covers {_day_span(weekdays, day, covered)} ({days}){holiday} at {_percent(sl)}"]
+    short = risk > 1 - sl + 1e-9
+    # The level the load reaches: the service level, or less where the load falls short of it (cash ops
+    # read the first clause; "at 99%" beside a 24% risk contradicted it).
+    reached = 1 - risk if short else sl
+    parts = [f"covers {_day_span(weekdays, day, covered)} ({days}){holiday} at {_percent(reached)}"]
     if pickup:
         parts.insert(
             0,
@@ -768,9 +772,9 @@ def _reason(weekdays, day, covered, horizon, holiday_names, dev, row, risks, fla
     target = f"above the {_percent(1 - sl)} target"
     if risk_before > 1 - sl + 1e-9:
         parts.append(f"{_percent(risk_before)} risk of running out before this visit, {target}")
-    if risk > 1 - sl + 1e-9 and capped:
+    if short and capped:
         parts.append(f"stockout risk {_percent(risk)} {target}: load capped at {dev.max_load[row]:,.0f}")
-    elif risk > 1 - sl + 1e-9:
+    elif short:
         parts.append(
             f"stockout risk {_percent(risk)} in simulation, {target} (rare demand surges the load does not chase)"
         )

@@ -413,6 +413,18 @@ def test_a_swap_that_leaves_less_cash_than_it_finds_says_how_much_goes_back(conf
     assert "goes back" not in _reason(days, 0, 3, 4, ["", "", ""], dev, 0, (0.0, 0.0), (False, False, 500.0, 300.0))
 
 
+def test_a_reason_states_the_level_a_capped_load_reaches_not_the_target(config):
+    """Cash ops read the first clause: "at 99.5%" beside a 24.5% risk would contradict the rest."""
+    from replenishment.dp import DeviceArrays
+    from replenishment.plan import _reason
+
+    dev = DeviceArrays.from_terms(make_terms(config, 1, capacity=[5000.0]), 3.0)
+    days = ["Fri", "Sat", "Sun", "Mon"]
+    text = _reason(days, 0, 3, 4, ["", "", ""], dev, 0, (0.245, 0.0), (False, True, 5000.0, 100.0))
+    assert text.startswith("covers Fri-Sun (3 days) at 75.5%;")
+    assert "stockout risk 24.5% above the 0.5% target: load capped at 5,000" in text
+
+
 def test_branch_with_net_deposits_gets_pickups(config):
     forecast = lognormal_forecast([100.0], 10, n_paths=80, deposits=[400.0], seed=2)
     terms = make_terms(config, 1, kind=["branch"], capacity=[2000.0], max_balance=[1500.0], visit_cost=[5.0])
