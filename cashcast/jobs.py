@@ -412,20 +412,23 @@ def _written_plans(ws: Workspace) -> list[tuple[pd.Timestamp, Path]]:
     return sorted((day, path) for path, day in days.items() if pd.notna(day))
 
 
-def _on_order(plans: list[tuple[pd.Timestamp, Path]], as_of: pd.Timestamp, read) -> pd.DataFrame | None:
+def _on_order(
+    plans: list[tuple[pd.Timestamp, Path]], as_of: pd.Timestamp, read, same_day: bool = False
+) -> pd.DataFrame | None:
     """`visits_on_order` over the plans listed, each read by `read` (a caller asking about many mornings
-    lists them once and caches the reading)."""
+    lists them once and caches the reading). `same_day`: also as_of's own plan, whose same-day orders (a
+    lead time of 0) are made that day too."""
     import replenishment
 
     oldest = as_of - pd.Timedelta(days=MAX_PLAN_REACH_DAYS)  # no visit of an older plan reaches as_of
-    earlier = [(day, path) for day, path in plans if oldest <= day < as_of]
+    end = as_of + pd.Timedelta(days=1) if same_day else as_of
+    earlier = [(day, path) for day, path in plans if oldest <= day < end]
     if not earlier:
         return None
     parts = []
-    for (_, path), following in zip(earlier, [day for day, _ in earlier[1:]] + [as_of], strict=True):
-        visits = read(path)
-        stood = pd.to_datetime(visits["order_by"]) < following  # ordered while this plan was the latest
-        parts.append(replenishment.visits_on_order(visits[stood], as_of))
+    for (_, path), following in zip(earlier, [day for day, _ in earlier[1:]] + [end], strict=True):
+        # A visit stands when it was ordered while its plan was the latest.
+        parts.append(replenishment.visits_on_order(read(path), as_of, ordered_before=following))
     ordered = pd.concat(parts, ignore_index=True)
     return ordered.drop_duplicates(["device_id", "visit_date"], keep="last").reset_index(drop=True)
 
@@ -451,7 +454,7 @@ def visits_made(ws: Workspace, as_of: pd.Timestamp, balances: pd.DataFrame | Non
     plans, read = _written_plans(ws), functools.cache(_planned_visits)
     parts = []
     for day in pd.date_range(since, as_of - pd.Timedelta(days=1), freq="D"):
-        ordered = _on_order(plans, day, read)
+        ordered = _on_order(plans, day, read, same_day=True)
         if ordered is not None:
             parts.append(ordered[pd.to_datetime(ordered["visit_date"]) == day])
     return pd.concat(parts, ignore_index=True) if parts else None

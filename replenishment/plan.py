@@ -379,13 +379,15 @@ def _ordered_targets(
     return targets
 
 
-def visits_on_order(earlier_plan: pd.DataFrame, as_of) -> pd.DataFrame:
+def visits_on_order(earlier_plan: pd.DataFrame, as_of, ordered_before=None) -> pd.DataFrame:
     """The visits of an earlier plan that the carrier already has on the morning of `as_of`: due to be
-    ordered before it (`order_by` < as_of) for as_of or later. Today's plan takes them as given
-    (device_id, visit_date, balance_after); the rest of the earlier plan is free to change."""
+    ordered before it (`order_by` < as_of, or < `ordered_before` when given) for as_of or later. Today's
+    plan takes them as given (device_id, visit_date, balance_after); the rest of the earlier plan is free
+    to change."""
     as_of = pd.Timestamp(as_of).normalize()
+    deadline = as_of if ordered_before is None else pd.Timestamp(ordered_before).normalize()
     visit = pd.to_datetime(earlier_plan["visit_date"])
-    ordered = (pd.to_datetime(earlier_plan["order_by"]) < as_of) & (visit >= as_of)
+    ordered = (pd.to_datetime(earlier_plan["order_by"]) < deadline) & (visit >= as_of)
     return pd.DataFrame(
         {
             "device_id": earlier_plan.loc[ordered, "device_id"].astype(str).to_numpy(dtype=object),

@@ -116,6 +116,7 @@ def test_visits_made_since_a_count_are_each_days_visits_on_order(tmp_path):
     for day, rows in {
         "2026-11-01": ["A,2026-11-02,2026-11-01,load,500,500", "B,2026-11-05,2026-11-04,load,90,90"],
         "2026-11-02": ["A,2026-11-03,2026-11-02,load,700,700"],  # the next plan orders A again for the 3rd
+        "2026-11-03": ["B,2026-11-03,2026-11-03,load,400,400"],  # lead time 0: ordered and made that day
     }.items():
         (ws.plans / day).mkdir(parents=True)
         (ws.plans / day / "plan.csv").write_text(header + "\n".join(rows) + "\n")
@@ -123,8 +124,9 @@ def test_visits_made_since_a_count_are_each_days_visits_on_order(tmp_path):
         {"device_id": ["A", "B"], "as_of": pd.to_datetime(["2026-11-01", "2026-11-01"]), "balance": [100.0, 50.0]}
     )
     made = jobs.visits_made(ws, pd.Timestamp("2026-11-04"), counts)
-    assert made[["device_id", "balance_after"]].values.tolist() == [["A", 500.0], ["A", 700.0]]
-    assert list(pd.to_datetime(made["visit_date"])) == [pd.Timestamp("2026-11-02"), pd.Timestamp("2026-11-03")]
+    assert made[["device_id", "balance_after"]].values.tolist() == [["A", 500.0], ["A", 700.0], ["B", 400.0]]
+    days = pd.to_datetime(["2026-11-02", "2026-11-03", "2026-11-03"])
+    assert list(pd.to_datetime(made["visit_date"])) == list(days)
     assert jobs.visits_made(ws, pd.Timestamp("2026-11-01"), counts) is None  # counted this morning: nothing since
 
 
