@@ -286,7 +286,10 @@ def _risk_table(at_risk: pd.DataFrame) -> str:
 
 def _worst_table(accuracy: pd.DataFrame) -> str:
     worst = worst_forecasts(accuracy)
-    return f"<h3>Largest errors</h3>{_table(worst)}" if len(worst) else ""
+    if not len(worst):
+        return ""
+    sign = "<p>error = forecast - actual: positive where the forecast was too high.</p>"
+    return f"<h3>Largest errors</h3>{sign}{_table(worst)}"
 
 
 def _accuracy_note(accuracy: pd.DataFrame) -> str:
@@ -319,6 +322,13 @@ def _failed_files(notes: Sequence[str]) -> str:
     return f"<h2>Files not ingested</h2><p>Tonight's plan does not include their data.</p><ul>{items}</ul>"
 
 
+def _currency_note(currency: str) -> str:
+    """The network's currency when the config names it ([ingest] currency), else what the amounts are."""
+    if currency:
+        return f"Amounts in {html.escape(currency)}."
+    return "Amounts in the network's currency (name it with [ingest] currency)."
+
+
 def render_report(
     as_of: pd.Timestamp,
     plan: pd.DataFrame,
@@ -337,7 +347,7 @@ def render_report(
 <h1>Cashcast nightly report, as of {as_of:%Y-%m-%d}</h1>
 <p>Plan horizon {html.escape(context.get("horizon", ""))} days; plan file
 <code>{html.escape(context.get("plan", ""))}</code>. Training: {html.escape(context.get("training", ""))}.
-Amounts in {CURRENCY} of the devices' currency.</p>
+{_currency_note(context.get("currency", ""))}</p>
 {_failed_files(failed_files)}
 <h2>Cash deployed against the fixed-schedule baseline</h2>
 {_table(_shown_headline(headline_table(summary)))}
@@ -376,6 +386,7 @@ def write_report(
             "horizon": str(planned.get("horizon", config.plan.horizon_days)),
             "plan": str(planned["plan"]),
             "training": training_line(trained),
+            "currency": config.ingest.currency,
         },
         failed_files=[failure_note(i) for i in ingested if i.get("outcome") == "failed"],
     )

@@ -122,6 +122,15 @@ def test_report_scores_yesterday_without_censored_days(page):
     assert "1 censored device-day(s) left out" in page
     worst = page.split("Forecast against actual")[1]
     assert CENSORED_YESTERDAY not in worst
+    assert "error = forecast - actual: positive where the forecast was too high" in worst
+
+
+def test_report_names_the_currency_the_config_names(page, planned_ws, config):
+    assert "Amounts in the network's currency (name it with [ingest] currency)." in page
+    ws, planned = planned_ws
+    named = config.model_copy(update={"ingest": config.ingest.model_copy(update={"currency": "INR"})})
+    text = report.write_report(ws, named, AS_OF, planned, {}).read_text(encoding="utf-8")
+    assert "Amounts in INR." in text and "devices' currency" not in text
 
 
 def test_report_page_renders_for_a_workspace_with_no_earlier_forecast(planned_ws, config, tmp_path):
