@@ -517,7 +517,7 @@ def what_if(
     import forecasting
 
     start, end = jobs.parse_date(start), jobs.parse_date(end)
-    window = jobs.replay_window(ws, config, start, end)
+    window = jobs.replay_window(ws, config, start, end, names=("start", "end"))
     history = window.history
     for name, overrides in scenarios.items():  # before the fit: a typo should not cost one
         unknown = set(overrides) - set(window.terms.columns)

@@ -738,12 +738,16 @@ class ReplayWindow:
         )
 
 
-def replay_window(ws: Workspace, config: Config, start: pd.Timestamp, end: pd.Timestamp) -> ReplayWindow:
-    """Read what a backtest over [start, end] needs; terms and balances as known on the morning of `start`."""
+def replay_window(
+    ws: Workspace, config: Config, start: pd.Timestamp, end: pd.Timestamp, names: tuple[str, str] = ("--start", "--end")
+) -> ReplayWindow:
+    """Read what a backtest over [start, end] needs; terms and balances as known on the morning of `start`.
+    `names`: what errors call start and end (the command line's options, or a function's arguments)."""
     import replenishment
 
+    start_name, end_name = names
     if end < start:
-        raise ValueError(f"--end {end:%Y-%m-%d} is before --start {start:%Y-%m-%d}")
+        raise ValueError(f"{end_name} {end:%Y-%m-%d} is before {start_name} {start:%Y-%m-%d}")
     with warnings.catch_warnings(record=True) as said:  # a stale-history warning ahead of the error below is noise
         warnings.simplefilter("always")
         history = load_history(ws, end + pd.Timedelta(days=1), config=config)
@@ -753,8 +757,8 @@ def replay_window(ws: Workspace, config: Config, start: pd.Timestamp, end: pd.Ti
     last = history.daily["date"].max()
     if last < end:  # the days after it would be replayed on made-up demand
         raise ValueError(
-            f"{ws.home}: --end {end:%Y-%m-%d} is after the last recorded day {last:%Y-%m-%d}; a replay needs actual"
-            " demand"
+            f"{ws.home}: {end_name} {end:%Y-%m-%d} is after the last recorded day {last:%Y-%m-%d}; a replay needs"
+            " actual demand"
         )
     for warning in said:
         warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)

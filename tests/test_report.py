@@ -343,6 +343,8 @@ def test_what_if_replays_every_scenario_with_shared_forecasts(planned_ws, config
     monkeypatch.setattr(forecasting, "train", no_fit)
     with pytest.raises(KeyError, match="unknown device term"):  # ISO strings as well as Timestamps
         analyst.what_if(ws, config, f"{start:%Y-%m-%d}", f"{end:%Y-%m-%d}", {"typo": {"holdng_rate": 0.1}})
+    with pytest.raises(ValueError, match=r"^end \d{4}-\d\d-\d\d is before start"):  # its own names, not --end
+        analyst.what_if(ws, config, end, start, {"default": {}}, model=NaiveModel())
 
 
 def test_latest_backtest_reads_the_newest_kpi_folder(planned_ws, config):
