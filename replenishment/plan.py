@@ -494,7 +494,7 @@ def plan_network(
     _, next_day, _ = solve_visits(seg_costs, first_costs, allowed_ahead, end_value)
     next_day = next_day[:, :horizon]
     targets = np.where(has_fixed[:, None] & ~np.isnan(fixed), fixed, chosen_loads(next_day, loads[:, :horizon]))
-    tiny = visit_daily_where_too_small(targets, net[:, :, :horizon].mean(axis=1), allowed, dev)
+    tiny = visit_daily_where_too_small(targets, net[:, :, :horizon].mean(axis=1), allowed, dev, ~np.isnan(fixed))
     final_end = np.where(tiny | (next_day.max(axis=1) < horizon), horizon, next_day.max(axis=1))
     segment_end = _segment_ends(targets, final_end)
     top_up = not config.plan.cassette_swap
@@ -536,11 +536,12 @@ def plan_network(
 
 
 def visit_daily_where_too_small(
-    targets: np.ndarray, daily_need: np.ndarray, allowed: np.ndarray, dev: DeviceArrays
+    targets: np.ndarray, daily_need: np.ndarray, allowed: np.ndarray, dev: DeviceArrays, keep: np.ndarray | None = None
 ) -> np.ndarray:
     """Fill to the ceiling on every allowed day the devices whose cassette is smaller than a typical (median)
     day's need (`daily_need` (n, days), the plan's expected or the replay's actual net outflow); rewrites
-    their rows of `targets` (n, days) and returns their mask.
+    their rows of `targets` (n, days) and returns their mask. `keep` (n, days) marks the visits that stay
+    as they are (those already on order, on days no longer allowed).
 
     Such a cassette runs dry every day whatever the visit days: the DP counts a stockout day either way
     and would save the visits, yet each visit serves a cassette's worth more demand. The median, not the
@@ -549,7 +550,8 @@ def visit_daily_where_too_small(
     """
     one_day = typical_day(daily_need)
     tiny = (one_day > 0) & (one_day + dev.min_balance > dev.max_load)
-    targets[tiny] = np.where(allowed[tiny], dev.max_load[tiny, None], np.nan)
+    stays = np.nan if keep is None else np.where(keep[tiny], targets[tiny], np.nan)
+    targets[tiny] = np.where(allowed[tiny], dev.max_load[tiny, None], stays)
     return tiny
 
 

@@ -452,6 +452,17 @@ def test_capacity_below_one_day_means_daily_visits_and_a_warning(config):
     assert (result.plan["balance_after"] == 300.0).all()
     assert "below one day's demand" in result.plan["reason"].iloc[0]
     assert any("below one day's demand" in w for w in result.warnings)
+    # A visit already on order inside the lead time stays in the projection and the counts (it was dropped:
+    # daily visits were laid over every day, the ordered one's included).
+    two_day_lead = make_terms(config, 1, capacity=[300.0], lead_time_days=[2])
+    tomorrow = AS_OF + pd.Timedelta(days=1)
+    ordered = pd.DataFrame({"device_id": ["D0"], "visit_date": [tomorrow], "balance_after": [300.0]})
+    kept = plan_network(forecast, two_day_lead, None, AS_OF, config, holidays=NO_HOLIDAYS, ordered_visits=ordered)
+    day = kept.projection.set_index("date")
+    assert day.loc[tomorrow, "visit"] and day.loc[tomorrow, "balance_after"] == 300.0
+    assert kept.summary.set_index("device_id").loc["D0", "visits_on_order"] == 1
+    assert list(kept.plan["visit_date"]) == allowed_days[1:]
+    assert kept.plan["stockout_risk_before"].notna().all()
 
 
 def test_whole_plan_warnings_reach_the_reader(config):
