@@ -122,10 +122,13 @@ def simulate_paths(
     is_atm: np.ndarray,
     final_end: np.ndarray | None = None,
     bundles: tuple[np.ndarray, np.ndarray] | None = None,
+    floor: np.ndarray | None = None,
 ) -> PathRun:
     """Run a schedule (targets (n, H), NaN = no visit) over the paths with lost demand.
 
     `bundles` (load_multiple, max_load per device) make top-ups whole bundles, as `fill_level` does.
+    `floor` (n,), the devices' min_balance: a day whose cash ends below it counts as running out, as the
+    optimiser counts it (default 0: only an empty device). Demand is lost only once the cash is gone.
 
     The last visit's segment_risk counts running out before day `final_end` (default H).
     Devices run in blocks of SIMULATE_BLOCK: a day's column of `net` is strided, and a block's
@@ -133,6 +136,7 @@ def simulate_paths(
     """
     n, _, horizon = net.shape
     final_end = np.full(n, horizon) if final_end is None else final_end
+    floor = np.zeros(n) if floor is None else floor
     blocks = [
         _simulate_block(
             net[rows],
@@ -142,14 +146,16 @@ def simulate_paths(
             is_atm[rows],
             final_end[rows],
             None if bundles is None else tuple(values[rows] for values in bundles),
+            floor[rows],
         )
         for rows in (slice(lo, lo + SIMULATE_BLOCK) for lo in range(0, max(n, 1), SIMULATE_BLOCK))
     ]
     return PathRun(*(np.concatenate([getattr(b, name) for b in blocks]) for name in PathRun.__dataclass_fields__))
 
 
-def _simulate_block(net, start_balance, targets, top_up, is_atm, final_end, bundles) -> PathRun:
+def _simulate_block(net, start_balance, targets, top_up, is_atm, final_end, bundles, floor) -> PathRun:
     n, n_paths, horizon = net.shape
+    below = (floor.astype("float64") - 1e-6)[:, None]
     cash = np.repeat(start_balance.astype("float64")[:, None], n_paths, axis=1)
     before, after, short = (np.zeros((n, horizon)) for _ in range(3))
     risk = np.full((n, horizon), np.nan)
@@ -175,7 +181,7 @@ def _simulate_block(net, start_balance, targets, top_up, is_atm, final_end, bund
             last_visit[visit] = day
             after[visit, day] = level.mean(axis=1)
         np.subtract(cash, net[:, :, day], out=cash)  # the day's closing cash (demand beyond it is lost)
-        np.less(cash, -1e-6, out=out)
+        np.less(cash, below, out=out)
         short[:, day] = np.count_nonzero(out, axis=1) / n_paths
         ran_out |= out
         np.maximum(cash, 0.0, out=cash)
@@ -501,12 +507,15 @@ def plan_network(
     is_atm = terms["kind"].to_numpy() == "atm"
     padded = np.concatenate([targets, np.full((len(targets), total_days - horizon), np.nan)], axis=1)
     bundles = (dev.load_multiple, dev.max_load)
-    run = simulate_paths(net, start_balance, padded, top_up, is_atm, final_end, bundles).first_days(horizon)
+    run = simulate_paths(net, start_balance, padded, top_up, is_atm, final_end, bundles, dev.min_balance)
+    run = run.first_days(horizon)
     baseline_targets = weekly_fill_targets(allowed, dates, dev.max_load)
     # The baseline gets the visits already on order too (it cannot change them either), and is
     # credited, like the plan, only with the visits it orders itself.
     with_orders = np.where(np.isnan(fixed), baseline_targets, fixed)
-    baseline = simulate_paths(net[:, :, :horizon], start_balance, with_orders, top_up, is_atm, bundles=bundles)
+    baseline = simulate_paths(
+        net[:, :, :horizon], start_balance, with_orders, top_up, is_atm, bundles=bundles, floor=dev.min_balance
+    )
 
     device_notes = _device_notes(
         dev, withdrawals, net[:, :, :horizon], (allowed, tiny), start_balance, balance_seen, forecast_notes, run

@@ -159,6 +159,13 @@ def test_simulation_by_hand():
     np.testing.assert_allclose(run.after[0], [100, 100, 45])
     np.testing.assert_allclose(run.short[0], [0, 0, 0.5])
     assert run.segment_risk[0, 1] == 0.5 and np.isnan(run.segment_risk[0, [0, 2]]).all()
+    # A min_balance of 30 is empty to the plan, as to the optimiser: path 1 ends days 0 and 1 at 20, below it, so
+    # they count as running out too, while path 0 never goes below 40; the cash (and the demand served) is the same.
+    floor = np.array([30.0])
+    floored = plan_module.simulate_paths(net, np.array([100.0]), targets, False, np.array([True]), floor=floor)
+    np.testing.assert_allclose(floored.before[0], run.before[0])
+    np.testing.assert_allclose(floored.short[0], [0.5, 0.5, 0.5])
+    assert floored.segment_risk[0, 1] == 0.5 and floored.opening_risk[0] == 0.5
 
 
 @pytest.mark.parametrize("n_paths", [1, 2, 7, 200, 201])
