@@ -473,7 +473,9 @@ def plan_network(
         forecast, device_ids, slice(offset, offset + seen_days), terms["mean_daily_demand"].to_numpy(dtype="float64")
     )
     withdrawals = withdrawals[:, :, :horizon]
-    week_need = net[:, :, :UNKNOWN_BALANCE_DAYS].sum(axis=2).mean(axis=1)
+    # The week's withdrawals, not its net outflow: a device taking in more deposits than it pays out would
+    # otherwise be assumed empty, and planned as one running dry.
+    week_need = withdrawals[:, :, :UNKNOWN_BALANCE_DAYS].sum(axis=2).mean(axis=1)
     assumed = np.maximum(round_up_to_multiple(dev.min_balance + week_need, dev.load_multiple), dev.min_balance)
     start_balance, balance_seen = _start_balances(balances, device_ids, as_of, np.minimum(assumed, dev.max_load))
 
@@ -604,8 +606,8 @@ def _device_notes(dev, withdrawals, net, visit_days, start_balance, balance_seen
         found = [forecast_notes[row]] if forecast_notes[row] else []
         if not seen.known[row]:
             found.append(
-                f"balance unknown: assumed {start_balance[row]:,.0f} (min_balance + 7-day forecast, at most the"
-                " largest load)"
+                f"balance unknown: assumed {start_balance[row]:,.0f} (min_balance + 7 days of forecast withdrawals,"
+                " at most the largest load)"
             )
         elif seen.days_old[row] > 0 and seen.after_visit[row]:
             found.append(

@@ -443,6 +443,18 @@ def test_branch_with_net_deposits_gets_pickups(config):
     assert (projection["expected_opening_balance"] <= 1500.0 + 400.0 * 2).all()
 
 
+def test_a_deposit_taker_without_a_count_is_assumed_to_hold_a_week_of_withdrawals(config):
+    """Not a week of net outflow: for a recycler taking in more than it pays out that is negative, so it was
+    assumed empty and planned as running dry on its first morning."""
+    forecast = lognormal_forecast([100.0], 10, n_paths=60, deposits=[150.0], seed=4)
+    terms = make_terms(config, 1, kind=["recycler"], capacity=[5000.0], max_balance=[4000.0])
+    result = plan_network(forecast, terms, None, AS_OF, config, holidays=NO_HOLIDAYS)
+    opening = result.projection.iloc[0]["expected_opening_balance"]
+    assert 500.0 <= opening <= 1000.0  # about 700: 7 days of ~100 withdrawn
+    assert result.projection.iloc[0]["stockout_probability"] < 0.05
+    assert any("assumed" in w and "7 days of forecast withdrawals" in w for w in result.warnings)
+
+
 def test_capacity_below_one_day_means_daily_visits_and_a_warning(config):
     forecast = lognormal_forecast([500.0], 10, n_paths=50, seed=1)
     terms = make_terms(config, 1, capacity=[300.0], lead_time_days=[1])
