@@ -697,7 +697,8 @@ def _plan_rows(
     covered = segment_end[rows, days] - days
     before = run.before[rows, days]
     after = fill_level(before, targets[rows, days], top_up, is_atm[rows], dev.load_multiple[rows], dev.max_load[rows])
-    pickup = ~is_atm[rows] & (after < before - 1e-6)
+    # An ATM's swap that leaves no cash (no demand forecast) only takes idle cash out: a pickup too.
+    pickup = (~is_atm[rows] | (after < 0.005)) & (after < before - 1e-6)
     # A swap brings `balance_after` whatever is found (the residual goes back); a top-up moves the difference.
     amount = np.where(pickup, before - after, after - before) if top_up else after
     if top_up:  # a top-up within a bundle of the cassette's top adds nothing: no visit, the one before covers on
@@ -776,7 +777,11 @@ def _reason(weekdays, day, covered, horizon, holiday_names, dev, row, risks, fla
     # read the first clause; "at 99%" beside a 24% risk contradicted it).
     reached = 1 - risk if short else sl
     parts = [f"covers {_day_span(weekdays, day, covered)} ({days}){holiday} at {_percent(reached)}"]
-    if pickup:
+    if pickup and level < 0.005:
+        parts.insert(
+            0, f"pickup: takes all the cash out, the days it covers need none: about {expected:,.0f} comes back"
+        )
+    elif pickup:
         parts.insert(
             0,
             f"pickup: takes the cash down to {level:,.0f}, what the days it covers need (deposits pile up):"

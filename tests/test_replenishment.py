@@ -434,13 +434,29 @@ def test_branch_with_net_deposits_gets_pickups(config):
     assert len(pickups) >= 2
     assert (pickups["balance_after"] < pickups["expected_balance_before"]).all()
     assert (pickups["amount"] == pickups["balance_after"]).all()  # a swap brings balance_after
-    back = (pickups["expected_balance_before"] - pickups["balance_after"]).map("about {:,.0f} of the".format)
+    back = (pickups["expected_balance_before"] - pickups["balance_after"]).map("about {:,.0f}".format)
     assert all(text in reason for text, reason in zip(back, pickups["reason"], strict=True))
-    assert pickups["reason"].str.startswith("pickup: takes the cash down to").all()
+    emptied = pickups["balance_after"] == 0
+    assert pickups.loc[~emptied, "reason"].str.startswith("pickup: takes the cash down to").all()
+    assert pickups.loc[emptied, "reason"].str.startswith("pickup: takes all the cash out").all()
     summary = result.summary.set_index("device_id")
     assert summary.loc["D0", "cash_deployed"] == pytest.approx(result.plan["amount"].sum())
     projection = result.projection
     assert (projection["expected_opening_balance"] <= 1500.0 + 400.0 * 2).all()
+
+
+def test_idle_cash_in_an_atm_with_no_demand_is_a_pickup(config):
+    """Holding 100,000 at 50% a year costs more than a visit: the swap that leaves nothing is a pickup, not a
+    'load' of 0."""
+    forecast = lognormal_forecast([100.0], 10, n_paths=40, seed=3)
+    forecast.withdrawal_paths[0] = 0.0
+    terms = make_terms(config, 1, capacity=[200_000.0], holding_rate=[0.5], visit_cost=[50.0])
+    balances = pd.DataFrame({"device_id": ["D0"], "balance": [100_000.0]})
+    result = plan_network(forecast, terms, balances, AS_OF, config, holidays=NO_HOLIDAYS)
+    assert len(result.plan) == 1
+    row = result.plan.iloc[0]
+    assert row["action"] == "pickup" and row["amount"] == 0 and row["balance_after"] == 0
+    assert row["reason"].startswith("pickup: takes all the cash out, the days it covers need none: about 100,000")
 
 
 def test_a_deposit_taker_without_a_count_is_assumed_to_hold_a_week_of_withdrawals(config):
