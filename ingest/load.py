@@ -650,8 +650,8 @@ def _balance_limit_checks(out: dict) -> list[tuple[str, str, np.ndarray]]:
     with np.errstate(invalid="ignore"):
         return [
             (
-                "capacity",
-                "capacity below one load_multiple (no whole bundle fits)",
+                "load_multiple",
+                "load_multiple above capacity (no whole bundle fits)",
                 (capacity > 0) & (bundle > capacity),
             ),
             ("min_balance", "min_balance at or above capacity", (capacity > 0) & (floor >= capacity)),
