@@ -542,6 +542,8 @@ def plan_network(
     demand = _demand_quantiles(forecast.frame, device_ids, dates, withdrawals, config.forecast.quantiles)
     projection = _projection(device_ids, dates, net[:, :, :horizon], targets, run, demand)
     summary_notes = [[*notes, *standing] for notes, standing in zip(device_notes, standing_notes, strict=True)]
+    for row, note in _unvisited_notes(device_ids, plan, fixed, run, horizon):
+        summary_notes[row].insert(0, note)
     summary = _summary(terms, dev, plan, fixed, run, baseline, baseline_targets, summary_notes, top_up)
     return PlanResult(plan=plan, projection=projection, summary=summary, warnings=messages)
 
@@ -661,6 +663,24 @@ def _device_notes(dev, withdrawals, net, visit_days, start_balance, balance_seen
             )
         notes.append(found)
     return notes
+
+
+def _unvisited_notes(device_ids, plan: pd.DataFrame, fixed, run: PathRun, horizon: int) -> list[tuple[int, str]]:
+    """(row, note) for the devices this plan sends no crew to: cash ops filtering the summary for a device
+    should read why it has no plan row (the cash on hand, with any visits on order, serves the horizon) and at
+    what risk.
+    Only in the summary: a line per quiet device on standard error would bury the warnings that matter."""
+    visited = set(plan["device_id"].astype(str))
+    found = []
+    for row, device in enumerate(np.asarray(device_ids, dtype=str)):
+        if device in visited:
+            continue
+        ordered = ~np.isnan(fixed[row])
+        risk = np.nanmax(np.r_[run.opening_risk[row], run.segment_risk[row, ordered]])
+        orders = " and the visits on order" if ordered.any() else ""
+        note = f"no visit planned in the {horizon} days: {_percent(risk)} risk of running out on the cash on hand"
+        found.append((row, note + orders))
+    return found
 
 
 def _standing_notes(terms: pd.DataFrame, failures: dict[str, str], as_of: pd.Timestamp) -> list[list[str]]:

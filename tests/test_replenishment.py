@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 
 import numpy as np
 import pandas as pd
@@ -595,6 +596,11 @@ def test_degenerate_devices_get_a_plan_and_a_note(config):
     notes = result.summary.set_index("device_id")["notes"]
     assert "zero forecast demand" in notes["D0"] and result.plan[result.plan["device_id"] == "D0"].empty
     assert "no allowed visit day" in notes["D1"]
+    # A device with no plan row says so in the summary, with the risk its cash runs (no crew, no row to read).
+    assert notes["D0"].startswith("no visit planned in the 6 days: 0% risk of running out on the cash on hand;")
+    assert re.match(r"no visit planned in the 6 days: (\d+(\.\d+)?)% risk", notes["D1"])
+    assert not any(n.startswith("no visit planned") for n in notes[["D2", "D3"]])  # both get visits
+    assert not any("no visit planned" in w for w in result.warnings)  # the summary only
     assert "below min_balance" in notes["D2"]
     first_d2 = result.plan[result.plan["device_id"] == "D2"].iloc[0]
     assert first_d2["visit_date"] == AS_OF + pd.Timedelta(days=1)  # the first day the lead time allows
