@@ -731,7 +731,10 @@ def _plan_rows(
     held = np.concatenate([np.zeros((len(targets), 1)), np.cumsum(run.after, axis=1)], axis=1)
     holding = (held[rows, np.minimum(days + covered, horizon)] - held[rows, days]) * dev.daily_holding_rate[rows]
     capped = np.maximum(after, targets[rows, days]) >= dev.max_load[rows] - 1e-6
-    flags = zip(pickup, capped, after, before, strict=True)
+    # The most cash the segment is expected to hold: deposits can carry it past max_balance after the visit.
+    spans = zip(rows, days, np.minimum(days + covered, horizon), strict=True)
+    peak = np.array([run.before[r, d + 1 : end].max(initial=0.0) for r, d, end in spans])
+    flags = zip(pickup, capped, after, before, peak, strict=True)
     weekdays = [WEEKDAY_NAMES[day] for day in dates.day_of_week]
     reasons = [
         _reason(weekdays, int(day), int(span), horizon, holiday_names[row, day : day + span], dev, row, p_out, flag)
@@ -783,8 +786,9 @@ def _reason(weekdays, day, covered, horizon, holiday_names, dev, row, risks, fla
     """'covers Fri-Tue (5 days) incl. holiday (National Day) at 99%' plus what cash ops must know.
 
     `risks` are the chances of running out after the visit (to the next) and before it; `flags` say
-    whether it is a pickup, whether the load is at the ceiling, the cash it leaves and the cash expected before."""
-    pickup, capped, level, expected = flags
+    whether it is a pickup, whether the load is at the ceiling, the cash it leaves, the cash expected before and
+    the most cash expected on a later morning of the segment."""
+    pickup, capped, level, expected, peak = flags
     risk, risk_before = risks
     sl = dev.service_level[row]
     beyond = day + covered - horizon
@@ -809,6 +813,11 @@ def _reason(weekdays, day, covered, horizon, holiday_names, dev, row, risks, fla
         )
     elif level < expected - dev.load_multiple[row] + 1e-6:  # a swap that leaves less than it finds
         parts.append(f"swaps out about {expected:,.0f} expected in it: {expected - level:,.0f} goes back")
+    if peak > dev.max_balance[row] + 1e-6:
+        parts.append(
+            f"deposits expected to take the cash to {peak:,.0f}, above max_balance {dev.max_balance[row]:,.0f},"
+            " before the next visit"
+        )
     target = f"above the {_percent(1 - sl)} target"
     if risk_before > 1 - sl + 1e-9:
         parts.append(f"{_percent(risk_before)} risk of running out before this visit, {target}")

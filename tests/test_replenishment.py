@@ -409,9 +409,10 @@ def test_a_swap_that_leaves_less_cash_than_it_finds_says_how_much_goes_back(conf
 
     dev = DeviceArrays.from_terms(make_terms(config, 1, capacity=[5000.0]), 3.0)
     days = ["Mon", "Tue", "Wed", "Thu"]
-    text = _reason(days, 0, 3, 4, ["", "", ""], dev, 0, (0.0, 0.0), (False, False, 500.0, 2000.0))
+    text = _reason(days, 0, 3, 4, ["", "", ""], dev, 0, (0.0, 0.0), (False, False, 500.0, 2000.0, 0.0))
     assert text == "covers Mon-Wed (3 days) at 99.5%; swaps out about 2,000 expected in it: 1,500 goes back"
-    assert "goes back" not in _reason(days, 0, 3, 4, ["", "", ""], dev, 0, (0.0, 0.0), (False, False, 500.0, 300.0))
+    kept = _reason(days, 0, 3, 4, ["", "", ""], dev, 0, (0.0, 0.0), (False, False, 500.0, 300.0, 0.0))
+    assert "goes back" not in kept
 
 
 def test_a_reason_states_the_level_a_capped_load_reaches_not_the_target(config):
@@ -421,9 +422,22 @@ def test_a_reason_states_the_level_a_capped_load_reaches_not_the_target(config):
 
     dev = DeviceArrays.from_terms(make_terms(config, 1, capacity=[5000.0]), 3.0)
     days = ["Fri", "Sat", "Sun", "Mon"]
-    text = _reason(days, 0, 3, 4, ["", "", ""], dev, 0, (0.245, 0.0), (False, True, 5000.0, 100.0))
+    text = _reason(days, 0, 3, 4, ["", "", ""], dev, 0, (0.245, 0.0), (False, True, 5000.0, 100.0, 0.0))
     assert text.startswith("covers Fri-Sun (3 days) at 75.5%;")
     assert "stockout risk 24.5% above the 0.5% target: load capped at 5,000" in text
+
+
+def test_a_reason_warns_when_deposits_are_expected_to_pass_max_balance(config):
+    from replenishment.dp import DeviceArrays
+    from replenishment.plan import _reason
+
+    terms = make_terms(config, 1, kind=["branch"], capacity=[2000.0], max_balance=[1500.0])
+    dev = DeviceArrays.from_terms(terms, 3.0)
+    days = ["Mon", "Tue", "Wed", "Thu"]
+    text = _reason(days, 0, 3, 4, ["", "", ""], dev, 0, (0.0, 0.0), (True, False, 600.0, 1400.0, 1820.0))
+    assert "deposits expected to take the cash to 1,820, above max_balance 1,500, before the next visit" in text
+    quiet = _reason(days, 0, 3, 4, ["", "", ""], dev, 0, (0.0, 0.0), (True, False, 600.0, 1400.0, 1500.0))
+    assert "max_balance" not in quiet
 
 
 def test_branch_with_net_deposits_gets_pickups(config):
