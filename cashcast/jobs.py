@@ -174,9 +174,16 @@ def run_train(
         history.daily, history.devices, history.as_of, config, progress=progress, events=history.events
     )
     champion = registry.load_champion(ws, config)
-    champion_score, unscored = None, None
+    champion_score, unscored, kept = None, None, None
     origins = [pd.Timestamp(origin) for origin in result.window["backtest_origins"]]
-    if champion is not None and origins and champion.as_of_ > min(origins):
+    if champion is not None and champion.as_of_ > history.as_of:
+        # A backfill (a nightly run or training for a past morning): the newer champion keeps serving, and
+        # this version forecasts only the morning it was trained for (see _past_morning_model).
+        kept = (
+            f"trained for {history.as_of:%Y-%m-%d}, a morning before the champion's ({champion.as_of_:%Y-%m-%d}):"
+            " the champion keeps serving, this version forecasts that morning only"
+        )
+    elif champion is not None and origins and champion.as_of_ > min(origins):
         # Fitted on days the window scores, it would be graded in-sample against the challenger's out-of-sample
         # backtest and never lose: a refit of the method on newer history replaces it.
         unscored = f"the champion (as of {champion.as_of_:%Y-%m-%d}) was fitted on part of this backtest window"
@@ -193,6 +200,7 @@ def run_train(
         fingerprint=data_fingerprint(history.daily),
         champion_score=champion_score,
         unscored_champion=unscored,
+        keep_champion=kept,
     )
     return TrainOutcome(
         as_of=history.as_of,

@@ -87,7 +87,7 @@ def summary_markdown(
     if trained.get("trained"):
         lines.append(
             f"- MLflow run id: `{trained['run_id']}`, model version {trained['version']}"
-            f" ({'promoted to champion' if trained['promoted'] else 'kept out: worse than champion'})"
+            f" ({'promoted to champion' if trained['promoted'] else 'kept out: the champion keeps serving'})"
         )
     elif trained.get("run_id"):
         lines.append(f"- MLflow run id of the serving champion: `{trained['run_id']}` (version {trained['version']})")
@@ -119,7 +119,7 @@ def training_line(trained: dict) -> str:
     """'retrained (no champion model yet)': what the run did, then why, for the report and the artifact alike."""
     did = "retrained" if trained.get("trained") else "not due"
     if trained.get("trained") and not trained.get("promoted", True):
-        did = "retrained, but the new model was worse on the backtest window: the champion keeps serving"
+        did = "retrained, but the champion keeps serving"
     return f"{did} ({trained['reason']})" if trained.get("reason") else did
 
 

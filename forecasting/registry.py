@@ -240,11 +240,13 @@ def log_training(
     champion_score: float | None,
     extra_tags: dict[str, str] | None = None,
     unscored_champion: str | None = None,
+    keep_champion: str | None = None,
 ) -> RegistryOutcome:
     """Log one training job, register its bundle, and move `champion` when it is no worse.
 
     `champion_score` is the serving champion's score on this run's backtest window (None: no champion, or
-    one that cannot be scored fairly there, whose reason is `unscored_champion`).
+    one that cannot be scored fairly there, whose reason is `unscored_champion`). `keep_champion`: why this
+    version must not replace the champion whatever its score (it was trained for an earlier morning).
     """
     use_store(ws, config)
     params: dict[str, str] = {}
@@ -253,8 +255,10 @@ def log_training(
         f"window.{k}": (v if isinstance(v, str) else json.dumps(v, default=str)) for k, v in result.window.items()
     }
     challenger = float(result.metrics[SCORE_KEY])
-    promote = champion_score is None or (math.isfinite(challenger) and challenger <= champion_score + 1e-9)
-    reason = (
+    promote = keep_champion is None and (
+        champion_score is None or (math.isfinite(challenger) and challenger <= champion_score + 1e-9)
+    )
+    reason = keep_champion or (
         unscored_champion or "no comparable champion (first model, or one built by other code)"
         if champion_score is None
         else f"backtest sMAPE {challenger:.3f} vs champion {champion_score:.3f} on the same window"
@@ -294,7 +298,8 @@ def log_training(
     if promote:
         client.set_registered_model_alias(config.forecast.registered_model, CHAMPION, version)
     else:
-        client.set_model_version_tag(config.forecast.registered_model, version, "flagged", "worse than champion")
+        flag = "trained for an earlier morning" if keep_champion else "worse than champion"
+        client.set_model_version_tag(config.forecast.registered_model, version, "flagged", flag)
     return RegistryOutcome(run.info.run_id, version, promote, challenger, champion_score, reason)
 
 

@@ -99,6 +99,15 @@ def test_worse_challenger_is_kept_but_not_promoted_then_better_one_is(trained, m
     refreshed = jobs.run_train(ws, config, pd.Timestamp("2026-10-30"))
     assert refreshed.promoted and "(as of 2026-10-29) was fitted on part of this backtest window" in refreshed.reason
 
+    # A backfill (training for a morning before the champion's) never replaces the newer champion, however it
+    # scores: it serves only that morning's forecasts (a past-date nightly run promoted it, as unscored above).
+    backfill = jobs.run_train(ws, config, pd.Timestamp("2026-10-20"))
+    assert not backfill.promoted
+    assert backfill.reason.startswith("trained for 2026-10-20, a morning before the champion's (2026-10-30)")
+    assert str(registry.champion_version(ws, config).version) == refreshed.version
+    tags = client.get_model_version(config.forecast.registered_model, backfill.version).tags
+    assert tags["flagged"] == "trained for an earlier morning" and tags["as_of"] == "2026-10-20"
+
 
 def test_registered_model_reloads_in_fresh_process_with_identical_forecasts(trained, tmp_path):
     ws, config, _ = trained

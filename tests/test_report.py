@@ -110,7 +110,8 @@ def test_report_tables_show_the_plan(page, planned_ws):
     assert set(re.findall(r"<td>([A-Z]{2,3}-\d+)</td>", at_risk)) == set(plan["device_id"])
     assert "Training: not due (no champion model yet)." in page  # what the run did, then why
     refused = {"trained": True, "promoted": False, "reason": "champion trained 7 days ago (cadence 7)"}
-    assert report.training_line(refused).startswith("retrained, but the new model was worse on the backtest window")
+    said = "retrained, but the champion keeps serving (champion trained 7 days ago (cadence 7))"
+    assert report.training_line(refused) == said
     headline = page.split("<table")[1]
     visits = re.search(r"<td>visits</td>\s*<td>([^<]*)</td>\s*<td>([^<]*)</td>\s*<td>([^<]*)</td>", headline)
     assert visits and re.fullmatch(r"[\d,]+", visits[1]) and re.fullmatch(r"[\d,]+", visits[2])  # 39, not 39.00
