@@ -19,11 +19,12 @@ class Workspace:
     """Paths of one workspace; creating the object creates nothing on disk."""
 
     home: Path
+    landing_dir: str = "landing"  # [workspace] landing_dir: inside the workspace, or an absolute path
 
     @classmethod
-    def resolve(cls, home: str | Path | None = None) -> Workspace:
+    def resolve(cls, home: str | Path | None = None, landing_dir: str = "landing") -> Workspace:
         chosen = home or os.environ.get("CASHCAST_HOME") or CHECKOUT_DATA_DIR
-        return cls(Path(chosen).expanduser().resolve())
+        return cls(Path(chosen).expanduser().resolve(), landing_dir)
 
     @property
     def lake(self) -> Path:
@@ -39,7 +40,8 @@ class Workspace:
 
     @property
     def landing(self) -> Path:
-        return self.home / "landing"
+        """Where the nightly flow picks up new files (a drop folder elsewhere, e.g. an SFTP inbox, works too)."""
+        return self.home / Path(self.landing_dir).expanduser()
 
     @property
     def processed(self) -> Path:

@@ -158,7 +158,7 @@ COMMANDS = {
 
 
 def run(args: argparse.Namespace) -> int:
-    ws = Workspace.resolve(args.home).ensure()
-    ws.keep_tool_state_inside()
     config = load_config(args.config)
+    ws = Workspace.resolve(args.home, config.workspace.landing_dir).ensure()
+    ws.keep_tool_state_inside()
     return COMMANDS[args.command](ws, config, args)

@@ -29,7 +29,8 @@ from ingest.report import IngestWarning
 
 
 def _context(home: str | None, config_file: str | None) -> tuple[Workspace, Config]:
-    return Workspace.resolve(home).ensure(), load_config(config_file)
+    config = load_config(config_file)
+    return Workspace.resolve(home, config.workspace.landing_dir).ensure(), config
 
 
 @task(name="ingest-landing-file")

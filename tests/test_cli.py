@@ -106,6 +106,25 @@ def test_nightly_with_nothing_to_forecast_says_so_in_one_line(tmp_path, capsys):
     assert "Traceback" not in out + err and not (home / "plans").exists()
 
 
+def test_the_configured_landing_folder_is_the_one_read(tmp_path, capsys):
+    """`[workspace] landing_dir` names the drop folder (it was read nowhere): the command line and the nightly
+    flow's tasks both look there, inside the workspace or at an absolute path."""
+    from flows import nightly
+
+    home, inbox = tmp_path / "home", tmp_path / "sftp" / "inbox"
+    (home / "landing").mkdir(parents=True)
+    (home / "landing" / "daily-old.csv").write_text("device_id,date,withdrawals\nA,2026-11-01,100\n")
+    config = tmp_path / "inbox.toml"
+    config.write_text(f'[workspace]\nlanding_dir = "{inbox}"\n')
+    assert main(["nightly", "--home", str(home), "--config", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert f"the lake has no daily history and {inbox} holds no files" in err
+    ws, _ = nightly._context(str(home), str(config))
+    assert ws.landing == inbox
+    config.write_text('[workspace]\nlanding_dir = "inbox"\n')
+    assert nightly._context(str(home), str(config))[0].landing == home / "inbox"
+
+
 def test_visits_made_since_a_count_are_each_days_visits_on_order(tmp_path):
     """What the carrier did between a count and this morning: each day, the visits on order that morning."""
     from cashcast import jobs
