@@ -7,12 +7,21 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from cashcast.workspace import Workspace
 
 
 class WorkspaceBusyError(RuntimeError):
     """Another run holds the workspace lock."""
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Wait for an exclusive OS lock on `path` and hold it for the block; the OS frees it if the holder dies."""
+    with open(path, "a+") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        yield
 
 
 @contextmanager

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -95,6 +96,8 @@ def use_store(ws: Workspace, config: Config) -> str:
     """Point MLflow at the workspace's store and make sure the experiment keeps its artifacts there too."""
     uri = ws.tracking_uri(config.forecast.tracking_uri)
     ws.ensure()
+    if not config.forecast.tracking_uri:
+        create_embedded_store(ws)
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(tracking_uri=uri)
     if client.get_experiment_by_name(config.forecast.experiment) is None:
@@ -102,6 +105,46 @@ def use_store(ws: Workspace, config: Config) -> str:
         client.create_experiment(config.forecast.experiment, artifact_location=location)
     mlflow.set_experiment(config.forecast.experiment)
     return uri
+
+
+def create_embedded_store(ws: Workspace) -> None:
+    """Create the workspace's sqlite store whole or not at all, once.
+
+    MLflow builds its tables over a few seconds on first use: a run killed meanwhile left a half-built
+    `mlflow.db` that every later command failed on ("table ... already exists"), and two first commands at
+    once raced to build it. The tables are built in a temporary file and renamed into place, under a lock.
+    """
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    from cashcast.locking import file_lock
+
+    if ws.mlflow_db.exists():
+        return
+    with file_lock(ws.home / ".mlflow.db.lock"):
+        if ws.mlflow_db.exists():  # built by the command that held the lock first
+            return
+        for stale in ws.home.glob(".mlflow.db.*.tmp*"):  # left by a creation that was killed (and its journal)
+            stale.unlink(missing_ok=True)
+        building = ws.home / f".mlflow.db.{os.getpid()}.tmp"
+        try:
+            with _logger_at("mlflow.store.db.utils", logging.WARNING):  # "Creating initial ... tables"
+                store = SqlAlchemyStore(f"sqlite:///{building}", ws.mlflow_artifacts.as_uri())
+            store.engine.dispose()
+            os.replace(building, ws.mlflow_db)
+        finally:
+            building.unlink(missing_ok=True)
+
+
+@contextmanager
+def _logger_at(name: str, level: int) -> Iterator[None]:
+    """A library logger held at `level` for the block (MLflow's INFO and advice are not news to our users)."""
+    logger = logging.getLogger(name)
+    before = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
 
 
 @functools.cache
@@ -307,15 +350,9 @@ def log_training(
 def _quiet_model_logging() -> Iterator[None]:
     """MLflow's advice to pass an input example and to log models from code is for other models: the
     signature is given, and the bundle is pickled on purpose. Kept out of users' terminals."""
-    pyfunc_log = logging.getLogger("mlflow.pyfunc")
-    level = pyfunc_log.level
-    pyfunc_log.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*input example was not provided", category=UserWarning)
-            yield
-    finally:
-        pyfunc_log.setLevel(level)
+    with _logger_at("mlflow.pyfunc", logging.ERROR), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*input example was not provided", category=UserWarning)
+        yield
 
 
 def _is_number(value: Any) -> bool:

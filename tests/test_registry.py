@@ -186,3 +186,29 @@ def test_champion_fitted_under_other_model_settings_is_refitted_by_the_nightly_r
     assert not jobs.run_train(ws, other, pd.Timestamp("2026-10-31")).promoted
     _, why = jobs.training_due(ws, other, pd.Timestamp("2026-11-01"))
     assert "other model settings" not in why
+
+
+def test_the_embedded_store_is_built_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A first command killed while MLflow built its tables left a half-built mlflow.db that every later command
+    failed on ("table ... already exists"). The tables are built in a temporary file and renamed into place."""
+    from mlflow.store.tracking import sqlalchemy_store
+
+    ws = Workspace.resolve(tmp_path / "home").ensure()
+    config = load_config()
+    (ws.home / ".mlflow.db.999999.tmp").write_bytes(b"half a database")  # a creation killed earlier
+    (ws.home / ".mlflow.db.999999.tmp-journal").write_bytes(b"and its journal")
+    real_store = sqlalchemy_store.SqlAlchemyStore
+
+    def killed_midway(uri, root):
+        Path(uri.removeprefix("sqlite:///")).write_bytes(b"some tables")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sqlalchemy_store, "SqlAlchemyStore", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        registry.use_store(ws, config)
+    assert not ws.mlflow_db.exists() and not list(ws.home.glob(".mlflow.db.*.tmp*"))
+    monkeypatch.setattr(sqlalchemy_store, "SqlAlchemyStore", real_store)
+    uri = registry.use_store(ws, config)  # the next command builds it
+    assert ws.mlflow_db.exists() and not list(ws.home.glob(".mlflow.db.*.tmp*"))
+    experiment = MlflowClient(tracking_uri=uri).get_experiment_by_name(config.forecast.experiment)
+    assert experiment is not None and experiment.artifact_location == ws.mlflow_artifacts.as_uri()
