@@ -129,9 +129,14 @@ class Staging:
             tmp.write_text(json.dumps(self.files))
         _apply(self.root, self.lake)
 
+    @property
+    def committed(self) -> bool:
+        """The change is decided: if moving it into place fails, the next writer or reader finishes it."""
+        return (self.root / COMMIT_FILE).exists()
+
     def abort(self) -> None:
         """Drop an uncommitted staging folder; a committed one is left for `recover` to finish."""
-        if not (self.root / COMMIT_FILE).exists():
+        if not self.committed:
             shutil.rmtree(self.root, ignore_errors=True)
 
 

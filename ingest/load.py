@@ -32,6 +32,7 @@ Rules (CONTRACT.md "Input files"):
 from __future__ import annotations
 
 import difflib
+import errno
 import warnings
 import zoneinfo
 from collections.abc import Callable, Iterator
@@ -143,10 +144,14 @@ def ingest_file(
         try:
             try:
                 loaded, duplicate = LOADERS[kind](run, staging)
+                rejects = run.rejects_frame()
+                staging.commit()  # a header with no rows is a day with nothing to report (no outages, say)
+            except OSError as exc:
+                if not _cannot_write(exc):
+                    raise
+                raise IngestError(_write_failure(lake, path, exc, staging.committed)) from None
             except pa.ArrowException as exc:  # a column type no reader rule covers: name the file, load nothing
                 raise IngestError(f"{path}: cannot read its columns ({str(exc).splitlines()[0]})") from None
-            rejects = run.rejects_frame()
-            staging.commit()  # a header with no rows is a day with nothing to report (no outages, say)
         finally:
             staging.abort()
     rejects_path = None
@@ -161,6 +166,26 @@ def ingest_file(
             stacklevel=2,
         )
     return IngestReport(str(path), run.rows_read, loaded, len(rejects), duplicate, rejects_path)
+
+
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EXDEV}
+
+
+def _cannot_write(exc: OSError) -> bool:
+    """A full disk, a read-only or forbidden lake folder: pyarrow's writers give no errno, only the words."""
+    text = str(exc)
+    return exc.errno in WRITE_ERRNOS or any(f"[errno {code}]" in text for code in WRITE_ERRNOS)
+
+
+def _write_failure(lake: Path, path: str | Path, exc: OSError, committed: bool) -> str:
+    """One line naming the lake, the file and the cause, and whether any of the file was loaded."""
+    cause = exc.strerror or str(exc).strip().splitlines()[0]
+    if committed:
+        return (
+            f"{lake}: cannot write the lake ({cause}) while applying {path}: its load is recorded and completes at"
+            " the next command once the lake is writable"
+        )
+    return f"{lake}: cannot write the lake ({cause}) while loading {path}: nothing of the file was loaded"
 
 
 @dataclass

@@ -737,3 +737,36 @@ def test_a_lead_time_in_part_days_is_refused_not_rounded(tmp_path, ws, config):
     assert report.rows_loaded == 1 and rejects[["row", "column", "reason"]].values.tolist() == [
         [3, "lead_time_days", "lead_time_days must be whole days"]
     ]
+
+
+def test_a_lake_that_cannot_be_written_is_named_with_what_was_loaded(tmp_path, ws, config, monkeypatch):
+    """A full disk or a read-only lake folder: one line naming the lake, the file and the cause (it was pyarrow's
+    "Error writing bytes to file"), and whether any of the file went in."""
+    import errno
+
+    daily = tmp_path / "daily.csv"
+    daily.write_text("device_id,date,withdrawals\nA,2026-11-01,100\nA,2026-11-02,120\n")
+
+    def disk_full(self):
+        raise OSError("Error writing bytes to file. Detail: [errno 28] No space left on device")
+
+    monkeypatch.setattr(lk.Staging, "commit", disk_full)
+    with pytest.raises(IngestError) as caught:
+        ingest_file(daily, "daily", ws, config)
+    assert str(caught.value) == (
+        f"{ws.lake}: cannot write the lake (Error writing bytes to file. Detail: [errno 28] No space left on"
+        f" device) while loading {daily}: nothing of the file was loaded"
+    )
+    monkeypatch.undo()
+    assert read_table(ws, "daily").empty and not list(ws.lake.glob(".staging-*"))
+
+    real_apply = lk._apply
+
+    def read_only(root, lake):
+        raise OSError(errno.EROFS, "Read-only file system", str(lake / "daily"))
+
+    monkeypatch.setattr(lk, "_apply", read_only)  # the change is recorded, moving it into place fails
+    with pytest.raises(IngestError, match="Read-only file system.*its load is recorded and completes at the next"):
+        ingest_file(daily, "daily", ws, config)
+    monkeypatch.setattr(lk, "_apply", real_apply)
+    assert len(read_table(ws, "daily")) == 2  # the next reader finished it, as the message said
