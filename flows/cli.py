@@ -211,7 +211,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return commands.run(args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # say so: a silent 130 left the operator guessing what was kept
+        print(
+            f"cashcast {args.command}: interrupted; outputs are written whole or not at all, so run it again",
+            file=sys.stderr,
+        )
         return 130
     except Exception as exc:  # one clear line on stderr; the traceback is for --debug users of python -m
         if os.environ.get("CASHCAST_DEBUG"):

@@ -63,6 +63,20 @@ def test_a_second_nightly_on_a_busy_workspace_says_so_in_one_line(tmp_path, caps
     assert len(list(ws.landing.iterdir())) == len(SAMPLE_FILES)  # nothing ingested either
 
 
+def test_an_interrupted_command_says_so(tmp_path, capsys, monkeypatch):
+    """Ctrl-C: exit 130 with one line saying what is kept (it exited 130 in silence)."""
+    from flows import commands
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(commands, "run", interrupted)
+    assert main(["plan", "--home", str(tmp_path / "home")]) == 130
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "cashcast plan: interrupted; outputs are written whole or not at all, so run it again"
+    ]
+
+
 def test_a_workspace_that_is_a_file_is_refused_in_one_line(tmp_path, capsys):
     (tmp_path / "home").write_text("not a folder")
     assert main(["train", "--home", str(tmp_path / "home")]) == 1
