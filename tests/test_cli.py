@@ -71,9 +71,9 @@ def test_an_interrupted_command_says_so(tmp_path, capsys, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(commands, "run", interrupted)
-    assert main(["plan", "--home", str(tmp_path / "home")]) == 130
+    assert main(["train", "--home", str(tmp_path / "home")]) == 130
     assert capsys.readouterr().err.strip().splitlines() == [
-        "cashcast plan: interrupted; outputs are written whole or not at all, so run it again"
+        "cashcast train: interrupted; outputs are written whole or not at all, so run it again"
     ]
 
 
