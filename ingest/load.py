@@ -4,7 +4,9 @@ Rules (CONTRACT.md "Input files"):
 
 - Every data row is loaded, rejected (to `rejects/<kind>-<stem>-<UTC time>.csv`, one line per row with
   the first reason found) or counted as a duplicate. A duplicate is a row that changes nothing: a
-  transaction already in the lake or earlier in the file, a device-day / device / balance / status row
+  transaction already in the lake or earlier in the file (by txn_id where given, as the contract says; one
+  repeated with another timestamp, amount or type is kept as first loaded, and a warning says how many and
+  where), a device-day / device / balance / status row
   identical to what the lake holds, or an earlier row of the file identical to a later one with its key. An
   earlier row with the same key and other values is rejected, naming the later row that wins.
   Re-ingesting a file therefore reports all its good rows as duplicates and leaves the lake identical.
@@ -334,24 +336,37 @@ def _mask(values: pa.Array) -> np.ndarray:
 
 
 class _SeenKeys:
-    """Transaction keys per month: those in the lake (read on first touch) plus those loaded from this file."""
+    """Transaction keys per month, each with its body (`lk.transaction_body`): those in the lake (keys read on
+    first touch, their bodies only once a key repeats) plus those loaded from this file."""
 
     def __init__(self, lake: Path) -> None:
         self.lake = lake
-        self.chunks: dict[np.datetime64, list[np.ndarray]] = {}
+        self.chunks: dict[np.datetime64, list[tuple[np.ndarray, np.ndarray | None]]] = {}
 
-    def fresh(self, month: np.datetime64, keys: np.ndarray) -> np.ndarray:
-        """Mask of keys not seen before (keys must be unique); they are remembered from now on."""
-        chunks = self.chunks.setdefault(month, [lk.transaction_keys(self.lake, month)])
+    def fresh(self, month: np.datetime64, keys: np.ndarray, bodies: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(mask of keys not seen before, the body each seen key was first loaded with) for unique `keys`; the
+        fresh ones are remembered from now on."""
+        chunks = self.chunks.setdefault(month, [(lk.transaction_keys(self.lake, month), None)])
         seen = np.zeros(len(keys), dtype=bool)
-        for chunk in chunks:
-            if len(chunk):
-                at = np.searchsorted(chunk, keys).clip(max=len(chunk) - 1)
-                seen |= chunk[at] == keys
-        chunks.append(np.sort(keys[~seen]))
-        if len(chunks) > 8:
-            self.chunks[month] = [np.sort(np.concatenate(chunks))]
-        return ~seen
+        seen_bodies = np.zeros(len(keys), dtype=np.uint32)
+        for index, (chunk, chunk_bodies) in enumerate(chunks):
+            if not len(chunk):
+                continue
+            at = np.searchsorted(chunk, keys).clip(max=len(chunk) - 1)
+            hit = chunk[at] == keys
+            if hit.any() and chunk_bodies is None:  # the lake's keys: their bodies once one repeats
+                chunk, chunk_bodies = lk.transaction_bodies(self.lake, month)
+                chunks[index] = (chunk, chunk_bodies)
+            if hit.any():
+                seen_bodies[hit] = chunk_bodies[at[hit]]
+            seen |= hit
+        order = np.argsort(keys[~seen])
+        chunks.append((keys[~seen][order], bodies[~seen][order]))
+        if len(chunks) > 8:  # the lake's chunk stays apart, its bodies perhaps unread
+            merged = np.concatenate([c for c, _ in chunks[1:]]), np.concatenate([b for _, b in chunks[1:]])
+            order = np.argsort(merged[0])
+            self.chunks[month] = [chunks[0], (merged[0][order], merged[1][order])]
+        return ~seen, seen_bodies
 
 
 def _load_transactions(run: _Run, staging: lk.Staging) -> tuple[int, int]:
@@ -359,7 +374,8 @@ def _load_transactions(run: _Run, staging: lk.Staging) -> tuple[int, int]:
     writers: dict[np.datetime64, pq.ParquetWriter] = {}
     device_names: dict[str, int] = {}
     partial: list[pd.DataFrame] = []
-    loaded = duplicate = 0
+    loaded = duplicate = n_changed = 0
+    changed: list[tuple[np.ndarray, str]] = []  # (record, txn_id) of a batch's first repeat with other values
     columns = run.source.columns
     try:
         for batch, first in run.batches():
@@ -391,12 +407,23 @@ def _load_transactions(run: _Run, staging: lk.Staging) -> tuple[int, int]:
             txn_id = text(batch["txn_id"]).take(keep) if "txn_id" in columns else pa.nulls(len(keep), pa.string())
             month = days_of(ns).astype("datetime64[M]")
             key = _transaction_keys(ids, txn_id, ns, amount, is_deposit, month)
-            new = ~pd.Series(key).duplicated().to_numpy()
+            body = lk.transaction_body(ns, amount, is_deposit)
+            repeated = pd.Series(key).duplicated().to_numpy()
+            new, differs = ~repeated, np.zeros(len(key), dtype=bool)
+            if repeated.any():  # a txn_id again in this batch: with its first row's values, or other ones
+                differs = repeated & (body != pd.Series(body).groupby(key).transform("first").to_numpy())
             months = np.arange(month.min(), month.max() + 1) if len(month) else month
             for m in months:
                 rows = np.flatnonzero(new & (month == m))
                 if len(rows):
-                    new[rows[~seen.fresh(m, key[rows])]] = False
+                    fresh, seen_body = seen.fresh(m, key[rows], body[rows])
+                    new[rows[~fresh]] = False
+                    differs[rows[~fresh]] = seen_body[~fresh] != body[rows[~fresh]]
+            # Only a txn_id can repeat with other values: a key without one hashes the values themselves.
+            conflict = np.flatnonzero(differs & _mask(pc.is_valid(txn_id)))
+            if len(conflict):
+                changed.append((first + np.flatnonzero(good)[conflict[:1]], txn_id[int(conflict[0])].as_py()))
+                n_changed += len(conflict)
             duplicate += int(len(key) - new.sum())
             loaded += int(new.sum())
             rows = pa.array(np.flatnonzero(new))
@@ -438,6 +465,15 @@ def _load_transactions(run: _Run, staging: lk.Staging) -> tuple[int, int]:
             }
         )
         _merge_daily(run.lake, staging, daily, _add_days)
+    if n_changed:  # the contract de-duplicates by txn_id; a changed repeat is still news to whoever sent it
+        row = run.source.spreadsheet_rows(changed[0][0])[0]
+        warnings.warn(
+            IngestWarning(
+                f"{run.source.path}: {n_changed} row(s) repeat a txn_id already loaded with another timestamp, amount"
+                f" or type, e.g. row {row} (txn_id {changed[0][1]}): counted as duplicates, the first loaded is kept"
+            ),
+            stacklevel=3,
+        )
     return loaded, duplicate
 
 

@@ -250,7 +250,10 @@ A,2024-05-01 11:00,5,deposit,ok2
 A,2024-05-01 12:00,100,withdrawal,ok1
 """,
     )
-    report = ingest_file(path, "transactions", ws, config)
+    with pytest.warns(
+        IngestWarning, match=r"1 row\(s\) repeat a txn_id already loaded .* e\.g\. row 17 \(txn_id ok1\)"
+    ):
+        report = ingest_file(path, "transactions", ws, config)  # ok1 again at 12:00: a duplicate by its txn_id
     assert accounted(report)
     assert (report.rows_read, report.rows_loaded, report.rows_rejected, report.rows_duplicate) == (16, 2, 13, 1)
     rejects = pd.read_csv(report.rejects_path, dtype=str, keep_default_na=False)
@@ -770,3 +773,30 @@ def test_a_lake_that_cannot_be_written_is_named_with_what_was_loaded(tmp_path, w
         ingest_file(daily, "daily", ws, config)
     monkeypatch.setattr(lk, "_apply", real_apply)
     assert len(read_table(ws, "daily")) == 2  # the next reader finished it, as the message said
+
+
+def test_a_loaded_txn_id_sent_again_with_another_amount_is_a_duplicate_that_is_pointed_out(tmp_path, ws, config):
+    """The contract de-duplicates by txn_id, so a corrected amount re-sent under a loaded id changes nothing; it
+    used to be counted with the exact repeats in silence. Exact repeats stay quiet."""
+    import warnings
+
+    first = write(
+        tmp_path / "t1.csv", "device_id,timestamp,amount,txn_id\nA,2024-05-01 10:00,100,t1\nA,2024-05-01 11:00,50,t2\n"
+    )
+    ingest_file(first, "transactions", ws, config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = ingest_file(first, "transactions", ws, config)
+    assert (again.rows_loaded, again.rows_duplicate) == (0, 2)
+    corrected = write(
+        tmp_path / "t1-fixed.csv",
+        "device_id,timestamp,amount,txn_id\n"
+        "A,2024-05-01 11:00,50,t2\nA,2024-05-01 10:00,150,t1\nA,2024-05-02 09:00,70,t3\n",
+    )
+    with pytest.warns(
+        IngestWarning, match=r"t1-fixed\.csv: 1 row\(s\) repeat a txn_id already loaded .* row 3 \(txn_id t1\)"
+    ):
+        report = ingest_file(corrected, "transactions", ws, config)
+    assert (report.rows_read, report.rows_loaded, report.rows_rejected, report.rows_duplicate) == (3, 1, 0, 2)
+    daily = read_table(ws, "daily").set_index("date")["withdrawals"]
+    assert daily[pd.Timestamp("2024-05-01")] == 150.0 and daily[pd.Timestamp("2024-05-02")] == 70.0  # 100 + 50 kept
