@@ -24,10 +24,20 @@ def file_lock(path: Path) -> Iterator[None]:
         yield
 
 
+_HELD: set[Path] = set()  # workspace locks this process holds: taking one again inside is a no-op
+
+
 @contextmanager
 def workspace_lock(ws: Workspace, timeout: float = 0.0, poll: float = 0.5) -> Iterator[None]:
-    """Hold an exclusive OS lock on the workspace; the OS frees it if the holder dies."""
+    """Hold an exclusive OS lock on the workspace; the OS frees it if the holder dies.
+
+    Re-entrant within a process: the command line holds it across the whole nightly flow (two runs started
+    together both passed a check made before Prefect's start-up, and the loser failed with a traceback), and
+    the flow, which also runs on its own under `serve`, takes it again for itself."""
     ws.ensure()
+    if ws.lock_file in _HELD:
+        yield
+        return
     handle = open(ws.lock_file, "a+")  # noqa: SIM115 - held open for the whole run
     deadline = time.monotonic() + timeout
     try:
@@ -47,6 +57,10 @@ def workspace_lock(ws: Workspace, timeout: float = 0.0, poll: float = 0.5) -> It
         handle.truncate()
         handle.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
         handle.flush()
-        yield
+        _HELD.add(ws.lock_file)
+        try:
+            yield
+        finally:
+            _HELD.discard(ws.lock_file)
     finally:
         handle.close()

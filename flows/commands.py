@@ -89,11 +89,10 @@ def run_nightly(
     """Run the nightly flow; its forecast-and-plan chunks run on the configured task runner."""
     from flows.nightly import nightly_flow
 
-    # A busy workspace is said in one line before Prefect starts (a failed flow run prints its traceback first);
-    # the flow takes the lock again for itself.
+    # A busy workspace is said in one line before Prefect starts (a failed flow run prints its traceback first),
+    # and held until the flow ends, so a second run cannot slip in during Prefect's start-up.
     with workspace_lock(ws, timeout=wait):
-        pass
-    return nightly_flow(str(ws.home), config_file, as_of, force_train, wait)
+        return nightly_flow(str(ws.home), config_file, as_of, force_train, wait)
 
 
 def cmd_nightly(ws: Workspace, config: Config, args: argparse.Namespace) -> int:

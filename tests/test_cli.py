@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import subprocess
 import sys
@@ -55,10 +56,13 @@ def test_a_second_nightly_on_a_busy_workspace_says_so_in_one_line(tmp_path, caps
     home = tmp_path / "home"
     ws = Workspace.resolve(home).ensure()
     stage_sample(ws)
-    with workspace_lock(ws):
+    with open(ws.lock_file, "a+") as other:  # another run's hold: this process's own lock is re-entrant
+        other.write("pid 4242 since 2026-11-29 01:00:00")
+        other.flush()
+        fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         assert main(["nightly", "--home", str(home)]) == 1
     out, err = capsys.readouterr()
-    assert len(err.strip().splitlines()) == 1 and "workspace is busy (pid" in err
+    assert len(err.strip().splitlines()) == 1 and "workspace is busy (pid 4242" in err
     assert "Traceback" not in out + err and not (home / "plans").exists()
     assert len(list(ws.landing.iterdir())) == len(SAMPLE_FILES)  # nothing ingested either
 
@@ -75,6 +79,16 @@ def test_an_interrupted_command_says_so(tmp_path, capsys, monkeypatch):
     assert capsys.readouterr().err.strip().splitlines() == [
         "cashcast train: interrupted; outputs are written whole or not at all, so run it again"
     ]
+
+
+def test_the_workspace_lock_is_held_across_the_run_and_is_re_entrant(tmp_path):
+    """The command line holds the lock across the nightly flow, which takes it again for itself: the inner take
+    is a no-op, and the lock is free once the outer one ends."""
+    ws = Workspace.resolve(tmp_path / "home").ensure()
+    with workspace_lock(ws), workspace_lock(ws), open(ws.lock_file) as other, pytest.raises(BlockingIOError):
+        fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with open(ws.lock_file) as other:
+        fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # free again
 
 
 def test_a_workspace_that_is_a_file_is_refused_in_one_line(tmp_path, capsys):
