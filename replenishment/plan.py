@@ -114,31 +114,6 @@ def fill_level(
     return np.where(is_atm | (gap > 0), balance + added, target)
 
 
-def ordered_fill(
-    cash: np.ndarray,
-    target: np.ndarray,
-    top_up: bool,
-    is_atm: np.ndarray,
-    multiple: np.ndarray | None = None,
-    ceiling: np.ndarray | None = None,
-) -> np.ndarray:
-    """Cash after a planned visit on each path (rows of devices, columns of paths): what the crew does with
-    the order the plan row gives, which is fixed before anyone sees the morning's cash.
-
-    A swap loads the target whatever is found. A top-up's amount is `fill_level` of the expected cash (the
-    plan row's `amount`), added on every path up to the ceiling (what does not fit goes back); a pickup
-    takes the cash down to its level where there is more."""
-    if not top_up:
-        return fill_level(cash, target, top_up, is_atm)
-    expected = cash.mean(axis=1, keepdims=True)
-    planned = fill_level(expected, target, top_up, is_atm, multiple, ceiling)
-    pickup = ~is_atm & (planned < expected - 1e-6)
-    loaded = cash + np.maximum(planned - expected, 0.0)
-    if ceiling is not None:  # what does not fit goes back; a path already above the ceiling keeps its cash
-        loaded = np.maximum(np.minimum(loaded, ceiling), cash)
-    return np.where(pickup, np.minimum(cash, planned), loaded)
-
-
 def simulate_paths(
     net: np.ndarray,
     start_balance: np.ndarray,
@@ -200,7 +175,7 @@ def _simulate_block(net, start_balance, targets, top_up, is_atm, final_end, bund
         opening_risk[first] = ran_out[first].mean(axis=1)
         if visit.any():
             whole = (None, None) if bundles is None else (values[visit][:, None] for values in bundles)
-            level = ordered_fill(cash[visit], targets[visit, day][:, None], top_up, is_atm[visit][:, None], *whole)
+            level = fill_level(cash[visit], targets[visit, day][:, None], top_up, is_atm[visit][:, None], *whole)
             cash[visit] = level
             ran_out[visit] = False
             last_visit[visit] = day
@@ -565,9 +540,10 @@ def plan_network(
         deadlines,
     )
     demand = _demand_quantiles(forecast.frame, device_ids, dates, withdrawals, config.forecast.quantiles)
-    visited = ~np.isnan(targets)
-    if top_up:  # a top-up that adds nothing has no plan row (see _plan_rows): no visit in the projection either
-        visited &= (np.abs(run.after - run.before) > 0.005) | ~np.isnan(fixed)
+    # The projection's visits are the plan's rows and those on order: a top-up that adds nothing has no row
+    # (see _plan_rows), so no visit either.
+    visited = ~np.isnan(fixed)
+    visited[pd.Index(device_ids).get_indexer(plan["device_id"]), dates.get_indexer(plan["visit_date"])] = True
     projection = _projection(device_ids, dates, net[:, :, :horizon], visited, run, demand)
     summary_notes = [[*notes, *standing] for notes, standing in zip(device_notes, standing_notes, strict=True)]
     for row, note in _unvisited_notes(device_ids, plan, fixed, run, horizon):

@@ -364,31 +364,17 @@ def test_plan_respects_capacity_floor_bundles_and_visit_days(config, devices, sw
     summary = result.summary.set_index("device_id")
     assert summary.loc["TOTAL", "visits"] == len(result.plan)
     # The projection shows the plan's visits, no others (an empty top-up has no row and no visit flag), and the
-    # cash right after each is what the row says, less what a full cassette sends back on some paths.
+    # cash right after each is what the row says: exactly for a swap, within a bundle for a top-up (each path is
+    # topped up to the level in whole bundles, the row's amount is the bundles the expected cash needs).
     shown = result.projection[result.projection["visit"]]
     assert set(zip(shown["device_id"], shown["date"], strict=True)) == set(
         zip(result.plan["device_id"], result.plan["visit_date"], strict=True)
     )
-    day = result.plan.merge(
+    day = plan.merge(
         result.projection, left_on=["device_id", "visit_date"], right_on=["device_id", "date"], suffixes=("", "_day")
     )
-    assert (day["balance_after_day"] <= day["balance_after"] + 0.02).all()
-
-
-def test_a_top_up_adds_the_ordered_amount_on_every_path():
-    """The order is fixed before anyone sees the morning's cash: the crew adds the plan row's amount (bundles on
-    top of the expected cash), not whatever each path would need to reach the target; a full cassette sends the
-    rest back, and a pickup takes the cash down to its level only where there is more."""
-    from replenishment.plan import ordered_fill
-
-    cash = np.array([[100.0, 300.0]])
-    level = ordered_fill(cash, np.array([[500.0]]), True, np.array([[True]]), np.array([[100.0]]), np.array([[550.0]]))
-    np.testing.assert_allclose(level, [[400.0, 550.0]])  # 200 expected + 300 ordered; the second path is full
-    pickup = ordered_fill(
-        cash, np.array([[150.0]]), True, np.array([[False]]), np.array([[100.0]]), np.array([[550.0]])
-    )
-    np.testing.assert_allclose(pickup, [[100.0, 150.0]])
-    np.testing.assert_allclose(ordered_fill(cash, np.array([[500.0]]), False, np.array([[True]])), [[500.0, 500.0]])
+    gap = (day["balance_after_day"] - day["balance_after"]).abs()
+    assert (gap <= (0.02 if swap else day["load_multiple"] + 0.02)).all()
 
 
 def test_chance_constraint_holds_on_the_paths(config):
