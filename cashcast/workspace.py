@@ -40,8 +40,26 @@ class Workspace:
 
     @property
     def landing(self) -> Path:
-        """Where the nightly flow picks up new files (a drop folder elsewhere, e.g. an SFTP inbox, works too)."""
-        return self.home / Path(self.landing_dir).expanduser()
+        """Where the nightly flow picks up new files (a drop folder elsewhere, e.g. an SFTP inbox, works too).
+
+        Never the workspace, a folder holding it, or one of its own folders: the nightly run moves every file
+        it finds there to processed/ or failed/, so a landing_dir of "" or "." would sweep up the lake."""
+        folder = (self.home / Path(self.landing_dir).expanduser()).resolve()
+        home = self.home.resolve()
+        own = [home / name for name in ("lake", "processed", "failed", "plans", "forecasts", "reports", "models")]
+        own += [home / name for name in ("rejects", "backtests", "mlartifacts", ".cache")]
+        if (
+            not self.landing_dir.strip()
+            or folder == home
+            or folder in home.parents
+            or any(folder.is_relative_to(path) for path in own)
+        ):
+            raise ValueError(
+                f"[workspace] landing_dir = {self.landing_dir!r} is {folder}: the nightly run moves whatever it finds"
+                " there, so it must be a folder of its own, not the workspace, one holding it or one of its folders"
+                " (the default is 'landing')"
+            )
+        return folder
 
     @property
     def processed(self) -> Path:

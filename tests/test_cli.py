@@ -151,6 +151,14 @@ def test_the_configured_landing_folder_is_the_one_read(tmp_path, capsys):
     assert ws.landing == inbox
     config.write_text('[workspace]\nlanding_dir = "inbox"\n')
     assert nightly._context(str(home), str(config))[0].landing == home / "inbox"
+    # The run moves whatever it finds there: the workspace itself, a folder above it or one of its own is refused
+    # (a landing_dir of "" swept the lake and mlflow.db into failed/).
+    for wrong in ("", ".", "lake", "processed/daily", str(tmp_path)):
+        config.write_text(f'[workspace]\nlanding_dir = "{wrong}"\n')
+        assert main(["nightly", "--home", str(home), "--config", str(config)]) == 2  # a bad setting
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"[workspace] landing_dir = '{wrong}' is" in err[0] and "a folder of its own" in err[0]
+    assert (home / "landing" / "daily-old.csv").exists()  # nothing moved
 
 
 def test_visits_made_since_a_count_are_each_days_visits_on_order(tmp_path):
