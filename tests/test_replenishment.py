@@ -421,9 +421,9 @@ def test_a_swap_that_leaves_less_cash_than_it_finds_says_how_much_goes_back(conf
 
     dev = DeviceArrays.from_terms(make_terms(config, 1, capacity=[5000.0]), 3.0)
     days = ["Mon", "Tue", "Wed", "Thu"]
-    text = _reason(days, 0, 3, 4, ["", "", ""], dev, 0, (0.0, 0.0), (False, False, 500.0, 2000.0, 0.0))
+    text = _reason(days, 0, 3, 4, ["", "", ""], dev, 0, (0.0, 0.0), (False, False, 500.0, 2000.0, (0.0, 0.0)))
     assert text == "covers Mon-Wed (3 days) at 99.5%; swaps out about 2,000 expected in it: 1,500 goes back"
-    kept = _reason(days, 0, 3, 4, ["", "", ""], dev, 0, (0.0, 0.0), (False, False, 500.0, 300.0, 0.0))
+    kept = _reason(days, 0, 3, 4, ["", "", ""], dev, 0, (0.0, 0.0), (False, False, 500.0, 300.0, (0.0, 0.0)))
     assert "goes back" not in kept
 
 
@@ -434,7 +434,7 @@ def test_a_reason_states_the_level_a_capped_load_reaches_not_the_target(config):
 
     dev = DeviceArrays.from_terms(make_terms(config, 1, capacity=[5000.0]), 3.0)
     days = ["Fri", "Sat", "Sun", "Mon"]
-    text = _reason(days, 0, 3, 4, ["", "", ""], dev, 0, (0.245, 0.0), (False, True, 5000.0, 100.0, 0.0))
+    text = _reason(days, 0, 3, 4, ["", "", ""], dev, 0, (0.245, 0.0), (False, True, 5000.0, 100.0, (0.0, 0.0)))
     assert text.startswith("covers Fri-Sun (3 days) at 75.5%;")
     assert "stockout risk 24.5% above the 0.5% target: load capped at 5,000" in text
 
@@ -446,9 +446,10 @@ def test_a_reason_warns_when_deposits_are_expected_to_pass_max_balance(config):
     terms = make_terms(config, 1, kind=["branch"], capacity=[2000.0], max_balance=[1500.0])
     dev = DeviceArrays.from_terms(terms, 3.0)
     days = ["Mon", "Tue", "Wed", "Thu"]
-    text = _reason(days, 0, 3, 4, ["", "", ""], dev, 0, (0.0, 0.0), (True, False, 600.0, 1400.0, 1820.0))
+    text = _reason(days, 0, 3, 4, ["", "", ""], dev, 0, (0.0, 0.0), (True, False, 600.0, 1400.0, (1820.0, 1610.0)))
     assert "deposits expected to take the cash to 1,820, above max_balance 1,500, before the next visit" in text
-    quiet = _reason(days, 0, 3, 4, ["", "", ""], dev, 0, (0.0, 0.0), (True, False, 600.0, 1400.0, 1500.0))
+    assert "deposits expected to take the cash to 1,610, above max_balance 1,500, before this visit" in text
+    quiet = _reason(days, 0, 3, 4, ["", "", ""], dev, 0, (0.0, 0.0), (True, False, 600.0, 1400.0, (1500.0, 0.0)))
     assert "max_balance" not in quiet
 
 
@@ -470,6 +471,31 @@ def test_branch_with_net_deposits_gets_pickups(config):
     assert summary.loc["D0", "cash_deployed"] == pytest.approx(result.plan["amount"].sum())
     projection = result.projection
     assert (projection["expected_opening_balance"] <= 1500.0 + 400.0 * 2).all()
+
+
+def test_deposits_piling_past_max_balance_are_named_on_the_rows(config):
+    """A branch taking in 400 a day against 100 paid out, visited Mon and Fri: its cash passes max_balance before its
+    first pickup and again before the next one (the next visit's morning, when it holds the most, included)."""
+    forecast = lognormal_forecast([100.0], 14, n_paths=80, deposits=[400.0], seed=2, sigma=0.01)
+    fourteen = config.updated(plan={"horizon_days": 14})
+    terms = make_terms(
+        config,
+        1,
+        kind=["branch"],
+        capacity=[5000.0],
+        max_balance=[1000.0],
+        visit_cost=[5.0],
+        visit_weekdays=["Mon,Fri"],
+    )
+    balances = pd.DataFrame({"device_id": ["D0"], "balance": [1200.0]})
+    plan = plan_network(forecast, terms, balances, AS_OF, fourteen, holidays=NO_HOLIDAYS).plan
+    first, second = plan.iloc[0], plan.iloc[1]
+    assert re.search(
+        r"deposits expected to take the cash to 2,[34]\d\d, above max_balance 1,000, before this visit", first.reason
+    )
+    assert second.days_covered == 4 and "above max_balance 1,000, before the next visit" in second.reason  # Fri morning
+    assert (plan["amount"].astype(str) != "-0.0").all() and (plan["balance_after"] >= 0).all()
+    assert str(plan["amount"].iloc[0]) == "0.0"
 
 
 def test_idle_cash_in_an_atm_with_no_demand_is_a_pickup(config):
