@@ -64,7 +64,7 @@ class PathRun:
 
     before: np.ndarray  # expected cash on the morning, before any visit
     after: np.ndarray  # expected cash held through the day (after the visit)
-    short: np.ndarray  # P(part of the day's demand goes unserved)
+    short: np.ndarray  # P(the day ends below min_balance: running out, to the plan)
     segment_risk: np.ndarray  # on visit days: P(running out before the next visit), else NaN
     opening_risk: np.ndarray  # (n,): P(running out before the first visit, or in the horizon without one)
 
@@ -436,7 +436,7 @@ def plan_network(
 ) -> PlanResult:
     """Least-cost visit and load plan for every device in `terms` from the morning of `as_of`.
 
-    Devices without a balance start at min_balance + 7 days of forecast demand (noted in the
+    Devices without a balance start at min_balance + 7 days of forecast withdrawals (noted in the
     reason); `holidays` (device_id, date, holiday_name) defaults to each device's public holidays;
     `ordered_visits` (device_id, visit_date, balance_after or amount) inside the lead time are
     kept as given and planned around.
@@ -472,10 +472,11 @@ def plan_network(
     withdrawals, net, forecast_notes = _clean_paths(
         forecast, device_ids, slice(offset, offset + seen_days), terms["mean_daily_demand"].to_numpy(dtype="float64")
     )
-    withdrawals = withdrawals[:, :, :horizon]
     # The week's withdrawals, not its net outflow: a device taking in more deposits than it pays out would
-    # otherwise be assumed empty, and planned as one running dry.
+    # otherwise be assumed empty, and planned as one running dry. Read before the cut to the horizon, which may
+    # be shorter than a week.
     week_need = withdrawals[:, :, :UNKNOWN_BALANCE_DAYS].sum(axis=2).mean(axis=1)
+    withdrawals = withdrawals[:, :, :horizon]
     assumed = np.maximum(round_up_to_multiple(dev.min_balance + week_need, dev.load_multiple), dev.min_balance)
     start_balance, balance_seen = _start_balances(balances, device_ids, as_of, np.minimum(assumed, dev.max_load))
 

@@ -522,6 +522,9 @@ def test_a_deposit_taker_without_a_count_is_assumed_to_hold_a_week_of_withdrawal
     assert 500.0 <= opening <= 1000.0  # about 700: 7 days of ~100 withdrawn
     assert result.projection.iloc[0]["stockout_probability"] < 0.05
     assert any("assumed" in w and "7 days of forecast withdrawals" in w for w in result.warnings)
+    three_days = config.updated(plan={"horizon_days": 3})  # a week's need, though the plan is shorter
+    short = plan_network(forecast, terms, None, AS_OF, three_days, holidays=NO_HOLIDAYS).projection
+    assert short.iloc[0]["expected_opening_balance"] == opening
 
 
 def test_capacity_below_one_day_means_daily_visits_and_a_warning(config):
