@@ -181,7 +181,7 @@ def run_train(
         # this version forecasts only the morning it was trained for (see _past_morning_model).
         kept = (
             f"trained for {history.as_of:%Y-%m-%d}, a morning before the champion's ({champion.as_of_:%Y-%m-%d}):"
-            " the champion keeps serving, this version forecasts that morning only"
+            " this version forecasts that morning only"
         )
     elif champion is not None and origins and champion.as_of_ > min(origins):
         # Fitted on days the window scores, it would be graded in-sample against the challenger's out-of-sample
@@ -708,7 +708,10 @@ def training_due(ws: Workspace, config: Config, as_of: pd.Timestamp | None) -> t
     age = (as_of - trained_as_of(version)).days
     if age >= config.forecast.retrain_every_days:
         return True, f"champion trained {age} days ago (cadence {config.forecast.retrain_every_days})"
-    if age < 0:
+    if age < 0:  # a past morning: its own version serves it once one is registered (a re-run needs no other)
+        own = registry.version_trained_for(ws, config, as_of)
+        if own is not None:
+            return False, f"version {own.version} was trained for {as_of:%Y-%m-%d}, before the newer champion's"
         return True, f"champion was trained on data after {as_of:%Y-%m-%d}"
     baseline = float(version.tags.get(registry.SCORE_KEY, "nan"))
     recent = recent_forecast_error(ws, as_of)

@@ -107,6 +107,11 @@ def test_worse_challenger_is_kept_but_not_promoted_then_better_one_is(trained, m
     assert str(registry.champion_version(ws, config).version) == refreshed.version
     tags = client.get_model_version(config.forecast.registered_model, backfill.version).tags
     assert tags["flagged"] == "trained for an earlier morning" and tags["as_of"] == "2026-10-20"
+    # A nightly run for that morning again needs no training: its own version serves it (each re-run trained and
+    # registered another); a past morning without one still does.
+    due, why = jobs.training_due(ws, config, pd.Timestamp("2026-10-20"))
+    assert not due and why == f"version {backfill.version} was trained for 2026-10-20, before the newer champion's"
+    assert jobs.training_due(ws, config, pd.Timestamp("2026-10-21"))[0]
 
 
 def test_registered_model_reloads_in_fresh_process_with_identical_forecasts(trained, tmp_path):
