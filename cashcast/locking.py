@@ -33,7 +33,8 @@ def workspace_lock(ws: Workspace, timeout: float = 0.0, poll: float = 0.5) -> It
 
     Re-entrant within a process: the command line holds it across the whole nightly flow (two runs started
     together both passed a check made before Prefect's start-up, and the loser failed with a traceback), and
-    the flow, which also runs on its own under `serve`, takes it again for itself."""
+    the flow, which also runs on its own under `serve`, takes it again for itself. Re-entrant for the whole
+    process, not per thread: only the nightly run takes it, once per process."""
     ws.ensure()
     if ws.lock_file in _HELD:
         yield

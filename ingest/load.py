@@ -4,9 +4,9 @@ Rules (CONTRACT.md "Input files"):
 
 - Every data row is loaded, rejected (to `rejects/<kind>-<stem>-<UTC time>.csv`, one line per row with
   the first reason found) or counted as a duplicate. A duplicate is a row that changes nothing: a
-  transaction already in the lake or earlier in the file (by txn_id where given, as the contract says; one
-  repeated with another timestamp, amount or type is kept as first loaded, and a warning says how many and
-  where), a device-day / device / balance / status row
+  transaction already in the lake or earlier in the file (by txn_id where given, as the contract says, within
+  the month of its timestamp; one repeated with another timestamp, amount or type is kept as first loaded, and a
+  warning says how many and where), a device-day / device / balance / status row
   identical to what the lake holds, or an earlier row of the file identical to a later one with its key. An
   earlier row with the same key and other values is rejected, naming the later row that wins.
   Re-ingesting a file therefore reports all its good rows as duplicates and leaves the lake identical.
@@ -357,6 +357,8 @@ class _SeenKeys:
             if hit.any() and chunk_bodies is None:  # the lake's keys: their bodies once one repeats
                 chunk, chunk_bodies = lk.transaction_bodies(self.lake, month)
                 chunks[index] = (chunk, chunk_bodies)
+                at = np.searchsorted(chunk, keys).clip(max=max(len(chunk) - 1, 0))  # read again: look again
+                hit = (chunk[at] == keys) if len(chunk) else np.zeros(len(keys), dtype=bool)
             if hit.any():
                 seen_bodies[hit] = chunk_bodies[at[hit]]
             seen |= hit

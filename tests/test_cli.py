@@ -91,6 +91,27 @@ def test_the_workspace_lock_is_held_across_the_run_and_is_re_entrant(tmp_path):
         fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # free again
 
 
+def test_the_command_line_holds_the_workspace_across_the_nightly_flow(tmp_path, monkeypatch):
+    """Held from before Prefect starts until the flow ends: a second run cannot slip in during the start-up."""
+    from flows import commands, nightly
+
+    ws = Workspace.resolve(tmp_path / "home").ensure()
+    seen = []
+
+    def flow(*args):
+        with open(ws.lock_file) as other:
+            try:
+                fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                seen.append("free")
+            except BlockingIOError:
+                seen.append("held")
+        return {}
+
+    monkeypatch.setattr(nightly, "nightly_flow", flow)
+    commands.run_nightly(ws, None, None)
+    assert seen == ["held"]
+
+
 def test_a_workspace_that_is_a_file_is_refused_in_one_line(tmp_path, capsys):
     (tmp_path / "home").write_text("not a folder")
     assert main(["train", "--home", str(tmp_path / "home")]) == 1
