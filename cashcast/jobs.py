@@ -421,7 +421,10 @@ def _written_plans(ws: Workspace) -> list[tuple[pd.Timestamp, Path]]:
 
 
 def _on_order(
-    plans: list[tuple[pd.Timestamp, Path]], as_of: pd.Timestamp, read, same_day: bool = False
+    plans: list[tuple[pd.Timestamp, Path]],
+    as_of: pd.Timestamp,
+    read: Callable[[Path], pd.DataFrame],
+    same_day: bool = False,
 ) -> pd.DataFrame | None:
     """`visits_on_order` over the plans listed, each read by `read` (a caller asking about many mornings
     lists them once and caches the reading). `same_day`: also as_of's own plan, whose same-day orders (a

@@ -377,7 +377,7 @@ def _load_transactions(run: _Run, staging: lk.Staging) -> tuple[int, int]:
     device_names: dict[str, int] = {}
     partial: list[pd.DataFrame] = []
     loaded = duplicate = n_changed = 0
-    changed: list[tuple[np.ndarray, str]] = []  # (record, txn_id) of a batch's first repeat with other values
+    first_changed: tuple[np.ndarray, str] | None = None  # (record, txn_id) of the file's first repeat with other values
     columns = run.source.columns
     try:
         for batch, first in run.batches():
@@ -424,7 +424,8 @@ def _load_transactions(run: _Run, staging: lk.Staging) -> tuple[int, int]:
             # Only a txn_id can repeat with other values: a key without one hashes the values themselves.
             conflict = np.flatnonzero(differs & _mask(pc.is_valid(txn_id)))
             if len(conflict):
-                changed.append((first + np.flatnonzero(good)[conflict[:1]], txn_id[int(conflict[0])].as_py()))
+                if first_changed is None:
+                    first_changed = (first + np.flatnonzero(good)[conflict[:1]], txn_id[int(conflict[0])].as_py())
                 n_changed += len(conflict)
             duplicate += int(len(key) - new.sum())
             loaded += int(new.sum())
@@ -467,12 +468,13 @@ def _load_transactions(run: _Run, staging: lk.Staging) -> tuple[int, int]:
             }
         )
         _merge_daily(run.lake, staging, daily, _add_days)
-    if n_changed:  # the contract de-duplicates by txn_id; a changed repeat is still news to whoever sent it
-        row = run.source.spreadsheet_rows(changed[0][0])[0]
+    if first_changed is not None:  # the contract de-duplicates by txn_id; a changed repeat is news to its sender
+        record, changed_id = first_changed
+        row = run.source.spreadsheet_rows(record)[0]
         warnings.warn(
             IngestWarning(
                 f"{run.source.path}: {n_changed} row(s) repeat a txn_id already loaded with another timestamp, amount"
-                f" or type, e.g. row {row} (txn_id {changed[0][1]}): counted as duplicates, the first loaded is kept"
+                f" or type, e.g. row {row} (txn_id {changed_id}): counted as duplicates, the first loaded is kept"
             ),
             stacklevel=3,
         )

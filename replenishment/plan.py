@@ -385,7 +385,9 @@ def _ordered_targets(
     return targets
 
 
-def visits_on_order(earlier_plan: pd.DataFrame, as_of, ordered_before=None) -> pd.DataFrame:
+def visits_on_order(
+    earlier_plan: pd.DataFrame, as_of: pd.Timestamp | str, ordered_before: pd.Timestamp | None = None
+) -> pd.DataFrame:
     """The visits of an earlier plan that the carrier already has on the morning of `as_of`: due to be
     ordered before it (`order_by` < as_of, or < `ordered_before` when given) for as_of or later. Today's
     plan takes them as given (device_id, visit_date, balance_after); the rest of the earlier plan is free
