@@ -153,7 +153,7 @@ def headline_table(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def cash_figure(summary: pd.DataFrame) -> Figure:
+def cash_figure(summary: pd.DataFrame, currency: str = CURRENCY) -> Figure:
     """Fleet cash deployed and average idle cash: the plan against the fixed-schedule baseline."""
     fleet = fleet_row(summary)
     fig, axes = new_figure(10, 3.4, ncols=2)
@@ -170,13 +170,13 @@ def cash_figure(summary: pd.DataFrame) -> Figure:
         ax.bar(labels, values, color=[PLAN_COLOR, BASELINE_COLOR])
         ax.set_title(title)
         ax.set_xlabel("policy")
-        ax.set_ylabel(f"cash ({CURRENCY})")
+        ax.set_ylabel(f"cash ({currency})")
         analyst.money_axis(ax)
     fig.tight_layout()
     return fig
 
 
-def fleet_cash_figure(projection: pd.DataFrame) -> Figure:
+def fleet_cash_figure(projection: pd.DataFrame, currency: str = CURRENCY) -> Figure:
     """Expected cash held across the fleet each day of the plan (after that morning's visits)."""
     fig, ax = new_figure(10, 3.2)
     if len(projection):
@@ -186,7 +186,7 @@ def fleet_cash_figure(projection: pd.DataFrame) -> Figure:
     analyst.money_axis(ax)
     ax.set_title("Expected cash held in the fleet, day by day")
     ax.set_xlabel("date")
-    ax.set_ylabel(f"cash after the morning visit ({CURRENCY})")
+    ax.set_ylabel(f"cash after the morning visit ({currency})")
     return fig
 
 
@@ -209,7 +209,7 @@ def visits_figure(plan: pd.DataFrame) -> Figure:
     return fig
 
 
-def accuracy_figure(accuracy: pd.DataFrame) -> Figure:
+def accuracy_figure(accuracy: pd.DataFrame, currency: str = CURRENCY) -> Figure:
     """Yesterday's forecast against actual withdrawals per device (censored days left out)."""
     fig, ax = new_figure(5, 4.2)
     scored = accuracy[~accuracy["censored"]] if "censored" in accuracy else accuracy
@@ -234,8 +234,8 @@ def accuracy_figure(accuracy: pd.DataFrame) -> Figure:
     analyst.money_axis(ax, "y")
     ax.tick_params(axis="x", rotation=30)
     ax.set_title("Yesterday: forecast against actual withdrawals")
-    ax.set_xlabel(f"actual withdrawals ({CURRENCY})")
-    ax.set_ylabel(f"forecast ({CURRENCY})")
+    ax.set_xlabel(f"actual withdrawals ({currency})")
+    ax.set_ylabel(f"forecast ({currency})")
     return fig
 
 
@@ -342,6 +342,7 @@ def render_report(
     landing file the night could not ingest."""
     at_risk = devices_at_risk(plan)
     quiet = quiet_devices(summary, as_of)
+    unit = context.get("currency") or CURRENCY  # the axes name the currency when the config does
     return f"""<!doctype html><html><head><meta charset="utf-8">
 <title>Cashcast nightly report {as_of:%Y-%m-%d}</title><style>{STYLE}</style></head><body>
 <h1>Cashcast nightly report, as of {as_of:%Y-%m-%d}</h1>
@@ -351,8 +352,8 @@ def render_report(
 {_failed_files(failed_files)}
 <h2>Cash deployed against the fixed-schedule baseline</h2>
 {_table(_shown_headline(headline_table(summary)))}
-{_img(cash_figure(summary), "cash deployed and idle cash against the baseline")}
-{_img(fleet_cash_figure(projection), "expected fleet cash per day")}
+{_img(cash_figure(summary, unit), "cash deployed and idle cash against the baseline")}
+{_img(fleet_cash_figure(projection, unit), "expected fleet cash per day")}
 <h2>Visits per day</h2>{_img(visits_figure(plan), "visits per day")}
 <h2>Devices most at risk</h2>
 <p>Each device's planned visit with the highest chance of running out before the next visit;
@@ -363,7 +364,7 @@ equal chances: the visit due soonest first.</p>
 {_table(quiet, wrap_last=True) if len(quiet) else "<p>None.</p>"}
 <h2>Forecast against actual, yesterday</h2>
 <p>{html.escape(_accuracy_note(accuracy))}</p>
-{_img(accuracy_figure(accuracy), "forecast against actual yesterday")}
+{_img(accuracy_figure(accuracy, unit), "forecast against actual yesterday")}
 {_worst_table(accuracy)}
 </body></html>"""
 

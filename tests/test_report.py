@@ -132,6 +132,9 @@ def test_report_names_the_currency_the_config_names(page, planned_ws, config):
     named = config.model_copy(update={"ingest": config.ingest.model_copy(update={"currency": "INR"})})
     text = report.write_report(ws, named, AS_OF, planned, {}).read_text(encoding="utf-8")
     assert "Amounts in INR." in text and "devices' currency" not in text
+    summary = pd.read_csv(planned["summary"])
+    assert_labelled(report.cash_figure(summary, "INR"), "INR")  # the charts' axes say it too
+    assert_labelled(report.fleet_cash_figure(pd.read_csv(planned["projection"]), "INR"), "INR")
 
 
 def test_report_page_renders_for_a_workspace_with_no_earlier_forecast(planned_ws, config, tmp_path):
