@@ -411,18 +411,19 @@ def _load_transactions(run: _Run, staging: lk.Staging) -> tuple[int, int]:
             key = _transaction_keys(ids, txn_id, ns, amount, is_deposit, month)
             body = lk.transaction_body(ns, amount, is_deposit)
             repeated = pd.Series(key).duplicated().to_numpy()
-            new, differs = ~repeated, np.zeros(len(key), dtype=bool)
-            if repeated.any():  # a txn_id again in this batch: with its first row's values, or other ones
-                differs = repeated & (body != pd.Series(body).groupby(key).transform("first").to_numpy())
+            new = ~repeated
+            kept_body = body.copy()  # per row, the values its key is kept with: the loaded ones, else its own
             months = np.arange(month.min(), month.max() + 1) if len(month) else month
             for m in months:
                 rows = np.flatnonzero(new & (month == m))
                 if len(rows):
                     fresh, seen_body = seen.fresh(m, key[rows], body[rows])
                     new[rows[~fresh]] = False
-                    differs[rows[~fresh]] = seen_body[~fresh] != body[rows[~fresh]]
+                    kept_body[rows[~fresh]] = seen_body[~fresh]
+            if repeated.any():  # a key again in this batch is kept with its first row's kept values
+                kept_body = pd.Series(kept_body).groupby(key).transform("first").to_numpy()
             # Only a txn_id can repeat with other values: a key without one hashes the values themselves.
-            conflict = np.flatnonzero(differs & _mask(pc.is_valid(txn_id)))
+            conflict = np.flatnonzero((body != kept_body) & _mask(pc.is_valid(txn_id)))
             if len(conflict):
                 if first_changed is None:
                     first_changed = (first + np.flatnonzero(good)[conflict[:1]], txn_id[int(conflict[0])].as_py())

@@ -800,3 +800,10 @@ def test_a_loaded_txn_id_sent_again_with_another_amount_is_a_duplicate_that_is_p
     assert (report.rows_read, report.rows_loaded, report.rows_rejected, report.rows_duplicate) == (3, 1, 0, 2)
     daily = read_table(ws, "daily").set_index("date")["withdrawals"]
     assert daily[pd.Timestamp("2024-05-01")] == 150.0 and daily[pd.Timestamp("2024-05-02")] == 70.0  # 100 + 50 kept
+    # Repeats within a file are measured against what is kept, the loaded values: only the 150 differs.
+    both = write(
+        tmp_path / "t1-both.csv",
+        "device_id,timestamp,amount,txn_id\nA,2024-05-01 10:00,150,t1\nA,2024-05-01 10:00,100,t1\n",
+    )
+    with pytest.warns(IngestWarning, match=r"t1-both\.csv: 1 row\(s\) repeat .* row 2 \(txn_id t1\)"):
+        assert ingest_file(both, "transactions", ws, config).rows_duplicate == 2
