@@ -122,7 +122,8 @@ def stage_sample(ws: Workspace) -> list[Path]:
 
 def cmd_demo(ws: Workspace, config: Config, args: argparse.Namespace) -> int:
     stage_sample(ws)
-    print(f"demo: synthetic network staged in {ws.landing}; running the nightly flow (Prefect, MLflow in {ws.home})")
+    store = ws.tracking_uri(config.forecast.tracking_uri)
+    print(f"demo: synthetic network staged in {ws.landing}; running the nightly flow (Prefect, MLflow at {store})")
     result = run_nightly(ws, args.config, None)
     print(f"plan written to {result['planned']['plan']}")
     print(f"report written to {result['report']}")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import serve
+from prefect.deployments.runner import EntrypointType
 from prefect.schedules import Cron
 
 from cashcast.config import Config
@@ -15,13 +18,19 @@ def full_name(config: Config) -> str:
 
 
 def build_deployment(ws: Workspace, config: Config, config_file: str | None):
-    """The nightly deployment for this workspace (parameters pin the workspace and config file)."""
+    """The nightly deployment for this workspace (parameters pin the workspace and config file).
+
+    Named by module (`flows.nightly.nightly_flow`), not by file: a flow loaded from its file path is the
+    top-level module `nightly`, its tasks reach a Dask cluster as `nightly.plan_chunk`, and workers that
+    import the package as `flows` cannot find them. A relative config path is made absolute: the run starts
+    wherever the server or worker does."""
     return nightly_flow.to_deployment(
         name=config.flows.deployment_name,
         schedule=Cron(config.flows.cron, timezone=config.flows.timezone),
-        parameters={"home": str(ws.home), "config_file": config_file},
+        parameters={"home": str(ws.home), "config_file": str(Path(config_file).resolve()) if config_file else None},
         description="Cashcast nightly: ingest landing files, train when due, forecast, plan, report.",
         tags=["cashcast"],
+        entrypoint_type=EntrypointType.MODULE_PATH,
     )
 
 

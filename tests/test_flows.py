@@ -246,7 +246,7 @@ def test_dask_local_cluster_gives_identical_plans(nightly_run, fast_config_file)
     )
 
 
-def test_served_deployment_schedule_and_parameters(tmp_path, prefect_harness):
+def test_served_deployment_schedule_and_parameters(tmp_path, prefect_harness, monkeypatch):
     import asyncio
 
     from prefect.client.orchestration import get_client
@@ -255,7 +255,9 @@ def test_served_deployment_schedule_and_parameters(tmp_path, prefect_harness):
 
     ws = Workspace.resolve(tmp_path / "served").ensure()
     config = load_config().updated(flows={"cron": "30 1 * * *", "timezone": "Europe/London"})
-    deployment_id = serve.build_deployment(ws, config, None).apply()
+    (tmp_path / "prod.toml").write_text("")
+    monkeypatch.chdir(tmp_path)
+    deployment_id = serve.build_deployment(ws, config, "prod.toml").apply()
 
     async def read():
         async with get_client() as client:
@@ -264,8 +266,26 @@ def test_served_deployment_schedule_and_parameters(tmp_path, prefect_harness):
     deployment = asyncio.run(read())
     assert deployment.name == config.flows.deployment_name
     assert deployment.parameters["home"] == str(ws.home)
+    # The run starts wherever the server or worker does: the config path is pinned absolute.
+    assert deployment.parameters["config_file"] == str(tmp_path / "prod.toml")
+    # By module: loaded from its file the flow is the module `nightly`, whose tasks an external Dask cluster's
+    # workers (importing the package as `flows`) cannot unpickle.
+    assert deployment.entrypoint == "flows.nightly.nightly_flow"
     schedule = deployment.schedules[0].schedule
     assert schedule.cron == "30 1 * * *" and schedule.timezone == "Europe/London"
+
+
+def test_the_work_pool_deployment_names_the_flow_by_module():
+    """prefect.yaml's entrypoint imports as the package does (see the served deployment above)."""
+    import importlib
+
+    import yaml
+
+    from flows.nightly import nightly_flow
+
+    spec = yaml.safe_load((Path(__file__).resolve().parents[1] / "prefect.yaml").read_text())
+    module, name = spec["deployments"][0]["entrypoint"].rsplit(".", 1)
+    assert getattr(importlib.import_module(module), name) is nightly_flow
 
 
 def test_workspace_isolation(nightly_run):
