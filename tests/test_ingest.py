@@ -807,3 +807,11 @@ def test_a_loaded_txn_id_sent_again_with_another_amount_is_a_duplicate_that_is_p
     )
     with pytest.warns(IngestWarning, match=r"t1-both\.csv: 1 row\(s\) repeat .* row 2 \(txn_id t1\)"):
         assert ingest_file(both, "transactions", ws, config).rows_duplicate == 2
+
+
+def test_first_rows_of_each_key_in_a_batch():
+    from ingest.load import _first_rows
+
+    key = np.array([7, 3, 7, 7, 9, 3], dtype=np.uint64)
+    assert _first_rows(key).tolist() == [0, 1, 0, 0, 4, 1]
+    assert _first_rows(np.array([], dtype=np.uint64)).tolist() == []
