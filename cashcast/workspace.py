@@ -46,8 +46,9 @@ class Workspace:
         it finds there to processed/ or failed/, so a landing_dir of "" or "." would sweep up the lake."""
         folder = (self.home / Path(self.landing_dir).expanduser()).resolve()
         home = self.home.resolve()
-        own = [home / name for name in ("lake", "processed", "failed", "plans", "forecasts", "reports", "models")]
-        own += [home / name for name in ("rejects", "backtests", "mlartifacts", ".cache")]
+        folders = (self.lake, self.processed, self.failed, self.plans, self.forecasts, self.reports, self.models)
+        own = [path.resolve() for path in (*folders, self.rejects, self.backtests, self.mlflow_artifacts)]
+        own.append(home / ".cache")
         if (
             not self.landing_dir.strip()
             or folder == home

@@ -30,6 +30,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 from cashcast.config import Config
+from cashcast.locking import file_lock
 from cashcast.workspace import Workspace
 
 CHAMPION = "champion"
@@ -114,9 +115,7 @@ def create_embedded_store(ws: Workspace) -> None:
     `mlflow.db` that every later command failed on ("table ... already exists"), and two first commands at
     once raced to build it. The tables are built in a temporary file and renamed into place, under a lock.
     """
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-    from cashcast.locking import file_lock
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore  # SQLAlchemy: only when building
 
     if ws.mlflow_db.exists():
         return

@@ -198,23 +198,24 @@ def read_small(lake: Path, name: str) -> pd.DataFrame:
     return read_partition(lake, small_table_path(name), SMALL_SCHEMAS[name])
 
 
+def _transaction_files(lake: Path, month: np.datetime64) -> list[Path]:
+    """One month's transaction files in the lake."""
+    folder = lake / "transactions" / month_name(month)
+    return sorted(folder.glob("*.parquet")) if folder.exists() else []
+
+
 def transaction_keys(lake: Path, month: np.datetime64) -> np.ndarray:
     """Sorted keys (as uint64, like `ingest.parse.hash_strings`) already loaded for one month."""
-    folder = lake / "transactions" / month_name(month)
-    files = sorted(folder.glob("*.parquet")) if folder.exists() else []
-    if not files:
-        return np.empty(0, dtype=np.uint64)
-    keys = [pq.read_table(f, columns=["txn_key"])["txn_key"].to_numpy() for f in files]
-    return np.sort(np.concatenate(keys).view(np.uint64))
+    keys = [pq.read_table(f, columns=["txn_key"])["txn_key"].to_numpy() for f in _transaction_files(lake, month)]
+    return np.sort(np.concatenate(keys).view(np.uint64)) if keys else np.empty(0, dtype=np.uint64)
 
 
 def transaction_bodies(lake: Path, month: np.datetime64) -> tuple[np.ndarray, np.ndarray]:
     """(sorted keys, each one's `transaction_body`) of one month's loaded transactions: what tells a repeated
     txn_id with the same values (a duplicate) from one with others (a conflict). Read file by file, so the
     columns in flight stay one file's."""
-    folder = lake / "transactions" / month_name(month)
     keys, bodies = [np.empty(0, dtype=np.uint64)], [np.empty(0, dtype=np.uint32)]
-    for part in sorted(folder.glob("*.parquet")) if folder.exists() else []:
+    for part in _transaction_files(lake, month):
         table = pq.read_table(part, columns=["txn_key", "timestamp", "amount", "type"])
         keys.append(table["txn_key"].to_numpy().view(np.uint64))
         is_deposit = pc.equal(table["type"].cast(pa.string()), "deposit").to_numpy(zero_copy_only=False)
@@ -222,7 +223,7 @@ def transaction_bodies(lake: Path, month: np.datetime64) -> tuple[np.ndarray, np
             transaction_body(table["timestamp"].to_numpy().view(np.int64), table["amount"].to_numpy(), is_deposit)
         )
     key, body = np.concatenate(keys), np.concatenate(bodies)
-    order = np.argsort(key, kind="stable")
+    order = np.argsort(key)  # the keys are unique: the order `transaction_keys` gives them
     return key[order], body[order]
 
 

@@ -355,20 +355,22 @@ class _SeenKeys:
             at = np.searchsorted(chunk, keys).clip(max=len(chunk) - 1)
             hit = chunk[at] == keys
             if hit.any() and chunk_bodies is None:  # the lake's keys: their bodies once one repeats
+                # The same keys in the same order: the ingest holds the lake's writer lock, nothing changed them.
                 chunk, chunk_bodies = lk.transaction_bodies(self.lake, month)
                 chunks[index] = (chunk, chunk_bodies)
-                at = np.searchsorted(chunk, keys).clip(max=max(len(chunk) - 1, 0))  # read again: look again
-                hit = (chunk[at] == keys) if len(chunk) else np.zeros(len(keys), dtype=bool)
             if hit.any():
                 seen_bodies[hit] = chunk_bodies[at[hit]]
             seen |= hit
-        order = np.argsort(keys[~seen])
-        chunks.append((keys[~seen][order], bodies[~seen][order]))
+        chunks.append(_sorted_by_key(keys[~seen], bodies[~seen]))
         if len(chunks) > 8:  # the lake's chunk stays apart, its bodies perhaps unread
-            merged = np.concatenate([c for c, _ in chunks[1:]]), np.concatenate([b for _, b in chunks[1:]])
-            order = np.argsort(merged[0])
-            self.chunks[month] = [chunks[0], (merged[0][order], merged[1][order])]
+            merged = _sorted_by_key(*(np.concatenate(part) for part in zip(*chunks[1:], strict=True)))
+            self.chunks[month] = [chunks[0], merged]
         return ~seen, seen_bodies
+
+
+def _sorted_by_key(keys: np.ndarray, bodies: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    order = np.argsort(keys)
+    return keys[order], bodies[order]
 
 
 def _load_transactions(run: _Run, staging: lk.Staging) -> tuple[int, int]:

@@ -37,7 +37,7 @@ from replenishment.terms import (
 
 WEEKDAY_NAMES = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 UNKNOWN_BALANCE_DAYS = 7
-HALF_CENT = 0.005  # a day's forecast demand below this is zero
+HALF_CENT = 0.005  # an amount below this is zero: a day's forecast demand, a load, lost demand in the replay
 TAIL_LEVEL = 0.995  # weekly path sums beyond the body's extrapolation to this level are tamed (tame_tails)
 EXTENSION_DAYS = 7  # days past the optimiser's last visit day a load may cover (last forecast week repeated)
 QUIET_DEVICE_NOTE = "no usable record since"  # how a plan names a device whose feed stopped
@@ -85,9 +85,13 @@ class PathRun:
         previous = np.concatenate([np.full((len(targets), 1), -1), np.maximum.accumulate(index, axis=1)[:, :-1]], 1)
         earlier = previous[rows, days]
         before = np.where(earlier >= 0, self.segment_risk[rows, np.maximum(earlier, 0)], self.opening_risk[rows])
-        on_order = np.where(~np.isnan(fixed), self.segment_risk, 0.0)
+        on_order = self.on_order_risk(fixed)
         through = np.concatenate([np.zeros((len(fixed), 1)), np.maximum.accumulate(on_order, axis=1)[:, :-1]], 1)
         return np.where(first, np.maximum.reduce([before, self.opening_risk[rows], through[rows, days]]), before)
+
+    def on_order_risk(self, fixed: np.ndarray) -> np.ndarray:
+        """(n, H): P(running out after each visit already on order, before the next visit); 0 on other days."""
+        return np.where(~np.isnan(fixed), self.segment_risk, 0.0)
 
 
 def fill_level(
@@ -601,10 +605,11 @@ def _segment_ends(targets: np.ndarray, final_end: np.ndarray) -> np.ndarray:
     return ends
 
 
-def _device_notes(dev, withdrawals, net, visit_days, start_balance, balance_seen, forecast_notes, run) -> list[list]:
+def _device_notes(
+    dev, withdrawals, net, visit_days, start_balance, seen: BalanceSeen, forecast_notes, run
+) -> list[list]:
     """Per-device warnings for cash ops: the inputs that made this plan unusual. `visit_days` is (allowed
-    (n, H), visited daily as too small (n,)), `balance_seen` where the opening balances came from."""
-    seen = balance_seen
+    (n, H), visited daily as too small (n,)), `seen` where the opening balances came from."""
     allowed, tiny = visit_days
     n, n_paths, horizon = net.shape
     one_day = typical_day(net.mean(axis=1))
@@ -677,17 +682,11 @@ def _unvisited_notes(device_ids, plan: pd.DataFrame, fixed, run: PathRun, horizo
     should read why it has no plan row (the cash on hand, with any visits on order, serves the horizon) and at
     what risk.
     Only in the summary: a line per quiet device on standard error would bury the warnings that matter."""
-    visited = set(plan["device_id"].astype(str))
-    found = []
-    for row, device in enumerate(np.asarray(device_ids, dtype=str)):
-        if device in visited:
-            continue
-        ordered = ~np.isnan(fixed[row])
-        risk = np.nanmax(np.r_[run.opening_risk[row], run.segment_risk[row, ordered]])
-        orders = " and the visits on order" if ordered.any() else ""
-        note = f"no visit planned in the {horizon} days: {_percent(risk)} risk of running out on the cash on hand"
-        found.append((row, note + orders))
-    return found
+    unvisited = np.flatnonzero(~pd.Index(np.asarray(device_ids, dtype=str)).isin(plan["device_id"].astype(str)))
+    risk = np.maximum(run.opening_risk, run.on_order_risk(fixed).max(axis=1, initial=0.0))
+    orders = np.where(np.isnan(fixed).all(axis=1), "", " and the visits on order")
+    said = f"no visit planned in the {horizon} days: {{}} risk of running out on the cash on hand{{}}"
+    return [(row, said.format(_percent(risk[row]), orders[row])) for row in unvisited]
 
 
 def _standing_notes(terms: pd.DataFrame, failures: dict[str, str], as_of: pd.Timestamp) -> list[list[str]]:
@@ -725,12 +724,12 @@ def _plan_rows(
     before = run.before[rows, days]
     after = fill_level(before, targets[rows, days], top_up, is_atm[rows], dev.load_multiple[rows], dev.max_load[rows])
     # An ATM's swap that leaves no cash (no demand forecast) only takes idle cash out: a pickup too.
-    pickup = (~is_atm[rows] | (after < 0.005)) & (after < before - 1e-6)
+    pickup = (~is_atm[rows] | (after < HALF_CENT)) & (after < before - 1e-6)
     # A swap brings `balance_after` whatever is found (the residual goes back); a top-up moves the difference.
     amount = np.where(pickup, before - after, after - before) if top_up else after
     if top_up:  # a top-up within a bundle of the cassette's top adds nothing: no visit, the one before covers on
         rows, days, covered, before, after, pickup, amount = _without_empty_top_ups(
-            pickup | (amount > 0.005), rows, days, covered, before, after, pickup, amount
+            pickup | (amount > HALF_CENT), rows, days, covered, before, after, pickup, amount
         )
     risk = run.segment_risk[rows, days]
     first_visit = np.diff(rows, prepend=-1) != 0  # visits come sorted by device, then day
@@ -821,7 +820,7 @@ def _reason(weekdays, day, covered, horizon, holiday_names, dev, row, risks, fla
     # read the first clause; "at 99%" beside a 24% risk contradicted it).
     reached = 1 - risk if short else sl
     parts = [f"covers {_day_span(weekdays, day, covered)} ({days}){holiday} at {_percent(reached)}"]
-    if pickup and level < 0.005:
+    if pickup and level < HALF_CENT:
         parts.insert(
             0, f"pickup: takes all the cash out, the days it covers need none: about {expected:,.0f} comes back"
         )

@@ -17,6 +17,7 @@ so every policy faces the same demand; their count is reported per device.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -26,6 +27,7 @@ import pandas as pd
 from cashcast.schema import DemandForecast, validate_daily
 from replenishment.dp import DeviceArrays, chosen_loads, prefix_costs, segment_table, solve_visits
 from replenishment.plan import (
+    HALF_CENT,
     extend_weekly,
     fill_level,
     plan_network,
@@ -45,7 +47,7 @@ Forecaster = Callable[[pd.DataFrame, pd.Timestamp, int], DemandForecast]
 COVER_WINDOW_DAYS = 28
 # Lost demand below this share of the day's withdrawals (or half a cent) is rounding, not a stockout: the optimum's
 # loads come from float32 sums, a few units off on a cassette of millions.
-LOST_TOLERANCE, LOST_SHARE_TOLERANCE = 0.005, 1e-5
+LOST_SHARE_TOLERANCE = 1e-5
 
 
 @dataclass
@@ -82,6 +84,12 @@ class _Window:
     def after_lead(self) -> np.ndarray:
         """Visit days allowed and still orderable on the replay's first morning."""
         return self.allowed & (self.deadlines >= 0)
+
+    @functools.cached_property
+    def lost_tolerance(self) -> np.ndarray:
+        """(n, days): the lost demand each device-day may have before it counts as a stockout (once per window:
+        every policy's execution and its KPIs read it)."""
+        return np.maximum(HALF_CENT, LOST_SHARE_TOLERANCE * self.withdrawals)
 
 
 def _actual_matrix(daily: pd.DataFrame, device_ids, dates, column: str) -> np.ndarray:
@@ -199,7 +207,6 @@ def _execute(win: _Window, decide: Decide | None, schedule: np.ndarray) -> dict[
     record = {k: np.zeros((n, days)) for k in ("opening", "level", "served", "lost", "load")}
     record["visit"] = np.zeros((n, days), dtype=bool)
     record["emergency"] = np.zeros((n, days), dtype=bool)
-    tolerance = _lost_tolerance(win)
     for day in range(days):
         if decide is not None:
             decide(day, cash, schedule)
@@ -222,7 +229,7 @@ def _execute(win: _Window, decide: Decide | None, schedule: np.ndarray) -> dict[
         served = np.minimum(win.withdrawals[:, day], available)
         lost = win.withdrawals[:, day] - served
         cash = available - served
-        pending |= lost > tolerance[:, day]
+        pending |= lost > win.lost_tolerance[:, day]
         record["level"][:, day] = level
         record["served"][:, day] = served
         record["lost"][:, day] = lost
@@ -230,11 +237,6 @@ def _execute(win: _Window, decide: Decide | None, schedule: np.ndarray) -> dict[
         record["emergency"][:, day] = emergency
         record["load"][:, day] = np.where(routine | emergency, level, 0.0)
     return record
-
-
-def _lost_tolerance(win: _Window) -> np.ndarray:
-    """(n, days): the lost demand each device-day may have before it counts as a stockout."""
-    return np.maximum(LOST_TOLERANCE, LOST_SHARE_TOLERANCE * win.withdrawals)
 
 
 def _empty_schedule(win: _Window) -> np.ndarray:
@@ -340,7 +342,7 @@ def _tables(policy: str, win: _Window, record: dict[str, np.ndarray]) -> tuple[p
     n, days = win.withdrawals.shape
     device_ids = win.terms["device_id"].astype(str).to_numpy(dtype=object)
     routine = record["visit"] & ~record["emergency"]
-    stockout = record["lost"] > _lost_tolerance(win)
+    stockout = record["lost"] > win.lost_tolerance
     per_device = pd.DataFrame(
         {
             "policy": policy,
