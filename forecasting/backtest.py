@@ -25,6 +25,9 @@ forecast by exp(spread * z) where z is made of contiguous 7-day blocks of standa
 errors: day-to-day dependence inside a week is kept, so multi-day sums get a realistic spread. The
 blocks are standardised per horizon week (median and robust scale of the errors k weeks ahead) and
 put back on week k's scale in a path's week k: near days are as sure as the backtest proved them.
+A path's draws are a hash of (seed, target, device, path, week): a device gets the same paths whatever
+the horizon, the other devices in the network or the chunking, so a 14-day and a 30-day plan (or
+tonight's plan before and after 50 new ATMs) load the same cash for the same days.
 """
 
 from __future__ import annotations
@@ -36,9 +39,11 @@ from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from hashlib import blake2b
 
 import numpy as np
 import pandas as pd
+from scipy.special import ndtri
 from tqdm.auto import tqdm
 
 from cashcast.config import Config
@@ -62,6 +67,7 @@ SELECT_SHRINK_POINTS = 250
 FALLBACK = "fallback"
 NO_HISTORY = "network_median"
 PARALLEL_MIN_CELLS = 100_000  # below this (device-days) worker start-up costs more than it saves
+PATH_CHUNK = 256  # devices whose path draws are hashed at once (256 x 200 paths x 56 days of uint64 is 23 MB)
 SPECIAL_COLUMNS = ("is_holiday", "holiday_block_length", "pre_holiday_window", "post_holiday_window")
 # Per-device LightGBM joins the pooled one on networks up to this size: ~50 ms a device and fit, so
 # 300 devices add ~15 s to training while 1,000 would break the 60 s budget.
@@ -455,8 +461,11 @@ class TargetModel:
             share = np.where(total > 0, hits / total, np.nan)
         return pd.DataFrame(share, index=self.spread_.index, columns=[quantile_column(q) for q in levels])
 
-    def predict(self, panel: Panel, horizon: int, n_paths: int, rng: np.random.Generator, levels: Sequence[float]):
-        """Point forecasts, chosen model names, quantiles (n, H, L) at `levels`, paths (n, P, H) and failures."""
+    def predict(self, panel: Panel, horizon: int, n_paths: int, stream: str, levels: Sequence[float]):
+        """Point forecasts, chosen model names, quantiles (n, H, L) at `levels`, paths (n, P, H) and failures.
+
+        `stream` names the paths' random stream (seed and target): see `device_draws`.
+        """
         ids = panel.device_ids
         choice = self.choice_.reindex(ids).fillna("lightgbm" if "lightgbm" in self.models_ else "seasonal_naive")
         forecasts, failures = _guarded_predict(self.models_, panel, horizon, choice.to_numpy())
@@ -487,27 +496,56 @@ class TargetModel:
         zq = at_levels[_bucket(np.arange(horizon))]  # (H, L)
         quant = (yhat + c)[:, :, None] * np.exp(spread[:, :, None] * zq[None]) - c[:, :, None]
         quant = np.maximum.accumulate(quant.clip(min=0), axis=2)
-        paths = self._paths(yhat, spread, c, n_paths, rng)
+        paths = self._paths(yhat, spread, c, n_paths, device_keys(ids, stream))
         return yhat, names, quant, paths, failures
 
-    def _paths(self, yhat, spread, c, n_paths, rng) -> np.ndarray:
+    def _paths(self, yhat, spread, c, n_paths, keys: np.ndarray) -> np.ndarray:
         """(n, n_paths, H) float32, built in place: 10,000 devices x 200 paths x 56 days is 450 MB."""
         n, horizon = yhat.shape
-        n_blocks = -(-horizon // BLOCK)
+        z = np.empty((n, n_paths, horizon), dtype=np.float32)
         if len(self.blocks_):
-            pick = rng.integers(0, len(self.blocks_), size=(n, n_paths, n_blocks), dtype=np.int32)
-            z = self.blocks_[pick].reshape(n, n_paths, n_blocks * BLOCK)[:, :, :horizon]
+            n_blocks = -(-horizon // BLOCK)
             week = np.minimum(np.arange(horizon) // BLOCK, len(self.week_scale_) - 1)
+            for start in range(0, n, PATH_CHUNK):
+                part = slice(start, start + PATH_CHUNK)
+                pick = (device_draws(keys[part], n_paths, n_blocks) % np.uint64(len(self.blocks_))).astype(np.intp)
+                z[part] = self.blocks_[pick].reshape(len(pick), n_paths, n_blocks * BLOCK)[:, :, :horizon]
             z *= self.week_scale_[week].astype(np.float32)
             z += self.week_center_[week].astype(np.float32)
         else:
-            z = rng.standard_normal((n, n_paths, horizon), dtype=np.float32)
+            # No backtest week to draw from: independent normal days, by the inverse of hashed uniforms.
+            for start in range(0, n, PATH_CHUNK):
+                part = slice(start, start + PATH_CHUNK)
+                uniform = (device_draws(keys[part], n_paths, horizon) >> np.uint64(11)).astype(np.float64) + 0.5
+                z[part] = ndtri(uniform / 2.0**53)
         z *= spread[:, :, None].astype(np.float32)
         np.exp(z, out=z)
         z *= (yhat + c)[:, None, :].astype(np.float32)
         z -= c[:, None, :].astype(np.float32)
         np.clip(z, 0, None, out=z)
         return np.ascontiguousarray(z)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser on uint64 arrays (wrapping multiplication is the point)."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def device_keys(device_ids: Sequence[str], stream: str) -> np.ndarray:
+    """One uint64 key per device for the random stream `stream`: the same in every process and run."""
+    return np.array(
+        [int.from_bytes(blake2b(f"{stream}\x1f{d}".encode(), digest_size=8).digest(), "little") for d in device_ids],
+        dtype=np.uint64,
+    )
+
+
+def device_draws(keys: np.ndarray, n_paths: int, n_draws: int) -> np.ndarray:
+    """(n, n_paths, n_draws) uniform uint64 draws: draw k of path p of a device depends on its key, p and k
+    only, so a longer horizon extends a device's paths without changing their start."""
+    counter = (np.arange(n_paths, dtype=np.uint64)[:, None] << np.uint64(32)) | np.arange(n_draws, dtype=np.uint64)
+    return _mix(keys[:, None, None] ^ _mix(counter + np.uint64(0x9E3779B97F4A7C15))[None])
 
 
 def _guarded_predict(models: dict, panel: Panel, horizon: int, choice: np.ndarray, chunk: int = 2048):

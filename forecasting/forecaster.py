@@ -20,8 +20,6 @@ from forecasting.backtest import CANDIDATES, TargetModel, run_tasks
 from forecasting.metrics import mase, smape
 from forecasting.panel import Panel, build_panel, quiet_nan
 
-PATH_SEED_OFFSET = 7919  # keeps path draws independent of the model seed's other uses
-
 
 def _deposit_devices(daily: pd.DataFrame, as_of: pd.Timestamp) -> np.ndarray:
     """Devices that recorded a positive deposit before as_of (recyclers, branches)."""
@@ -124,11 +122,13 @@ class CashForecaster:
         """
         as_of = pd.Timestamp(as_of).normalize()
         n_paths = self.config.forecast.n_paths if n_paths is None else n_paths  # 0: quantiles only, no paths
-        rng = np.random.default_rng(self.config.forecast.seed + PATH_SEED_OFFSET)
+        stream = f"paths-{self.config.forecast.seed}"  # the paths' own random stream, per target and device
         levels = list(quantiles) if quantiles is not None else self.config.forecast.quantiles
         panel = self._panel(daily, devices, as_of, horizon, None, events=events)
         dates = pd.date_range(as_of, periods=horizon, freq="D")
-        yhat, names, quant, paths, failures = self.withdrawals_.predict(panel, horizon, n_paths, rng, levels)
+        yhat, names, quant, paths, failures = self.withdrawals_.predict(
+            panel, horizon, n_paths, f"{stream}-withdrawals", levels
+        )
         ids = panel.device_ids
         frame = pd.DataFrame(
             {
@@ -144,7 +144,9 @@ class CashForecaster:
         deposit_ids = np.intersect1d(ids, _deposit_devices(daily, as_of)) if self.deposits_ is not None else []
         if len(deposit_ids):
             dep_panel = self._panel(daily, devices, as_of, horizon, deposit_ids, "deposits", events=events)
-            d_hat, _, d_quant, d_paths, d_fail = self.deposits_.predict(dep_panel, horizon, n_paths, rng, levels)
+            d_hat, _, d_quant, d_paths, d_fail = self.deposits_.predict(
+                dep_panel, horizon, n_paths, f"{stream}-deposits", levels
+            )
             failures.update({k: f"deposits {v}" for k, v in d_fail.items()})
             rows = pd.Index(ids).get_indexer(deposit_ids)
             full = np.full((len(ids), horizon), np.nan)

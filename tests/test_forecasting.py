@@ -21,7 +21,7 @@ from cashcast.config import load_config
 from cashcast.synthetic import generate_network
 from features import HolidayEstimateWarning
 from forecasting import CashForecaster, mase, score_window, smape, train, wape
-from forecasting.backtest import TargetModel, combine, predict_candidates, special_days
+from forecasting.backtest import TargetModel, combine, device_keys, predict_candidates, special_days
 from forecasting.models import GBM_FEATURES, DeviceGBM, PooledGBM, SeasonalNaive, forecast_design
 from forecasting.panel import build_panel, mask_outages
 
@@ -221,12 +221,36 @@ def test_paths_take_each_horizon_weeks_error_scale(trained, config):
     model = TargetModel(config)
     model.blocks_ = np.random.default_rng(0).standard_normal((2000, 7)).astype(np.float32)
     model.week_center_, model.week_scale_ = np.array([0.0, 0.3]), np.array([0.1, 0.4])
-    paths = model._paths(np.full((4, 21), 100.0), np.ones((4, 1)), np.full((4, 1), 1e-6), 500, np.random.default_rng(1))
+    keys = device_keys(["a", "b", "c", "d"], "test")
+    paths = model._paths(np.full((4, 21), 100.0), np.ones((4, 1)), np.full((4, 1), 1e-6), 500, keys)
     log_ratio = np.log(paths / 100.0)
     for days, center, scale in ((slice(0, 7), 0.0, 0.1), (slice(7, 14), 0.3, 0.4), (slice(14, 21), 0.3, 0.4)):
         week = log_ratio[:, :, days]
         assert np.median(week) == pytest.approx(center, abs=0.02)
         assert week.std() == pytest.approx(scale, rel=0.08)
+    # With no backtest week to draw from, days are independent normals on the device's spread.
+    model.blocks_ = np.zeros((0, 7), np.float32)
+    log_ratio = np.log(model._paths(np.full((4, 21), 100.0), np.full((4, 1), 0.2), np.full((4, 1), 1e-6), 500, keys))
+    log_ratio -= np.log(100.0)
+    assert log_ratio.mean() == pytest.approx(0.0, abs=0.01) and log_ratio.std() == pytest.approx(0.2, rel=0.03)
+    assert abs(np.corrcoef(log_ratio[:, :, 0].ravel(), log_ratio[:, :, 1].ravel())[0, 1]) < 0.05
+
+
+def test_a_devices_paths_do_not_depend_on_the_horizon_or_the_other_devices(trained, network, as_of):
+    """A 14-day and a 30-day plan, or a plan before and after other devices join, see the same paths for
+    the same days: the loads they imply do not move with the network or the horizon."""
+    full = trained.model.predict(network.daily, network.devices, as_of, 30)
+    short = trained.model.predict(network.daily, network.devices, as_of, HORIZON)
+    np.testing.assert_array_equal(short.withdrawal_paths, full.withdrawal_paths[:, :, :HORIZON])
+    np.testing.assert_array_equal(short.deposit_paths, full.deposit_paths[:, :, :HORIZON])
+    keep = list(full.device_ids[::2])  # every other device, a branch among them (not the one with no history)
+    assert network.devices.set_index("device_id").loc[keep, "kind"].eq("branch").any()
+    daily, devices = (frame[frame["device_id"].isin(keep)] for frame in (network.daily, network.devices))
+    some = trained.model.predict(daily, devices, as_of, 30)
+    assert list(some.device_ids) == keep
+    rows = pd.Index(full.device_ids).get_indexer(keep)
+    np.testing.assert_array_equal(some.withdrawal_paths, full.withdrawal_paths[rows])
+    np.testing.assert_array_equal(some.deposit_paths, full.deposit_paths[rows])
 
 
 def test_quantile_coverage_on_held_out_days(trained, network, as_of):
