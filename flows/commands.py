@@ -28,13 +28,16 @@ def cmd_ingest(ws: Workspace, config: Config, args: argparse.Namespace) -> int:
 
     for path in args.files:  # every file readable with its columns before any is loaded: a bad one loads none
         ingest.open_source(path, args.kind, config)
+    status = 0
     for path in args.files:
         report = ingest.ingest_file(path, args.kind, ws, config, progress=_progress())
         if args.json:
             print_json(report.to_dict())
         else:
             print(report.line())
-    return 0
+        if report.rows_read and report.rows_rejected == report.rows_read:
+            status = 1  # a failed file, as the nightly run counts it: its warning names the first row at fault
+    return status
 
 
 def cmd_train(ws: Workspace, config: Config, args: argparse.Namespace) -> int:

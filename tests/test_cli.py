@@ -230,13 +230,17 @@ def test_a_visit_ordered_mornings_ago_stays_on_order_though_later_plans_do_not_l
 
 def test_a_file_whose_every_row_is_rejected_is_pointed_out(tmp_path, capsys):
     """Day-first dates (a spreadsheet's export) reject every row: the rows are kept in the rejects table as
-    always, and stderr says what the first one got wrong instead of leaving a quiet "loaded 0"."""
-    slash = tmp_path / "daily-slash.csv"
+    always, the other files still load, and the command fails saying what the first row got wrong instead of
+    a quiet "loaded 0" (the nightly run moves such a file to failed/)."""
+    slash, good = tmp_path / "daily-slash.csv", tmp_path / "daily-good.csv"
     slash.write_text("device_id,date,withdrawals\nA1,01/02/2017,100\nA1,13/02/2017,200\n")
-    assert main(["ingest", "--home", str(tmp_path / "home"), "--kind", "daily", str(slash)]) == 0
+    good.write_text("device_id,date,withdrawals\nA1,2017-02-01,100\nA1,2017-02-xx,200\n")
+    home = str(tmp_path / "home")
+    assert main(["ingest", "--home", home, "--kind", "daily", str(slash), str(good)]) == 1
     out, err = capsys.readouterr()
-    assert "read 2, loaded 0, rejected 2" in out
+    assert "read 2, loaded 0, rejected 2" in out and "read 2, loaded 1, rejected 1" in out
     assert f"{slash}: every row was rejected, e.g. row 2, column date: unparseable date" in err
+    assert main(["ingest", "--home", home, "--kind", "daily", str(good)]) == 0  # some rows loaded: success
 
 
 def test_bad_input_exits_non_zero_with_one_line_naming_the_file(tmp_path):
