@@ -549,18 +549,23 @@ def money_axis(ax, which: str = "y") -> None:
     axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
 
 
-def _daily_withdrawals_axes(fig: Figure, ax: Axes, title: str) -> Figure:
+def currency_name(config: Config) -> str:
+    """What the charts call the amounts: `[ingest] currency` when the config names it, else CURRENCY."""
+    return config.ingest.currency or CURRENCY
+
+
+def _daily_withdrawals_axes(fig: Figure, ax: Axes, title: str, currency: str) -> Figure:
     """The axes of a withdrawals-per-day chart: money ticks, title, labels, legend, slanted dates."""
     money_axis(ax)
     ax.set_title(title)
     ax.set_xlabel("date")
-    ax.set_ylabel(f"withdrawals per day ({CURRENCY})")
+    ax.set_ylabel(f"withdrawals per day ({currency})")
     ax.legend(loc="upper left", fontsize=8)
     fig.autofmt_xdate()
     return fig
 
 
-def history_chart(days: pd.DataFrame, holidays: pd.DataFrame, title: str) -> Figure:
+def history_chart(days: pd.DataFrame, holidays: pd.DataFrame, title: str, currency: str = CURRENCY) -> Figure:
     """Daily withdrawals with holidays shaded, censored days and unrecorded days marked."""
     fig, ax = new_figure(11, 3.6)
     ax.plot(days["date"], days["withdrawals"], color="#2a7ab0", linewidth=0.9, label="withdrawals")
@@ -585,10 +590,12 @@ def history_chart(days: pd.DataFrame, holidays: pd.DataFrame, title: str) -> Fig
             lw=0,
             label="public holiday" if i == 0 else None,
         )
-    return _daily_withdrawals_axes(fig, ax, title)
+    return _daily_withdrawals_axes(fig, ax, title, currency)
 
 
-def fan_chart(recent: pd.DataFrame, forecast: pd.DataFrame, levels: list[float], title: str) -> Figure:
+def fan_chart(
+    recent: pd.DataFrame, forecast: pd.DataFrame, levels: list[float], title: str, currency: str = CURRENCY
+) -> Figure:
     """Recent actuals, then the forecast's median and its quantile bands (q50..q_top), actuals overlaid."""
     fig, ax = new_figure(11, 3.6)
     ax.plot(recent["date"], recent["withdrawals"], color="black", linewidth=1, label="actual withdrawals")
@@ -612,7 +619,7 @@ def fan_chart(recent: pd.DataFrame, forecast: pd.DataFrame, levels: list[float],
         ax.plot(seen["date"], seen["withdrawals"], "o", color="black", ms=3, label="actual in forecast window")
         if len(lost):
             ax.plot(lost["date"], lost["withdrawals"], "o", color="#d03030", ms=4, label="censored (lower bound)")
-    return _daily_withdrawals_axes(fig, ax, title)
+    return _daily_withdrawals_axes(fig, ax, title, currency)
 
 
 def metric_chart(table: pd.DataFrame, metric: str = "smape_mean", unit: str = "%") -> Figure:
@@ -648,7 +655,7 @@ def coverage_chart(coverage: pd.DataFrame) -> Figure:
     return fig
 
 
-def frontier_chart(kpis: pd.DataFrame, reference: str | None = None) -> Figure:
+def frontier_chart(kpis: pd.DataFrame, reference: str | None = None, currency: str = CURRENCY) -> Figure:
     """Total cost against stockout device-days: the Cashcast policy under every scenario of a `what_if`,
     the baselines and perfect foresight under the `reference` scenario (default: the first) for scale.
 
@@ -684,12 +691,14 @@ def frontier_chart(kpis: pd.DataFrame, reference: str | None = None) -> Figure:
     ax.margins(x=0.15, y=0.1)
     ax.set_title("Cost against stockouts per scenario (backtest replay)")
     ax.set_xlabel("stockout device-days (count)")
-    ax.set_ylabel(f"total cost: holding + visits + emergencies ({CURRENCY})")
+    ax.set_ylabel(f"total cost: holding + visits + emergencies ({currency})")
     ax.legend(fontsize=8)
     return fig
 
 
-def balance_chart(trajectories: pd.DataFrame, device_id: str, policy: str = "cashcast") -> Figure:
+def balance_chart(
+    trajectories: pd.DataFrame, device_id: str, policy: str = "cashcast", currency: str = CURRENCY
+) -> Figure:
     """Cash held after the morning visit, day by day, of one device under each scenario."""
     own = trajectories[(trajectories["device_id"] == device_id) & (trajectories["policy"] == policy)]
     fig, ax = new_figure(11, 3.6)
@@ -698,7 +707,7 @@ def balance_chart(trajectories: pd.DataFrame, device_id: str, policy: str = "cas
     money_axis(ax)
     ax.set_title(f"{device_id}: cash in the device after the morning visit ({policy} policy)")
     ax.set_xlabel("date")
-    ax.set_ylabel(f"balance ({CURRENCY})")
+    ax.set_ylabel(f"balance ({currency})")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.autofmt_xdate()
     return fig

@@ -278,6 +278,8 @@ def test_lake_view_marks_censored_and_unrecorded_days(planned_ws, config):
     assert "make-up workday" in set(holidays["kind"])  # China's weekend workdays
     fig = analyst.history_chart(days, holidays, "history")
     assert_labelled(fig, "currency units")
+    yuan = config.updated(ingest={"currency": "CNY"})  # a notebook names the config's currency
+    assert_labelled(analyst.history_chart(days, holidays, "history", analyst.currency_name(yuan)), "CNY")
 
 
 def test_latest_outputs_read_back_what_was_written(planned_ws):
@@ -310,6 +312,7 @@ def test_fan_chart_draws_one_band_per_upper_quantile(planned_ws, config):
     days = analyst.device_days(lake, CENSORED_YESTERDAY)
     fig = analyst.fan_chart(days.tail(28), joined, config.forecast.quantiles, "fan")
     assert_labelled(fig, "currency units")
+    assert_labelled(analyst.fan_chart(days.tail(28), joined, config.forecast.quantiles, "fan", "CNY"), "CNY")
     assert len(fig.axes[0].collections) == 3  # median..q90, ..q95, ..q99
     legend = {t.get_text() for t in fig.axes[0].get_legend().get_texts()}
     assert "censored (lower bound)" in legend
@@ -336,6 +339,8 @@ def test_what_if_replays_every_scenario_with_shared_forecasts(planned_ws, config
     fig = analyst.balance_chart(result.trajectories, "ATM-00001")
     assert len(fig.axes[0].lines) == len(scenarios)
     assert_labelled(fig, "currency units")
+    assert_labelled(analyst.frontier_chart(result.kpis, currency="INR"), "INR")
+    assert_labelled(analyst.balance_chart(result.trajectories, "ATM-00001", currency="INR"), "INR")
     with pytest.raises(KeyError, match="unknown device term"):
         analyst.what_if(ws, config, start, end, {"typo": {"holdng_rate": 0.1}}, model=NaiveModel())
 
