@@ -514,10 +514,26 @@ def plan_network(
     segment_end = _segment_ends(targets, final_end)
     top_up = not config.plan.cassette_swap
     is_atm = terms["kind"].to_numpy() == "atm"
-    padded = np.concatenate([targets, np.full((len(targets), total_days - horizon), np.nan)], axis=1)
     bundles = (dev.load_multiple, dev.max_load)
-    run = simulate_paths(net, start_balance, padded, top_up, is_atm, final_end, bundles, dev.min_balance)
-    run = run.first_days(horizon)
+
+    def run_schedule(targets: np.ndarray) -> PathRun:
+        padded = np.concatenate([targets, np.full((len(targets), total_days - horizon), np.nan)], axis=1)
+        run = simulate_paths(net, start_balance, padded, top_up, is_atm, final_end, bundles, dev.min_balance)
+        return run.first_days(horizon)
+
+    run = run_schedule(targets)
+    while top_up:
+        # A top-up within a bundle of the level adds nothing: no crew goes, so the risks and the projection
+        # run on to the next visit. Each pass drops at least one visit (a dropped one can change what a
+        # later one finds), so this ends.
+        rows, days = np.nonzero(~np.isnan(targets) & np.isnan(fixed))
+        *_, adds = _visit_amounts(run.before[rows, days], targets[rows, days], top_up, is_atm, dev, rows)
+        if adds.all():
+            break
+        targets = targets.copy()
+        targets[rows[~adds], days[~adds]] = np.nan
+        segment_end = _segment_ends(targets, final_end)
+        run = run_schedule(targets)
     baseline_targets = weekly_fill_targets(allowed, dates, dev.max_load)
     # The baseline gets the visits already on order too (it cannot change them either), and is
     # credited, like the plan, only with the visits it orders itself.
@@ -722,15 +738,7 @@ def _plan_rows(
     rows, days = np.nonzero(~np.isnan(targets) & np.isnan(fixed))
     covered = segment_end[rows, days] - days
     before = run.before[rows, days]
-    after = fill_level(before, targets[rows, days], top_up, is_atm[rows], dev.load_multiple[rows], dev.max_load[rows])
-    # An ATM's swap that leaves no cash (no demand forecast) only takes idle cash out: a pickup too.
-    pickup = (~is_atm[rows] | (after < HALF_CENT)) & (after < before - 1e-6)
-    # A swap brings `balance_after` whatever is found (the residual goes back); a top-up moves the difference.
-    amount = np.where(pickup, before - after, after - before) if top_up else after
-    if top_up:  # a top-up within a bundle of the cassette's top adds nothing: no visit, the one before covers on
-        rows, days, covered, before, after, pickup, amount = _without_empty_top_ups(
-            pickup | (amount > HALF_CENT), rows, days, covered, before, after, pickup, amount
-        )
+    after, pickup, amount, _ = _visit_amounts(before, targets[rows, days], top_up, is_atm, dev, rows)
     risk = run.segment_risk[rows, days]
     first_visit = np.diff(rows, prepend=-1) != 0  # visits come sorted by device, then day
     risk_before = run.risk_before(targets, fixed, rows, days, first_visit)
@@ -790,15 +798,15 @@ def _most_cash(cash: np.ndarray, rows: np.ndarray, start: np.ndarray, stop: np.n
     return np.where(inside, values, 0.0).max(axis=1)
 
 
-def _without_empty_top_ups(useful, rows, days, covered, *values):
-    """The plan rows (device row, day, days covered, ...) without the visits that add nothing; a kept visit
-    covers on to the next kept one of its device (or as far as the dropped ones did)."""
-    ends = pd.Series(days + covered).groupby(rows).max()
-    rows, days = rows[useful], days[useful]
-    same_device_next = np.r_[rows[1:] == rows[:-1], False]
-    next_day = np.r_[days[1:], 0]
-    covered = np.where(same_device_next, next_day, ends.reindex(rows).to_numpy()) - days
-    return (rows, days, covered, *(value[useful] for value in values))
+def _visit_amounts(before, target, top_up: bool, is_atm, dev: DeviceArrays, rows: np.ndarray):
+    """(balance_after, pickup, amount, adds_something) of visits on devices `rows` finding `before` in
+    expectation and aiming at `target`; a top-up within a bundle of the level adds nothing."""
+    after = fill_level(before, target, top_up, is_atm[rows], dev.load_multiple[rows], dev.max_load[rows])
+    # An ATM's swap that leaves no cash (no demand forecast) only takes idle cash out: a pickup too.
+    pickup = (~is_atm[rows] | (after < HALF_CENT)) & (after < before - 1e-6)
+    # A swap brings `balance_after` whatever is found (the residual goes back); a top-up moves the difference.
+    amount = np.where(pickup, before - after, after - before) if top_up else after
+    return after, pickup, amount, pickup | (amount > HALF_CENT)
 
 
 def _reason(weekdays, day, covered, horizon, holiday_names, dev, row, risks, flags) -> str:

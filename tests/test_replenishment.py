@@ -375,6 +375,12 @@ def test_plan_respects_capacity_floor_bundles_and_visit_days(config, devices, sw
     )
     gap = (day["balance_after_day"] - day["balance_after"]).abs()
     assert (gap <= (0.02 if swap else day["load_multiple"] + 0.02)).all()
+    # A row's risk answers for every day it covers: no day of its span runs out more often than it says.
+    chance = result.projection.set_index(["device_id", "date"])["stockout_probability"]
+    for row in plan.itertuples():
+        span = pd.date_range(row.visit_date, periods=row.days_covered, freq="D")
+        days = chance.reindex(pd.MultiIndex.from_product([[row.device_id], span])).dropna()
+        assert days.max() <= row.stockout_risk + 1e-3, (row.device_id, row.visit_date)
 
 
 def test_chance_constraint_holds_on_the_paths(config):
@@ -413,6 +419,34 @@ def test_the_projection_shows_the_forecasts_own_quantiles(config):
     assert len(joined) == len(result.projection) and (joined["demand_q50"] == joined["q50"]).all()
     # A level the forecast lacks comes from the paths, as before.
     assert joined["demand_q90"].between(100.0, 600.0).all()
+
+
+def test_a_top_up_that_adds_nothing_is_no_visit_and_the_row_before_answers_for_its_days(config):
+    """A top-up planned where the cash is already within a bundle of the level sends no crew: it has no row, and
+    the visit before it covers (and risks) the days up to the next real visit. Its risk was once read only up
+    to the dropped top-up, as if that had been made: 6.7% on a row whose later days ran dry on 93% of paths."""
+    forecast = lognormal_forecast([100.0], 10, n_paths=60, deposits=[50.0], seed=7)
+    terms = make_terms(
+        config,
+        1,
+        kind=["branch"],
+        capacity=[300.0],
+        max_balance=[210.0],
+        min_balance=[100.0],
+        load_multiple=[50.0],
+        lead_time_days=[0],
+        visit_weekdays=["Sat,Sun"],
+        service_level=[0.99],
+    )
+    balances = pd.DataFrame({"device_id": ["D0"], "balance": [2.0]})
+    top_up = config.updated(plan={"cassette_swap": False})
+    result = plan_network(forecast, terms, balances, AS_OF, top_up, holidays=NO_HOLIDAYS)
+    row = result.plan.iloc[0]
+    assert len(result.plan) == 1 and row["visit_date"] == pd.Timestamp("2025-03-08")  # Sunday's top-up: dropped
+    assert row["days_covered"] == 7 and row["stockout_risk"] == 1.0
+    projection = result.projection.set_index("date")
+    assert projection["visit"].sum() == 1
+    assert projection.loc["2025-03-12", "stockout_probability"] > 0.9
 
 
 def test_a_swap_that_leaves_less_cash_than_it_finds_says_how_much_goes_back(config):
