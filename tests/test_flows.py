@@ -246,6 +246,17 @@ def test_dask_local_cluster_gives_identical_plans(nightly_run, fast_config_file)
     )
 
 
+def test_the_nightly_plan_in_chunks_is_the_plan_made_in_one_piece(nightly_run, tmp_path):
+    """Each device's sample paths are its own: the nightly's chunks of 8 devices plan what `cashcast plan`
+    plans for the whole network at once (one generator per chunk once gave the i-th device of every chunk
+    the same draws, and a plan that changed with the chunk size)."""
+    ws, config, _, result = nightly_run
+    assert result["planned"]["n_chunks"] >= 2
+    nightly = pd.read_csv(result["planned"]["plan"])
+    files = jobs.run_plan(ws, config, pd.Timestamp("2026-11-01"), out=tmp_path / "one.csv")
+    pd.testing.assert_frame_equal(nightly, pd.read_csv(files.plan))
+
+
 def test_served_deployment_schedule_and_parameters(tmp_path, prefect_harness, monkeypatch):
     import asyncio
 
