@@ -14,10 +14,12 @@ import json
 import logging
 import math
 import os
+import re
+import sqlite3
 import tempfile
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,6 +101,7 @@ def use_store(ws: Workspace, config: Config) -> str:
     ws.ensure()
     if not config.forecast.tracking_uri:
         create_embedded_store(ws)
+        relocate_embedded_store(ws)
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(tracking_uri=uri)
     if client.get_experiment_by_name(config.forecast.experiment) is None:
@@ -132,6 +135,51 @@ def create_embedded_store(ws: Workspace) -> None:
             os.replace(building, ws.mlflow_db)
         finally:
             building.unlink(missing_ok=True)
+
+
+class StoreMovedWarning(UserWarning):
+    """The workspace was copied or moved: its embedded MLflow store was re-pointed at its own artifacts."""
+
+
+def _artifact_roots(locations: list[str]) -> set[str]:
+    """The `<home>/mlartifacts` URIs the embedded store's experiments keep their artifacts under (experiment 0
+    keeps its own in a numbered sub-folder)."""
+    found = (re.fullmatch(r"(file://.*/mlartifacts)(/\d+)?", location or "") for location in locations)
+    return {match[1] for match in found if match}
+
+
+def relocate_embedded_store(ws: Workspace) -> None:
+    """Point a copied or moved workspace's store at the workspace's own `mlartifacts/`.
+
+    MLflow keeps absolute artifact paths in `mlflow.db`: a workspace restored from a backup to another path (or
+    copied) went on writing its models into the old workspace, and once that was gone it could not load its
+    champion ("No such artifact"). Every path under the old root in the store's text columns is rewritten to
+    the new root, in one transaction, under the store's lock; a store already at home costs one small read.
+    """
+    root = ws.mlflow_artifacts.as_uri()
+    with closing(sqlite3.connect(ws.mlflow_db)) as con:
+        old = _artifact_roots([row[0] for row in con.execute("SELECT artifact_location FROM experiments")]) - {root}
+    if not old:
+        return
+    with file_lock(ws.home / ".mlflow.db.lock"), closing(sqlite3.connect(ws.mlflow_db)) as con, con:
+        tables = [row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        for table in tables:
+            for column in con.execute(f'PRAGMA table_info("{table}")').fetchall():
+                if not re.search("CHAR|TEXT|CLOB", column[2].upper()):
+                    continue
+                for prefix in old:
+                    con.execute(
+                        f'UPDATE "{table}" SET "{column[1]}" = ? || substr("{column[1]}", ?) '
+                        f"WHERE substr(\"{column[1]}\", 1, ?) = ? AND substr(\"{column[1]}\", ?, 1) IN ('', '/')",
+                        (root, len(prefix) + 1, len(prefix), prefix, len(prefix) + 1),
+                    )
+    warnings.warn(
+        StoreMovedWarning(
+            f"{ws.home}: the workspace was copied or moved from {', '.join(sorted(old))}: "
+            "its MLflow store now keeps and reads its models here"
+        ),
+        stacklevel=2,
+    )
 
 
 @contextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -191,6 +192,34 @@ def test_champion_fitted_under_other_model_settings_is_refitted_by_the_nightly_r
     assert not jobs.run_train(ws, other, pd.Timestamp("2026-10-31")).promoted
     _, why = jobs.training_due(ws, other, pd.Timestamp("2026-11-01"))
     assert "other model settings" not in why
+
+
+def test_a_copied_or_moved_workspace_keeps_and_reads_its_models_in_its_own_folder(trained, tmp_path):
+    """MLflow keeps absolute artifact paths: a workspace restored to another path went on writing its models into
+    the old one, and without the old one could not load its champion ("No such artifact")."""
+    ws, config, _ = trained
+    shutil.copytree(ws.home, tmp_path / "restored")
+    copy = Workspace.resolve(tmp_path / "restored")
+    away = ws.home / "mlartifacts.away"
+    ws.mlflow_artifacts.rename(away)  # the old workspace gone, as after a move
+    try:
+        with pytest.warns(registry.StoreMovedWarning, match=f"copied or moved from {ws.mlflow_artifacts.as_uri()}"):
+            model = registry.load_champion(copy, config)
+        history = jobs.load_history(copy, pd.Timestamp("2026-10-15"))
+        assert len(model.predict(history.daily, None, pd.Timestamp("2026-10-15"), 7).frame) == 7 * len(SAMPLE_DEVICES)
+        client = MlflowClient(tracking_uri=copy.tracking_uri())
+        experiment = client.get_experiment_by_name(config.forecast.experiment)
+        assert experiment.artifact_location == copy.mlflow_artifacts.as_uri()  # new runs write here
+        runs = client.search_runs([experiment.experiment_id])
+        assert runs and all(r.info.artifact_uri.startswith(copy.mlflow_artifacts.as_uri() + "/") for r in runs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # once re-pointed, nothing more to say
+            registry.use_store(copy, config)
+    finally:
+        away.rename(ws.mlflow_artifacts)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert registry.load_champion(ws, config) is not None  # the original is untouched
 
 
 def test_the_embedded_store_is_built_whole_or_not_at_all(tmp_path, monkeypatch):
