@@ -646,9 +646,18 @@ def next_as_of(ws: Workspace) -> pd.Timestamp:
 
 
 def device_chunks(ws: Workspace, size: int) -> list[list[str]]:
-    """Device ids in chunks of `size`: one task per chunk, never one per device."""
+    """Device ids in chunks of `size`: one task per chunk, never one per device.
+
+    A device in the master with no recorded day yet (installed and counted, no transactions so far) is planned
+    as `cashcast plan` plans it, at the typical day of the devices beside it: such devices are dealt out over the
+    chunks one at a time, so none sits in a chunk without history to forecast from."""
     ids = lake_device_ids(ws)
-    return [ids[i : i + size] for i in range(0, len(ids), size)]
+    chunks = [ids[i : i + size] for i in range(0, len(ids), size)]
+    master = ingest.read_table(ws, "devices")
+    new = sorted(set(master["device_id"].astype(str)) - set(ids)) if len(master) and chunks else []
+    for k, device in enumerate(new):
+        chunks[k % len(chunks)].append(device)
+    return chunks
 
 
 def merge_chunks(parts: list[dict]) -> dict:

@@ -7,6 +7,7 @@ and each test works on its own copy of the lake where it needs to change things.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 from pathlib import Path
 
@@ -17,11 +18,13 @@ import pytest
 from conftest import make_device_fail
 from mlflow import MlflowClient
 
+import ingest
 from cashcast import jobs
 from cashcast.config import load_config
 from cashcast.schema import PLAN_COLUMNS
 from cashcast.workspace import Workspace
 from flows import commands
+from forecasting.registry import StoreMovedWarning
 from ingest.report import IngestWarning
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
@@ -255,6 +258,29 @@ def test_the_nightly_plan_in_chunks_is_the_plan_made_in_one_piece(nightly_run, t
     nightly = pd.read_csv(result["planned"]["plan"])
     files = jobs.run_plan(ws, config, pd.Timestamp("2026-11-01"), out=tmp_path / "one.csv")
     pd.testing.assert_frame_equal(nightly, pd.read_csv(files.plan))
+
+
+def test_a_device_in_the_master_with_no_day_recorded_yet_is_planned_by_the_nightly_run(
+    nightly_run, fast_config_file, tmp_path
+):
+    """An ATM installed and counted before its first transaction: the nightly's chunks came from the recorded
+    days alone, so it was in no plan, projection, summary or report until its first day was recorded."""
+    from flows import nightly
+
+    ws, config, _, _ = nightly_run
+    shutil.copytree(ws.home, tmp_path / "home")
+    copy = Workspace.resolve(tmp_path / "home")
+    new = tmp_path / "devices-new.csv"
+    new.write_text("device_id,kind,capacity,visit_weekdays\nATM-NEW,atm,2000000,Mon-Sun\n")
+    ingest.ingest_file(new, "devices", copy, config)
+    chunks = jobs.device_chunks(copy, config.flows.devices_per_task)
+    assert sum(chunk.count("ATM-NEW") for chunk in chunks) == 1
+    assert all(set(chunk) & set(jobs.lake_device_ids(copy)) for chunk in chunks)  # none without history
+    with pytest.warns(StoreMovedWarning):  # the copy's MLflow store is re-pointed at it
+        result = nightly.forecast_and_plan_flow(str(copy.home), str(fast_config_file), "2026-11-01")
+    summary = pd.read_csv(result["summary"]).set_index("device_id")
+    assert "no demand recorded yet" in summary.loc["ATM-NEW", "notes"]
+    assert pd.read_csv(result["projection"]).query("device_id == 'ATM-NEW'")["expected_opening_balance"].gt(0).all()
 
 
 def test_served_deployment_schedule_and_parameters(tmp_path, prefect_harness, monkeypatch):
