@@ -681,11 +681,18 @@ def merge_chunks(parts: list[dict]) -> dict:
     return {"forecast": frames["forecast"], "result": result, "failures": failures}
 
 
-def recent_forecast_error(ws: Workspace, as_of: pd.Timestamp, days: int = 7) -> float | None:
-    """sMAPE of the forecasts made in the last `days` nights against the actuals now in the lake."""
+DRIFT_MIN_DAYS = 3  # days forecast since the last training that the drift rule needs before it judges
+
+
+def recent_forecast_error(
+    ws: Workspace, as_of: pd.Timestamp, days: int = 7, since: pd.Timestamp | None = None, min_days: int = 1
+) -> float | None:
+    """sMAPE of the forecasts made in the last `days` nights (those on or after the morning `since`) against
+    the actuals now in the lake; None with fewer than `min_days` days to score."""
     from forecasting import smape
 
-    made = [output_path(ws.forecasts, as_of - pd.Timedelta(days=k), "forecast.csv") for k in range(1, days + 1)]
+    mornings = [as_of - pd.Timedelta(days=k) for k in range(1, days + 1)]
+    made = [output_path(ws.forecasts, m, "forecast.csv") for m in mornings if since is None or m >= since]
     frames = [
         pd.read_csv(p, usecols=["device_id", "date", "yhat"], dtype={"device_id": str}) for p in made if p.exists()
     ]
@@ -698,7 +705,7 @@ def recent_forecast_error(ws: Workspace, as_of: pd.Timestamp, days: int = 7) -> 
     joined = predicted.astype({"device_id": "string"}).merge(
         actual[~actual["censored"]][["device_id", "date", "withdrawals"]], on=["device_id", "date"]
     )
-    if joined.empty:
+    if joined["date"].nunique() < min_days:
         return None
     return float(smape(joined["withdrawals"].to_numpy(), joined["yhat"].to_numpy()))
 
@@ -726,7 +733,12 @@ def training_due(ws: Workspace, config: Config, as_of: pd.Timestamp | None) -> t
             return False, f"version {own.version} was trained for {as_of:%Y-%m-%d}, before the newer champion's"
         return True, f"champion was trained on data after {as_of:%Y-%m-%d}"
     baseline = float(version.tags.get(registry.SCORE_KEY, "nan"))
-    recent = recent_forecast_error(ws, as_of)
+    # Only forecasts made since the last training judge drift: the older ones were made by earlier models, and
+    # no retraining can lower their error (after a holiday week the run retrained every night until they aged
+    # out). A few days of them, not one, so one odd day does not retrain either.
+    latest = registry.latest_version(ws, config)
+    trained = max(trained_as_of(version), trained_as_of(latest) if latest is not None else trained_as_of(version))
+    recent = recent_forecast_error(ws, as_of, since=trained, min_days=DRIFT_MIN_DAYS)
     if recent is not None and baseline > 0 and recent > baseline * (1 + config.forecast.drift_threshold):
         return True, f"recent sMAPE {recent:.1f} drifted past backtest {baseline:.1f}"
     return False, f"champion is {age} day{'' if age == 1 else 's'} old and within drift bounds"

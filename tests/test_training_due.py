@@ -58,12 +58,39 @@ def test_cadence(lake, monkeypatch):
 def test_drift_of_recent_error_past_threshold_triggers_training(lake, monkeypatch):
     config = load_config()
     monkeypatch.setattr(registry, "champion_version", lambda ws, c, **kw: champion("2025-02-26", 10.0))
+    monkeypatch.setattr(registry, "latest_version", lambda ws, c: None)
     forecast_made(lake, AS_OF - pd.Timedelta(days=3), level=102_000.0)  # 2% off: within bounds
     assert not jobs.training_due(lake, config, AS_OF)[0]
     assert jobs.recent_forecast_error(lake, AS_OF) == pytest.approx(200 * 2_000 / 202_000, rel=1e-6)
     forecast_made(lake, AS_OF - pd.Timedelta(days=2), level=150_000.0)  # the newer forecast is 40% off
     due, why = jobs.training_due(lake, config, AS_OF)
     assert due and "drifted" in why
+
+
+def test_drift_is_judged_on_the_forecasts_made_since_the_last_training_only(lake, monkeypatch):
+    """After a bad week the run retrained every night: the drift rule read forecasts that earlier models had
+    made, which no retraining can improve. Now it reads those made since the last training, three days of them
+    at least."""
+    config = load_config()
+    monkeypatch.setattr(registry, "champion_version", lambda ws, c, **kw: champion("2025-02-27", 10.0))
+    monkeypatch.setattr(registry, "latest_version", lambda ws, c: None)
+    for k in range(3, 8):  # the week before: 50% off, made by the models before this one
+        forecast_made(lake, AS_OF - pd.Timedelta(days=k), level=150_000.0)
+    assert jobs.recent_forecast_error(lake, AS_OF) > 30  # what the rule read before
+    forecast_made(lake, AS_OF - pd.Timedelta(days=2), level=100_000.0)  # the new champion's: spot on
+    assert jobs.training_due(lake, config, AS_OF) == (False, "champion is 2 days old and within drift bounds")
+    forecast_made(lake, AS_OF - pd.Timedelta(days=1), level=150_000.0)  # one bad day: not yet a verdict
+    assert not jobs.training_due(lake, config, AS_OF)[0]
+    later = AS_OF + pd.Timedelta(days=1)
+    forecast_made(lake, AS_OF, level=150_000.0)
+    more = pd.DataFrame({"device_id": ["A1"], "date": [AS_OF.strftime("%Y-%m-%d")], "withdrawals": [100_000.0]})
+    more.to_csv(lake.home / "more.csv", index=False)
+    ingest.ingest_file(lake.home / "more.csv", "daily", lake, config)
+    due, why = jobs.training_due(lake, config, later)  # three days since: two of them 50% off
+    assert due and "drifted" in why
+    # A version trained since (even one not promoted) starts the count again.
+    monkeypatch.setattr(registry, "latest_version", lambda ws, c: champion("2025-03-01", 10.0))
+    assert not jobs.training_due(lake, config, later)[0]
 
 
 def test_history_that_ends_long_before_the_morning_is_warned_about(lake):
