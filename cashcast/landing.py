@@ -86,6 +86,14 @@ def _failed(ws: Workspace, path: Path, reason: str) -> dict[str, Any]:
     return {"file": path.name, "outcome": "failed", "reason": reason, "moved_to": str(target)}
 
 
-def failure_note(item: dict[str, Any]) -> str:
-    """One line for a landing file that failed: which, why, and where it went."""
-    return f"landing file {item['file']} failed and was moved to {item['moved_to']}: {item['reason']}"
+def attention_note(item: dict[str, Any]) -> str | None:
+    """One line for a landing file someone should look at, None for one loaded whole: a file that failed
+    (which, why, where it went), or one loaded with rows rejected (how many, where their reasons are)."""
+    if item["outcome"] == "failed":
+        return f"landing file {item['file']} failed and was moved to {item['moved_to']}: {item['reason']}"
+    if item.get("rows_rejected"):
+        return (
+            f"landing file {item['file']}: {item['rows_rejected']} of {item['rows_read']} rows rejected and not "
+            f"loaded; the rows and their reasons are in {item['rejects_path']}"
+        )
+    return None

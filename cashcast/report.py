@@ -22,7 +22,7 @@ from cashcast import analyst
 from cashcast.analyst import new_figure
 from cashcast.config import Config
 from cashcast.io import atomic_path, read_table
-from cashcast.landing import failure_note
+from cashcast.landing import attention_note
 from cashcast.schema import STALE_HISTORY_DAYS, days_unrecorded
 from cashcast.workspace import Workspace
 
@@ -77,11 +77,12 @@ def summary_markdown(
     """The run summary shown as a Prefect artifact: what came in, what was trained, what it costs."""
     fleet = fleet_row(summary)
     failed = [i for i in ingested if i.get("outcome") == "failed"]
+    rejected = sum(int(i.get("rows_rejected") or 0) for i in ingested if i.get("outcome") != "failed")
     lines = [
         f"# Cashcast nightly run, as of {as_of:%Y-%m-%d}",
         "",
-        f"- Files ingested: {len(ingested) - len(failed)} processed, {len(failed)} failed",
-        *[f"  - failed: `{i['file']}`: {i['reason']}" for i in failed],
+        f"- Files ingested: {len(ingested) - len(failed)} processed ({rejected} rows rejected), {len(failed)} failed",
+        *[f"  - {note}" for note in map(attention_note, ingested) if note],
         f"- Training: {training_line(trained)}",
     ]
     if trained.get("trained"):
@@ -314,12 +315,16 @@ STYLE = """body{font-family:sans-serif;margin:2em;max-width:1100px;color:#222}
 .wrap-last th:last-child{text-align:left} img{max-width:100%}"""
 
 
-def _failed_files(notes: Sequence[str]) -> str:
-    """Landing files the night could not ingest: their data is missing from tonight's plan."""
+def _landing_notes(notes: Sequence[str]) -> str:
+    """Landing files the night could not ingest, or ingested without some rows: that data is missing from
+    tonight's plan."""
     if not notes:
         return ""
     items = "".join(f"<li>{html.escape(line)}</li>" for line in notes)
-    return f"<h2>Files not ingested</h2><p>Tonight's plan does not include their data.</p><ul>{items}</ul>"
+    return (
+        "<h2>Files not ingested, rows rejected</h2><p>Tonight's plan does not include the data named here.</p>"
+        f"<ul>{items}</ul>"
+    )
 
 
 def _currency_note(currency: str) -> str:
@@ -336,10 +341,10 @@ def render_report(
     projection: pd.DataFrame,
     accuracy: pd.DataFrame,
     context: dict[str, str],
-    failed_files: Sequence[str] = (),
+    landing_notes: Sequence[str] = (),
 ) -> str:
-    """The whole page as one HTML string (pure: frames in, text out); `failed_files`: one note per
-    landing file the night could not ingest."""
+    """The whole page as one HTML string (pure: frames in, text out); `landing_notes`: one per landing file
+    the night could not ingest or ingested with rows rejected."""
     at_risk = devices_at_risk(plan)
     quiet = quiet_devices(summary, as_of)
     unit = context.get("currency") or CURRENCY  # the axes name the currency when the config does
@@ -349,7 +354,7 @@ def render_report(
 <p>Plan horizon {html.escape(context.get("horizon", ""))} days; plan file
 <code>{html.escape(context.get("plan", ""))}</code>. Training: {html.escape(context.get("training", ""))}.
 {_currency_note(context.get("currency", ""))}</p>
-{_failed_files(failed_files)}
+{_landing_notes(landing_notes)}
 <h2>Cash deployed against the fixed-schedule baseline</h2>
 {_table(_shown_headline(headline_table(summary)))}
 {_img(cash_figure(summary, unit), "cash deployed and idle cash against the baseline")}
@@ -373,7 +378,7 @@ def write_report(
     ws: Workspace, config: Config, as_of: pd.Timestamp, planned: dict, trained: dict, ingested: list[dict] = ()
 ) -> Path:
     """Write reports/<as_of>/index.html: cash deployed, visits per day, devices at risk, yesterday's accuracy,
-    and the landing files that failed (`ingested`: the nightly ingest's outcomes)."""
+    and the landing files that failed or lost rows (`ingested`: the nightly ingest's outcomes)."""
     folder = Path(planned["plan"]).parent
     projection_path = Path(planned.get("projection") or folder / "projection.csv")
     projection = read_table(projection_path) if projection_path.exists() else pd.DataFrame()
@@ -389,7 +394,7 @@ def write_report(
             "training": training_line(trained),
             "currency": config.ingest.currency,
         },
-        failed_files=[failure_note(i) for i in ingested if i.get("outcome") == "failed"],
+        landing_notes=[note for note in map(attention_note, ingested) if note],
     )
     target = ws.reports / f"{as_of:%Y-%m-%d}" / "index.html"
     with atomic_path(target) as tmp:

@@ -49,8 +49,9 @@ def ingest_flow(home: str | None = None, config_file: str | None = None) -> list
     results = [ingest_task(str(ws.home), config_file, str(path)) for path in files]
     for item in results:
         logger.info("%s: %s", item["file"], item["outcome"])
-        if item["outcome"] == "failed":  # the run goes on without it: say so where the operator looks
-            warnings.warn(IngestWarning(landing.failure_note(item)), stacklevel=2)
+        note = landing.attention_note(item)
+        if note:  # the run goes on without it (or its bad rows): say so where the operator looks
+            warnings.warn(IngestWarning(note), stacklevel=2)
     return results
 
 

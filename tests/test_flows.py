@@ -99,6 +99,12 @@ def test_corrupt_landing_file_goes_to_failed(nightly_run, fast_config_file):
     good.write_text("device_id,as_of,balance\nATM-00001,2026-11-01,900000\n")
     (ws.landing / "balances").mkdir()  # its kind from the folder, which it keeps in processed/
     (ws.landing / "balances" / "counts.csv").write_text(good.read_text())
+    # Loaded but for a bad row (its good row is a day the lake holds already, as it holds it): processed, and said.
+    known = ingest.read_daily(ws).dropna(subset=["withdrawals"]).iloc[-1]
+    device, day, amount = known["device_id"], f"{known['date']:%Y-%m-%d}", float(known["withdrawals"])
+    (ws.landing / "daily-partial.csv").write_text(
+        f"device_id,date,withdrawals\n{device},{day},{amount}\n{device},2026-10-3x,5\n"
+    )
     with pytest.warns(Warning) as said:
         result = commands.run_nightly(ws, str(fast_config_file), None)
     notes = [str(w.message) for w in said if w.category is IngestWarning]
@@ -114,7 +120,12 @@ def test_corrupt_landing_file_goes_to_failed(nightly_run, fast_config_file):
         "daily-dayfirst.csv": "failed",
         "balances-late.csv": "processed",
         "counts.csv": "processed",
+        "daily-partial.csv": "processed",
     }
+    partial = next(item for item in result["ingested"] if item["file"] == "daily-partial.csv")
+    assert (partial["rows_read"], partial["rows_rejected"]) == (2, 1)
+    rejected = "landing file daily-partial.csv: 1 of 2 rows rejected and not loaded; the rows and their reasons are in"
+    assert any(note.startswith(rejected) for note in notes)
     assert "every row (1) was rejected; the reasons are in" in (ws.failed / "daily-dayfirst.csv.reason.txt").read_text()
     nested_reason = (ws.failed / "daily-nested.parquet.reason.txt").read_text()
     assert "withdrawals (list<element: int64>) hold lists" in nested_reason
@@ -122,7 +133,8 @@ def test_corrupt_landing_file_goes_to_failed(nightly_run, fast_config_file):
     assert "daily-corrupt.csv" in reason and "column" in reason
     assert (ws.processed / "balances-late.csv").exists() and (ws.processed / "balances" / "counts.csv").exists()
     page = Path(result["report"]).read_text()  # cash ops read the report, not the logs
-    assert "Files not ingested" in page and "daily-corrupt.csv failed" in page
+    assert "Files not ingested, rows rejected" in page and "daily-corrupt.csv failed" in page
+    assert "daily-partial.csv: 1 of 2 rows rejected" in page
 
 
 def test_crash_between_stages_then_clean_rerun(nightly_run, fast_config_file, monkeypatch):
