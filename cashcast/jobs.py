@@ -508,8 +508,25 @@ def write_plan(
     """Write plan, projection, summary and the forecast behind them (unless written to `forecast_file`
     already), each atomically. The plan also goes to `out` when given: the workspace's copy is where
     tomorrow's plan finds the visits already on order, so it is written last, once the others are (a plan
-    that failed to reach `out` or its projection is not taken as ordered)."""
+    that failed to reach `out` or its projection is not taken as ordered).
+
+    A plan for a morning older than one already planned (a missed night run late, a morning planned again)
+    was never the plan in force: the carrier's orders came from the plans written at the time. It goes to
+    `plans/<morning>/late/`, beside them, where the visits on order are not read from."""
+    from replenishment.plan import PlanWarning
+
     folder = ws.plans / f"{as_of:%Y-%m-%d}"
+    later = [day for day, _ in _written_plans(ws) if day > as_of]
+    if later:
+        folder = folder / "late"
+        warnings.warn(
+            PlanWarning(
+                f"the morning of {later[-1]:%Y-%m-%d} was planned before this plan for {as_of:%Y-%m-%d}: the orders "
+                f"came from the plans in force then, so this one is kept apart in {folder} and its visits are not "
+                "taken as ordered"
+            ),
+            stacklevel=2,
+        )
     delivered = write_table(result.plan, out) if out is not None else None
     forecast = forecast_file or write_table(forecast_frame, output_path(ws.forecasts, as_of, "forecast.csv"))
     projection = write_table(result.projection, folder / "projection.csv")

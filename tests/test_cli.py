@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -204,6 +205,47 @@ def test_visits_made_since_a_count_are_each_days_visits_on_order(tmp_path):
     days = pd.to_datetime(["2026-11-02", "2026-11-03", "2026-11-03"])
     assert list(pd.to_datetime(made["visit_date"])) == list(days)
     assert jobs.visits_made(ws, pd.Timestamp("2026-11-01"), counts) is None  # counted this morning: nothing since
+
+
+def test_a_plan_for_a_morning_older_than_one_planned_is_kept_apart_and_orders_nothing(tmp_path):
+    """A missed night run late: the carrier had worked from the plans written at the time, but the late plan
+    was read as the one in force that morning, its visits taken as ordered and made (soak audit)."""
+    from types import SimpleNamespace
+
+    from cashcast import jobs
+    from replenishment.plan import PlanWarning
+
+    ws = Workspace.resolve(tmp_path / "home")
+    header = "device_id,visit_date,order_by,action,amount,balance_after\n"
+    for day, row in {
+        "2026-09-22": "A,2026-09-24,2026-09-23,load,960,960",
+        "2026-09-24": "B,2026-09-27,2026-09-25,load,5,5",
+    }.items():
+        (ws.plans / day).mkdir(parents=True)
+        (ws.plans / day / "plan.csv").write_text(header + row + "\n")
+    frame = pd.DataFrame(
+        {
+            "device_id": ["A"],
+            "visit_date": ["2026-09-24"],
+            "order_by": ["2026-09-23"],
+            "action": ["load"],
+            "amount": [970.0],
+            "balance_after": [970.0],
+        }
+    )
+    late = SimpleNamespace(
+        plan=frame, projection=pd.DataFrame({"device_id": ["A"]}), summary=pd.DataFrame({"device_id": ["A"]})
+    )
+    with pytest.warns(PlanWarning, match="the morning of 2026-09-24 was planned before this plan for 2026-09-23"):
+        files = jobs.write_plan(ws, pd.Timestamp("2026-09-23"), frame, late, None)
+    assert files.plan == ws.plans / "2026-09-23" / "late" / "plan.csv" and files.summary.parent == files.plan.parent
+    ordered = jobs.visits_on_order(ws, pd.Timestamp("2026-09-24"))
+    assert ordered[["device_id", "balance_after"]].values.tolist() == [["A", 960.0]]  # what the carrier was sent
+    tonight = SimpleNamespace(plan=frame.assign(device_id="C"), projection=frame, summary=frame)
+    assert (
+        jobs.write_plan(ws, pd.Timestamp("2026-09-25"), frame, tonight, None).plan
+        == ws.plans / "2026-09-25" / "plan.csv"
+    )
 
 
 def test_a_visit_ordered_mornings_ago_stays_on_order_though_later_plans_do_not_list_it(tmp_path):
@@ -566,7 +608,9 @@ def test_forecast_before_the_champion_uses_no_future(cli_home, tmp_path, monkeyp
 def test_a_plan_keeps_the_visits_an_earlier_plan_already_ordered(cli_home, tmp_path):
     """Monday's plan orders Tuesday's visits (lead time 1): Tuesday's plan cannot change them, so it plans
     around them (the projection shows the visit) and lists only visits from Wednesday on."""
-    home, config = cli_home
+    shared, config = cli_home
+    home = tmp_path / "home"  # without the module's later plans: planned after them, these would be late ones
+    shutil.copytree(shared, home, ignore=shutil.ignore_patterns("plans"))
     common = ["--home", str(home), "--config", str(config)]
     assert main(["plan", *common, "--as-of", "2026-10-19", "--out", str(tmp_path / "monday.csv")]) == 0
     monday = pd.read_csv(home / "plans" / "2026-10-19" / "plan.csv", dtype={"device_id": str})  # also kept here
