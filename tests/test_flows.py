@@ -26,6 +26,7 @@ from cashcast.workspace import Workspace
 from flows import commands
 from forecasting.registry import StoreMovedWarning
 from ingest.report import IngestWarning
+from replenishment.plan import PlanWarning
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
@@ -194,7 +195,9 @@ def test_plan_for_a_morning_before_the_champion_uses_no_future(nightly_run, fast
         return models[-1]
 
     monkeypatch.setattr(runners, "cached_model", recording)
-    result = nightly.forecast_and_plan_flow(str(ws.home), str(fast_config_file), "2026-09-01")
+    with pytest.warns(PlanWarning, match="kept apart in .*2026-09-01/late"):  # 2026-11-01 was planned already
+        result = nightly.forecast_and_plan_flow(str(ws.home), str(fast_config_file), "2026-09-01")
+    assert Path(result["plan"]) == ws.plans / "2026-09-01" / "late" / "plan.csv"
     model_file = ws.models / "before-2026-09-01.pkl"
     assert used and set(used) == {jobs.ModelRef(file=str(model_file))}
     assert {model.as_of_ for model in models} == {pd.Timestamp("2026-09-01")}
@@ -233,7 +236,8 @@ def test_a_version_trained_for_a_past_morning_serves_it_without_refitting(nightl
     monkeypatch.setattr(
         runners, "cached_model", lambda *a: refs.append(a[2]) or models.append(real_cached_model(*a)) or models[-1]
     )
-    result = nightly.forecast_and_plan_flow(str(ws.home), str(fast_config_file), "2026-08-20")
+    with pytest.warns(PlanWarning, match="kept apart"):
+        result = nightly.forecast_and_plan_flow(str(ws.home), str(fast_config_file), "2026-08-20")
     assert {model.as_of_ for model in models} == {pd.Timestamp("2026-08-20")}
     assert set(refs) == {jobs.ModelRef(version=str(own.version))}  # loaded from the registry, not copied to a file
     assert not list(ws.models.glob("before-*.pkl"))
