@@ -497,6 +497,9 @@ class PlanFiles:
     forecast: Path
 
 
+LATE_FOLDER = "late"  # plans/<day>/late/, reports/<day>/late/: a plan for a morning older than one planned
+
+
 def write_plan(
     ws: Workspace,
     as_of: pd.Timestamp,
@@ -518,7 +521,7 @@ def write_plan(
     folder = ws.plans / f"{as_of:%Y-%m-%d}"
     later = [day for day, _ in _written_plans(ws) if day > as_of]
     if later:
-        folder = folder / "late"
+        folder = folder / LATE_FOLDER
         warnings.warn(
             PlanWarning(
                 f"the morning of {later[-1]:%Y-%m-%d} was planned before this plan for {as_of:%Y-%m-%d}: the orders "

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from cashcast import analyst
+from cashcast import analyst, jobs
 from cashcast.analyst import new_figure
 from cashcast.config import Config
 from cashcast.io import atomic_path, read_table
@@ -397,6 +397,8 @@ def write_report(
         landing_notes=[note for note in map(attention_note, ingested) if note],
     )
     target = ws.reports / f"{as_of:%Y-%m-%d}" / "index.html"
+    if folder.name == jobs.LATE_FOLDER:  # the report of the plan that was in force that morning stays
+        target = target.parent / jobs.LATE_FOLDER / target.name
     with atomic_path(target) as tmp:
         tmp.write_text(page, encoding="utf-8")
     return target

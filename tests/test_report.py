@@ -137,6 +137,23 @@ def test_report_names_the_currency_the_config_names(page, planned_ws, config):
     assert_labelled(report.fleet_cash_figure(pd.read_csv(planned["projection"]), "INR"), "INR")
 
 
+def test_the_report_of_a_late_plan_leaves_the_mornings_own_report_alone(planned_ws, config, page):
+    ws, planned = planned_ws
+    own = (ws.reports / "2026-11-01" / "index.html").read_text(encoding="utf-8")
+    late = Path(planned["plan"]).parent / "late"
+    late.mkdir()
+    for name in ("plan", "summary", "projection"):
+        shutil.copy(planned[name], late)
+    try:
+        moved = {name: str(late / Path(path).name) for name, path in planned.items()}
+        path = report.write_report(ws, config, AS_OF, moved, {"reason": "no champion model yet"})
+        assert path == ws.reports / "2026-11-01" / "late" / "index.html"
+        assert (ws.reports / "2026-11-01" / "index.html").read_text(encoding="utf-8") == own
+    finally:
+        shutil.rmtree(late)
+        shutil.rmtree(path.parent, ignore_errors=True)
+
+
 def test_report_page_renders_for_a_workspace_with_no_earlier_forecast(planned_ws, config, tmp_path):
     ws, planned = planned_ws
     fresh = Workspace.resolve(tmp_path / "fresh").ensure()
