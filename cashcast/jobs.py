@@ -500,6 +500,17 @@ class PlanFiles:
 LATE_FOLDER = "late"  # plans/<day>/late/, reports/<day>/late/: a plan for a morning older than one planned
 
 
+def planned_after(ws: Workspace, as_of: pd.Timestamp) -> pd.Timestamp | None:
+    """The latest morning planned after `as_of`, if any: a plan for `as_of` written now is a late one."""
+    return max((day for day, _ in _written_plans(ws) if day > as_of), default=None)
+
+
+def plan_output(folder: Path, as_of: pd.Timestamp, later: pd.Timestamp | None) -> Path:
+    """Where a plan's files (plans/, forecasts/) for `as_of` go: the morning's folder, or its `late/` one."""
+    day = folder / f"{as_of:%Y-%m-%d}"
+    return day if later is None else day / LATE_FOLDER
+
+
 def write_plan(
     ws: Workspace,
     as_of: pd.Timestamp,
@@ -518,20 +529,19 @@ def write_plan(
     `plans/<morning>/late/`, beside them, where the visits on order are not read from."""
     from replenishment.plan import PlanWarning
 
-    folder = ws.plans / f"{as_of:%Y-%m-%d}"
-    later = [day for day, _ in _written_plans(ws) if day > as_of]
-    if later:
-        folder = folder / LATE_FOLDER
+    later = planned_after(ws, as_of)
+    folder = plan_output(ws.plans, as_of, later)
+    if later is not None:
         warnings.warn(
             PlanWarning(
-                f"the morning of {later[-1]:%Y-%m-%d} was planned before this plan for {as_of:%Y-%m-%d}: the orders "
+                f"the morning of {later:%Y-%m-%d} was planned before this plan for {as_of:%Y-%m-%d}: the orders "
                 f"came from the plans in force then, so this one is kept apart in {folder} and its visits are not "
                 "taken as ordered"
             ),
             stacklevel=2,
         )
     delivered = write_table(result.plan, out) if out is not None else None
-    forecast = forecast_file or write_table(forecast_frame, output_path(ws.forecasts, as_of, "forecast.csv"))
+    forecast = forecast_file or write_table(forecast_frame, plan_output(ws.forecasts, as_of, later) / "forecast.csv")
     projection = write_table(result.projection, folder / "projection.csv")
     summary = write_table(result.summary, folder / "summary.csv")
     plan_path = write_table(result.plan, folder / "plan.csv")
@@ -636,7 +646,8 @@ def run_plan(
         resolving = helper.submit(device_terms, history, config)
         forecast = forecast_devices(model, history, config, config.plan.forecast_days)
         terms = resolving.result()
-        written = helper.submit(write_table, forecast.frame, output_path(ws.forecasts, as_of, "forecast.csv"))
+        target = plan_output(ws.forecasts, as_of, planned_after(ws, as_of)) / "forecast.csv"
+        written = helper.submit(write_table, forecast.frame, target)
         if balances is not None:  # the file's counts win; devices it leaves out keep their ingested ones
             balances = pd.concat([history.balances[["device_id", "as_of", "balance"]], balances], ignore_index=True)
         made = visits_made(ws, as_of, history.balances if balances is None else balances)

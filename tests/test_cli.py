@@ -239,6 +239,7 @@ def test_a_plan_for_a_morning_older_than_one_planned_is_kept_apart_and_orders_no
     with pytest.warns(PlanWarning, match="the morning of 2026-09-24 was planned before this plan for 2026-09-23"):
         files = jobs.write_plan(ws, pd.Timestamp("2026-09-23"), frame, late, None)
     assert files.plan == ws.plans / "2026-09-23" / "late" / "plan.csv" and files.summary.parent == files.plan.parent
+    assert files.forecast == ws.forecasts / "2026-09-23" / "late" / "forecast.csv"  # not the one made that morning
     ordered = jobs.visits_on_order(ws, pd.Timestamp("2026-09-24"))
     assert ordered[["device_id", "balance_after"]].values.tolist() == [["A", 960.0]]  # what the carrier was sent
     tonight = SimpleNamespace(plan=frame.assign(device_id="C"), projection=frame, summary=frame)
