@@ -157,11 +157,17 @@ def relocate_embedded_store(ws: Workspace) -> None:
     the new root, in one transaction, under the store's lock; a store already at home costs one small read.
     """
     root = ws.mlflow_artifacts.as_uri()
+
+    def old_roots(con: sqlite3.Connection) -> set[str]:
+        return _artifact_roots([row[0] for row in con.execute("SELECT artifact_location FROM experiments")]) - {root}
+
     with closing(sqlite3.connect(ws.mlflow_db)) as con:
-        old = _artifact_roots([row[0] for row in con.execute("SELECT artifact_location FROM experiments")]) - {root}
-    if not old:
-        return
+        if not old_roots(con):
+            return
     with file_lock(ws.home / ".mlflow.db.lock"), closing(sqlite3.connect(ws.mlflow_db)) as con, con:
+        old = old_roots(con)  # again under the lock: a command started beside this one may have done it
+        if not old:
+            return
         tables = [row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
         for table in tables:
             for column in con.execute(f'PRAGMA table_info("{table}")').fetchall():
