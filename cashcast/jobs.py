@@ -767,8 +767,7 @@ def training_due(ws: Workspace, config: Config, as_of: pd.Timestamp | None) -> t
     # Only forecasts made since the last training judge drift: the older ones were made by earlier models, and
     # no retraining can lower their error (after a holiday week the run retrained every night until they aged
     # out). A few days of them, not one, so one odd day does not retrain either.
-    latest = registry.latest_version(ws, config)
-    trained = max(trained_as_of(version), trained_as_of(latest) if latest is not None else trained_as_of(version))
+    trained = max(trained_as_of(v) for v in (version, registry.latest_version(ws, config)) if v is not None)
     recent = recent_forecast_error(ws, as_of, since=trained, min_days=DRIFT_MIN_DAYS)
     if recent is not None and baseline > 0 and recent > baseline * (1 + config.forecast.drift_threshold):
         return True, f"recent sMAPE {recent:.1f} drifted past backtest {baseline:.1f}"

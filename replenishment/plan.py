@@ -563,11 +563,8 @@ def plan_network(
         deadlines,
     )
     demand = _demand_quantiles(forecast.frame, device_ids, dates, withdrawals, config.forecast.quantiles)
-    # The projection's visits are the plan's rows and those on order: a top-up that adds nothing has no row
-    # (see _plan_rows), so no visit either.
-    visited = ~np.isnan(fixed)
-    visited[pd.Index(device_ids).get_indexer(plan["device_id"]), dates.get_indexer(plan["visit_date"])] = True
-    projection = _projection(device_ids, dates, net[:, :, :horizon], visited, run, demand)
+    # The projection's visits are the plan's rows and those on order: the targets, empty top-ups dropped above.
+    projection = _projection(device_ids, dates, net[:, :, :horizon], ~np.isnan(targets), run, demand)
     summary_notes = [[*notes, *standing] for notes, standing in zip(device_notes, standing_notes, strict=True)]
     for row, note in _unvisited_notes(device_ids, plan, fixed, run, horizon):
         summary_notes[row].insert(0, note)
