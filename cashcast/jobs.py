@@ -497,7 +497,45 @@ class PlanFiles:
     forecast: Path
 
 
-LATE_FOLDER = "late"  # plans/<day>/late/, reports/<day>/late/: a plan for a morning older than one planned
+LATE_FOLDER = "late"  # plans/<day>/late/: a plan for a morning older than one already planned
+PREVIEW_FOLDER = "preview"  # plans/<day>/preview/: a plan for a morning that has not come
+APART_FOLDERS = (LATE_FOLDER, PREVIEW_FOLDER)
+
+
+@dataclass(frozen=True)
+class KeptApart:
+    """Why a plan for `as_of` is no plan in force: its files go to `folder` under the morning's, and the
+    visits on order are never read from there."""
+
+    folder: str
+    why: str
+
+
+def kept_apart(ws: Workspace, as_of: pd.Timestamp, today: pd.Timestamp | None = None) -> KeptApart | None:
+    """None for a plan in force; else why the plan for `as_of` written now is kept apart.
+
+    Late: a later morning was planned already, so the carrier's orders came from the plans written at the time.
+    Preview: the morning is after tomorrow by the clock and the lake does not reach its eve (an analyst looking
+    ahead); were it read as the plan in force, tonight's real plan would count as late and order nothing. The
+    clock alone would not do: a feed that stopped leaves the lake behind on mornings that have come, and the
+    lake alone would not either: a network generated or replayed ahead of the calendar has its history."""
+    later = planned_after(ws, as_of)
+    if later is not None:
+        return KeptApart(
+            LATE_FOLDER,
+            f"the morning of {later:%Y-%m-%d} was planned before this plan for {as_of:%Y-%m-%d}: the orders came "
+            "from the plans in force then",
+        )
+    today = pd.Timestamp.now().normalize() if today is None else today
+    if as_of > today + pd.Timedelta(days=1):
+        last = last_recorded_day(ws)
+        if last is None or as_of > last + pd.Timedelta(days=1):
+            history = "the lake holds no day" if last is None else f"the lake's last recorded day is {last:%Y-%m-%d}"
+            return KeptApart(
+                PREVIEW_FOLDER,
+                f"the morning of {as_of:%Y-%m-%d} has not come (today is {today:%Y-%m-%d}) and {history}: a preview",
+            )
+    return None
 
 
 def planned_after(ws: Workspace, as_of: pd.Timestamp) -> pd.Timestamp | None:
@@ -505,10 +543,11 @@ def planned_after(ws: Workspace, as_of: pd.Timestamp) -> pd.Timestamp | None:
     return max((day for day, _ in _written_plans(ws) if day > as_of), default=None)
 
 
-def plan_output(folder: Path, as_of: pd.Timestamp, later: pd.Timestamp | None) -> Path:
-    """Where a plan's files (plans/, forecasts/) for `as_of` go: the morning's folder, or its `late/` one."""
+def plan_output(folder: Path, as_of: pd.Timestamp, apart: KeptApart | None) -> Path:
+    """Where a plan's files (plans/, forecasts/, reports/) for `as_of` go: the morning's folder, or the one
+    it is kept apart in."""
     day = folder / f"{as_of:%Y-%m-%d}"
-    return day if later is None else day / LATE_FOLDER
+    return day if apart is None else day / apart.folder
 
 
 def write_plan(
@@ -518,30 +557,27 @@ def write_plan(
     result,
     out: Path | None,
     forecast_file: Path | None = None,
+    apart: KeptApart | None = None,
 ) -> PlanFiles:
     """Write plan, projection, summary and the forecast behind them (unless written to `forecast_file`
     already), each atomically. The plan also goes to `out` when given: the workspace's copy is where
     tomorrow's plan finds the visits already on order, so it is written last, once the others are (a plan
     that failed to reach `out` or its projection is not taken as ordered).
 
-    A plan for a morning older than one already planned (a missed night run late, a morning planned again)
-    was never the plan in force: the carrier's orders came from the plans written at the time. It goes to
-    `plans/<morning>/late/`, beside them, where the visits on order are not read from."""
+    A plan that was never in force (`kept_apart`: a missed night run late, a look ahead at a morning to come;
+    `apart`, when the caller judged it already) goes to `plans/<morning>/late/` or `.../preview/`, where the
+    visits on order are not read from."""
     from replenishment.plan import PlanWarning
 
-    later = planned_after(ws, as_of)
-    folder = plan_output(ws.plans, as_of, later)
-    if later is not None:
+    apart = apart or kept_apart(ws, as_of)
+    folder = plan_output(ws.plans, as_of, apart)
+    if apart is not None:
         warnings.warn(
-            PlanWarning(
-                f"the morning of {later:%Y-%m-%d} was planned before this plan for {as_of:%Y-%m-%d}: the orders "
-                f"came from the plans in force then, so this one is kept apart in {folder} and its visits are not "
-                "taken as ordered"
-            ),
+            PlanWarning(f"{apart.why}, so this plan is kept apart in {folder} and its visits are not taken as ordered"),
             stacklevel=2,
         )
     delivered = write_table(result.plan, out) if out is not None else None
-    forecast = forecast_file or write_table(forecast_frame, plan_output(ws.forecasts, as_of, later) / "forecast.csv")
+    forecast = forecast_file or write_table(forecast_frame, plan_output(ws.forecasts, as_of, apart) / "forecast.csv")
     projection = write_table(result.projection, folder / "projection.csv")
     summary = write_table(result.summary, folder / "summary.csv")
     plan_path = write_table(result.plan, folder / "plan.csv")
@@ -646,13 +682,14 @@ def run_plan(
         resolving = helper.submit(device_terms, history, config)
         forecast = forecast_devices(model, history, config, config.plan.forecast_days)
         terms = resolving.result()
-        target = plan_output(ws.forecasts, as_of, planned_after(ws, as_of)) / "forecast.csv"
+        apart = kept_apart(ws, as_of)
+        target = plan_output(ws.forecasts, as_of, apart) / "forecast.csv"
         written = helper.submit(write_table, forecast.frame, target)
         if balances is not None:  # the file's counts win; devices it leaves out keep their ingested ones
             balances = pd.concat([history.balances[["device_id", "as_of", "balance"]], balances], ignore_index=True)
         made = visits_made(ws, as_of, history.balances if balances is None else balances)
         result = plan_forecast(forecast, history, config, terms, balances, visits_on_order(ws, as_of), made)
-        return write_plan(ws, as_of, forecast.frame, result, out, forecast_file=written.result())
+        return write_plan(ws, as_of, forecast.frame, result, out, forecast_file=written.result(), apart=apart)
 
 
 # ---------------------------------------------------------------- nightly helpers
@@ -667,13 +704,19 @@ def lake_device_ids(ws: Workspace) -> list[str]:
     return sorted(ids)
 
 
+def last_recorded_day(ws: Workspace) -> pd.Timestamp | None:
+    """The lake's last recorded day (None when it holds none)."""
+    table = ws.table("daily")
+    last = pd.read_parquet(table, columns=["date"])["date"].max() if table.exists() else None
+    return None if last is None or pd.isna(last) else pd.Timestamp(last).normalize()
+
+
 def next_as_of(ws: Workspace) -> pd.Timestamp:
     """The morning after the last recorded day: the nightly run's default as-of."""
-    table = ws.table("daily")
-    if not table.exists():
+    last = last_recorded_day(ws)
+    if last is None:
         raise NoDataError(f"{ws.home}: the lake has no daily history; run `cashcast ingest`")
-    last = pd.read_parquet(table, columns=["date"])["date"].max()
-    return pd.Timestamp(last).normalize() + pd.Timedelta(days=1)
+    return last + pd.Timedelta(days=1)
 
 
 def device_chunks(ws: Workspace, size: int) -> list[list[str]]:

@@ -397,8 +397,8 @@ def write_report(
         landing_notes=[note for note in map(attention_note, ingested) if note],
     )
     target = ws.reports / f"{as_of:%Y-%m-%d}" / "index.html"
-    if folder.name == jobs.LATE_FOLDER:  # the report of the plan that was in force that morning stays
-        target = target.parent / jobs.LATE_FOLDER / target.name
+    if folder.name in jobs.APART_FOLDERS:  # the report of the plan in force that morning stays
+        target = target.parent / folder.name / target.name
     with atomic_path(target) as tmp:
         tmp.write_text(page, encoding="utf-8")
     return target

@@ -249,6 +249,54 @@ def test_a_plan_for_a_morning_older_than_one_planned_is_kept_apart_and_orders_no
     )
 
 
+def test_a_look_ahead_at_a_morning_to_come_is_a_preview_that_leaves_tonights_plan_in_force(tmp_path):
+    """An analyst's plan for next week's Monday was read as a plan in force: tonight's real plan then counted
+    as late, went to late/ and ordered nothing."""
+    import warnings
+    from types import SimpleNamespace
+
+    from cashcast import jobs
+    from replenishment.plan import PlanWarning
+
+    home = tmp_path / "home"
+    daily = tmp_path / "daily.csv"
+    daily.write_text("device_id,date,withdrawals\nA,2026-09-23,100\nA,2026-09-24,120\n")
+    assert main(["ingest", "--home", str(home), "--kind", "daily", str(daily)]) == 0
+    ws = Workspace.resolve(home)
+    eve, clock = pd.Timestamp("2026-09-24"), pd.Timestamp("2026-09-24")
+    assert jobs.kept_apart(ws, eve + pd.Timedelta(days=1), today=clock) is None  # tonight's plan
+    assert jobs.kept_apart(ws, eve + pd.Timedelta(days=2), today=clock + pd.Timedelta(days=1)) is None
+    ahead = jobs.kept_apart(ws, eve + pd.Timedelta(days=5), today=clock)
+    assert ahead.folder == "preview" and "the lake's last recorded day is 2026-09-24" in ahead.why
+    stopped_feed = clock + pd.Timedelta(days=9)  # the lake stayed behind, but the morning has come
+    assert jobs.kept_apart(ws, eve + pd.Timedelta(days=9), today=stopped_feed) is None
+
+    def plan(device: str, visit: str, order_by: str) -> SimpleNamespace:
+        frame = pd.DataFrame(
+            {
+                "device_id": [device],
+                "visit_date": [visit],
+                "order_by": [order_by],
+                "action": ["load"],
+                "amount": [500.0],
+                "balance_after": [500.0],
+            }
+        )
+        return SimpleNamespace(plan=frame, projection=frame, summary=frame)
+
+    preview = plan("A", "2099-06-03", "2099-06-02")
+    with pytest.warns(PlanWarning, match="the morning of 2099-06-01 has not come .* a preview, so this plan is kept"):
+        files = jobs.write_plan(ws, pd.Timestamp("2099-06-01"), preview.plan, preview, None)
+    assert files.plan == ws.plans / "2099-06-01" / "preview" / "plan.csv"
+    assert files.forecast == ws.forecasts / "2099-06-01" / "preview" / "forecast.csv"
+    tonight = plan("A", "2026-09-27", "2026-09-26")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PlanWarning)
+        files = jobs.write_plan(ws, pd.Timestamp("2026-09-25"), tonight.plan, tonight, None)
+    assert files.plan == ws.plans / "2026-09-25" / "plan.csv"
+    assert jobs.visits_on_order(ws, pd.Timestamp("2099-06-03")) is None  # the preview ordered nothing
+
+
 def test_a_visit_ordered_mornings_ago_stays_on_order_though_later_plans_do_not_list_it(tmp_path):
     """Lead time 2: the plan of the 28th orders C for the 30th; the plan of the 29th takes it as given and does not
     list it; on the 30th it is still on order (it used to vanish on its second night, and be planned again)."""
