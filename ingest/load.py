@@ -20,7 +20,8 @@ Rules (CONTRACT.md "Input files"):
   the day and a repeated one changes nothing.
 - `daily` rows replace the device-day they name: the latest ingested wins. Absent days stay absent.
 - `devices` (per device_id), `balances` (per device_id + as_of), `status` (per device_id + start + state):
-  the latest ingested row wins whole; empty cells are stored empty and mean "the config's default".
+  the latest ingested row wins; empty cells are stored empty and mean "the config's default". A column the
+  file does not have keeps what the lake held for the key (daily files too).
 - Reject reasons: missing or unparseable value, negative, zero (transactions) or above `[ingest].max_amount`
   amount, an `emergency_visit_cost` below the device's `visit_cost`, unknown
   type / kind / state, a transaction `currency` other than the network's (`[ingest].currency`, else the file's
@@ -48,7 +49,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from cashcast.config import Config, UnknownRegionError, canonical_region, parse_weekdays
+from cashcast.config import MAX_PLAN_DAYS, Config, UnknownRegionError, canonical_region, parse_weekdays
 from cashcast.io import write_table
 from cashcast.schema import STATUS_STATES
 from cashcast.workspace import Workspace
@@ -62,6 +63,7 @@ from ingest.parse import (
     hash_strings,
     is_empty,
     text,
+    thousands_dots,
     to_float,
     to_local,
     to_timestamps,
@@ -148,6 +150,8 @@ def ingest_file(
                 loaded, duplicate = LOADERS[kind](run, staging)
                 rejects = run.rejects_frame()
                 staging.commit()  # a header with no rows is a day with nothing to report (no outages, say)
+                for note in run.notes:
+                    warnings.warn(IngestWarning(note), stacklevel=2)
             except OSError as exc:
                 if not _cannot_write(exc):
                     raise
@@ -202,6 +206,7 @@ class _Run:
     rows_read: int = 0
     rejected: list[pd.DataFrame] = field(default_factory=list)
     bad_lines: list[tuple[int, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # warnings for the sender, given once the load is committed
 
     def __post_init__(self) -> None:
         today = pd.Timestamp.now(tz=self.config.workspace.timezone).normalize().tz_localize(None)
@@ -310,6 +315,7 @@ class _Run:
         empty = is_empty(batch[column])
         limit = self.config.ingest.max_amount
         checks = [
+            *self.thousands_check(batch, column),
             (column, f"unparseable {column}", np.isnan(values) & ~empty),
             (column, f"negative {column}", values < 0),
             (column, f"{column} above max_amount {limit:g}", values > limit),
@@ -317,6 +323,14 @@ class _Run:
         if required:
             checks.insert(0, (column, f"missing {column}", empty))
         return values, checks
+
+    def thousands_check(self, batch: pa.RecordBatch, column: str) -> list[tuple[str, str, np.ndarray]]:
+        """In a semicolon or tab separated file (a decimal-comma locale's spreadsheet) 12.000 may be twelve
+        thousand: such a cell is refused, not read as twelve."""
+        if self.source.delimiter == ",":
+            return []
+        reason = f"{column} written like 1.234 in a file from a decimal-comma locale: write it without thousands dots"
+        return [(column, reason, thousands_dots(batch[column]))]
 
     def date_checks(self, batch: pa.RecordBatch, column: str, ns: np.ndarray, required: bool = True):
         empty = is_empty(batch[column])
@@ -380,6 +394,7 @@ def _load_transactions(run: _Run, staging: lk.Staging) -> tuple[int, int]:
     partial: list[pd.DataFrame] = []
     loaded = duplicate = n_changed = 0
     first_changed: tuple[np.ndarray, str] | None = None  # (record, txn_id) of the file's first repeat with other values
+    identical: list[np.ndarray] = []  # records repeating an earlier row of the file exactly, when there is no txn_id
     columns = run.source.columns
     try:
         for batch, first in run.batches():
@@ -414,6 +429,8 @@ def _load_transactions(run: _Run, staging: lk.Staging) -> tuple[int, int]:
             body = lk.transaction_body(ns, amount, is_deposit)
             first_row = _first_rows(key)  # per row, the batch's first row of its key
             repeated = first_row != np.arange(len(key))
+            if "txn_id" not in columns and repeated.any():
+                identical.append(first + np.flatnonzero(good)[repeated])
             new = ~repeated
             kept_body = body.copy()  # per row, the values its key is kept with: the loaded ones, else its own
             months = np.arange(month.min(), month.max() + 1) if len(month) else month
@@ -475,12 +492,17 @@ def _load_transactions(run: _Run, staging: lk.Staging) -> tuple[int, int]:
     if first_changed is not None:  # the contract de-duplicates by txn_id; a changed repeat is news to its sender
         record, changed_id = first_changed
         row = run.source.spreadsheet_rows(record)[0]
-        warnings.warn(
-            IngestWarning(
-                f"{run.source.path}: {n_changed} row(s) repeat a txn_id already loaded with another timestamp, amount"
-                f" or type, e.g. row {row} (txn_id {changed_id}): counted as duplicates, the first loaded is kept"
-            ),
-            stacklevel=3,
+        run.notes.append(
+            f"{run.source.path}: {n_changed} row(s) repeat a txn_id already loaded with another timestamp, amount"
+            f" or type, e.g. row {row} (txn_id {changed_id}): counted as duplicates, the first loaded is kept"
+        )
+    if identical:
+        records = np.concatenate(identical)
+        row = run.source.spreadsheet_rows(records[:1])[0]
+        run.notes.append(
+            f"{run.source.path}: {len(records)} row(s) repeat an earlier row of the file exactly (device,"
+            f" timestamp, amount, type), e.g. row {row}, and were counted once: without a txn_id column two"
+            " withdrawals of one amount in the same second cannot be told from one sent twice; send txn_id"
         )
     return loaded, duplicate
 
@@ -581,7 +603,7 @@ def _load_daily(run: _Run, staging: lk.Staging) -> tuple[int, int]:
     parts = []
     for batch, first in run.batches():
         ids = text(batch["device_id"])
-        ns = run.local_ns(batch, "date", ids)
+        ns = to_timestamps(batch["date"], as_written=True)[0]  # a business date, wherever the device is
         withdrawals, checks = run.amount_checks(batch, "withdrawals")
         values = {"withdrawals": withdrawals}
         for column in value_columns:
@@ -599,11 +621,28 @@ def _load_daily(run: _Run, staging: lk.Staging) -> tuple[int, int]:
     daily, superseded = _latest_per_key(run, daily, keys)
     months = np.unique(daily["date"].to_numpy().astype("datetime64[M]"))
     old = [lk.read_partition(run.lake, lk.daily_partition(m), lk.DAILY_SCHEMA) for m in months]
-    unchanged = _unchanged(daily, pd.concat(old, ignore_index=True) if old else daily.iloc[:0], keys)
+    old = pd.concat(old, ignore_index=True) if old else daily.iloc[:0]
+    daily = _keep_absent(daily, old, keys, run.source.columns)
+    unchanged = _unchanged(daily, old, keys)
     changed = daily[~unchanged]
     if len(changed):
         _merge_daily(run.lake, staging, changed, _replace_days)
+        _note_replaced(run, changed, old, keys)
     return len(changed), superseded + int(unchanged.sum())
+
+
+def _note_replaced(run: _Run, changed: pd.DataFrame, old: pd.DataFrame, keys: list[str]) -> None:
+    """Latest wins, but a device-day the lake held with other values is news: a corrected export, or an old
+    file delivered again over a correction. A note says how many, and shows the first."""
+    before = changed.merge(old, on=keys, suffixes=("", "_before"))
+    if before.empty:
+        return
+    first = before.iloc[0]
+    run.notes.append(
+        f"{run.source.path}: {len(before)} device-day(s) the lake held with other values were replaced (the"
+        f" latest file wins), e.g. {first['device_id']} on {first['date']:%Y-%m-%d}: withdrawals"
+        f" {first['withdrawals_before']:.15g} -> {first['withdrawals']:.15g}"
+    )
 
 
 def _latest_per_key(run: _Run, frame: pd.DataFrame, keys: list[str]) -> tuple[pd.DataFrame, int]:
@@ -647,6 +686,18 @@ def _latest_per_key(run: _Run, frame: pd.DataFrame, keys: list[str]) -> tuple[pd
     return winners.drop(columns=RECORD), int((~differs).sum())
 
 
+def _keep_absent(new: pd.DataFrame, old: pd.DataFrame, keys: list[str], given: list[str]) -> pd.DataFrame:
+    """`new` with the columns its file does not have taken from the lake's rows of the same key: a file of
+    capacities alone must not reset every device's kind and name, nor a withdrawals-only daily file erase the
+    deposits an earlier one gave. An empty cell in a column the file has still replaces (and means "the
+    default" in the device master)."""
+    absent = [c for c in new.columns if c not in keys and c not in given]
+    if not absent or old.empty or new.empty:
+        return new
+    held = new[keys].merge(old[keys + absent], on=keys, how="left")
+    return new.assign(**{column: held[column].to_numpy() for column in absent})
+
+
 def _unchanged(new: pd.DataFrame, old: pd.DataFrame, keys: list[str]) -> np.ndarray:
     """Mask of `new` rows whose key the lake holds with identical values (NaN equals NaN)."""
     joined = new.merge(old, on=keys, how="left", suffixes=("", "_old"), indicator=True)
@@ -664,6 +715,7 @@ def _load_small(run: _Run, staging: lk.Staging, name: str, parse) -> tuple[int, 
     empty = schema.empty_table().to_pandas().assign(**{RECORD: np.zeros(0, dtype=np.int64)})
     new, superseded = _latest_per_key(run, pd.concat(parts, ignore_index=True) if parts else empty, keys)
     old = lk.read_small(run.lake, name)
+    new = _keep_absent(new, old, keys, run.source.columns)
     unchanged = _unchanged(new, old, keys)
     changed = new[~unchanged]
     if len(changed):
@@ -687,6 +739,7 @@ def _parse_devices(run: _Run, batch: pa.RecordBatch, first: int) -> pd.DataFrame
             values = to_float(batch[column])
             empty = is_empty(batch[column])
             checks += [
+                *run.thousands_check(batch, column),
                 (column, f"unparseable {column}", np.isnan(values) & ~empty),
                 (column, f"negative {column}", values < 0),
             ]
@@ -695,7 +748,10 @@ def _parse_devices(run: _Run, batch: pa.RecordBatch, first: int) -> pd.DataFrame
             if column == "service_level":
                 checks.append((column, "service_level must be above 0 (e.g. 0.99)", values == 0))
             if column == "lead_time_days":
-                checks.append((column, "lead_time_days must be whole days", np.isfinite(values) & (values % 1 != 0)))
+                with np.errstate(invalid="ignore"):
+                    checks.append((column, "lead_time_days must be whole days", values % 1 != 0))
+                reason = f"lead_time_days above {MAX_PLAN_DAYS} (no plan reaches a visit ordered that far ahead)"
+                checks.append((column, reason, values > MAX_PLAN_DAYS))
             if column == "load_multiple":
                 checks.append((column, "load_multiple must be above 0 (the size of one bundle)", values == 0))
             if column == "visit_cost":
@@ -798,7 +854,7 @@ def _is_zone(value: str) -> bool:
 
 def _parse_balances(run: _Run, batch: pa.RecordBatch, first: int) -> pd.DataFrame:
     ids = text(batch["device_id"])
-    ns = run.local_ns(batch, "as_of", ids)
+    ns = to_timestamps(batch["as_of"], as_written=True)[0]  # the morning counted, as the counter wrote it
     balance, checks = run.amount_checks(batch, "balance")
     good = run.screen(batch, first, [*run.id_checks(ids), *run.date_checks(batch, "as_of", ns), *checks])
     return pd.DataFrame(

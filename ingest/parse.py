@@ -28,7 +28,10 @@ from ingest.report import IngestError
 NAT = np.iinfo(np.int64).min
 BEYOND = np.iinfo(np.int64).max  # a date past 2262, the end of datetime64[ns]: later than any limit
 _MAX_US = BEYOND // 1000
-ZONE_SUFFIX = r"(Z|[+-]\d\d:?\d\d)$"
+# A zone offset ends the value: Z, +08:00, +0800, or +08 after a time of day (PostgreSQL writes that; after a
+# bare date, -08 is the day).
+ZONE_SUFFIX = r"(Z|[+-]\d\d:?\d\d|\d\d:\d\d(:\d\d(\.\d+)?)?[+-]\d\d)$"
+ZONE_PART = r"(Z|[+-]\d\d(:?\d\d)?)$"  # the offset itself, once ZONE_SUFFIX said there is one
 _MULTIPLIER = np.uint64(0x100000001B3)
 # Text read per CSV batch, whatever batch_rows says: small batches stay in cache and keep the peak
 # memory flat (measured: 16 MiB batches are faster than 60 MiB ones and use ~40% less memory).
@@ -99,28 +102,75 @@ class Source:
     def _csv_batches(self) -> Iterator[pa.RecordBatch]:
         with open(self.path, "rb") as handle:
             sample = handle.read(1 << 20)
+        header_only = not any(end in sample.rstrip(b"\r\n") for end in (b"\r", b"\n"))
+        if len(sample) < 1 << 20 and header_only:
+            return  # the header alone (pyarrow refuses one without a line end): no rows
         bytes_per_row = max(len(sample) / max(sample.count(b"\n"), 1), 8.0)
 
         def keep_aside(row: pcsv.InvalidRow) -> str:
             self.bad_texts.append(row.text)
             return "skip"
 
-        reader = pcsv.open_csv(
-            self.path,
-            read_options=pcsv.ReadOptions(
-                column_names=self.columns,
-                skip_rows=1,
-                block_size=int(min(max(self.batch_rows * bytes_per_row, 1 << 14), MAX_BLOCK_BYTES)),
-                use_threads=True,
-            ),
-            parse_options=pcsv.ParseOptions(delimiter=self.delimiter, invalid_row_handler=keep_aside),
-            convert_options=pcsv.ConvertOptions(
-                column_types={c: pa.string() for c in self.columns},
-                strings_can_be_null=True,
-                null_values=[""],
-            ),
-        )
-        yield from reader
+        line_end_in_cell = False
+        try:
+            reader = pcsv.open_csv(
+                self.path,
+                read_options=pcsv.ReadOptions(
+                    column_names=self.columns,
+                    skip_rows=1,
+                    block_size=int(min(max(self.batch_rows * bytes_per_row, 1 << 14), MAX_BLOCK_BYTES)),
+                    use_threads=True,
+                ),
+                # A quoted cell may hold line ends (a memo): the reader's blocks must not split inside one.
+                parse_options=pcsv.ParseOptions(
+                    delimiter=self.delimiter, invalid_row_handler=keep_aside, newlines_in_values=True
+                ),
+                convert_options=pcsv.ConvertOptions(
+                    column_types={c: pa.string() for c in self.columns},
+                    strings_can_be_null=True,
+                    null_values=[""],
+                ),
+            )
+            for batch in reader:
+                line_end_in_cell = line_end_in_cell or any(
+                    pc.any(pc.match_substring_regex(column, "[\r\n]")).as_py() for column in batch.columns
+                )
+                yield batch
+        except pa.ArrowInvalid as exc:
+            if "UTF8" not in str(exc):
+                raise
+            row = self._first_row_not_utf8()
+            raise IngestError(f"{self.path}: row {row}: not UTF-8 text; {SAVE_AS_UTF8}") from None
+        if line_end_in_cell or any("\n" in line or "\r" in line for line in self.bad_texts):
+            row = self._open_quote_row()
+            if row is not None:
+                raise IngestError(
+                    f"{self.path}: row {row}: a quote opens a cell there and is never closed, so every line after it"
+                    " would be read as part of that cell; close or remove the quote and ingest the file again"
+                )
+
+    def _open_quote_row(self) -> int | None:
+        """The row (spreadsheet numbering) whose quoted cell runs to the end of the file, if one does."""
+        with open(self.path, encoding="utf-8-sig", newline="") as handle:
+            cells = csv.reader(handle, delimiter=self.delimiter, strict=True)
+            next(cells, None)
+            last = 1  # the header's row
+            try:
+                for _ in cells:
+                    last += 1
+            except csv.Error as exc:
+                return last + 1 if "unexpected end of data" in str(exc) else None
+        return None
+
+    def _first_row_not_utf8(self) -> int:
+        """The spreadsheet row of the first byte that is not UTF-8 (counting line ends; quoted ones are rare)."""
+        with open(self.path, "rb") as handle:
+            for number, line in enumerate(handle, start=1):
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError:
+                    return number
+        return 0
 
     def bad_lines(self) -> list[tuple[int, str]]:
         """(row number, text) of the lines skipped for a wrong number of fields, once all batches are read.
@@ -189,12 +239,22 @@ def _csv_header(path: Path) -> tuple[list[str], str]:
             delimiter = next((d for d in (";", "\t") if "," not in first and d in first), ",")
             header = next(csv.reader([first], delimiter=delimiter), None)
     except UnicodeDecodeError:
-        raise IngestError(f"{path}: not a UTF-8 text file") from None
+        raise IngestError(f"{path}: not a UTF-8 text file ({_encoding_hint(path)}); {SAVE_AS_UTF8}") from None
     except (OSError, csv.Error) as exc:
         raise IngestError(f"{path}: cannot read the file ({exc})") from None
     if not header or not any(cell.strip() for cell in header):
         raise IngestError(f"{path}: the file is empty")
     return header, delimiter
+
+
+SAVE_AS_UTF8 = "save it as UTF-8 CSV (in Excel: Save As, 'CSV UTF-8 (Comma delimited)')"
+
+
+def _encoding_hint(path: Path) -> str:
+    """What the file looks like instead: Excel's 'Unicode Text' is UTF-16 with a byte-order mark."""
+    with open(path, "rb") as handle:
+        start = handle.read(2)
+    return "UTF-16, as Excel's 'Unicode Text' saves" if start in (b"\xff\xfe", b"\xfe\xff") else "another encoding"
 
 
 def text(column: pa.Array) -> pa.Array:
@@ -211,28 +271,45 @@ def is_empty(column: pa.Array) -> np.ndarray:
     return pc.fill_null(empty, False).to_numpy(zero_copy_only=False)
 
 
+THOUSANDS_DOT = r"^\s*[+-]?\d{1,3}(\.\d{3})+\s*$"  # 1.234 or 12.000: a thousand and more where a comma is decimal
+
+
 def to_float(column: pa.Array) -> np.ndarray:
-    """float64 with NaN for empty or unparseable cells (the caller tells them apart with `is_null`)."""
-    if pa.types.is_integer(column.type) or pa.types.is_floating(column.type) or pa.types.is_decimal(column.type):
-        return column.cast(pa.float64()).to_numpy(zero_copy_only=False)
+    """float64 with NaN for empty, unparseable or infinite cells (the caller tells them apart with `is_null`)."""
+    if pa.types.is_boolean(column.type):
+        return np.full(len(column), np.nan)  # True is no amount
     try:
-        return column.cast(pa.float64()).to_numpy(zero_copy_only=False)
-    except pa.ArrowInvalid:
-        values = text(column).to_pandas()
-        return pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=np.float64)
+        values = column.cast(pa.float64()).to_numpy(zero_copy_only=False)
+    except pa.ArrowInvalid:  # spaces around a number, or text that is none
+        values = pd.to_numeric(pd.Series(text(column).to_pandas()), errors="coerce").to_numpy(dtype=np.float64)
+    return np.where(np.isfinite(values), values, np.nan)
 
 
-def to_timestamps(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+def thousands_dots(column: pa.Array) -> np.ndarray:
+    """Mask of text cells written like 1.234 or 12.000: twelve thousand in a semicolon-separated file from a
+    decimal-comma locale, twelve elsewhere."""
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        return np.zeros(len(column), dtype=bool)
+    return _mask_of(pc.match_substring_regex(column, THOUSANDS_DOT))
+
+
+def _mask_of(values: pa.Array) -> np.ndarray:
+    return pc.fill_null(values, False).to_numpy(zero_copy_only=False)
+
+
+def to_timestamps(column: pa.Array, as_written: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(wall-clock ns as int64 with NAT for empty/bad cells, mask of values that carried a zone).
 
-    Values without a zone are returned as written; values with one are returned in UTC.
+    Values without a zone are returned as written; values with one are returned in UTC, or with `as_written`
+    at the wall time written (a business date sent as 2024-01-08T00:00Z is the 8th wherever the device is).
     """
     kind = column.type
     if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind):
         # A Parquet writer's 20261101: read as the CSV text would be, not as seconds after 1970.
         column, kind = column.cast(pa.string()), pa.string()
     if pa.types.is_timestamp(kind):
-        return _ns(column), np.full(len(column), kind.tz is not None)
+        zoned = kind.tz is not None
+        return _ns(pc.local_timestamp(column) if zoned and as_written else column), np.full(len(column), zoned)
     if pa.types.is_date(kind):
         return _ns(column.cast(pa.timestamp("us"))), np.zeros(len(column), dtype=bool)
     try:
@@ -240,15 +317,33 @@ def to_timestamps(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     except pa.ArrowInvalid:
         values = text(column)
     zoned = pc.fill_null(pc.match_substring_regex(values, ZONE_SUFFIX), False).to_numpy(zero_copy_only=False)
+    if as_written and zoned.any():
+        values = pc.replace_substring_regex(values, ZONE_PART, "")
     out = np.full(len(column), NAT, dtype=np.int64)
     strings = pd.Series(values.to_pandas(), dtype="object")
-    if (~zoned).any():
-        naive = pd.to_datetime(strings[~zoned], format="ISO8601", errors="coerce")
-        out[~zoned] = _ns(pa.array(naive))
-    if zoned.any():
-        aware = pd.to_datetime(strings[zoned], format="ISO8601", errors="coerce", utc=True)
-        out[zoned] = _ns(pa.array(aware.dt.tz_localize(None)))
+    plain = ~zoned | as_written
+    if plain.any():
+        out[plain], other_zone = _naive_ns(strings[plain])
+        out[np.flatnonzero(plain)[other_zone]] = NAT  # a zone written some other way (' UTC'): unparseable
+    if not plain.all():
+        aware = pd.to_datetime(strings[~plain], format="ISO8601", errors="coerce", utc=True)
+        out[~plain] = _ns(pa.array(aware.dt.tz_localize(None)))
     return out, zoned
+
+
+def _naive_ns(strings: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """ns of ISO text without a zone, and the mask of values that had one in a form ZONE_SUFFIX does not know
+    (pandas parses them, and refuses a column that mixes them with plain values)."""
+    try:
+        parsed = pd.to_datetime(strings, format="ISO8601", errors="coerce")
+        if parsed.dt.tz is None:
+            return _ns(pa.array(parsed)), np.zeros(len(strings), dtype=bool)
+    except (ValueError, TypeError):
+        pass
+    stamps = [pd.to_datetime(value, format="ISO8601", errors="coerce") for value in strings]
+    other_zone = np.array([stamp is not pd.NaT and stamp.tzinfo is not None for stamp in stamps], dtype=bool)
+    plain = [pd.NaT if zone else stamp for stamp, zone in zip(stamps, other_zone, strict=True)]
+    return _ns(pa.array(pd.to_datetime(pd.Series(plain, dtype="object")))), other_zone
 
 
 def days_of(ns: np.ndarray) -> np.ndarray:

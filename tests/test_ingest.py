@@ -123,7 +123,8 @@ def test_corrected_daily_file_replaces_device_days(tmp_path, ws, config):
         config,
     )
     body = "device_id,date,withdrawals\nA,2024-01-02,25\nA,2024-01-03,30\nA,2024-01-03,31\nA,2024-01-02,25\n"
-    report = ingest_file(write(tmp_path / "d2.csv", body), "daily", ws, config)
+    with pytest.warns(IngestWarning, match="1 device-day.* replaced .* A on 2024-01-02: withdrawals 20 -> 25"):
+        report = ingest_file(write(tmp_path / "d2.csv", body), "daily", ws, config)
     # Within one file the later row of a device-day wins: a repeat is a duplicate, a different value a reject
     # that names the row replacing it (two demands for one day are a question for the sender).
     assert accounted(report) and (report.rows_loaded, report.rows_duplicate, report.rows_rejected) == (2, 1, 1)
@@ -178,7 +179,8 @@ A,2024-03-01 10:00,60
 B,2024-03-01 10:00,50
 """,
     )
-    report = ingest_file(path, "transactions", ws, config)
+    with pytest.warns(IngestWarning, match="1 row.* repeat an earlier row of the file exactly .* row 3"):
+        report = ingest_file(path, "transactions", ws, config)
     assert (report.rows_loaded, report.rows_duplicate) == (3, 1)
     assert read_daily(ws)["withdrawals"].tolist() == [110.0, 50.0]
 
@@ -522,10 +524,13 @@ def test_a_file_of_only_bad_rows_loads_nothing_and_keeps_the_lake(tmp_path, ws, 
 def test_latest_wins_for_devices_balances_and_status(tmp_path, ws, config):
     ingest_file(write(tmp_path / "d1.csv", "device_id,kind,capacity\nA,atm,100\nB,branch,\n"), "devices", ws, config)
     report = ingest_file(write(tmp_path / "d2.csv", "device_id,capacity\nA,200\nB,\n"), "devices", ws, config)
-    # A row replaces the device whole: B's kind is now empty (the config default), so B changed too.
-    assert (report.rows_loaded, report.rows_duplicate) == (2, 0)
+    # A row replaces the values its file gives: a file of capacities leaves kinds (and names) as they were, so
+    # B, whose capacity stays empty, is unchanged. It used to reset every column the file lacked to the default.
+    assert (report.rows_loaded, report.rows_duplicate) == (1, 1)
     devices = read_table(ws, "devices").set_index("device_id")
-    assert devices.loc["A", "capacity"] == 200.0 and pd.isna(devices.loc["B", "kind"])
+    assert devices.loc["A", "capacity"] == 200.0 and devices["kind"].to_dict() == {"A": "atm", "B": "branch"}
+    report = ingest_file(write(tmp_path / "d3.csv", "device_id,kind\nB,\n"), "devices", ws, config)
+    assert report.rows_loaded == 1 and pd.isna(read_table(ws, "devices").set_index("device_id").loc["B", "kind"])
     assert list(read_table(ws, "devices").columns) == lk.DEVICE_TABLE_COLUMNS
 
     ingest_file(
@@ -636,7 +641,8 @@ def test_crash_mid_ingest_leaves_the_lake_unchanged(tmp_path, ws, config, monkey
     assert read_daily(ws)["withdrawals"].tolist() == [10.0, 20.0]
 
     monkeypatch.setattr(lk, "write_parquet", real_write)
-    assert ingest_file(fix, "daily", ws, config).rows_loaded == 3
+    with pytest.warns(IngestWarning, match="replaced"):
+        assert ingest_file(fix, "daily", ws, config).rows_loaded == 3
     assert read_daily(ws)["withdrawals"].tolist() == [11.0, 21.0, 31.0]
 
 
@@ -815,3 +821,98 @@ def test_first_rows_of_each_key_in_a_batch():
     key = np.array([7, 3, 7, 7, 9, 3], dtype=np.uint64)
     assert _first_rows(key).tolist() == [0, 1, 0, 0, 4, 1]
     assert _first_rows(np.array([], dtype=np.uint64)).tolist() == []
+
+
+def test_an_unclosed_quote_stops_the_file_instead_of_swallowing_the_rows_after_it(tmp_path, ws, config):
+    """pyarrow read everything after an unclosed quote as one cell: rows_read 3 of 6, exit 0 (input audit)."""
+    ingest_file(write(tmp_path / "good.csv", "device_id,date,withdrawals\nA,2024-01-01,10\n"), "daily", ws, config)
+    before = lake_snapshot(ws)
+    rows = "".join(f"A,2024-01-{day:02d},{day},ok\n" for day in range(4, 9))
+    body = f'device_id,date,withdrawals,note\nA,2024-01-02,2,12" screen\nA,2024-01-03,3,"unclosed\n{rows}'
+    with (
+        pytest.warns(IngestWarning, match="note ignored"),
+        pytest.raises(IngestError, match="quote.csv: row 3: a quote"),
+    ):
+        ingest_file(write(tmp_path / "quote.csv", body), "daily", ws, config)
+    assert_same_lake(before, lake_snapshot(ws))
+    # A quoted memo over several lines is one row, however the reader's blocks fall (they used to split it).
+    memos = "device_id,date,withdrawals,memo\n" + "".join(
+        f'B,{day:%Y-%m-%d},{i},"line one, of {i}\nline two"\n'
+        for i, day in enumerate(pd.date_range("2000-01-01", periods=3000))
+    )
+    with pytest.warns(IngestWarning, match="memo ignored"):
+        report = ingest_file(write(tmp_path / "memos.csv", memos), "daily", ws, config)
+    assert (report.rows_read, report.rows_loaded) == (3000, 3000)
+
+
+def test_odd_text_files_are_read_or_refused_by_row(tmp_path, ws, config):
+    # The header alone, without a line end (an export of no outages): no rows, not a parser error.
+    status = ingest_file(write(tmp_path / "s.csv", "device_id,start,end,state"), "status", ws, config)
+    assert (status.rows_read, status.rows_loaded) == (0, 0)
+    # A byte that is not UTF-8 deep in the file: named by row, with what to do.
+    latin = tmp_path / "latin.csv"
+    days = b"".join(b"A,2020-01-%02d,1\n" % day for day in range(1, 29))
+    latin.write_bytes(b"device_id,date,withdrawals\n" + days * 200 + b"Caf\xe9,2020-02-01,1\n")
+    with pytest.raises(IngestError, match=r"latin.csv: row 5602: not UTF-8 text; save it as UTF-8 CSV"):
+        ingest_file(latin, "daily", ws, config)
+    utf16 = tmp_path / "unicode.txt"
+    utf16.write_text("device_id\tdate\twithdrawals\nA\t2024-01-05\t500\n", encoding="utf-16")
+    with pytest.raises(IngestError, match="not a UTF-8 text file .UTF-16, as Excel's 'Unicode Text' saves"):
+        ingest_file(utf16, "daily", ws, config)
+    # 12.000 in a semicolon file (a decimal-comma locale's) may be twelve thousand: refused, not read as 12.
+    semicolons = write(tmp_path / "semi.csv", "device_id;date;withdrawals\nA;2024-01-01;12.000\nA;2024-01-02;12.5\n")
+    report = ingest_file(semicolons, "daily", ws, config)
+    assert (report.rows_loaded, report.rows_rejected) == (1, 1)
+    assert "without thousands dots" in pd.read_csv(report.rejects_path)["reason"][0]
+    commas = write(tmp_path / "comma.csv", "device_id,date,withdrawals\nB,2024-01-01,12.000\n")
+    assert ingest_file(commas, "daily", ws, config).rows_loaded == 1
+    assert read_daily(ws).set_index("device_id")["withdrawals"].to_dict() == {"A": 12.5, "B": 12.0}
+
+
+def test_zone_offsets_of_every_form_and_business_dates_as_written(tmp_path, ws, config):
+    """+08 (PostgreSQL's form) was taken as no zone and the UTC time kept as local; a column mixing it with
+    plain times crashed; a daily date sent as midnight UTC became the day before for a device west of UTC."""
+    master = "device_id,timezone\nSHA,Asia/Shanghai\nNY1,America/New_York\n"
+    ingest_file(write(tmp_path / "devices.csv", master), "devices", ws, config)
+    body = """
+device_id,timestamp,amount
+SHA,2024-01-08 07:30:00+08,100
+SHA,2024-01-08 07:31:00,50
+SHA,2024-01-08 07:32:00+08:00,1
+SHA,2024-01-08 07:33:00 UTC,7
+"""
+    report = ingest_file(write(tmp_path / "t.csv", body), "transactions", ws, config)
+    assert (report.rows_loaded, report.rows_rejected) == (3, 1)  # ' UTC' is no ISO offset: refused, not guessed
+    assert read_daily(ws)[["device_id", "date", "withdrawals"]].values.tolist() == [
+        ["SHA", pd.Timestamp("2024-01-08"), 151.0]
+    ]
+    midnight_utc = write(tmp_path / "d.csv", "device_id,date,withdrawals\nNY1,2024-01-08T00:00:00Z,9\n")
+    ingest_file(midnight_utc, "daily", ws, config)
+    stamps = pa.array([pd.Timestamp("2024-02-01", tz="UTC")])
+    pq.write_table(pa.table({"device_id": ["NY1"], "date": stamps, "withdrawals": [4.0]}), tmp_path / "d.parquet")
+    ingest_file(tmp_path / "d.parquet", "daily", ws, config)
+    ny = read_daily(ws).query("device_id == 'NY1'")
+    assert ny["date"].tolist() == [pd.Timestamp("2024-01-08"), pd.Timestamp("2024-02-01")]
+
+
+def test_a_file_without_a_column_keeps_the_values_the_lake_holds_for_it(tmp_path, ws, config):
+    first = "device_id,date,withdrawals,deposits\nA,2024-01-01,100,50\n"
+    ingest_file(write(tmp_path / "d1.csv", first), "daily", ws, config)
+    later = write(tmp_path / "d2.csv", "device_id,date,withdrawals\nA,2024-01-01,120\n")
+    with pytest.warns(IngestWarning, match="withdrawals 100 -> 120"):
+        ingest_file(later, "daily", ws, config)
+    assert read_daily(ws)[["withdrawals", "deposits"]].values.tolist() == [[120.0, 50.0]]
+
+
+def test_device_terms_no_plan_can_use_are_rejected_at_ingest(tmp_path, ws, config):
+    """inf and a lead time of 1,000 years loaded, then failed every plan of the network with a numpy message."""
+    body = "device_id,capacity,lead_time_days,visit_cost\nA,inf,1,10\nB,1e400,1,10\nC,100,365000,10\nD,100,1,-inf\n"
+    report = ingest_file(write(tmp_path / "devices.csv", body + "E,100,2,10\n"), "devices", ws, config)
+    rejects = pd.read_csv(report.rejects_path)
+    assert rejects[["row", "column"]].values.tolist() == [
+        [2, "capacity"],
+        [3, "capacity"],
+        [4, "lead_time_days"],
+        [5, "visit_cost"],
+    ]
+    assert rejects["reason"][2].startswith("lead_time_days above 90") and report.rows_loaded == 1
