@@ -71,6 +71,16 @@ from ingest.parse import (
 from ingest.report import IngestError, IngestReport, IngestWarning
 
 KINDS = ("transactions", "daily", "devices", "balances", "status")
+# What exports write for no value, in the casings they write it (no lower-casing of every id on the hot path).
+NO_ID = pa.array(
+    sorted(
+        {
+            form
+            for word in ("null", "n/a", "#n/a", "na", "nan", "none", "-", "--", "?")
+            for form in (word, word.upper(), word.capitalize())
+        }
+    )
+)
 REQUIRED = {
     "transactions": ["device_id", "timestamp", "amount"],
     "daily": ["device_id", "date", "withdrawals"],
@@ -284,7 +294,12 @@ class _Run:
 
     def id_checks(self, ids: pa.Array, master: bool = True) -> list[tuple[str, str, np.ndarray]]:
         missing = _mask(pc.is_null(ids))
-        checks = [("device_id", "missing device_id", missing)]
+        placeholder = _mask(pc.is_in(ids, value_set=NO_ID))
+        checks = [
+            ("device_id", "missing device_id", missing),
+            ("device_id", "device_id is an export's word for no value (NULL, N/A, -)", placeholder),
+        ]
+        missing = missing | placeholder
         if master and len(self.known_ids):
             unknown = ~_mask(pc.is_in(ids, value_set=self.known_ids)) & ~missing
             checks.append(("device_id", "device_id not in the device master", unknown))

@@ -282,7 +282,7 @@ def to_float(column: pa.Array) -> np.ndarray:
         values = column.cast(pa.float64()).to_numpy(zero_copy_only=False)
     except pa.ArrowInvalid:  # spaces around a number, or text that is none
         values = pd.to_numeric(pd.Series(text(column).to_pandas()), errors="coerce").to_numpy(dtype=np.float64)
-    return np.where(np.isfinite(values), values, np.nan)
+    return np.where(np.isfinite(values), values + 0.0, np.nan)  # + 0.0: -0 is 0
 
 
 def thousands_dots(column: pa.Array) -> np.ndarray:

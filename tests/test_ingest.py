@@ -916,3 +916,14 @@ def test_device_terms_no_plan_can_use_are_rejected_at_ingest(tmp_path, ws, confi
         [5, "visit_cost"],
     ]
     assert rejects["reason"][2].startswith("lead_time_days above 90") and report.rows_loaded == 1
+
+
+def test_an_exports_word_for_no_value_is_no_device_id(tmp_path, ws, config):
+    """Before any master existed, NULL, N/A and - were loaded as three devices."""
+    body = "device_id,date,withdrawals\n" + "".join(f"{i},2024-01-01,1\n" for i in ("NULL", "N/A", "-", "nan", "A"))
+    report = ingest_file(write(tmp_path / "d.csv", body), "daily", ws, config)
+    assert (report.rows_loaded, report.rows_rejected) == (1, 4)
+    assert set(pd.read_csv(report.rejects_path)["reason"]) == {
+        "device_id is an export's word for no value (NULL, N/A, -)"
+    }
+    assert read_daily(ws)["device_id"].tolist() == ["A"]
