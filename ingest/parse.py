@@ -132,9 +132,7 @@ class Source:
                 ),
             )
             for batch in reader:
-                line_end_in_cell = line_end_in_cell or any(
-                    pc.any(pc.match_substring_regex(column, "[\r\n]")).as_py() for column in batch.columns
-                )
+                line_end_in_cell = line_end_in_cell or any(map(_holds_line_end, batch.columns))
                 yield batch
         except pa.ArrowInvalid as exc:
             if "UTF8" not in str(exc):
@@ -226,6 +224,16 @@ class Source:
                     return True
                 tail = text[-2:]
         return False
+
+
+def _holds_line_end(column: pa.Array) -> bool:
+    """Whether a text column's cells hold a line end anywhere (a memcpy and memchr of its characters: a regex
+    over the cells cost 15% of a large ingest)."""
+    characters = column.buffers()[2]
+    if characters is None:
+        return False
+    raw = bytes(memoryview(characters))
+    return b"\n" in raw or b"\r" in raw
 
 
 def _csv_header(path: Path) -> tuple[list[str], str]:
