@@ -522,10 +522,12 @@ def plan_network(
         return run.first_days(horizon)
 
     run = run_schedule(targets)
-    while top_up:
-        # A top-up within a bundle of the level adds nothing: no crew goes, so the risks and the projection
-        # run on to the next visit. Each pass drops at least one visit (a dropped one can change what a
-        # later one finds), so this ends.
+    while True:
+        # A visit that moves no cash is no visit: a top-up within a bundle of the level, or a swap loading
+        # nothing into a device expected empty (a device with no demand after its pickup, kept from running
+        # `max_cover_days` without a visit). No crew goes, so the risks and the projection run on to the next
+        # visit. Each pass drops at least one visit (a dropped one can change what a later one finds), so this
+        # ends.
         rows, days = np.nonzero(~np.isnan(targets) & np.isnan(fixed))
         *_, adds = _visit_amounts(run.before[rows, days], targets[rows, days], top_up, is_atm, dev, rows)
         if adds.all():

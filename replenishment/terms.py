@@ -98,19 +98,38 @@ def resolve_terms(devices: pd.DataFrame | None, daily: pd.DataFrame, config) -> 
     terms["mean_daily_demand"] = recent["mean_daily_demand"].fillna(0.0).to_numpy(dtype="float64")
     terms["last_observed"] = recent["last_observed"].to_numpy(dtype="datetime64[ns]")
     unknown = terms["capacity"] <= 0
-    derived = round_up_to_multiple(defaults.capacity_days * terms["mean_daily_demand"], terms["load_multiple"])
-    # A device with no history still needs a cassette: one bundle keeps the arithmetic sane.
+    # A device with no recorded day yet is forecast at the network's typical day: its cassette is sized on the
+    # typical device of its kind too (it was one bundle, so the plan loaded one bundle every allowed day).
+    unrecorded = pd.isna(terms["last_observed"]).to_numpy()
+    typical = _typical_demand(terms["kind"], terms["mean_daily_demand"], ~unrecorded)
+    basis = np.where(unrecorded, typical, terms["mean_daily_demand"])
+    derived = round_up_to_multiple(defaults.capacity_days * basis, terms["load_multiple"])
+    # A device with no demand at all still needs a cassette: one bundle keeps the arithmetic sane.
     derived = np.maximum(derived, terms["load_multiple"].to_numpy())
-    terms["capacity_source"] = np.where(
-        ~unknown,
-        "master",
-        np.where(terms["mean_daily_demand"] > 0, f"{defaults.capacity_days:g} x mean daily demand", "no history"),
+    days = f"{defaults.capacity_days:g} x"
+    terms["capacity_source"] = np.select(
+        [~unknown, unrecorded & (typical > 0), basis > 0],
+        [
+            "master",
+            f"no history: {days} the typical " + terms["kind"] + "'s mean daily demand",
+            f"{days} mean daily demand",
+        ],
+        "no history",
     )
     terms["capacity"] = np.where(unknown, derived, terms["capacity"])
     terms["max_balance"] = np.where(terms["max_balance"] <= 0, terms["capacity"], terms["max_balance"])
     extra = ["weekday_set", "mean_daily_demand", "capacity_source", "last_observed"]
     columns = [c for c in DEVICE_COLUMNS if c in terms] + extra
     return terms[columns].drop_duplicates("device_id").reset_index(drop=True)
+
+
+def _typical_demand(kind: pd.Series, mean_daily_demand: pd.Series, recorded: np.ndarray) -> np.ndarray:
+    """Per device, the median mean daily demand of the recorded devices of its kind (of all recorded devices
+    when none of its kind is); 0 when no device is recorded."""
+    recorded_demand = mean_daily_demand[recorded]
+    overall = float(recorded_demand.median()) if len(recorded_demand) else 0.0
+    by_kind = recorded_demand.groupby(kind[recorded]).median()
+    return kind.map(by_kind).fillna(overall).to_numpy(dtype="float64")
 
 
 def device_holidays(terms: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:

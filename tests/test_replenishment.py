@@ -87,7 +87,15 @@ def test_resolve_terms_fills_defaults_and_derives_capacity(config):
     assert terms.loc["B", "max_balance"] == 4670.0
     assert terms.loc["A", "visit_weekdays"] == config.devices.visit_weekdays
     assert terms.loc["C", "weekday_set"] == (0, 3)
-    assert terms.loc["C", "capacity_source"] == "no history"
+    # C has no recorded day: forecast at the network's typical day, its cassette is sized on the typical ATM
+    # (the median of A's 1000 and B's 333 a day), not one bundle loaded every allowed day (contract audit).
+    assert terms.loc["C", "capacity"] == 9340.0 and terms.loc["C", "mean_daily_demand"] == 0
+    assert terms.loc["C", "capacity_source"] == "no history: 14 x the typical atm's mean daily demand"
+    branch = resolve_terms(devices.assign(kind=["atm", "branch"]), daily, config).set_index("device_id")
+    assert branch.loc["C", "capacity"] == 9340.0  # no branch recorded: the typical device of any kind
+    assert resolve_terms(devices, daily.iloc[:0], config).set_index("device_id").loc["C", "capacity_source"] == (
+        "no history"
+    )
     assert terms.loc["B", "visit_cost"] == 50.0 and terms.loc["B", "country"] == "CN"
     # A free visit would price stockouts at nothing and plan no visit at all: refused, naming the device.
     with pytest.raises(ValueError, match=r"visit_cost must be above 0 .* \['C'\]"):
@@ -534,12 +542,14 @@ def test_deposits_piling_past_max_balance_are_named_on_the_rows(config):
 
 def test_idle_cash_in_an_atm_with_no_demand_is_a_pickup(config):
     """Holding 100,000 at 50% a year costs more than a visit: the swap that leaves nothing is a pickup, not a
-    'load' of 0."""
-    forecast = lognormal_forecast([100.0], 10, n_paths=40, seed=3)
+    'load' of 0. Over 40 days no empty 'load' follows it: it did every 14 days (`max_cover_days`), each a paid
+    crew visit that moved nothing (contract audit)."""
+    forty = config.updated(plan={"horizon_days": 40})
+    forecast = lognormal_forecast([100.0], forty.plan.forecast_days, n_paths=40, seed=3)
     forecast.withdrawal_paths[0] = 0.0
     terms = make_terms(config, 1, capacity=[200_000.0], holding_rate=[0.5], visit_cost=[50.0])
     balances = pd.DataFrame({"device_id": ["D0"], "balance": [100_000.0]})
-    result = plan_network(forecast, terms, balances, AS_OF, config, holidays=NO_HOLIDAYS)
+    result = plan_network(forecast, terms, balances, AS_OF, forty, holidays=NO_HOLIDAYS)
     assert len(result.plan) == 1
     row = result.plan.iloc[0]
     assert row["action"] == "pickup" and row["amount"] == 0 and row["balance_after"] == 0
