@@ -73,13 +73,7 @@ class CashForecaster:
         as_of = pd.Timestamp(as_of).normalize()
         known = np.sort(daily.loc[daily["date"] < as_of, "device_id"].astype(str).unique())
         panel = self._panel(daily, devices, as_of, self.max_horizon, known, fit=True)
-        if not np.isfinite(panel.values).any():
-            last = daily.loc[daily["date"] < as_of, "date"].max()
-            raise ValueError(
-                f"no usable withdrawals in the {self.config.forecast.max_history_days} days before {as_of:%Y-%m-%d}"
-                f" (the last recorded day is {last:%Y-%m-%d}): ingest newer history, or raise"
-                " [forecast] max_history_days"
-            )
+        self._require_history(panel, daily, as_of)
         self.withdrawals_ = TargetModel(self.config, self.max_horizon)
         tasks = self.withdrawals_.tasks(panel)
         n_withdrawal_tasks = len(tasks)
@@ -100,6 +94,17 @@ class CashForecaster:
         self.train_start_ = panel.start
         self.failures_: dict[str, str] = {}
         return self
+
+    def _require_history(self, panel: Panel, daily: pd.DataFrame, as_of: pd.Timestamp) -> None:
+        """Refuse a window without one usable day: every forecast from it would be zero, silently."""
+        if np.isfinite(panel.values).any():
+            return
+        last = daily.loc[daily["date"] < as_of, "date"].max()
+        recorded = "no day is recorded" if pd.isna(last) else f"the last recorded day is {last:%Y-%m-%d}"
+        raise ValueError(
+            f"no usable withdrawals in the {self.config.forecast.max_history_days} days before {as_of:%Y-%m-%d}"
+            f" ({recorded}): ingest newer history, or raise [forecast] max_history_days"
+        )
 
     def predict(
         self,
@@ -125,6 +130,7 @@ class CashForecaster:
         stream = f"paths-{self.config.forecast.seed}"  # the paths' own random stream, per target and device
         levels = list(quantiles) if quantiles is not None else self.config.forecast.quantiles
         panel = self._panel(daily, devices, as_of, horizon, None, events=events)
+        self._require_history(panel, daily, as_of)
         dates = pd.date_range(as_of, periods=horizon, freq="D")
         yhat, names, quant, paths, failures = self.withdrawals_.predict(
             panel, horizon, n_paths, f"{stream}-withdrawals", levels

@@ -109,13 +109,17 @@ def test_forecast_follows_a_device_whose_demand_fell(network, config, as_of):
     assert level < 0.3 * before
 
 
-def test_training_long_after_the_last_recorded_day_says_why_it_cannot(network, config):
+def test_training_long_after_the_last_recorded_day_says_why_it_cannot(network, config, trained):
+    """Forecasting too: a model trained earlier forecast exactly 0 for every device a day past the window, and
+    the plan sent pickups to every ATM (contract audit)."""
     last = network.daily["date"].max()
     late = last + pd.Timedelta(days=config.forecast.max_history_days + 30)
     with warnings.catch_warnings():  # the holidays package only estimates that year: beside the point
         warnings.simplefilter("ignore", HolidayEstimateWarning)
         with pytest.raises(ValueError, match=f"last recorded day is {last:%Y-%m-%d}.*max_history_days"):
             train(network.daily, network.devices, late, config)
+        with pytest.raises(ValueError, match=f"last recorded day is {last:%Y-%m-%d}.*max_history_days"):
+            _forecast(trained.model, network.daily, network.devices, late)
 
 
 def test_ets_defers_to_lightgbm_on_holidays_only(trained, network, config, as_of):
