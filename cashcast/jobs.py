@@ -607,6 +607,8 @@ def read_balances_file(path: Path, as_of: pd.Timestamp) -> pd.DataFrame:
         )
     table = pa.Table.from_batches(batches)
     ids, counted = text(table["device_id"].combine_chunks()), table["balance"].combine_chunks()
+    # An id copied from a plan CSV keeps its formula escape ('-5): the device is -5.
+    ids = pa.array(unescape_formulas(pd.Series(ids.to_pylist(), dtype="string")), pa.string())
     amount = to_float(counted)
     day, zoned = np.full(len(table), np.datetime64(as_of.normalize(), "D")), np.zeros(len(table), bool)
     if "as_of" in source.columns:

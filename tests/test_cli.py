@@ -540,6 +540,16 @@ def test_a_balances_file_naming_some_devices_leaves_the_others_their_ingested_co
     assert not notes.str.contains("balance unknown").any()
 
 
+def test_a_balances_file_with_ids_copied_from_a_plan_counts_those_devices(tmp_path):
+    """Every CSV escapes an id like -5 as '-5 for Excel; a count copied from the plan was ignored as a stranger."""
+    from cashcast import jobs
+
+    counts = tmp_path / "counts.csv"
+    counts.write_text("device_id,balance\n'-5,100\n'+44 ATM,7\nA'1,3\n")
+    read = jobs.read_balances_file(counts, pd.Timestamp("2026-11-02"))
+    assert read["device_id"].tolist() == ["-5", "+44 ATM", "A'1"]
+
+
 @pytest.mark.parametrize(
     ("rows", "error"),
     [
