@@ -293,3 +293,25 @@ def test_devices_without_a_record_in_the_window_are_left_out_and_an_empty_window
     assert set(unlisted.per_device["device_id"]) == {"OPEN", "SPARSE"}
     with pytest.raises(ValueError, match="no demand recorded between 2025-06-01 and 2025-06-30"):
         replay(daily, terms, pd.Timestamp("2025-06-01"), pd.Timestamp("2025-06-30"), forecast, config)
+
+
+def test_a_replay_starts_from_counts_brought_to_its_first_morning_and_drops_stale_ones():
+    """The latest count before --start was used as the opening cash however old: a count of 10 three months
+    before the window made even perfect foresight run dry on CUB (contract audit)."""
+    from cashcast.jobs import ReplayWarning, replay_opening
+
+    start = pd.Timestamp("2024-03-01")
+    days = pd.date_range("2023-11-01", start - pd.Timedelta(days=1))
+    known = pd.DataFrame({"device_id": np.repeat(["A", "B", "C"], len(days)), "date": np.tile(days, 3)})
+    known["withdrawals"] = 10.0
+    counts = pd.DataFrame(
+        {
+            "device_id": ["A", "B", "C", "A"],
+            "as_of": pd.to_datetime(["2024-03-01", "2024-02-26", "2023-12-01", "2024-03-02"]),
+            "balance": [500.0, 300.0, 10.0, 1.0],
+        }
+    )
+    with pytest.warns(ReplayWarning, match=r"1 device\(s\)' last cash count .* \(e.g. C, counted 2023-12-01\)"):
+        opening = replay_opening(counts, known, start)
+    # A's count of that morning as it is; B's of four mornings before less four days of demand; C left out.
+    assert opening.set_index("device_id")["balance"].to_dict() == {"A": 500.0, "B": 260.0}
