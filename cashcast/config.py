@@ -10,7 +10,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[1] / "configs" / "default.toml"
 MAX_PLAN_DAYS = 90  # longest plan horizon: visits are planned day by day, and forecasts grow vague
@@ -63,14 +63,18 @@ class DeviceDefaults(_Section):
             )
         return self
 
-    @model_validator(mode="before")
+    @field_validator("country")
     @classmethod
-    def _region(cls, data: Any) -> Any:
-        """Country and subdivision as the holidays package spells them ('in' -> 'IN'), or refused."""
-        if isinstance(data, dict) and ("country" in data or "subdivision" in data):
-            given = {k: data.get(k, cls.model_fields[k].default) for k in ("country", "subdivision")}
-            data = {**data, **dict(zip(given, canonical_region(**given), strict=True))}
-        return data
+    def _country(cls, value: str) -> str:
+        """The country as the holidays package spells it ('in' -> 'IN'), or refused as `devices.country`."""
+        return canonical_region(value)[0]
+
+    @field_validator("subdivision")
+    @classmethod
+    def _subdivision(cls, value: str, info: ValidationInfo) -> str:
+        """The subdivision of the (valid) country, as the package spells it; refused as `devices.subdivision`."""
+        country = info.data.get("country")
+        return value if country is None else canonical_region(country, value)[1]
 
 
 class IngestSettings(_Section):

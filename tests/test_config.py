@@ -91,8 +91,10 @@ def test_country_codes_are_the_holidays_packages_whatever_their_case():
     config = load_config().updated(devices={"country": "gb", "subdivision": "eng"})
     assert (config.devices.country, config.devices.subdivision) == ("GB", "ENG")
     assert canonical_region("in", "tn") == ("IN", "TN")
-    with pytest.raises(ConfigError, match="unknown country 'XX'"):
+    with pytest.raises(ConfigError, match="invalid config key 'devices.country': .*unknown country 'XX'"):
         load_config().updated(devices={"country": "XX"})
+    with pytest.raises(ConfigError, match="'devices.subdivision': .*unknown subdivision 'ZZ' of IN"):
+        load_config().updated(devices={"country": "in", "subdivision": "ZZ"})
     with pytest.raises(ValueError, match="unknown subdivision 'ZZ' of IN"):
         canonical_region("IN", "ZZ")
     with pytest.raises(ValueError, match="CN has none"):
