@@ -21,8 +21,11 @@ shows each one once, as the cell's value.
 
 from __future__ import annotations
 
+import functools
+import os
 import tempfile
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,14 +71,16 @@ def open_workspace(home: str | Path | None = None) -> Workspace:
 
 
 def quick_config(config: Config | None = None) -> Config:
-    """Settings that keep exploration fast: 2 short backtest folds, one process, 50 sample paths.
+    """Settings that keep exploration fast (2 short backtest folds, one process, 50 sample paths) over
+    `config`, else the file named by CASHCAST_CONFIG (the one your nightly run uses: its countries, currency and
+    device defaults), else the defaults.
 
     The backtest needs at least two folds to measure quantile coverage (leave-one-fold-out).
 
     >>> quick_config().forecast.backtest_folds
     2
     """
-    base = config or load_config()
+    base = config or load_config(os.environ.get("CASHCAST_CONFIG") or None)
     return base.updated(
         forecast={
             "backtest_folds": 2,
@@ -111,34 +116,69 @@ def ingest_sample(ws: Workspace, config: Config, device_ids: tuple[str, ...] | N
     return reports
 
 
+class SampleDataWarning(UserWarning):
+    """The workspace shows the shipped synthetic sample, not a bank's data."""
+
+
 def ensure_lake(ws: Workspace, config: Config) -> pd.Timestamp:
-    """Ingest the sample when the lake is empty; returns the next as-of (the morning after the last day)."""
+    """Ingest the sample when the lake is empty, saying so; returns the next as-of (the morning after the last
+    day). A mistyped CASHCAST_HOME is an empty workspace too: the warning keeps the sample from passing for it."""
     if not has_history(ws):
         ingest_sample(ws, config)
+        warnings.warn(
+            SampleDataWarning(
+                f"{ws.home} held no history: it now holds the shipped SYNTHETIC SAMPLE ({len(SAMPLE_DEVICES)} devices),"
+                " not a bank's data; set CASHCAST_HOME to your workspace to see yours"
+            ),
+            stacklevel=2,
+        )
     return jobs.next_as_of(ws)
 
 
-def ensure_outputs(ws: Workspace, config: Config, as_of: pd.Timestamp | None = None) -> pd.Timestamp:
-    """Whatever is missing of lake, champion model and plan for `as_of`, produced in that order.
+def is_sample_workspace(ws: Workspace) -> bool:
+    """Whether every device of the lake is one of the shipped sample's."""
+    sample = set(pd.read_csv(SAMPLE_DIR / "devices.csv", usecols=["device_id"], dtype=str)["device_id"])
+    return set(jobs.lake_device_ids(ws)) <= sample
 
-    A workspace that already has them is only read, so notebooks can run against a production
-    workspace without retraining anything. A plan is written only into a workspace with none yet (the
-    sample one): in a workspace the nightly run keeps, a notebook's plan would count as ordered tomorrow.
+
+def ensure_outputs(ws: Workspace, config: Config, as_of: pd.Timestamp | None = None) -> pd.Timestamp:
+    """The morning a notebook shows: `as_of`, else the next one, with whatever is missing of lake, champion
+    model and plan produced in that order, but only in the sample's workspace.
+
+    A workspace of a bank's own is only read, so notebooks can run against a production workspace without
+    training or planning anything: a notebook's plan would count as ordered the next morning, and its model,
+    fitted under the notebook's quick settings, would become the champion. There, without `as_of`, the newest
+    planned morning is shown (with a warning when the lake has days after it); an `as_of` without a plan is
+    refused, naming the newest planned morning.
     """
     next_as_of = ensure_lake(ws, config)
-    as_of = next_as_of if as_of is None else jobs.parse_date(as_of)
+    asked = jobs.parse_date(as_of)
+    as_of = next_as_of if asked is None else asked
     if (ws.plans / f"{as_of:%Y-%m-%d}" / "plan.csv").exists():
         return as_of
     try:
-        latest = _latest(ws.plans, "plan.csv").parent.name
-    except FileNotFoundError:  # no plan at all: the sample workspace, planned here
-        jobs.run_plan(ws, config, as_of)
-        return as_of
-    raise ValueError(
-        f"{ws.home} has no plan for {as_of:%Y-%m-%d}, and a notebook writes none into a workspace the nightly"
-        f" run keeps (its visits would count as ordered): pick a planned morning (latest {latest}) or run"
-        f" `cashcast plan --as-of {as_of:%Y-%m-%d}`"
+        latest = pd.Timestamp(_latest(ws.plans, "plan.csv").parent.name)
+    except FileNotFoundError:  # no plan at all
+        if is_sample_workspace(ws):
+            jobs.run_plan(ws, config, as_of)
+            return as_of
+        raise ValueError(
+            f"{ws.home} has no plan yet, and a notebook writes none into a workspace of your own (its visits would"
+            " count as ordered, its quick model would become the champion): run `cashcast nightly` or"
+            f" `cashcast plan --as-of {as_of:%Y-%m-%d}` first"
+        ) from None
+    if asked is not None:
+        raise ValueError(
+            f"{ws.home} has no plan for {as_of:%Y-%m-%d}, and a notebook writes none into a workspace the nightly"
+            f" run keeps (its visits would count as ordered): pick a planned morning (latest {latest:%Y-%m-%d}) or"
+            f" run `cashcast plan --as-of {as_of:%Y-%m-%d}`"
+        )
+    warnings.warn(
+        f"{ws.home}: the lake runs to {next_as_of - pd.Timedelta(days=1):%Y-%m-%d}, but the newest plan is for the"
+        f" morning of {latest:%Y-%m-%d}: showing that morning (run `cashcast nightly` to plan the next)",
+        stacklevel=2,
     )
+    return latest
 
 
 # ---------------------------------------------------------------- the lake
@@ -166,7 +206,10 @@ def load_lake(ws: Workspace, as_of: pd.Timestamp | None = None, device_ids: list
     status = ingest.read_table(ws, "status")
     if device_ids is not None:
         status = status[status["device_id"].isin(device_ids)]
-    return Lake(history.daily, history.devices, status.reset_index(drop=True), history.balances, history.as_of)
+    # What was known that morning: outages begun before it, counts taken by it.
+    status = status[pd.to_datetime(status["start"]) < history.as_of].reset_index(drop=True)
+    balances = history.balances[pd.to_datetime(history.balances["as_of"]) <= history.as_of].reset_index(drop=True)
+    return Lake(history.daily, history.devices, status, balances, history.as_of)
 
 
 def device_days(lake: Lake, device_id: str) -> pd.DataFrame:
@@ -237,10 +280,17 @@ def dated_folders(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and p.name[:10].replace("-", "").isdigit())
 
 
-def _latest(folder: Path, name: str, made_by: str = "`cashcast plan` or `cashcast nightly`") -> Path:
-    candidates = [p / name for p in dated_folders(folder) if (p / name).exists()]
+def _latest(
+    folder: Path, name: str, made_by: str = "`cashcast plan` or `cashcast nightly`", as_of: pd.Timestamp | None = None
+) -> Path:
+    """The newest <folder>/<day>/<name>, of a morning on or before `as_of` when given."""
+    until = None if as_of is None else f"{jobs.parse_date(as_of):%Y-%m-%d}"
+    candidates = [
+        p / name for p in dated_folders(folder) if (p / name).exists() and (until is None or p.name[:10] <= until)
+    ]
     if not candidates:
-        raise FileNotFoundError(f"no {name} under {folder}; run {made_by} first")
+        by = "" if until is None else f" for a morning on or before {until}"
+        raise FileNotFoundError(f"no {name} under {folder}{by}; run {made_by} first")
     return candidates[-1]
 
 
@@ -257,9 +307,22 @@ def _read_csv(path: Path, dates: tuple[str, ...]) -> pd.DataFrame:
     return frame
 
 
-def latest_forecast(ws: Workspace) -> pd.DataFrame:
-    """The newest forecasts/<as_of>/forecast.csv (device_id, date, model, yhat, q50..)."""
-    return _read_csv(_latest(ws.forecasts, "forecast.csv"), ("date",))
+def latest_forecast(ws: Workspace, as_of: pd.Timestamp | None = None) -> pd.DataFrame:
+    """The newest forecasts/<morning>/forecast.csv (device_id, date, model, yhat, q50..), of a morning on or
+    before `as_of` when given."""
+    return _read_csv(_latest(ws.forecasts, "forecast.csv", as_of=as_of), ("date",))
+
+
+def forecast_levels(forecast: pd.DataFrame) -> list[float]:
+    """The quantile levels a forecast frame carries (q50 -> 0.5, q97.5 -> 0.975), whatever config made it."""
+    levels = []
+    for column in forecast.columns:
+        if str(column).startswith("q"):
+            try:
+                levels.append(round(float(column[1:]) / 100, 6))
+            except ValueError:
+                continue
+    return sorted(levels)
 
 
 @dataclass
@@ -282,13 +345,13 @@ def read_plan(folder: Path) -> PlanFiles:
     )
 
 
-def latest_plan(ws: Workspace) -> PlanFiles:
-    """The newest plan folder of the workspace.
+def latest_plan(ws: Workspace, as_of: pd.Timestamp | None = None) -> PlanFiles:
+    """The newest plan folder of the workspace, of a morning on or before `as_of` when given.
 
     >>> plan = latest_plan(ws)
     >>> plan.plan.groupby("visit_date").size()      # visits per day
     """
-    return read_plan(_latest(ws.plans, "plan.csv").parent)
+    return read_plan(_latest(ws.plans, "plan.csv", as_of=as_of).parent)
 
 
 def forecast_against_actuals(
@@ -327,9 +390,17 @@ def yesterday_accuracy(ws: Workspace, as_of: pd.Timestamp, max_age_days: int = 7
         actual = ingest.read_daily(ws, start=yesterday, end=yesterday)
         status, balances = (ingest.read_table(ws, name) for name in ("status", "balances"))
         actual = features.mark_censored(actual, status, balances)
-        joined = forecast.merge(actual[["device_id", "date", "withdrawals", "censored"]], on=["device_id", "date"])
+        # A device without yesterday's row stays, with no actual (NaN): not recorded yet, or not at all.
+        actual = actual[["device_id", "date", "withdrawals", "censored"]].astype({"device_id": "string"})
+        joined = forecast.astype({"device_id": "string"}).merge(actual, on=["device_id", "date"], how="left")
+        joined["censored"] = joined["censored"].fillna(False).astype(bool)
         return joined.assign(made=made)[columns]
     return pd.DataFrame({c: pd.Series(dtype="bool" if c == "censored" else "object") for c in columns})
+
+
+def scored_accuracy(accuracy: pd.DataFrame) -> pd.DataFrame:
+    """The rows of `yesterday_accuracy` a forecast can be scored on: an actual recorded, and not censored."""
+    return accuracy[~accuracy["censored"] & accuracy["withdrawals"].notna()]
 
 
 def champion_model(ws: Workspace, config: Config):
@@ -475,7 +546,9 @@ def coverage_table(backtest: pd.DataFrame, levels: list[float]) -> pd.DataFrame:
 # ---------------------------------------------------------------- replenishment what-if
 
 
-def caching_forecaster(model, devices: pd.DataFrame | None):
+def shared_forecasts(
+    forecaster: Callable[[pd.DataFrame, pd.Timestamp, int], DemandForecast],
+) -> Callable[[pd.DataFrame, pd.Timestamp, int], DemandForecast]:
     """A replay forecaster that predicts each (as_of, horizon) once: scenarios share the forecasts.
 
     What-if scenarios change device terms, never demand, so every scenario sees the same
@@ -483,21 +556,59 @@ def caching_forecaster(model, devices: pd.DataFrame | None):
     """
     made: dict[tuple[pd.Timestamp, int], DemandForecast] = {}
 
-    def forecaster(past: pd.DataFrame, as_of: pd.Timestamp, horizon: int) -> DemandForecast:
+    def cached(past: pd.DataFrame, as_of: pd.Timestamp, horizon: int) -> DemandForecast:
         key = (pd.Timestamp(as_of), horizon)
         if key not in made:
-            made[key] = model.predict(past, devices, as_of, horizon)
+            made[key] = forecaster(past, as_of, horizon)
         return made[key]
 
-    return forecaster
+    return cached
+
+
+# Device-master columns a scenario may set for every device (the derived ones, such as the allowed weekdays
+# parsed from visit_weekdays, follow from them).
+SCENARIO_TERMS = (
+    "capacity",
+    "min_balance",
+    "max_balance",
+    "visit_cost",
+    "emergency_visit_cost",
+    "holding_rate",
+    "visit_weekdays",
+    "lead_time_days",
+    "load_multiple",
+    "service_level",
+)
 
 
 @dataclass
 class WhatIf:
-    """Replay KPIs per scenario and policy, and the daily balance trajectories behind them."""
+    """Replay KPIs per scenario and policy, the daily balance trajectories behind them, and the replay's
+    notes on its window (devices left out, days imputed), as `cashcast backtest` warns them."""
 
     kpis: pd.DataFrame
     trajectories: pd.DataFrame
+    notes: list[str]
+
+
+def scenario_terms(config: Config, name: str, overrides: Mapping[str, object]) -> dict[str, object]:
+    """`overrides` checked as the config checks its `[devices]` defaults (a service level of 1.5, a free visit or
+    a negative holding rate would replay a device no bank has); ValueError names the scenario and the term."""
+    from pydantic import ValidationError
+
+    unknown = sorted(set(overrides) - set(SCENARIO_TERMS))
+    if unknown:
+        raise KeyError(f"scenario {name!r}: unknown device term(s) {unknown}; a scenario sets {list(SCENARIO_TERMS)}")
+    terms = {**config.devices.model_dump(), **overrides}
+    if "emergency_visit_cost" not in overrides:  # as for a master's dear visit: the emergency costs at least as much
+        terms["emergency_visit_cost"] = max(terms["emergency_visit_cost"], terms["visit_cost"])
+    try:
+        checked = type(config.devices).model_validate(terms)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "terms"
+        raise ValueError(f"scenario {name!r}: {where}: {first['msg']}") from None
+    return {term: getattr(checked, term) for term in overrides}
 
 
 def what_if(
@@ -505,33 +616,46 @@ def what_if(
     config: Config,
     start: pd.Timestamp,
     end: pd.Timestamp,
-    scenarios: Mapping[str, Mapping[str, float]],
+    scenarios: Mapping[str, Mapping[str, object]],
     model=None,
 ) -> WhatIf:
-    """Replay [start, end] once per scenario: each overrides device terms for every device.
+    """Replay [start, end] once per scenario, as `cashcast backtest` replays it: each scenario sets device terms
+    (`SCENARIO_TERMS`) for every device, e.g. ``{"default": {}, "sl 0.90": {"service_level": 0.9},
+    "Mondays": {"visit_weekdays": "Mon"}}``.
 
-    A scenario maps term columns (holding_rate, visit_cost, service_level, ...) to values, e.g.
-    ``{"default": {}, "sl 0.90": {"service_level": 0.9}, "costly visits": {"visit_cost": 3000}}``.
-    `model` defaults to a CashForecaster trained on the history before `start` (leak-free).
+    The forecasts are the backtest's: trained on the history before `start` and again every
+    `[forecast] retrain_every_days` (`model`: one fixed model instead), made once and shared by every scenario.
+    So the "default" scenario's KPIs are `cashcast backtest`'s for the same window and config.
     """
-    import forecasting
+    import replenishment
 
     start, end = jobs.parse_date(start), jobs.parse_date(end)
+    if not scenarios:
+        raise ValueError('no scenarios: give at least one, e.g. {"default": {}}')
     window = jobs.replay_window(ws, config, start, end, names=("start", "end"))
     history = window.history
-    for name, overrides in scenarios.items():  # before the fit: a typo should not cost one
-        unknown = set(overrides) - set(window.terms.columns)
-        if unknown:
-            raise KeyError(f"scenario {name!r}: unknown device term(s) {sorted(unknown)}")
+    # Checked before any fit: a typo should not cost one.
+    checked = {name: scenario_terms(config, name, overrides) for name, overrides in scenarios.items()}
     if model is None:
-        model = forecasting.train(window.known, history.devices, start, config, events=history.events).model
-    forecaster = caching_forecaster(model, history.devices)
-    kpis, trajectories = [], []
-    for name, overrides in scenarios.items():
-        result = window.replay(start, end, forecaster, config, terms=window.terms.assign(**dict(overrides)))
+        base = jobs.retraining_forecaster(config, history.devices, history.events)
+    else:
+        base = functools.partial(_predict, model, history.devices)
+    forecaster = shared_forecasts(base)
+    # Every device the window plans, with its master row where it has one: a scenario sets its terms for all.
+    ids = pd.DataFrame({"device_id": window.terms["device_id"].astype(str)})
+    master = ids.merge(history.devices.astype({"device_id": str}), on="device_id", how="left")
+    kpis, trajectories, notes = [], [], []
+    for name, overrides in checked.items():
+        terms = replenishment.resolve_terms(master.assign(**overrides), window.known, config) if overrides else None
+        result = window.replay(start, end, forecaster, config, terms=terms)
         kpis.append(result.kpis.assign(scenario=name))
         trajectories.append(result.daily.assign(scenario=name))
-    return WhatIf(pd.concat(kpis, ignore_index=True), pd.concat(trajectories, ignore_index=True))
+        notes.extend(note for note in result.notes if note not in notes)
+    return WhatIf(pd.concat(kpis, ignore_index=True), pd.concat(trajectories, ignore_index=True), notes)
+
+
+def _predict(model, devices: pd.DataFrame | None, past: pd.DataFrame, as_of: pd.Timestamp, horizon: int):
+    return model.predict(past, devices, as_of, horizon)
 
 
 # ---------------------------------------------------------------- charts
@@ -648,6 +772,8 @@ def coverage_chart(coverage: pd.DataFrame) -> Figure:
     fig, ax = new_figure(4.5, 4)
     ax.plot([0.4, 1], [0.4, 1], color="grey", linewidth=1, label="perfect calibration")
     ax.plot(coverage["level"], coverage["observed"], "o-", color="#2a7ab0", label="backtest")
+    if coverage["observed"].isna().all():  # leave-one-fold-out needs a second fold to score on
+        ax.text(0.7, 0.55, "not measured: the model was trained\nwith fewer than 2 backtest folds", ha="center")
     ax.set_title("Quantile coverage, held-out backtest days")
     ax.set_xlabel("nominal quantile level (share of days)")
     ax.set_ylabel("observed share of days below (share of days)")

@@ -213,7 +213,7 @@ def visits_figure(plan: pd.DataFrame) -> Figure:
 def accuracy_figure(accuracy: pd.DataFrame, currency: str = CURRENCY) -> Figure:
     """Yesterday's forecast against actual withdrawals per device (censored days left out)."""
     fig, ax = new_figure(5, 4.2)
-    scored = accuracy[~accuracy["censored"]] if "censored" in accuracy else accuracy
+    scored = analyst.scored_accuracy(accuracy)
     if len(scored):
         ax.scatter(scored["withdrawals"], scored["yhat"], s=14, alpha=0.7, color=PLAN_COLOR)
         top = float(max(scored["withdrawals"].max(), scored["yhat"].max()))
@@ -242,7 +242,7 @@ def accuracy_figure(accuracy: pd.DataFrame, currency: str = CURRENCY) -> Figure:
 
 def worst_forecasts(accuracy: pd.DataFrame, top: int = 10) -> pd.DataFrame:
     """Yesterday's largest absolute forecast errors (uncensored days)."""
-    scored = accuracy[~accuracy["censored"]].copy()
+    scored = analyst.scored_accuracy(accuracy).copy()
     scored["error"] = scored["yhat"] - scored["withdrawals"]
     scored["abs_error"] = scored["error"].abs()
     columns = ["device_id", "model", "withdrawals", "yhat", "error"]
@@ -296,14 +296,16 @@ def _worst_table(accuracy: pd.DataFrame) -> str:
 def _accuracy_note(accuracy: pd.DataFrame) -> str:
     from forecasting import smape
 
-    scored = accuracy[~accuracy["censored"]]
+    scored = analyst.scored_accuracy(accuracy)
     if scored.empty:
         return "No device has both a forecast and an uncensored actual for yesterday yet."
     made = pd.Timestamp(scored["made"].iloc[0])
     value = smape(scored["withdrawals"].to_numpy(), scored["yhat"].to_numpy())
+    unrecorded = int(accuracy["withdrawals"].isna().sum())
+    missing = f"; {unrecorded} forecast device(s) have no actual for yesterday yet" if unrecorded else ""
     return (
         f"{len(scored)} device(s) scored against the forecast made on {made:%Y-%m-%d}: sMAPE {value:.1f}%;"
-        f" {int(accuracy['censored'].sum())} censored device-day(s) left out."
+        f" {int(accuracy['censored'].sum())} censored device-day(s) left out{missing}."
     )
 
 

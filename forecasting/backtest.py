@@ -359,9 +359,10 @@ class TargetModel:
         points = backtest.pivot(index="device_id", columns="model", values="n_points").reindex(ids)
         score = wide_s.div(wide_s["seasonal_naive"], axis=0) + wide_m.div(wide_m["seasonal_naive"], axis=0)
         score = score[names]
-        short = (points["seasonal_naive"].fillna(0) < BLOCK * 2).to_numpy().copy()
+        scored = points["seasonal_naive"].fillna(0).to_numpy()
         observed = np.isfinite(panel.values).sum(axis=1)
-        short |= observed < self.config.forecast.min_history_days
+        young = observed < self.config.forecast.min_history_days
+        short = young | (scored < BLOCK * 2)
         default = "lightgbm" if "lightgbm" in names else names[-1]
         # A few weeks of backtest per device is a noisy judge: shrink each device's scores towards the
         # network's median before picking, then keep the guard on the device's own scores.
@@ -373,11 +374,16 @@ class TargetModel:
         index = pd.Index(ids, name="device_id")
         choice = pd.Series(np.where(short, default, best.to_numpy()), index=index)
         best_smape = np.array([wide_s.iloc[i].get(name, np.nan) for i, name in enumerate(choice)])
+        minimum = self.config.forecast.min_history_days
         reasons = [
-            f"short history (< {self.config.forecast.min_history_days} observed days or no backtest): pooled model"
+            f"short history ({days} observed days, fewer than {minimum}): pooled model"
+            if is_young
+            else f"too few backtest days to judge ({n:.0f} scored, fewer than {BLOCK * 2}): pooled model"
             if is_short
             else f"best backtest score, shrunk to the network's (sMAPE {mine:.1f} vs seasonal naive {sn:.1f})"
-            for is_short, mine, sn in zip(short, best_smape, wide_s["seasonal_naive"], strict=True)
+            for is_young, is_short, days, n, mine, sn in zip(
+                young, short, observed, scored, best_smape, wide_s["seasonal_naive"], strict=True
+            )
         ]
         return backtest, choice, pd.Series(reasons, index=index)
 

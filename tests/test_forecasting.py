@@ -441,10 +441,21 @@ def test_young_network_without_backtest_still_forecasts_every_device(config):
     as_of = pd.Timestamp("2024-02-10")
     result = train(young.daily, young.devices, as_of, config)
     assert (result.selection["model"] == "lightgbm").all()
-    assert result.selection["reason"].str.startswith("short history").all()
+    assert result.selection["reason"].str.fullmatch(r"short history \(\d+ observed days, fewer than \d+\): .*").all()
     frame = result.model.predict(young.daily, young.devices, as_of, 60).frame
     assert len(frame) == 4 * 60 and frame["yhat"].gt(0).all()
     assert (frame["q99"] >= frame["q95"]).all() and (frame["q50"] >= 0).all()
+
+
+def test_a_device_silent_through_the_backtest_is_not_called_young(config):
+    """Years of history but no recorded day in the backtest's window: it was labelled "short history"."""
+    network = generate_network(n_atms=3, n_branches=0, n_recyclers=0, start="2024-01-01", days=240, seed=6)
+    as_of = pd.Timestamp("2024-08-28")
+    quiet = (network.daily["device_id"] == "ATM-00001") & (network.daily["date"] >= as_of - pd.Timedelta(days=60))
+    result = train(network.daily[~quiet], network.devices, as_of, config)
+    reason = result.selection.set_index("device_id")["reason"]
+    assert reason["ATM-00001"].startswith("too few backtest days to judge (0 scored, fewer than 14)")
+    assert not reason.drop("ATM-00001").str.startswith("too few").any()
 
 
 @pytest.mark.parametrize("days", [1, 5, 7])

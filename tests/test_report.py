@@ -10,6 +10,7 @@ import base64
 import re
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -315,7 +316,12 @@ def test_latest_outputs_read_back_what_was_written(planned_ws):
             "device_id,name,visit_date,order_by,date\n'-0042,'=x,2030-01-02,2030-01-01,2030-01-02\n"
         )
     assert analyst.latest_plan(ws).plan[["device_id", "name"]].values.tolist() == [["-0042", "=x"]]
+    assert analyst.latest_plan(ws, AS_OF).as_of == AS_OF  # a morning asked for: not a newer one (analyst audit)
     shutil.rmtree(escaped)
+    with pytest.raises(FileNotFoundError, match="for a morning on or before 2026-10-30"):
+        analyst.latest_forecast(ws, YESTERDAY - pd.Timedelta(days=1))
+    assert analyst.forecast_levels(forecast) == [0.5, 0.9, 0.95, 0.99]
+    assert analyst.forecast_levels(pd.DataFrame(columns=["device_id", "q97.5", "q10", "quality"])) == [0.1, 0.975]
     with pytest.raises(FileNotFoundError, match="run `cashcast backtest --start D1 --end D2` first"):
         analyst.latest_backtest(analyst.open_workspace(ws.home.parent / "empty"))
 
@@ -373,6 +379,47 @@ def test_what_if_replays_every_scenario_with_shared_forecasts(planned_ws, config
         analyst.what_if(ws, config, end, start, {"default": {}}, model=NaiveModel())
 
 
+def test_what_if_sets_master_terms_checked_and_replays_as_the_backtest_does(planned_ws, config, monkeypatch):
+    """An override of visit_weekdays changed nothing (the planner reads the weekdays parsed from it); a service
+    level of 1.5 or a free visit replayed; and what_if kept one model where `cashcast backtest` retrains weekly,
+    so its default scenario cost differed from the backtest's for the same window (analyst audit)."""
+    import forecasting
+
+    ws, _ = planned_ws
+    trained = []
+
+    def naive_train(daily, devices, as_of, config, **kwargs):
+        trained.append(as_of)
+        return SimpleNamespace(model=NaiveModel())
+
+    monkeypatch.setattr(forecasting, "train", naive_train)
+    start, end = pd.Timestamp("2026-09-07"), pd.Timestamp("2026-09-27")
+    scenarios = {"default": {}, "Mondays": {"visit_weekdays": "Mon"}}
+    result = analyst.what_if(ws, config, start, end, scenarios)
+    assert trained == [start, start + pd.Timedelta(days=7), start + pd.Timedelta(days=14)]  # once, for both
+    days = result.trajectories.query("policy == 'cashcast' and visit")
+    assert set(pd.to_datetime(days.query("scenario == 'Mondays'")["date"]).dt.day_name()) == {"Monday"}
+    assert len(set(pd.to_datetime(days.query("scenario == 'default'")["date"]).dt.day_name())) > 1
+    assert result.notes == ["1 device-days not recorded: demand imputed (same-weekday median)"]
+    with pytest.warns(jobs.ReplayWarning, match=re.escape(result.notes[0])):  # what the CLI warns
+        out = jobs.run_backtest(ws, config, start, end, ws.home.parent / "bt")
+    backtest = pd.read_csv(out / "kpis.csv").set_index("policy")
+    ours = result.kpis.query("scenario == 'default'").set_index("policy")
+    assert ours.loc["cashcast", "total_cost"] == pytest.approx(backtest.loc["cashcast", "total_cost"])
+    for bad, says in (
+        ({"service_level": 1.5}, "scenario 'bad': service_level: Input should be less than 1"),
+        ({"visit_cost": 0}, "scenario 'bad': visit_cost: Input should be greater than 0"),
+        ({"holding_rate": -0.1}, "scenario 'bad': holding_rate"),
+        ({"visit_weekdays": "Mo"}, "scenario 'bad': visit_weekdays"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(says)):
+            analyst.what_if(ws, config, start, end, {"bad": bad})
+    with pytest.raises(KeyError, match="unknown device term.*mean_daily_demand"):  # derived: not a term to set
+        analyst.what_if(ws, config, start, end, {"bad": {"mean_daily_demand": 5.0}})
+    with pytest.raises(ValueError, match="no scenarios"):
+        analyst.what_if(ws, config, start, end, {})
+
+
 def test_latest_backtest_reads_the_newest_kpi_folder(planned_ws, config):
     ws, _ = planned_ws
     history = jobs.load_history(ws, AS_OF)
@@ -418,3 +465,58 @@ def test_quick_config_keeps_coverage_measurable():
     config = analyst.quick_config(load_config())
     assert config.forecast.backtest_folds >= 2  # leave-one-fold-out coverage needs two folds
     assert config.forecast.n_jobs == 1
+
+
+def test_notebooks_read_a_banks_workspace_and_write_nothing_into_it(planned_ws, config, tmp_path, monkeypatch):
+    """A notebook planned into a workspace of a bank's own that had no plan yet (its visits then counted as
+    ordered) and promoted its quick model; a lake ahead of the last plan stopped every cell; a mistyped
+    CASHCAST_HOME showed the sample as the bank's data (analyst audit)."""
+    ws = analyst.open_workspace(tmp_path / "bank")
+    daily = tmp_path / "daily.csv"
+    daily.write_text("device_id,date,withdrawals\nBANK-1,2026-10-30,100\nBANK-1,2026-10-31,120\n")
+    ingest.ingest_file(daily, "daily", ws, config)
+    with pytest.raises(ValueError, match="has no plan yet.*run `cashcast nightly`"):
+        analyst.ensure_outputs(ws, config)
+    assert not ws.plans.exists() or not any(ws.plans.iterdir())
+    assert not (ws.home / "mlflow.db").exists()  # nothing trained either
+
+    planned, _ = planned_ws
+    ahead = tmp_path / "ahead"
+    shutil.copytree(planned.home, ahead)
+    earlier = AS_OF - pd.Timedelta(days=3)
+    (ahead / "plans" / f"{AS_OF:%Y-%m-%d}").rename(ahead / "plans" / f"{earlier:%Y-%m-%d}")
+    with pytest.warns(UserWarning, match="newest plan is for the morning of 2026-10-29: showing that morning"):
+        assert analyst.ensure_outputs(analyst.open_workspace(ahead), config) == earlier
+
+    with pytest.warns(analyst.SampleDataWarning, match="SYNTHETIC SAMPLE"):
+        analyst.ensure_lake(analyst.open_workspace(tmp_path / "typo"), config)
+
+    custom = tmp_path / "network.toml"
+    custom.write_text('[devices]\ncountry = "IN"\n[ingest]\ncurrency = "INR"\n')
+    monkeypatch.setenv("CASHCAST_CONFIG", str(custom))
+    quick = analyst.quick_config()
+    assert (quick.devices.country, analyst.currency_name(quick), quick.forecast.n_paths) == ("IN", "INR", 50)
+
+
+def test_what_the_lake_knew_that_morning_and_yesterdays_unrecorded_devices(planned_ws, tmp_path):
+    ws, _ = planned_ws
+    later = tmp_path / "later.csv"
+    later.write_text("device_id,as_of,balance\nATM-00001,2026-11-03,5\n")
+    outage = tmp_path / "outage.csv"
+    outage.write_text("device_id,start,end,state\nATM-00001,2026-11-02 10:00,2026-11-02 12:00,offline\n")
+    copy = analyst.open_workspace(tmp_path / "copy")
+    shutil.copytree(ws.lake, copy.lake)
+    shutil.copytree(ws.forecasts, copy.forecasts)
+    ingest.ingest_file(later, "balances", copy, analyst.quick_config())
+    ingest.ingest_file(outage, "status", copy, analyst.quick_config())
+    lake = analyst.load_lake(copy, AS_OF)
+    assert (lake.balances["as_of"] <= AS_OF).all() and (pd.to_datetime(lake.status["start"]) < AS_OF).all()
+    assert len(lake.status) and len(lake.balances)
+    # A device forecast for yesterday without an actual row stays, with no actual, instead of vanishing.
+    forecast = analyst.latest_forecast(copy, YESTERDAY)
+    extra = forecast[forecast["device_id"] == "ATM-00001"].assign(device_id="NEW-1")
+    write_table(pd.concat([forecast, extra]), copy.forecasts / f"{YESTERDAY:%Y-%m-%d}" / "forecast.csv")
+    accuracy = analyst.yesterday_accuracy(copy, AS_OF)
+    assert accuracy.set_index("device_id")["withdrawals"].isna().to_dict()["NEW-1"]
+    assert set(analyst.scored_accuracy(accuracy)["device_id"]) == set(DEVICES) - {CENSORED_YESTERDAY}
+    assert "1 forecast device(s) have no actual for yesterday yet" in report._accuracy_note(accuracy)
