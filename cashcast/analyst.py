@@ -251,7 +251,7 @@ def holiday_markers(lake: Lake, device_id: str, start: pd.Timestamp, end: pd.Tim
     """
     country, subdivision = device_place(lake, device_id, config)
     table = holiday_table(country, subdivision, start, end)
-    makeup = table["is_working_day"] & (table["date"].dt.dayofweek >= 5)
+    makeup = table["is_working_day"] & (table["date"].dt.weekday >= 5)
     marked = table[table["is_holiday"] | makeup]
     return pd.DataFrame(
         {
@@ -641,12 +641,10 @@ def what_if(
     else:
         base = functools.partial(_predict, model, history.devices)
     forecaster = shared_forecasts(base)
-    # Every device the window plans, with its master row where it has one: a scenario sets its terms for all.
-    ids = pd.DataFrame({"device_id": window.terms["device_id"].astype(str)})
-    master = ids.merge(history.devices.astype({"device_id": str}), on="device_id", how="left")
     kpis, trajectories, notes = [], [], []
     for name, overrides in checked.items():
-        terms = replenishment.resolve_terms(master.assign(**overrides), window.known, config) if overrides else None
+        master = _master_with(history.devices, window.terms, overrides)
+        terms = replenishment.resolve_terms(master, window.known, config) if overrides else None
         result = window.replay(start, end, forecaster, config, terms=terms)
         kpis.append(result.kpis.assign(scenario=name))
         trajectories.append(result.daily.assign(scenario=name))
@@ -656,6 +654,62 @@ def what_if(
 
 def _predict(model, devices: pd.DataFrame | None, past: pd.DataFrame, as_of: pd.Timestamp, horizon: int):
     return model.predict(past, devices, as_of, horizon)
+
+
+def _master_with(
+    devices: pd.DataFrame, terms: pd.DataFrame, overrides: Mapping[str, object], device_ids: list[str] | None = None
+) -> pd.DataFrame:
+    """The device master of every device in `terms` (its own row where it has one) with `overrides` set for
+    `device_ids` (default: all of them)."""
+    master = pd.DataFrame({"device_id": terms["device_id"].astype(str)})
+    master = master.merge(devices.astype({"device_id": str}), on="device_id", how="left")
+    chosen = np.ones(len(master), dtype=bool) if device_ids is None else master["device_id"].isin(device_ids).to_numpy()
+    for term, value in overrides.items():
+        if term not in master:
+            master[term] = pd.Series(pd.NA, index=master.index, dtype=object)
+        master[term] = master[term].astype(object).where(~chosen, value)
+    return master
+
+
+def plan_what_if(
+    ws: Workspace,
+    config: Config,
+    scenarios: Mapping[str, Mapping[str, object]],
+    as_of: pd.Timestamp | None = None,
+    device_ids: list[str] | None = None,
+) -> dict:
+    """The plan for the morning of `as_of` (default: the next) under each scenario, written nowhere.
+
+    A scenario sets device-master terms (`SCENARIO_TERMS`) for `device_ids` (default: every device), e.g.
+    ``{"as is": {}, "ATM-7 at 90%": {"service_level": 0.9}}`` with ``device_ids=["ATM-7"]``. The model, forecasts,
+    balances and visits on order are `cashcast plan`'s, so a scenario of no terms is the plan `cashcast plan
+    --as-of` writes with the same `config` (pass the nightly run's config for that: `quick_config`'s 50 sample
+    paths make a rougher plan). Returns scenario -> PlanResult (plan, projection, summary, warnings). Needs a
+    champion model: a notebook trains none into a workspace of its own.
+    """
+    import replenishment
+    from forecasting import registry
+
+    if not scenarios:
+        raise ValueError('no scenarios: give at least one, e.g. {"as is": {}}')
+    checked = {name: scenario_terms(config, name, overrides) for name, overrides in scenarios.items()}
+    as_of = jobs.parse_date(as_of) or jobs.next_as_of(ws)
+    if registry.champion_version(ws, config) is None:
+        raise LookupError(f"{ws.home}: no champion model; run `cashcast train` or `cashcast nightly` first")
+    history = jobs.load_history(ws, as_of, config=config)
+    base = jobs.device_terms(history, config)
+    unknown = sorted(set(device_ids or ()) - set(base["device_id"].astype(str)))
+    if unknown:
+        raise KeyError(f"device(s) {unknown} are not in {ws.home}'s lake or device master")
+    model = jobs.champion_or_train(ws, config, as_of, history=lambda: history)
+    forecast = jobs.forecast_devices(model, history, config, config.plan.forecast_days)
+    on_order, made = jobs.visits_on_order(ws, as_of), jobs.visits_made(ws, as_of, history.balances)
+    results = {}
+    for name, overrides in checked.items():
+        master = _master_with(history.devices, base, overrides, device_ids)
+        terms = replenishment.resolve_terms(master, history.daily, config) if overrides else base
+        results[name] = jobs.plan_forecast(forecast, history, config, terms, None, on_order, made)
+    return results
 
 
 # ---------------------------------------------------------------- charts

@@ -732,3 +732,31 @@ def test_each_warning_is_printed_once_on_one_line(capsys):
     for _ in range(2):
         cli._short_warning(UserWarning("holidays estimated for CN [2031]"), UserWarning, "features/x.py", 7)
     assert capsys.readouterr().err == "cashcast: warning: holidays estimated for CN [2031]\n"
+
+
+def test_an_analysts_plan_what_if_is_cashcast_plans_plan_and_writes_nothing(cli_home, tmp_path):
+    """ "This ATM at 90% in tomorrow's plan" could only be asked of a past window (analyst audit)."""
+    from cashcast import analyst, jobs
+    from cashcast.config import load_config
+
+    home, config = cli_home
+    ws, cfg = Workspace.resolve(home), load_config(config)
+    as_of = pd.Timestamp("2026-11-01")
+    out = tmp_path / "plan.csv"
+    jobs.run_plan(ws, cfg, as_of, out=out)
+    before = sorted(str(p.relative_to(home)) for p in home.rglob("*") if p.is_file() and "mlflow" not in p.name)
+    scenarios = {"as is": {}, "cheap visits": {"visit_cost": 1.0}}
+    results = analyst.plan_what_if(ws, cfg, scenarios, as_of, device_ids=["ATM-00001"])
+    after = sorted(str(p.relative_to(home)) for p in home.rglob("*") if p.is_file() and "mlflow" not in p.name)
+    assert after == before  # no plan, forecast or model written
+    written = pd.read_csv(out, dtype={"device_id": str, "visit_date": str})
+    same = results["as is"].plan
+    assert same[["device_id", "amount"]].values.tolist() == written[["device_id", "amount"]].values.tolist()
+    assert pd.to_datetime(same["visit_date"]).dt.strftime("%Y-%m-%d").tolist() == written["visit_date"].tolist()
+    cheap = results["cheap visits"].plan
+    visits = cheap.groupby("device_id").size()
+    assert visits["ATM-00001"] > same.groupby("device_id").size()["ATM-00001"]  # cheap visits: more of them
+    others = cheap[cheap["device_id"] != "ATM-00001"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(others, same[same["device_id"] != "ATM-00001"].reset_index(drop=True))
+    with pytest.raises(KeyError, match="NOPE"):
+        analyst.plan_what_if(ws, cfg, scenarios, as_of, device_ids=["NOPE"])
