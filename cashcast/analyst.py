@@ -21,6 +21,7 @@ shows each one once, as the cell's value.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import os
 import tempfile
@@ -221,6 +222,11 @@ def device_days(lake: Lake, device_id: str) -> pd.DataFrame:
     """
     own = lake.daily[lake.daily["device_id"] == device_id].set_index("date").sort_index()
     if own.empty:
+        known = set(lake.daily["device_id"].astype(str)) | set(lake.devices["device_id"].astype(str))
+        if device_id not in known:
+            close = difflib.get_close_matches(device_id, sorted(known), n=3, cutoff=0.5)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise KeyError(f"{device_id}: no such device in the lake or the device master{hint}")
         raise KeyError(f"{device_id}: no recorded days in the lake before {lake.as_of:%Y-%m-%d}")
     days = pd.date_range(own.index.min(), own.index.max(), freq="D", name="date")
     frame = own[["withdrawals", "deposits", "censored"]].reindex(days)

@@ -282,6 +282,8 @@ def test_lake_view_marks_censored_and_unrecorded_days(planned_ws, config):
     lake = analyst.load_lake(ws, f"{AS_OF:%Y-%m-%d}")  # a notebook's ISO string as well as a Timestamp
     with pytest.raises(ValueError, match="dates are YYYY-MM-DD"):  # 03/11 is March or November: refused, as in ingest
         analyst.load_lake(ws, "01/11/2026")
+    with pytest.raises(KeyError, match="atm-00002: no such device .*did you mean ATM-00002"):
+        analyst.device_days(lake, "atm-00002")
     one = analyst.load_lake(ws, AS_OF, CENSORED_YESTERDAY)  # a device named bare, not in a list
     assert set(one.daily["device_id"]) == {CENSORED_YESTERDAY}
     days = analyst.device_days(lake, CENSORED_YESTERDAY)
