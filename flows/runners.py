@@ -137,16 +137,18 @@ def cached_model(ws: Workspace, config: Config, ref: ModelRef | None = None) -> 
     from forecasting import registry
 
     ref = ref or ModelRef()
-    uri = ws.tracking_uri(config.forecast.tracking_uri)
+    # A version number is only unique within one registered model of one store: on a shared MLflow server,
+    # workspaces with their own model names all have a version 1, and a long-lived worker serves them all.
+    store = (ws.tracking_uri(config.forecast.tracking_uri), config.forecast.registered_model)
     if ref.file is not None:
         key = (ref.file, str(os.stat(ref.file).st_mtime_ns))
     elif ref.version is not None:
-        key = (uri, ref.version)
+        key = (*store, ref.version)
     else:
         version = registry.champion_version(ws, config)
         if version is None:
             raise RuntimeError(f"{ws.home}: no champion model registered; run `cashcast train` first")
-        key, ref = (uri, str(version.version)), ModelRef(version=str(version.version))
+        key, ref = (*store, str(version.version)), ModelRef(version=str(version.version))
     with _cache_lock:
         if key not in _cache:
             _cache[key] = load_model(ws, config, ref)

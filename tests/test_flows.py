@@ -364,6 +364,23 @@ def test_worker_model_cache_keeps_only_the_latest_models(tmp_path):
     assert runners.cached_model(ws, config, last) == {"morning": len(files) - 1}  # still cached
 
 
+def test_worker_model_cache_tells_apart_two_workspaces_models_of_one_server(tmp_path, monkeypatch):
+    """Keyed by (server, version) alone, a Dask worker served one workspace's version 1 to another workspace whose
+    own model, under its own name on the same MLflow server, was version 1 too (production audit)."""
+    from flows import runners
+
+    monkeypatch.setattr(runners, "load_model", lambda ws, config, ref: (config.forecast.registered_model, ref.version))
+    ws = Workspace(tmp_path)
+    server = load_config().updated(forecast={"tracking_uri": "http://mlflow.bank:5000"})
+    first = runners.cached_model(
+        ws, server.updated(forecast={"registered_model": "cash-north"}), jobs.ModelRef(version="1")
+    )
+    second = runners.cached_model(
+        ws, server.updated(forecast={"registered_model": "cash-south"}), jobs.ModelRef(version="1")
+    )
+    assert (first, second) == (("cash-north", "1"), ("cash-south", "1"))
+
+
 def test_training_fans_out_over_the_configured_dask_cluster(nightly_run, fast_config_file, monkeypatch):
     """With task_runner = "dask", the nightly run's training fits go to the cluster chunk by chunk, and the
     plan's chunks to the same cluster: one LocalCluster is started for the whole run."""
