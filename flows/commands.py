@@ -94,6 +94,8 @@ def run_nightly(
 
     # A busy workspace is said in one line before Prefect starts (a failed flow run prints its traceback first),
     # and held until the flow ends, so a second run cannot slip in during Prefect's start-up.
+    # A relative --config would be looked for in each Dask worker's own folder: handed over absolute, as `serve` does.
+    config_file = str(Path(config_file).resolve()) if config_file else None
     with workspace_lock(ws, timeout=wait):
         return nightly_flow(str(ws.home), config_file, as_of, force_train, wait)
 

@@ -760,3 +760,15 @@ def test_an_analysts_plan_what_if_is_cashcast_plans_plan_and_writes_nothing(cli_
     pd.testing.assert_frame_equal(others, same[same["device_id"] != "ATM-00001"].reset_index(drop=True))
     with pytest.raises(KeyError, match="NOPE"):
         analyst.plan_what_if(ws, cfg, scenarios, as_of, device_ids=["NOPE"])
+
+
+def test_the_nightly_hands_its_config_over_by_absolute_path(tmp_path, monkeypatch):
+    """A relative --config was looked for in each Dask worker's own folder: every chunk failed (production audit)."""
+    from flows import commands, nightly
+
+    seen = []
+    monkeypatch.setattr(nightly, "nightly_flow", lambda home, config_file, *rest: seen.append(config_file) or {})
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "net.toml").write_text(FAST_CONFIG)
+    commands.run_nightly(Workspace.resolve(tmp_path / "home"), "net.toml", None)
+    assert seen == [str(tmp_path / "net.toml")]
