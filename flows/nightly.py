@@ -168,7 +168,8 @@ def forecast_and_plan_flow(
     failures = merged["failures"]
     if failures:
         logger.warning("%d device(s) used the fallback forecast: %s", len(failures), ", ".join(sorted(failures)))
-    logger.info("plan written to %s", files.plan)
+    workers = sorted({part["worker"] for part in parts})  # host:pid of the processes that ran the chunks
+    logger.info("plan written to %s; %d chunk(s) ran on %s", files.plan, len(chunks), ", ".join(workers))
     return {
         "as_of": f"{as_of_ts:%Y-%m-%d}",
         "plan": str(files.plan),
@@ -177,7 +178,7 @@ def forecast_and_plan_flow(
         "forecast": str(files.forecast),
         "failures": failures,
         "n_chunks": len(chunks),
-        "workers": sorted({part["worker"] for part in parts}),  # host:pid of the processes that ran the chunks
+        "workers": workers,
     }
 
 

@@ -17,6 +17,7 @@ import os
 import re
 import sqlite3
 import tempfile
+import uuid
 import warnings
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
@@ -102,6 +103,8 @@ def use_store(ws: Workspace, config: Config) -> str:
     if not config.forecast.tracking_uri:
         create_embedded_store(ws)
         relocate_embedded_store(ws)
+    elif uri.startswith(("http://", "https://")):
+        check_server(uri)
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(tracking_uri=uri)
     if client.get_experiment_by_name(config.forecast.experiment) is None:
@@ -109,6 +112,26 @@ def use_store(ws: Workspace, config: Config) -> str:
         client.create_experiment(config.forecast.experiment, artifact_location=location)
     mlflow.set_experiment(config.forecast.experiment)
     return uri
+
+
+SERVER_TIMEOUT_SECONDS = 10.0
+
+
+@functools.cache
+def check_server(uri: str) -> None:
+    """Fail at once, naming the setting, when the MLflow server does not answer (once per process): MLflow's own
+    retries spent about four silent minutes on every command before a line that never named the server."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=SERVER_TIMEOUT_SECONDS) as answer:
+            answer.read()
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ConnectionError(
+            f"the MLflow tracking server at {uri} ([forecast] tracking_uri) does not answer: {reason}"
+        ) from None
 
 
 def create_embedded_store(ws: Workspace) -> None:
@@ -270,9 +293,43 @@ def champion_version(ws: Workspace, config: Config, any_code: bool = False) -> A
         version = client.get_model_version_by_alias(config.forecast.registered_model, CHAMPION)
     except MlflowException:
         return None
+    owner = version.tags.get(WORKSPACE_TAG)
+    if config.forecast.tracking_uri and owner not in (None, workspace_id(ws)):
+        raise WorkspaceClashError(
+            f"the registered model '{config.forecast.registered_model}' on {config.forecast.tracking_uri} belongs to"
+            f" another workspace (id {owner}; {ws.home} is {workspace_id(ws)}): give each workspace on a shared"
+            " MLflow server its own [forecast] registered_model"
+        )
     if not any_code and version.tags.get("code") != code_fingerprint():
         return None
     return version
+
+
+WORKSPACE_TAG = "workspace"
+
+
+class WorkspaceClashError(LookupError):
+    """Two workspaces would share one registered model on a shared MLflow server."""
+
+
+def workspace_id(ws: Workspace) -> str:
+    """The workspace's own id (kept in `<home>/.workspace-id`, made on first use), tagged on its model versions:
+    workspaces sharing an MLflow server must not serve each other's champion."""
+    path = ws.home / ".workspace-id"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    ws.ensure()
+    draft = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    draft.write_text(uuid.uuid4().hex)
+    try:
+        os.link(draft, path)  # whole or not at all: of two commands started together, the first one's id stands
+    except FileExistsError:
+        pass
+    finally:
+        draft.unlink(missing_ok=True)
+    return path.read_text().strip()
 
 
 def _versions_of_this_code(ws: Workspace, config: Config) -> list[Any]:
@@ -305,11 +362,19 @@ def version_trained_for(ws: Workspace, config: Config, as_of: pd.Timestamp) -> A
 
 
 def load_version(ws: Workspace, config: Config, number: str | int) -> Any:
-    """The CashForecaster of the registered version `number`."""
+    """The CashForecaster of the registered version `number`.
+
+    From a server the model is downloaded into a temporary folder removed once it is unpickled: MLflow's own
+    download folder stayed in /tmp, about 60 kB a device on every load, in every command and Dask worker.
+    """
     use_store(ws, config)
     uri = f"models:/{config.forecast.registered_model}/{number}"
     # suppress_warnings skips MLflow's check of the logged requirements against this environment (~1 s).
-    return mlflow.pyfunc.load_model(uri, suppress_warnings=True).unwrap_python_model().forecaster
+    if not config.forecast.tracking_uri:  # the embedded store's artifacts are read where they lie
+        return mlflow.pyfunc.load_model(uri, suppress_warnings=True).unwrap_python_model().forecaster
+    with tempfile.TemporaryDirectory(prefix="cashcast-model-") as folder:
+        model = mlflow.pyfunc.load_model(uri, suppress_warnings=True, dst_path=folder)
+        return model.unwrap_python_model().forecaster
 
 
 def load_champion(ws: Workspace, config: Config) -> Any | None:
@@ -391,6 +456,7 @@ def log_training(
     client.set_model_version_tag(config.forecast.registered_model, version, SCORE_KEY, f"{challenger:.6f}")
     client.set_model_version_tag(config.forecast.registered_model, version, "code", code_fingerprint())
     client.set_model_version_tag(config.forecast.registered_model, version, "settings", settings_fingerprint(config))
+    client.set_model_version_tag(config.forecast.registered_model, version, WORKSPACE_TAG, workspace_id(ws))
     if promote:
         client.set_registered_model_alias(config.forecast.registered_model, CHAMPION, version)
     else:

@@ -246,3 +246,84 @@ def test_the_embedded_store_is_built_whole_or_not_at_all(tmp_path, monkeypatch):
     assert ws.mlflow_db.exists() and not list(ws.home.glob(".mlflow.db.*.tmp*"))
     experiment = MlflowClient(tracking_uri=uri).get_experiment_by_name(config.forecast.experiment)
     assert experiment is not None and experiment.artifact_location == ws.mlflow_artifacts.as_uri()
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real `mlflow server` (sqlite backend, proxied artifacts) on a free local port, stopped afterwards."""
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    store = tmp_path / "server"
+    store.mkdir()
+    command = [
+        str(Path(sys.executable).with_name("mlflow")),
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{store / 'mlflow.db'}",
+        "--serve-artifacts",
+        "--artifacts-destination",
+        str(store / "artifacts"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=store)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=1).read()
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("mlflow server did not start in 60 s")
+        yield uri
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_a_shared_mlflow_server_keeps_workspaces_apart_and_leaves_no_download_behind(
+    mlflow_server, tmp_path, monkeypatch
+):
+    """Production audit: two workspaces on one server served each other's champion silently; every model load
+    left its download in /tmp; an unreachable server meant four silent minutes of retries."""
+    import tempfile
+    import time
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    config = load_config().updated(
+        forecast={"backtest_folds": 1, "backtest_horizon_days": 14, "n_paths": 50, "tracking_uri": mlflow_server}
+    )
+    sample = pd.read_csv(Path(__file__).resolve().parents[1] / "data" / "sample" / "daily.csv")
+    daily = tmp_path / "daily.csv"
+    sample[sample["device_id"].isin(SAMPLE_DEVICES[:2])].to_csv(daily, index=False)
+    north, south = (Workspace.resolve(tmp_path / name).ensure() for name in ("north", "south"))
+    for ws in (north, south):
+        ingest.ingest_file(daily, "daily", ws, config)
+    jobs.run_train(ws=north, config=config, as_of=pd.Timestamp("2026-10-01"))
+    assert not (north.home / "mlflow.db").exists() and not (north.home / "mlartifacts").exists()
+    before = set(scratch.iterdir())
+    model = registry.load_champion(north, config)
+    assert model is not None and set(scratch.iterdir()) == before  # the download is gone once unpickled
+    with pytest.raises(registry.WorkspaceClashError, match="belongs to another workspace.*own \\[forecast\\]"):
+        registry.champion_version(south, config)
+    own = config.updated(forecast={"registered_model": "cashcast-south"})
+    assert registry.champion_version(south, own) is None  # its own name: no champion yet, nobody else's
+    down = config.updated(forecast={"tracking_uri": "http://127.0.0.1:9"})
+    started = time.monotonic()
+    with pytest.raises(ConnectionError, match="tracking server at http://127.0.0.1:9 .*does not answer"):
+        registry.use_store(north, down)
+    assert time.monotonic() - started < 15
