@@ -118,8 +118,11 @@ class Workspace:
         Prefect API aside). Matplotlib keeps its font cache under `<home>/.cache/matplotlib` (0.2 s to
         build once); a temporary Dask cluster's scratch space (lock files, spilled data) goes under
         `<home>/.cache/dask`, not `/tmp/dask-scratch-space`; MLflow's usage telemetry, which writes
-        `~/.config/mlflow` and calls out to the network, is off. Values already set in the environment
-        win. Call before those libraries load."""
+        `~/.config/mlflow` and calls out to the network, is off; so are the run links an MLflow server prints to
+        standard output (among the command's own result lines) and its download progress bars. Values already
+        set in the environment win. Call before those libraries load."""
         os.environ.setdefault("MPLCONFIGDIR", str(self.home / ".cache" / "matplotlib"))
         os.environ.setdefault("DASK_TEMPORARY_DIRECTORY", str(self.home / ".cache" / "dask"))
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

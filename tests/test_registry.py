@@ -322,6 +322,16 @@ def test_a_shared_mlflow_server_keeps_workspaces_apart_and_leaves_no_download_be
         registry.champion_version(south, config)
     own = config.updated(forecast={"registered_model": "cashcast-south"})
     assert registry.champion_version(south, own) is None  # its own name: no champion yet, nobody else's
+    settings = tmp_path / "south.toml"
+    settings.write_text(
+        f'[forecast]\ntracking_uri = "{mlflow_server}"\nregistered_model = "cashcast-south"\n'
+        "backtest_folds = 1\nbacktest_horizon_days = 14\nn_paths = 50\n"
+    )
+    cli = [sys.executable, "-m", "flows", "train", "--home", str(south.home), "--config", str(settings)]
+    done = subprocess.run([*cli, "--as-of", "2026-10-01"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    # The command's result line alone: no run links (the server's) among them, no download bars.
+    assert done.stdout.startswith("trained 2 devices") and len(done.stdout.splitlines()) == 1, done.stdout
     down = config.updated(forecast={"tracking_uri": "http://127.0.0.1:9"})
     started = time.monotonic()
     with pytest.raises(ConnectionError, match="tracking server at http://127.0.0.1:9 .*does not answer"):
