@@ -223,8 +223,20 @@ def main(argv: list[str] | None = None) -> int:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if isinstance(exc, OSError) and exc.strerror:  # "[Errno 21] ..." says nothing to a cash-ops reader
             message = f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+        api = os.environ.get("PREFECT_API_URL")
+        if api and _is_refused_http(exc):  # MLflow's server is checked up front; Prefect's client speaks httpx
+            message = f"{message} (the Prefect API at {api}: is `prefect server start` running?)"
         print(f"cashcast {args.command}: error: {message}", file=sys.stderr)
         return 2 if isinstance(exc, ValueError | FileNotFoundError | LookupError) else 1
+
+
+def _is_refused_http(exc: BaseException) -> bool:
+    """An httpx connection failure (Prefect's client) anywhere in the exception's chain."""
+    while exc is not None:
+        if type(exc).__name__ in ("ConnectError", "ConnectTimeout") and type(exc).__module__.startswith("httpx"):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def print_json(obj: object) -> None:

@@ -772,3 +772,21 @@ def test_the_nightly_hands_its_config_over_by_absolute_path(tmp_path, monkeypatc
     (tmp_path / "net.toml").write_text(FAST_CONFIG)
     commands.run_nightly(Workspace.resolve(tmp_path / "home"), "net.toml", None)
     assert seen == [str(tmp_path / "net.toml")]
+
+
+def test_a_prefect_api_that_went_away_is_named(monkeypatch, capsys):
+    """A nightly whose Prefect server died mid-run ended in '[Errno 111] Connection refused', naming nothing."""
+    import httpx
+
+    from flows import commands
+
+    def refused(args):
+        raise httpx.ConnectError("[Errno 111] Connection refused")
+
+    monkeypatch.setattr(commands, "run", refused)
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4250/api")
+    assert main(["nightly", "--home", "/nonexistent"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "cashcast nightly: error: [Errno 111] Connection refused (the Prefect API at http://127.0.0.1:4250/api: is"
+        " `prefect server start` running?)"
+    )
