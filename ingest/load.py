@@ -764,7 +764,9 @@ def _parse_devices(run: _Run, batch: pa.RecordBatch, first: int) -> pd.DataFrame
                 checks.append((column, "service_level must be above 0 (e.g. 0.99)", values == 0))
             if column == "lead_time_days":
                 with np.errstate(invalid="ignore"):
-                    checks.append((column, "lead_time_days must be whole days", values % 1 != 0))
+                    checks.append(
+                        (column, "lead_time_days must be whole days", np.isfinite(values) & (values % 1 != 0))
+                    )
                 reason = f"lead_time_days above {MAX_PLAN_DAYS} (no plan reaches a visit ordered that far ahead)"
                 checks.append((column, reason, values > MAX_PLAN_DAYS))
             if column == "load_multiple":

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,7 +112,7 @@ class Source:
             self.bad_texts.append(row.text)
             return "skip"
 
-        line_end_in_cell = False
+        last = None
         try:
             reader = pcsv.open_csv(
                 self.path,
@@ -132,43 +133,47 @@ class Source:
                 ),
             )
             for batch in reader:
-                line_end_in_cell = line_end_in_cell or any(map(_holds_line_end, batch.columns))
+                if batch.num_rows:
+                    last = batch
                 yield batch
         except pa.ArrowInvalid as exc:
             if "UTF8" not in str(exc):
                 raise
-            row = self._first_row_not_utf8()
+            row = first_row_not_utf8(self.path)
             raise IngestError(f"{self.path}: row {row}: not UTF-8 text; {SAVE_AS_UTF8}") from None
-        if line_end_in_cell or any("\n" in line or "\r" in line for line in self.bad_texts):
-            row = self._open_quote_row()
-            if row is not None:
+        self._refuse_unclosed_quote(last)
+
+    def _refuse_unclosed_quote(self, last: pa.RecordBatch | None) -> None:
+        """Stop the file when a quote opened in it is never closed: the reader then takes every line after the
+        quote as one cell, which ends the file's last record (or its last wrong-width line). Only that record is
+        looked at, against the file's end: a quoted memo over several lines elsewhere costs nothing."""
+        candidates = []
+        if last is not None:
+            final = last.slice(last.num_rows - 1)
+            candidates = [(name, final.column(k)[0].as_py()) for k, name in enumerate(self.columns)]
+        if self.bad_texts:
+            candidates.append((None, self.bad_texts[-1]))
+        for name, cell in candidates:
+            if not isinstance(cell, str) or not ("\n" in cell or "\r" in cell):
+                continue
+            swallowed = cell.rstrip("\r\n").encode()
+            with open(self.path, "rb") as handle:
+                size = handle.seek(0, os.SEEK_END)
+                back = min(size, len(swallowed) + 2)  # the cell, and the file's last line end
+                handle.seek(size - back)
+                tail = handle.read().rstrip(b"\r\n")
+                if not tail.endswith(swallowed):
+                    continue  # the cell closes before the end of the file
+                start, line = size - back + len(tail) - len(swallowed), 1
+                handle.seek(0)
+                while start > 0:  # the quote's line: read up to it once, and only here
+                    block = handle.read(min(start, 1 << 24))
+                    line, start = line + block.count(b"\n"), start - len(block)
+                where = f"line {line}" if name is None else f"line {line}, column {name}"
                 raise IngestError(
-                    f"{self.path}: row {row}: a quote opens a cell there and is never closed, so every line after it"
+                    f"{self.path}: {where}: a quote opens a cell there and is never closed, so every line after it"
                     " would be read as part of that cell; close or remove the quote and ingest the file again"
                 )
-
-    def _open_quote_row(self) -> int | None:
-        """The row (spreadsheet numbering) whose quoted cell runs to the end of the file, if one does."""
-        with open(self.path, encoding="utf-8-sig", newline="") as handle:
-            cells = csv.reader(handle, delimiter=self.delimiter, strict=True)
-            next(cells, None)
-            last = 1  # the header's row
-            try:
-                for _ in cells:
-                    last += 1
-            except csv.Error as exc:
-                return last + 1 if "unexpected end of data" in str(exc) else None
-        return None
-
-    def _first_row_not_utf8(self) -> int:
-        """The spreadsheet row of the first byte that is not UTF-8 (counting line ends; quoted ones are rare)."""
-        with open(self.path, "rb") as handle:
-            for number, line in enumerate(handle, start=1):
-                try:
-                    line.decode("utf-8")
-                except UnicodeDecodeError:
-                    return number
-        return 0
 
     def bad_lines(self) -> list[tuple[int, str]]:
         """(row number, text) of the lines skipped for a wrong number of fields, once all batches are read.
@@ -226,16 +231,6 @@ class Source:
         return False
 
 
-def _holds_line_end(column: pa.Array) -> bool:
-    """Whether a text column's cells hold a line end anywhere (a memcpy and memchr of its characters: a regex
-    over the cells cost 15% of a large ingest)."""
-    characters = column.buffers()[2]
-    if characters is None:
-        return False
-    raw = bytes(memoryview(characters))
-    return b"\n" in raw or b"\r" in raw
-
-
 def _csv_header(path: Path) -> tuple[list[str], str]:
     """The header's cells and the file's delimiter: a comma, or the semicolon or tab of a header that has
     no comma (spreadsheets in locales with a decimal comma save semicolon-separated CSV)."""
@@ -247,7 +242,8 @@ def _csv_header(path: Path) -> tuple[list[str], str]:
             delimiter = next((d for d in (";", "\t") if "," not in first and d in first), ",")
             header = next(csv.reader([first], delimiter=delimiter), None)
     except UnicodeDecodeError:
-        raise IngestError(f"{path}: not a UTF-8 text file ({_encoding_hint(path)}); {SAVE_AS_UTF8}") from None
+        row = first_row_not_utf8(path)
+        raise IngestError(f"{path}: row {row}: not UTF-8 text ({_encoding_hint(path)}); {SAVE_AS_UTF8}") from None
     except (OSError, csv.Error) as exc:
         raise IngestError(f"{path}: cannot read the file ({exc})") from None
     if not header or not any(cell.strip() for cell in header):
@@ -256,6 +252,17 @@ def _csv_header(path: Path) -> tuple[list[str], str]:
 
 
 SAVE_AS_UTF8 = "save it as UTF-8 CSV (in Excel: Save As, 'CSV UTF-8 (Comma delimited)')"
+
+
+def first_row_not_utf8(path: Path) -> int:
+    """The line of the file's first byte that is not UTF-8 (a line of a spreadsheet row, but for quoted line ends)."""
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return 0
 
 
 def _encoding_hint(path: Path) -> str:
@@ -279,7 +286,8 @@ def is_empty(column: pa.Array) -> np.ndarray:
     return pc.fill_null(empty, False).to_numpy(zero_copy_only=False)
 
 
-THOUSANDS_DOT = r"^\s*[+-]?\d{1,3}(\.\d{3})+\s*$"  # 1.234 or 12.000: a thousand and more where a comma is decimal
+# 1.234 or 12.000: a thousand and more where a comma is decimal (0.995 is a fraction either way)
+THOUSANDS_DOT = r"^\s*[+-]?[1-9]\d{0,2}(\.\d{3})+\s*$"
 
 
 def to_float(column: pa.Array) -> np.ndarray:
@@ -325,8 +333,8 @@ def to_timestamps(column: pa.Array, as_written: bool = False) -> tuple[np.ndarra
     except pa.ArrowInvalid:
         values = text(column)
     zoned = pc.fill_null(pc.match_substring_regex(values, ZONE_SUFFIX), False).to_numpy(zero_copy_only=False)
-    if as_written and zoned.any():
-        values = pc.replace_substring_regex(values, ZONE_PART, "")
+    if as_written and zoned.any():  # only where there is an offset: a bare date's -08 is its day
+        values = pc.if_else(pa.array(zoned), pc.replace_substring_regex(values, ZONE_PART, ""), values)
     out = np.full(len(column), NAT, dtype=np.int64)
     strings = pd.Series(values.to_pandas(), dtype="object")
     plain = ~zoned | as_written

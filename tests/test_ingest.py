@@ -588,7 +588,12 @@ def test_a_file_with_a_header_and_no_rows_is_an_empty_day_not_an_error(tmp_path,
             r"nocol\.csv: missing required column\(s\) \['withdrawals'\]",
         ),
         ("empty.csv", "", "daily", r"empty\.csv: the file is empty"),
-        ("latin.csv", "device_id,date,withdrawals\nM\xfcnchen,2024-01-01,1\n", "daily", r"latin\.csv: not a UTF-8"),
+        (
+            "latin.csv",
+            "device_id,date,withdrawals\nM\xfcnchen,2024-01-01,1\n",
+            "daily",
+            r"latin\.csv: row 2: not UTF-8 text",
+        ),
         ("bad.parquet", "not parquet at all", "daily", r"bad\.parquet: not a readable Parquet file"),
         ("ok.csv", "device_id,date,withdrawals\nA,2024-01-01,1\n", "weekly", r"ok\.csv: unknown kind 'weekly'"),
         ("book.xlsx", "PK\x03\x04 a workbook", "daily", r"book\.xlsx: not a CSV or Parquet file"),
@@ -829,11 +834,17 @@ def test_an_unclosed_quote_stops_the_file_instead_of_swallowing_the_rows_after_i
     before = lake_snapshot(ws)
     rows = "".join(f"A,2024-01-{day:02d},{day},ok\n" for day in range(4, 9))
     body = f'device_id,date,withdrawals,note\nA,2024-01-02,2,12" screen\nA,2024-01-03,3,"unclosed\n{rows}'
-    with (
-        pytest.warns(IngestWarning, match="note ignored"),
-        pytest.raises(IngestError, match="quote.csv: row 3: a quote"),
-    ):
+    says = "quote.csv: line 3, column note: a quote opens a cell there and is never closed"
+    with pytest.warns(IngestWarning, match="note ignored"), pytest.raises(IngestError, match=says):
         ingest_file(write(tmp_path / "quote.csv", body), "daily", ws, config)
+    assert_same_lake(before, lake_snapshot(ws))
+    # A stray quote earlier ("a"b, read as it stands) does not hide it; nor a quote opened in a middle column.
+    stray = body.replace('12" screen', '"a"b')
+    with pytest.warns(IngestWarning), pytest.raises(IngestError, match="line 3, column note: a quote opens"):
+        ingest_file(write(tmp_path / "stray.csv", stray), "daily", ws, config)
+    middle = 'device_id,date,note,withdrawals\nA,2024-01-02,ok,2\nA,2024-01-03,"open,3\nA,2024-01-04,ok,4\n'
+    with pytest.warns(IngestWarning), pytest.raises(IngestError, match="middle.csv: line 3: a quote opens"):
+        ingest_file(write(tmp_path / "middle.csv", middle), "daily", ws, config)
     assert_same_lake(before, lake_snapshot(ws))
     # A quoted memo over several lines is one row, however the reader's blocks fall (they used to split it).
     memos = "device_id,date,withdrawals,memo\n" + "".join(
@@ -857,16 +868,22 @@ def test_odd_text_files_are_read_or_refused_by_row(tmp_path, ws, config):
         ingest_file(latin, "daily", ws, config)
     utf16 = tmp_path / "unicode.txt"
     utf16.write_text("device_id\tdate\twithdrawals\nA\t2024-01-05\t500\n", encoding="utf-16")
-    with pytest.raises(IngestError, match="not a UTF-8 text file .UTF-16, as Excel's 'Unicode Text' saves"):
+    with pytest.raises(IngestError, match="row 1: not UTF-8 text .UTF-16, as Excel's 'Unicode Text' saves"):
         ingest_file(utf16, "daily", ws, config)
+    early = tmp_path / "early.csv"  # within the header's first read: still named by row
+    early.write_bytes(b"device_id,date,withdrawals\nA,2020-01-01,1\nCaf\xe9,2020-01-02,1\n")
+    with pytest.raises(IngestError, match="early.csv: row 3: not UTF-8 text .another encoding"):
+        ingest_file(early, "daily", ws, config)
     # 12.000 in a semicolon file (a decimal-comma locale's) may be twelve thousand: refused, not read as 12.
     semicolons = write(tmp_path / "semi.csv", "device_id;date;withdrawals\nA;2024-01-01;12.000\nA;2024-01-02;12.5\n")
     report = ingest_file(semicolons, "daily", ws, config)
     assert (report.rows_loaded, report.rows_rejected) == (1, 1)
     assert "without thousands dots" in pd.read_csv(report.rejects_path)["reason"][0]
+    fractions = write(tmp_path / "fractions.csv", "device_id;date;withdrawals\nC;2024-01-01;0.500\n")
+    assert ingest_file(fractions, "daily", ws, config).rows_loaded == 1  # 0.500 is a half either way
     commas = write(tmp_path / "comma.csv", "device_id,date,withdrawals\nB,2024-01-01,12.000\n")
     assert ingest_file(commas, "daily", ws, config).rows_loaded == 1
-    assert read_daily(ws).set_index("device_id")["withdrawals"].to_dict() == {"A": 12.5, "B": 12.0}
+    assert read_daily(ws).set_index("device_id")["withdrawals"].to_dict() == {"A": 12.5, "B": 12.0, "C": 0.5}
 
 
 def test_zone_offsets_of_every_form_and_business_dates_as_written(tmp_path, ws, config):
@@ -893,6 +910,11 @@ SHA,2024-01-08 07:33:00 UTC,7
     ingest_file(tmp_path / "d.parquet", "daily", ws, config)
     ny = read_daily(ws).query("device_id == 'NY1'")
     assert ny["date"].tolist() == [pd.Timestamp("2024-01-08"), pd.Timestamp("2024-02-01")]
+    # Beside a zoned one, a bare date keeps its day: -08 ends 2024-03-08 and is no offset.
+    mixed = "device_id,date,withdrawals\nNY1,2024-03-07T00:00:00Z,1\nNY1,2024-03-08,2\nNY1,2024-03-17,3\n"
+    ingest_file(write(tmp_path / "mixed.csv", mixed), "daily", ws, config)
+    march = read_daily(ws).query("device_id == 'NY1' and date >= '2024-03-01'")
+    assert march["date"].dt.day.tolist() == [7, 8, 17]
 
 
 def test_a_file_without_a_column_keeps_the_values_the_lake_holds_for_it(tmp_path, ws, config):
@@ -907,7 +929,7 @@ def test_a_file_without_a_column_keeps_the_values_the_lake_holds_for_it(tmp_path
 def test_device_terms_no_plan_can_use_are_rejected_at_ingest(tmp_path, ws, config):
     """inf and a lead time of 1,000 years loaded, then failed every plan of the network with a numpy message."""
     body = "device_id,capacity,lead_time_days,visit_cost\nA,inf,1,10\nB,1e400,1,10\nC,100,365000,10\nD,100,1,-inf\n"
-    report = ingest_file(write(tmp_path / "devices.csv", body + "E,100,2,10\n"), "devices", ws, config)
+    report = ingest_file(write(tmp_path / "devices.csv", body + "E,100,2,10\nF,100,,10\n"), "devices", ws, config)
     rejects = pd.read_csv(report.rejects_path)
     assert rejects[["row", "column"]].values.tolist() == [
         [2, "capacity"],
@@ -915,7 +937,9 @@ def test_device_terms_no_plan_can_use_are_rejected_at_ingest(tmp_path, ws, confi
         [4, "lead_time_days"],
         [5, "visit_cost"],
     ]
-    assert rejects["reason"][2].startswith("lead_time_days above 90") and report.rows_loaded == 1
+    assert (
+        rejects["reason"][2].startswith("lead_time_days above 90") and report.rows_loaded == 2
+    )  # F: the default lead time
 
 
 def test_an_exports_word_for_no_value_is_no_device_id(tmp_path, ws, config):
