@@ -698,6 +698,7 @@ def plan_what_if(
 
     if not scenarios:
         raise ValueError('no scenarios: give at least one, e.g. {"as is": {}}')
+    device_ids = [device_ids] if isinstance(device_ids, str) else device_ids
     checked = {name: scenario_terms(config, name, overrides) for name, overrides in scenarios.items()}
     as_of = jobs.parse_date(as_of) or jobs.next_as_of(ws)
     if registry.champion_version(ws, config) is None:

@@ -40,7 +40,7 @@ class DeviceDefaults(_Section):
     emergency_visit_cost: float = Field(4500.0, ge=0)
     holding_rate: float = Field(0.05, ge=0, le=1)
     visit_weekdays: str = "Mon,Tue,Wed,Thu,Fri"
-    lead_time_days: int = Field(1, ge=0, le=30)
+    lead_time_days: int = Field(1, ge=0, le=MAX_PLAN_DAYS)  # as ingest allows in the device master
     load_multiple: float = Field(1.0, gt=0)
     service_level: float = Field(0.995, gt=0, lt=1)
     country: str = "CN"

@@ -103,7 +103,7 @@ def use_store(ws: Workspace, config: Config) -> str:
     if not config.forecast.tracking_uri:
         create_embedded_store(ws)
         relocate_embedded_store(ws)
-    elif uri.startswith(("http://", "https://")):
+    elif uri.startswith("http://"):  # https: MLflow's certificate settings decide what reaches it, not a probe
         check_server(uri)
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(tracking_uri=uri)
@@ -127,6 +127,8 @@ def check_server(uri: str) -> None:
     try:
         with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=SERVER_TIMEOUT_SECONDS) as answer:
             answer.read()
+    except urllib.error.HTTPError:
+        return  # it answers (a proxy's 401 or 404 too): MLflow's own calls say what is wrong
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise ConnectionError(
@@ -321,7 +323,7 @@ def workspace_id(ws: Workspace) -> str:
     except FileNotFoundError:
         pass
     ws.ensure()
-    draft = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    draft = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")  # one per caller: threads share a pid
     draft.write_text(uuid.uuid4().hex)
     try:
         os.link(draft, path)  # whole or not at all: of two commands started together, the first one's id stands

@@ -653,10 +653,16 @@ def _note_replaced(run: _Run, changed: pd.DataFrame, old: pd.DataFrame, keys: li
     if before.empty:
         return
     first = before.iloc[0]
+    values = [c for c in changed.columns if c not in keys]
+    column = next(
+        c
+        for c in values
+        if not (first[c] == first[f"{c}_before"] or pd.isna(first[c]) and pd.isna(first[f"{c}_before"]))
+    )
     run.notes.append(
         f"{run.source.path}: {len(before)} device-day(s) the lake held with other values were replaced (the"
-        f" latest file wins), e.g. {first['device_id']} on {first['date']:%Y-%m-%d}: withdrawals"
-        f" {first['withdrawals_before']:.15g} -> {first['withdrawals']:.15g}"
+        f" latest file wins), e.g. {first['device_id']} on {first['date']:%Y-%m-%d}: {column}"
+        f" {first[f'{column}_before']:.15g} -> {first[column]:.15g}"
     )
 
 
@@ -699,6 +705,11 @@ def _latest_per_key(run: _Run, frame: pd.DataFrame, keys: list[str]) -> tuple[pd
         shown.insert(0, "row", conflicts[RECORD].to_numpy())
         run.rejected.append(shown.reset_index(drop=True))
     return winners.drop(columns=RECORD), int((~differs).sum())
+
+
+def _same(a, b) -> bool:
+    """Equal, NaN equal to NaN (as `_unchanged` compares)."""
+    return bool(a == b) or (pd.isna(a) and pd.isna(b))
 
 
 def _keep_absent(new: pd.DataFrame, old: pd.DataFrame, keys: list[str], given: list[str]) -> pd.DataFrame:

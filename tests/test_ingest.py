@@ -924,6 +924,9 @@ def test_a_file_without_a_column_keeps_the_values_the_lake_holds_for_it(tmp_path
     with pytest.warns(IngestWarning, match="withdrawals 100 -> 120"):
         ingest_file(later, "daily", ws, config)
     assert read_daily(ws)[["withdrawals", "deposits"]].values.tolist() == [[120.0, 50.0]]
+    deposits_only = write(tmp_path / "d3.csv", "device_id,date,withdrawals,deposits\nA,2024-01-01,120,70\n")
+    with pytest.warns(IngestWarning, match="e.g. A on 2024-01-01: deposits 50 -> 70"):  # the column that changed
+        ingest_file(deposits_only, "daily", ws, config)
 
 
 def test_device_terms_no_plan_can_use_are_rejected_at_ingest(tmp_path, ws, config):

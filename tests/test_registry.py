@@ -337,3 +337,16 @@ def test_a_shared_mlflow_server_keeps_workspaces_apart_and_leaves_no_download_be
     with pytest.raises(ConnectionError, match="tracking server at http://127.0.0.1:9 .*does not answer"):
         registry.use_store(north, down)
     assert time.monotonic() - started < 15
+
+
+def test_a_workspace_has_one_id_whoever_asks_first(tmp_path):
+    """The id's draft file was named by process: threads of one process overwrote and removed each other's, and
+    some read an empty id or got two (review)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    for trial in range(20):
+        ws = Workspace.resolve(tmp_path / f"ws{trial}")
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            ids = set(pool.map(lambda _: registry.workspace_id(ws), range(8)))
+        assert len(ids) == 1 and len(next(iter(ids))) == 32
+        assert not list(ws.home.glob(".workspace-id.*"))  # no draft left behind
