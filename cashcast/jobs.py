@@ -340,12 +340,14 @@ def _once(read: Callable[[], History]) -> Callable[[], History]:
 
 
 def forecast_devices(
-    model, history: History, config: Config, horizon: int, n_paths: int | None = None
+    model, history: History, config: Config, horizon: int, n_paths: int | None = None, part: bool = False
 ) -> DemandForecast:
     """Forecast the devices of `history` from `history.as_of` on, with the events calendar read with it.
 
     Quantile levels and path count follow `config` (default `n_paths`), not the config the model was
-    trained under: a changed `[forecast] quantiles` must show in tonight's files without a retrain."""
+    trained under: a changed `[forecast] quantiles` must show in tonight's files without a retrain.
+    `part`: `history` is a chunk of a network whose window was checked (`require_history_window`): its devices
+    may all be long silent, which is no reason to refuse."""
     return model.predict(
         history.daily,
         history.devices,
@@ -354,7 +356,17 @@ def forecast_devices(
         n_paths=config.forecast.n_paths if n_paths is None else n_paths,
         events=history.events,
         quantiles=config.forecast.quantiles,
+        require_history=not part,
     )
+
+
+def require_history_window(ws: Workspace, config: Config, as_of: pd.Timestamp) -> None:
+    """Refuse, before a nightly run's chunks start, a morning whose training window holds no day of the lake."""
+    from forecasting.forecaster import NoHistoryError, no_history_message
+
+    last = last_recorded_day(ws)
+    if last is None or last < as_of - pd.Timedelta(days=config.forecast.max_history_days):
+        raise NoHistoryError(no_history_message(config, as_of, last))
 
 
 def run_forecast(
@@ -478,13 +490,14 @@ def plan_devices(
     balances: pd.DataFrame | None = None,
     on_order: pd.DataFrame | None = None,
     made: pd.DataFrame | None = None,
+    part: bool = False,
 ):
     """Forecast with sample paths and plan the visits of the devices in `history` (pure apart from the model).
 
     The forecast runs `[plan] lookahead_days` past the plan's horizon: the optimiser weighs the
-    plan's last loads against the visits that follow.
+    plan's last loads against the visits that follow. `part`: see `forecast_devices`.
     """
-    forecast = forecast_devices(model, history, config, config.plan.forecast_days)
+    forecast = forecast_devices(model, history, config, config.plan.forecast_days, part=part)
     result = plan_forecast(forecast, history, config, device_terms(history, config), balances, on_order, made)
     return forecast, result, forecast.failures
 

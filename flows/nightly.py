@@ -112,7 +112,7 @@ def plan_chunk(
     model = runners.cached_model(ws, config, model)
     history = jobs.load_history(ws, jobs.parse_date(as_of), device_ids=device_ids)
     config = config.updated(plan={"horizon_days": horizon})
-    forecast, result, failures = jobs.plan_devices(model, history, config, on_order=on_order, made=made)
+    forecast, result, failures = jobs.plan_devices(model, history, config, on_order=on_order, made=made, part=True)
     return {
         "worker": f"{socket.gethostname()}:{os.getpid()}",
         "forecast": forecast.frame,
@@ -135,6 +135,7 @@ def forecast_and_plan_flow(
     logger = get_run_logger()
     as_of_ts = jobs.parse_date(as_of) or jobs.next_as_of(ws)
     horizon = horizon or config.plan.horizon_days
+    jobs.require_history_window(ws, config, as_of_ts)  # once for the network; no chunk refuses on its own
     model = jobs.morning_model(ws, config, as_of_ts)  # the chunks load it where they run
     if model != jobs.ModelRef():
         logger.info(

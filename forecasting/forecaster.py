@@ -27,6 +27,18 @@ def _deposit_devices(daily: pd.DataFrame, as_of: pd.Timestamp) -> np.ndarray:
     return np.sort(past.astype(str).unique())
 
 
+class NoHistoryError(ValueError):
+    """No usable day in the training window before the morning asked for."""
+
+
+def no_history_message(config: Config, as_of: pd.Timestamp, last: pd.Timestamp | None) -> str:
+    recorded = "no day is recorded" if last is None or pd.isna(last) else f"the last recorded day is {last:%Y-%m-%d}"
+    return (
+        f"no usable withdrawals in the {config.forecast.max_history_days} days before {as_of:%Y-%m-%d}"
+        f" ({recorded}): ingest newer history, or raise [forecast] max_history_days"
+    )
+
+
 @dataclass
 class TrainResult:
     """What one training run produced: the model and the evidence to log and to compare it by."""
@@ -97,14 +109,8 @@ class CashForecaster:
 
     def _require_history(self, panel: Panel, daily: pd.DataFrame, as_of: pd.Timestamp) -> None:
         """Refuse a window without one usable day: every forecast from it would be zero, silently."""
-        if np.isfinite(panel.values).any():
-            return
-        last = daily.loc[daily["date"] < as_of, "date"].max()
-        recorded = "no day is recorded" if pd.isna(last) else f"the last recorded day is {last:%Y-%m-%d}"
-        raise ValueError(
-            f"no usable withdrawals in the {self.config.forecast.max_history_days} days before {as_of:%Y-%m-%d}"
-            f" ({recorded}): ingest newer history, or raise [forecast] max_history_days"
-        )
+        if not np.isfinite(panel.values).any():
+            raise NoHistoryError(no_history_message(self.config, as_of, daily.loc[daily["date"] < as_of, "date"].max()))
 
     def predict(
         self,
@@ -115,6 +121,7 @@ class CashForecaster:
         n_paths: int | None = None,
         events: pd.DataFrame | None = None,
         quantiles: Sequence[float] | None = None,
+        require_history: bool = True,
     ) -> DemandForecast:
         """Forecast days as_of .. as_of + horizon - 1 from history before as_of.
 
@@ -130,7 +137,8 @@ class CashForecaster:
         stream = f"paths-{self.config.forecast.seed}"  # the paths' own random stream, per target and device
         levels = list(quantiles) if quantiles is not None else self.config.forecast.quantiles
         panel = self._panel(daily, devices, as_of, horizon, None, events=events)
-        self._require_history(panel, daily, as_of)
+        if require_history:  # False: a part of a network whose window the caller has checked (a nightly chunk)
+            self._require_history(panel, daily, as_of)
         dates = pd.date_range(as_of, periods=horizon, freq="D")
         yhat, names, quant, paths, failures = self.withdrawals_.predict(
             panel, horizon, n_paths, f"{stream}-withdrawals", levels

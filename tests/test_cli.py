@@ -790,3 +790,18 @@ def test_a_prefect_api_that_went_away_is_named(monkeypatch, capsys):
         "cashcast nightly: error: [Errno 111] Connection refused (the Prefect API at http://127.0.0.1:4250/api: is"
         " `prefect server start` running?)"
     )
+
+
+def test_the_nightly_refuses_a_morning_past_the_lakes_window_once_for_the_network(tmp_path):
+    from cashcast import jobs
+    from cashcast.config import load_config
+    from forecasting.forecaster import NoHistoryError
+
+    daily = tmp_path / "daily.csv"
+    daily.write_text("device_id,date,withdrawals\nA,2020-01-01,5\n")
+    ws = Workspace.resolve(tmp_path / "home")
+    assert main(["ingest", "--home", str(ws.home), "--kind", "daily", str(daily)]) == 0
+    config = load_config()
+    jobs.require_history_window(ws, config, pd.Timestamp("2020-06-01"))  # within the window: fine
+    with pytest.raises(NoHistoryError, match="last recorded day is 2020-01-01.*max_history_days"):
+        jobs.require_history_window(ws, config, pd.Timestamp("2024-01-01"))

@@ -120,6 +120,9 @@ def test_training_long_after_the_last_recorded_day_says_why_it_cannot(network, c
             train(network.daily, network.devices, late, config)
         with pytest.raises(ValueError, match=f"last recorded day is {last:%Y-%m-%d}.*max_history_days"):
             _forecast(trained.model, network.daily, network.devices, late)
+        # A nightly chunk of long-silent devices is no reason to fail the night (its network was checked): zeros.
+        part = trained.model.predict(network.daily, network.devices, late, 7, require_history=False).frame
+        assert (part["yhat"] == 0).all()
 
 
 def test_ets_defers_to_lightgbm_on_holidays_only(trained, network, config, as_of):

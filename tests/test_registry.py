@@ -347,6 +347,6 @@ def test_a_workspace_has_one_id_whoever_asks_first(tmp_path):
     for trial in range(20):
         ws = Workspace.resolve(tmp_path / f"ws{trial}")
         with ThreadPoolExecutor(max_workers=8) as pool:
-            ids = set(pool.map(lambda _: registry.workspace_id(ws), range(8)))
+            ids = set(pool.map(registry.workspace_id, [ws] * 8))
         assert len(ids) == 1 and len(next(iter(ids))) == 32
         assert not list(ws.home.glob(".workspace-id.*"))  # no draft left behind
