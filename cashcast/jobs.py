@@ -385,11 +385,12 @@ def run_forecast(
     return write_table(forecast.frame, target)
 
 
-def device_terms(history: History, config: Config) -> pd.DataFrame:
-    """The resolved terms of the devices in `history` (master fields, trailing mean demand)."""
+def device_terms(history: History, config: Config, typical: dict[str, float] | None = None) -> pd.DataFrame:
+    """The resolved terms of the devices in `history` (master fields, trailing mean demand); `typical`: the
+    network's typical demand per kind, for a chunk of it (`network_typical_demand`)."""
     import replenishment
 
-    return replenishment.resolve_terms(history.devices, history.daily, config)
+    return replenishment.resolve_terms(history.devices, history.daily, config, typical)
 
 
 def plan_forecast(
@@ -491,6 +492,7 @@ def plan_devices(
     on_order: pd.DataFrame | None = None,
     made: pd.DataFrame | None = None,
     part: bool = False,
+    typical: dict[str, float] | None = None,
 ):
     """Forecast with sample paths and plan the visits of the devices in `history` (pure apart from the model).
 
@@ -498,7 +500,8 @@ def plan_devices(
     plan's last loads against the visits that follow. `part`: see `forecast_devices`.
     """
     forecast = forecast_devices(model, history, config, config.plan.forecast_days, part=part)
-    result = plan_forecast(forecast, history, config, device_terms(history, config), balances, on_order, made)
+    terms = device_terms(history, config, typical)
+    result = plan_forecast(forecast, history, config, terms, balances, on_order, made)
     return forecast, result, forecast.failures
 
 
@@ -742,11 +745,22 @@ def device_chunks(ws: Workspace, size: int) -> list[list[str]]:
     chunks one at a time, so none sits in a chunk without history to forecast from."""
     ids = lake_device_ids(ws)
     chunks = [ids[i : i + size] for i in range(0, len(ids), size)]
-    master = ingest.read_table(ws, "devices")
-    new = sorted(set(master["device_id"].astype(str)) - set(ids)) if len(master) and chunks else []
-    for k, device in enumerate(new):
+    for k, device in enumerate(unrecorded_devices(ws) if chunks else []):
         chunks[k % len(chunks)].append(device)
     return chunks
+
+
+def unrecorded_devices(ws: Workspace) -> list[str]:
+    """The devices of the master with no recorded day in the lake yet."""
+    master = ingest.read_table(ws, "devices")
+    return sorted(set(master["device_id"].astype(str)) - set(lake_device_ids(ws))) if len(master) else []
+
+
+def network_typical_demand(ws: Workspace, config: Config, as_of: pd.Timestamp) -> dict[str, float]:
+    """`replenishment.typical_demand` over the whole lake before `as_of` (read only when a device needs it)."""
+    import replenishment
+
+    return replenishment.typical_demand(device_terms(load_history(ws, as_of), config))
 
 
 def merge_chunks(parts: list[dict]) -> dict:

@@ -105,14 +105,18 @@ def plan_chunk(
     model: jobs.ModelRef,
     on_order: pd.DataFrame | None = None,
     made: pd.DataFrame | None = None,
+    typical: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Forecast and plan one chunk of devices with the `model` of the morning, around their visits
-    `on_order`, from their counts brought forward over the visits `made`; reads only those devices' history."""
+    `on_order`, from their counts brought forward over the visits `made`; reads only those devices' history.
+    `typical`: the network's typical demand per kind, which sizes a device with no recorded day yet."""
     ws, config = _context(home, config_file)
     model = runners.cached_model(ws, config, model)
     history = jobs.load_history(ws, jobs.parse_date(as_of), device_ids=device_ids)
     config = config.updated(plan={"horizon_days": horizon})
-    forecast, result, failures = jobs.plan_devices(model, history, config, on_order=on_order, made=made, part=True)
+    forecast, result, failures = jobs.plan_devices(
+        model, history, config, on_order=on_order, made=made, part=True, typical=typical
+    )
     return {
         "worker": f"{socket.gethostname()}:{os.getpid()}",
         "forecast": forecast.frame,
@@ -142,6 +146,8 @@ def forecast_and_plan_flow(
             "the champion saw days after %s: forecasting with a model trained before it", f"{as_of_ts:%Y-%m-%d}"
         )
     chunks = jobs.device_chunks(ws, config.flows.devices_per_task)
+    # A device with no recorded day is sized on the network's typical one of its kind, as `cashcast plan` sizes it.
+    typical = jobs.network_typical_demand(ws, config, as_of_ts) if jobs.unrecorded_devices(ws) else None
     on_order = jobs.visits_on_order(ws, as_of_ts)
     made = jobs.visits_made(ws, as_of_ts)
     chunk_task = plan_chunk.with_options(**runners.retry_options(config))
@@ -157,6 +163,7 @@ def forecast_and_plan_flow(
                 model,
                 _for_devices(on_order, chunk),
                 _for_devices(made, chunk),
+                typical,
             )
             for chunk in chunks
         ]

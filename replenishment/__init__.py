@@ -10,7 +10,7 @@ from replenishment.plan import (
     with_fleet_total,
 )
 from replenishment.replay import ReplayResult, replay
-from replenishment.terms import device_holidays, resolve_terms
+from replenishment.terms import device_holidays, resolve_terms, typical_demand
 
 __all__ = [
     "PlanResult",
@@ -24,4 +24,5 @@ __all__ = [
     "with_fleet_total",
     "replay",
     "resolve_terms",
+    "typical_demand",
 ]

@@ -58,7 +58,9 @@ def round_up_to_multiple(amount: np.ndarray | float, multiple: np.ndarray | floa
     return np.ceil(np.asarray(amount, dtype="float64") / multiple - 1e-9) * multiple
 
 
-def resolve_terms(devices: pd.DataFrame | None, daily: pd.DataFrame, config) -> pd.DataFrame:
+def resolve_terms(
+    devices: pd.DataFrame | None, daily: pd.DataFrame, config, typical: dict[str, float] | None = None
+) -> pd.DataFrame:
     """One row per device in `devices` ∪ `daily`, every CONTRACT.md device field filled.
 
     Empty cells take `config.devices` (an emergency visit then costs at least the device's visit); an
@@ -101,17 +103,21 @@ def resolve_terms(devices: pd.DataFrame | None, daily: pd.DataFrame, config) -> 
     # A device with no recorded day yet is forecast at the network's typical day: its cassette is sized on the
     # typical device of its kind too (it was one bundle, so the plan loaded one bundle every allowed day).
     unrecorded = pd.isna(terms["last_observed"]).to_numpy()
-    typical = _typical_demand(terms["kind"], terms["mean_daily_demand"], ~unrecorded)
-    basis = np.where(unrecorded, typical, terms["mean_daily_demand"])
+    typical = typical_demand(terms) if typical is None else typical
+    of_kind = terms["kind"].isin([kind for kind in typical if kind]).to_numpy()
+    like = np.where(of_kind, terms["kind"].map(typical).fillna(0.0), typical.get("", 0.0)).astype("float64")
+    basis = np.where(unrecorded, like, terms["mean_daily_demand"])
     derived = round_up_to_multiple(defaults.capacity_days * basis, terms["load_multiple"])
     # A device with no demand at all still needs a cassette: one bundle keeps the arithmetic sane.
     derived = np.maximum(derived, terms["load_multiple"].to_numpy())
     days = f"{defaults.capacity_days:g} x"
     terms["capacity_source"] = np.select(
-        [~unknown, unrecorded & (typical > 0), basis > 0],
+        [~unknown, unrecorded & (like > 0), basis > 0],
         [
             "master",
-            f"no history: {days} the typical " + terms["kind"] + "'s mean daily demand",
+            f"no history: {days} the typical "
+            + np.where(of_kind, terms["kind"], "recorded device")
+            + "'s mean daily demand",
             f"{days} mean daily demand",
         ],
         "no history",
@@ -123,13 +129,17 @@ def resolve_terms(devices: pd.DataFrame | None, daily: pd.DataFrame, config) -> 
     return terms[columns].drop_duplicates("device_id").reset_index(drop=True)
 
 
-def _typical_demand(kind: pd.Series, mean_daily_demand: pd.Series, recorded: np.ndarray) -> np.ndarray:
-    """Per device, the median mean daily demand of the recorded devices of its kind (of all recorded devices
-    when none of its kind is); 0 when no device is recorded."""
-    recorded_demand = mean_daily_demand[recorded]
-    overall = float(recorded_demand.median()) if len(recorded_demand) else 0.0
-    by_kind = recorded_demand.groupby(kind[recorded]).median()
-    return kind.map(by_kind).fillna(overall).to_numpy(dtype="float64")
+def typical_demand(terms: pd.DataFrame) -> dict[str, float]:
+    """The median mean daily demand of the recorded devices of `terms` (resolved), per kind, and under "" over all
+    kinds: what a device with no recorded day yet is sized on. The nightly run takes it from the whole network, so
+    a new device's cassette does not depend on the chunk it lands in."""
+    recorded = terms["last_observed"].notna().to_numpy()
+    demand = terms.loc[recorded, "mean_daily_demand"]
+    typical = {"": float(demand.median()) if len(demand) else 0.0}
+    typical.update(
+        {str(kind): float(value) for kind, value in demand.groupby(terms.loc[recorded, "kind"]).median().items()}
+    )
+    return typical
 
 
 def device_holidays(terms: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:

@@ -93,6 +93,11 @@ def test_resolve_terms_fills_defaults_and_derives_capacity(config):
     assert terms.loc["C", "capacity_source"] == "no history: 14 x the typical atm's mean daily demand"
     branch = resolve_terms(devices.assign(kind=["atm", "branch"]), daily, config).set_index("device_id")
     assert branch.loc["C", "capacity"] == 9340.0  # no branch recorded: the typical device of any kind
+    assert branch.loc["C", "capacity_source"] == "no history: 14 x the typical recorded device's mean daily demand"
+    # A nightly chunk is handed the network's typical demand, so a new device's cassette is the same in every chunk.
+    network = {"": 500.0, "atm": 1000.0, "branch": 4000.0}
+    handed = resolve_terms(devices.assign(kind=["atm", "branch"]), daily, config, network).set_index("device_id")
+    assert handed.loc["C", "capacity"] == 56_000.0 and handed.loc["B", "capacity"] == 4670.0  # B: its own
     assert resolve_terms(devices, daily.iloc[:0], config).set_index("device_id").loc["C", "capacity_source"] == (
         "no history"
     )
