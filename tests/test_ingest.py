@@ -897,9 +897,10 @@ SHA,2024-01-08 07:30:00+08,100
 SHA,2024-01-08 07:31:00,50
 SHA,2024-01-08 07:32:00+08:00,1
 SHA,2024-01-08 07:33:00 UTC,7
+SHA,2024-01-08 07:34:00+8,9
 """
     report = ingest_file(write(tmp_path / "t.csv", body), "transactions", ws, config)
-    assert (report.rows_loaded, report.rows_rejected) == (3, 1)  # ' UTC' is no ISO offset: refused, not guessed
+    assert (report.rows_loaded, report.rows_rejected) == (3, 2)  # ' UTC', '+8': no ISO offsets: refused, not guessed
     assert read_daily(ws)[["device_id", "date", "withdrawals"]].values.tolist() == [
         ["SHA", pd.Timestamp("2024-01-08"), 151.0]
     ]
