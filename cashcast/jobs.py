@@ -609,7 +609,7 @@ def read_balances_file(path: Path, as_of: pd.Timestamp) -> pd.DataFrame:
     """
     import pyarrow as pa
 
-    from ingest.parse import Source, days_of, is_empty, text, to_float, to_timestamps
+    from ingest.parse import Source, days_of, device_ids, is_empty, to_float, to_timestamps
     from replenishment.plan import PlanWarning
 
     source = Source.open(path, batch_rows=1 << 16)
@@ -622,21 +622,18 @@ def read_balances_file(path: Path, as_of: pd.Timestamp) -> pd.DataFrame:
             {"device_id": pd.Series(dtype="string"), "as_of": pd.Series(dtype="datetime64[ns]"), "balance": []}
         )
     table = pa.Table.from_batches(batches)
-    ids, counted = text(table["device_id"].combine_chunks()), table["balance"].combine_chunks()
-    # An id copied from a plan CSV keeps its formula escape ('-5): the device is -5.
-    ids = pa.array(unescape_formulas(pd.Series(ids.to_pylist(), dtype="string")), pa.string())
+    ids, counted = device_ids(table["device_id"].combine_chunks()), table["balance"].combine_chunks()
     amount = to_float(counted)
-    day, zoned = np.full(len(table), np.datetime64(as_of.normalize(), "D")), np.zeros(len(table), bool)
+    day = np.full(len(table), np.datetime64(as_of.normalize(), "D"))
     if "as_of" in source.columns:
-        ns, zoned = to_timestamps(table["as_of"].combine_chunks())
-        day = days_of(ns)  # the morning counted: its date, whatever the hour
+        ns, _ = to_timestamps(table["as_of"].combine_chunks(), as_written=True)
+        day = days_of(ns)  # the morning counted: its date as written, whatever the hour or zone (as ingest reads it)
     for column, problem, bad in (
         ("device_id", "empty", is_empty(ids)),
         ("balance", "empty", is_empty(counted)),
         ("balance", "not a number", np.isnan(amount)),
         ("balance", "negative", amount < 0),
         ("as_of", "not a YYYY-MM-DD date", np.isnat(day)),
-        ("as_of", "has a time zone: give the device's local date", zoned),
     ):
         if bad.any():
             record = int(bad.argmax())

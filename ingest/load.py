@@ -60,6 +60,7 @@ from ingest.parse import (
     Source,
     combine_hashes,
     days_of,
+    device_ids,
     hash_strings,
     is_empty,
     text,
@@ -413,7 +414,7 @@ def _load_transactions(run: _Run, staging: lk.Staging) -> tuple[int, int]:
     columns = run.source.columns
     try:
         for batch, first in run.batches():
-            ids = text(batch["device_id"])
+            ids = device_ids(batch["device_id"])
             amount, amount_checks = run.amount_checks(batch, "amount")
             amount_checks.append(("amount", "amount 0 (a transaction moves cash: amounts are positive)", amount == 0))
             if "type" in columns:
@@ -617,7 +618,7 @@ def _load_daily(run: _Run, staging: lk.Staging) -> tuple[int, int]:
     value_columns = [c for c in ("deposits", "n_withdrawals", "n_deposits") if c in run.source.columns]
     parts = []
     for batch, first in run.batches():
-        ids = text(batch["device_id"])
+        ids = device_ids(batch["device_id"])
         ns = to_timestamps(batch["date"], as_written=True)[0]  # a business date, wherever the device is
         withdrawals, checks = run.amount_checks(batch, "withdrawals")
         values = {"withdrawals": withdrawals}
@@ -753,7 +754,7 @@ def _load_small(run: _Run, staging: lk.Staging, name: str, parse) -> tuple[int, 
 
 
 def _parse_devices(run: _Run, batch: pa.RecordBatch, first: int) -> pd.DataFrame:
-    ids = text(batch["device_id"])
+    ids = device_ids(batch["device_id"])
     columns = run.source.columns
     out = {"device_id": ids}
     checks = run.id_checks(ids, master=False)
@@ -881,7 +882,7 @@ def _is_zone(value: str) -> bool:
 
 
 def _parse_balances(run: _Run, batch: pa.RecordBatch, first: int) -> pd.DataFrame:
-    ids = text(batch["device_id"])
+    ids = device_ids(batch["device_id"])
     ns = to_timestamps(batch["as_of"], as_written=True)[0]  # the morning counted, as the counter wrote it
     balance, checks = run.amount_checks(batch, "balance")
     good = run.screen(batch, first, [*run.id_checks(ids), *run.date_checks(batch, "as_of", ns), *checks])
@@ -896,7 +897,7 @@ def _parse_balances(run: _Run, batch: pa.RecordBatch, first: int) -> pd.DataFram
 
 
 def _parse_status(run: _Run, batch: pa.RecordBatch, first: int) -> pd.DataFrame:
-    ids = text(batch["device_id"])
+    ids = device_ids(batch["device_id"])
     start = run.local_ns(batch, "start", ids)
     end = run.local_ns(batch, "end", ids)
     end_empty = is_empty(batch["end"])

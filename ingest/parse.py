@@ -278,6 +278,17 @@ def text(column: pa.Array) -> pa.Array:
     return pc.if_else(pc.equal(values, ""), pa.scalar(None, pa.string()), values)
 
 
+def device_ids(column: pa.Array) -> pa.Array:
+    """Trimmed device ids, without the formula escape Cashcast's CSVs put on an id like -5 ('-5): an id copied from
+    a plan into a file is that device, at ingest and in `plan --balances` alike."""
+    ids = text(column)
+    quoted = pc.starts_with(ids, "'")
+    if not pc.any(quoted).as_py():
+        return ids
+    escaped = pc.fill_null(pc.match_substring_regex(ids, r"^'[=+\-@]"), False)
+    return pc.if_else(escaped, pc.utf8_slice_codeunits(ids, 1), ids)
+
+
 def is_empty(column: pa.Array) -> np.ndarray:
     """Mask of empty cells (null, or "" in a text column); a blank of spaces counts as a value."""
     empty = pc.is_null(column)
