@@ -897,32 +897,29 @@ def replay_window(
     for warning in said:
         warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     terms = replenishment.resolve_terms(history.devices, known, config)
-    return ReplayWindow(history, known, terms, replay_opening(history.balances, known, start))
+    return ReplayWindow(history, known, terms, replay_opening(history.balances, start))
 
 
-def replay_opening(balances: pd.DataFrame, known: pd.DataFrame, start: pd.Timestamp) -> pd.DataFrame | None:
-    """The counts a replay starts from, brought to the morning of `start` as a plan brings them (recorded demand
-    since; no visit is known). A count older than the plan would bring forward is left out, with a warning: the
-    device starts from the replay's default (a count of 10 three months old made even perfect foresight run dry)."""
-    import replenishment
-
+def replay_opening(balances: pd.DataFrame, start: pd.Timestamp) -> pd.DataFrame | None:
+    """The counts a replay starts from: those of the morning of `start`. An older count is left out, with a
+    warning (the device starts from the replay's default): the visits since it are not known to a replay, so
+    brought forward it would run a refilled device dry, and taken as it stands, a three-month-old count of 10
+    made even perfect foresight run dry."""
     opening = latest_balances(balances, start)
     if opening.empty:
         return None
-    opening = replenishment.roll_balances_forward(opening, known, None, start)
-    oldest = start - pd.Timedelta(days=replenishment.plan.MAX_ROLL_DAYS)
-    stale = (pd.to_datetime(opening["counted_on"]) < oldest).to_numpy()
+    stale = (pd.to_datetime(opening["balance_as_of"]).dt.normalize() < start).to_numpy()
     if stale.any():
         first = opening[stale].iloc[0]
         warnings.warn(
             ReplayWarning(
-                f"{int(stale.sum())} device(s)' last cash count is more than {replenishment.plan.MAX_ROLL_DAYS} days"
-                f" before {start:%Y-%m-%d} (e.g. {first['device_id']}, counted {first['counted_on']:%Y-%m-%d}):"
-                " they start from the replay's default, min_balance + 7 days of trailing demand"
+                f"{int(stale.sum())} device(s) have no cash count on the morning of {start:%Y-%m-%d} (e.g."
+                f" {first['device_id']}, last counted {first['balance_as_of']:%Y-%m-%d}): they start from the"
+                " replay's default, min_balance + 7 days of trailing demand"
             ),
             stacklevel=3,
         )
-    opening = opening[~stale]
+    opening = opening[~stale].drop(columns="balance_as_of")
     return opening if len(opening) else None
 
 

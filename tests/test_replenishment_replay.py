@@ -295,15 +295,13 @@ def test_devices_without_a_record_in_the_window_are_left_out_and_an_empty_window
         replay(daily, terms, pd.Timestamp("2025-06-01"), pd.Timestamp("2025-06-30"), forecast, config)
 
 
-def test_a_replay_starts_from_counts_brought_to_its_first_morning_and_drops_stale_ones():
+def test_a_replay_starts_from_the_counts_of_its_first_morning_only():
     """The latest count before --start was used as the opening cash however old: a count of 10 three months
-    before the window made even perfect foresight run dry on CUB (contract audit)."""
+    before the window made even perfect foresight run dry on CUB (contract audit); brought forward without the
+    visits since (a replay knows none), a count of last week ran a refilled device dry (review)."""
     from cashcast.jobs import ReplayWarning, replay_opening
 
     start = pd.Timestamp("2024-03-01")
-    days = pd.date_range("2023-11-01", start - pd.Timedelta(days=1))
-    known = pd.DataFrame({"device_id": np.repeat(["A", "B", "C"], len(days)), "date": np.tile(days, 3)})
-    known["withdrawals"] = 10.0
     counts = pd.DataFrame(
         {
             "device_id": ["A", "B", "C", "A"],
@@ -311,7 +309,7 @@ def test_a_replay_starts_from_counts_brought_to_its_first_morning_and_drops_stal
             "balance": [500.0, 300.0, 10.0, 1.0],
         }
     )
-    with pytest.warns(ReplayWarning, match=r"1 device\(s\)' last cash count .* \(e.g. C, counted 2023-12-01\)"):
-        opening = replay_opening(counts, known, start)
-    # A's count of that morning as it is; B's of four mornings before less four days of demand; C left out.
-    assert opening.set_index("device_id")["balance"].to_dict() == {"A": 500.0, "B": 260.0}
+    with pytest.warns(ReplayWarning, match=r"2 device\(s\) have no cash count on the morning of 2024-03-01 \(e.g. C"):
+        opening = replay_opening(counts, start)
+    assert opening.set_index("device_id")["balance"].to_dict() == {"A": 500.0}
+    assert replay_opening(counts.iloc[:0], start) is None
