@@ -617,6 +617,24 @@ def scenario_terms(config: Config, name: str, overrides: Mapping[str, object]) -
     return {term: getattr(checked, term) for term in overrides}
 
 
+def _possible(name: str, terms: pd.DataFrame) -> pd.DataFrame:
+    """`terms` of a scenario, refused (naming the first device) where no plan can keep them, as ingest refuses
+    them in a device master: a floor at or above the cassette or the ceiling, a bundle bigger than the cassette."""
+    impossible = (
+        (terms["min_balance"] >= terms["capacity"])
+        | (terms["load_multiple"] > terms["capacity"])
+        | (terms["max_balance"] <= terms["min_balance"])
+    )
+    if impossible.any():
+        row = terms[impossible].iloc[0]
+        raise ValueError(
+            f"scenario {name!r}: device {row['device_id']} would have min_balance {row['min_balance']:g}, capacity"
+            f" {row['capacity']:g}, max_balance {row['max_balance']:g} and load_multiple {row['load_multiple']:g}:"
+            " no plan can keep them"
+        )
+    return terms
+
+
 def what_if(
     ws: Workspace,
     config: Config,
@@ -650,7 +668,7 @@ def what_if(
     kpis, trajectories, notes = [], [], []
     for name, overrides in checked.items():
         master = _master_with(history.devices, window.terms, overrides)
-        terms = replenishment.resolve_terms(master, window.known, config) if overrides else None
+        terms = _possible(name, replenishment.resolve_terms(master, window.known, config)) if overrides else None
         result = window.replay(start, end, forecaster, config, terms=terms)
         kpis.append(result.kpis.assign(scenario=name))
         trajectories.append(result.daily.assign(scenario=name))
@@ -714,7 +732,7 @@ def plan_what_if(
     results = {}
     for name, overrides in checked.items():
         master = _master_with(history.devices, base, overrides, device_ids)
-        terms = replenishment.resolve_terms(master, history.daily, config) if overrides else base
+        terms = _possible(name, replenishment.resolve_terms(master, history.daily, config)) if overrides else base
         results[name] = jobs.plan_forecast(forecast, history, config, terms, None, on_order, made)
     return results
 

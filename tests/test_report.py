@@ -416,6 +416,8 @@ def test_what_if_sets_master_terms_checked_and_replays_as_the_backtest_does(plan
     ):
         with pytest.raises(ValueError, match=re.escape(says)):
             analyst.what_if(ws, config, start, end, {"bad": bad})
+    with pytest.raises(ValueError, match="scenario 'bad': device .* min_balance 1e\\+09.*no plan can keep them"):
+        analyst.what_if(ws, config, start, end, {"bad": {"min_balance": 1e9}})
     with pytest.raises(KeyError, match="unknown device term.*mean_daily_demand"):  # derived: not a term to set
         analyst.what_if(ws, config, start, end, {"bad": {"mean_daily_demand": 5.0}})
     with pytest.raises(ValueError, match="no scenarios"):
