@@ -373,11 +373,14 @@ class _SeenKeys:
         self.lake = lake
         self.chunks: dict[np.datetime64, list[tuple[np.ndarray, np.ndarray | None]]] = {}
 
-    def fresh(self, month: np.datetime64, keys: np.ndarray, bodies: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(mask of keys not seen before, the body each seen key was first loaded with) for unique `keys`; the
-        fresh ones are remembered from now on."""
+    def fresh(
+        self, month: np.datetime64, keys: np.ndarray, bodies: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(mask of keys not seen before, the body each seen key was first loaded with, mask of keys seen earlier in
+        this file, not in the lake) for unique `keys`; the fresh ones are remembered from now on."""
         chunks = self.chunks.setdefault(month, [(lk.transaction_keys(self.lake, month), None)])
         seen = np.zeros(len(keys), dtype=bool)
+        in_file = np.zeros(len(keys), dtype=bool)
         seen_bodies = np.zeros(len(keys), dtype=np.uint32)
         for index, (chunk, chunk_bodies) in enumerate(chunks):
             if not len(chunk):
@@ -391,11 +394,13 @@ class _SeenKeys:
             if hit.any():
                 seen_bodies[hit] = chunk_bodies[at[hit]]
             seen |= hit
+            if index:  # chunk 0 is the lake's
+                in_file |= hit
         chunks.append(_sorted_by_key(keys[~seen], bodies[~seen]))
         if len(chunks) > 8:  # the lake's chunk stays apart, its bodies perhaps unread
             merged = _sorted_by_key(*(np.concatenate(part) for part in zip(*chunks[1:], strict=True)))
             self.chunks[month] = [chunks[0], merged]
-        return ~seen, seen_bodies
+        return ~seen, seen_bodies, in_file
 
 
 def _sorted_by_key(keys: np.ndarray, bodies: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -445,17 +450,19 @@ def _load_transactions(run: _Run, staging: lk.Staging) -> tuple[int, int]:
             body = lk.transaction_body(ns, amount, is_deposit)
             first_row = _first_rows(key)  # per row, the batch's first row of its key
             repeated = first_row != np.arange(len(key))
-            if "txn_id" not in columns and repeated.any():
-                identical.append(first + np.flatnonzero(good)[repeated])
+            again = repeated.copy()  # rows repeating an earlier row of this file (this batch or one before)
             new = ~repeated
             kept_body = body.copy()  # per row, the values its key is kept with: the loaded ones, else its own
             months = np.arange(month.min(), month.max() + 1) if len(month) else month
             for m in months:
                 rows = np.flatnonzero(new & (month == m))
                 if len(rows):
-                    fresh, seen_body = seen.fresh(m, key[rows], body[rows])
+                    fresh, seen_body, in_file = seen.fresh(m, key[rows], body[rows])
+                    again[rows[in_file]] = True
                     new[rows[~fresh]] = False
                     kept_body[rows[~fresh]] = seen_body[~fresh]
+            if "txn_id" not in columns and again.any():
+                identical.append(first + np.flatnonzero(good)[again])
             if repeated.any():  # a key again in this batch is kept with its first row's kept values
                 kept_body = kept_body[first_row]
             # Only a txn_id can repeat with other values: a key without one hashes the values themselves.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import holidays
@@ -183,6 +184,17 @@ B,2024-03-01 10:00,50
         report = ingest_file(path, "transactions", ws, config)
     assert (report.rows_loaded, report.rows_duplicate) == (3, 1)
     assert read_daily(ws)["withdrawals"].tolist() == [110.0, 50.0]
+    # An export pasted twice into one file: the repeats fall in later batches than their first rows (review).
+    stamps = pd.date_range("2024-04-01", periods=1500, freq="30s")  # 1,000-row batches: the copy falls later
+    rows = [f"C,{stamp:%Y-%m-%d %H:%M:%S},{10 + k % 2}\n" for k, stamp in enumerate(stamps)]
+    twice = write(tmp_path / "twice.csv", "device_id,timestamp,amount\n" + "".join(rows) * 2)
+    with pytest.warns(IngestWarning, match=f"{len(rows)} row.* repeat an earlier row of the file exactly"):
+        report = ingest_file(twice, "transactions", ws, config)
+    assert (report.rows_loaded, report.rows_duplicate) == (len(rows), len(rows))
+    again = write(tmp_path / "again.csv", "device_id,timestamp,amount\n" + "".join(rows))
+    with warnings.catch_warnings():  # sent again later: the lake's own rows, no news about the file
+        warnings.simplefilter("error", IngestWarning)
+        assert ingest_file(again, "transactions", ws, config).rows_duplicate == len(rows)
 
 
 def test_zoned_timestamps_use_the_device_time_zone(tmp_path, ws, config):
