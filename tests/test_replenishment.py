@@ -877,3 +877,16 @@ def test_a_carrier_taking_orders_on_weekdays_moves_order_by_off_the_weekend(conf
         while due.day_of_week >= 5:  # the last weekday at least a day before the visit
             due -= pd.Timedelta(days=1)
         assert order_by == due, visit
+
+
+def test_an_unvisited_devices_risk_is_counted_over_the_plans_days(config):
+    """Cash for 17 days, a shorter plan: no visit in it, and the summary said "no visit planned in the 10 days:
+    100% risk of running out", counting the lookahead simulated after the plan (README audit)."""
+    forecast = lognormal_forecast([100.0], config.plan.forecast_days, n_paths=100, sigma=0.1, seed=5)
+    terms = make_terms(config, 1, capacity=[5000.0], visit_cost=[50.0])
+    balances = pd.DataFrame({"device_id": ["D0"], "balance": [1700.0]})
+    result = plan_network(forecast, terms, balances, AS_OF, config, holidays=NO_HOLIDAYS)
+    assert result.plan.empty
+    note = result.summary.set_index("device_id").loc["D0", "notes"]
+    said = f"no visit planned in the {config.plan.horizon_days} days: 0% risk of running out on the cash on hand"
+    assert config.plan.horizon_days < 17 and note.startswith(said), note
