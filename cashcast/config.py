@@ -63,6 +63,31 @@ class DeviceDefaults(_Section):
             )
         return self
 
+    @field_validator("min_balance")
+    @classmethod
+    def _floor_below_capacity(cls, value: float, info: ValidationInfo) -> float:
+        """As ingest refuses a master row: a floor at or above the cassette leaves no cash to serve."""
+        capacity = info.data.get("capacity") or 0.0
+        if capacity > 0 and value >= capacity:
+            raise ValueError(f"min_balance {value:g} is at or above capacity {capacity:g}: no cash left to serve")
+        return value
+
+    @field_validator("max_balance")
+    @classmethod
+    def _ceiling_above_floor(cls, value: float, info: ValidationInfo) -> float:
+        floor = info.data.get("min_balance")
+        if value > 0 and floor is not None and value <= floor:
+            raise ValueError(f"max_balance {value:g} is at or below min_balance {floor:g}: no cash left to serve")
+        return value
+
+    @field_validator("load_multiple")
+    @classmethod
+    def _bundle_fits(cls, value: float, info: ValidationInfo) -> float:
+        capacity = info.data.get("capacity") or 0.0
+        if capacity > 0 and value > capacity:
+            raise ValueError(f"load_multiple {value:g} is above capacity {capacity:g}: no whole bundle fits")
+        return value
+
     @field_validator("country")
     @classmethod
     def _country(cls, value: str) -> str:

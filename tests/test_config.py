@@ -110,3 +110,15 @@ def test_workspace_resolution_order(tmp_path: Path, monkeypatch):
     ws = Workspace.resolve(tmp_path / "flag")
     assert ws.tracking_uri() == f"sqlite:///{ws.home / 'mlflow.db'}"
     assert ws.tracking_uri("http://mlflow:5000") == "http://mlflow:5000"
+
+
+def test_device_defaults_no_plan_can_keep_are_refused_as_a_master_row_is():
+    """capacity 50,000 with min_balance 60,000 loaded 50,000 a day at stockout risk 1 everywhere (README audit)."""
+    for devices, key in (
+        ({"capacity": 50_000.0, "min_balance": 60_000.0}, "devices.min_balance"),
+        ({"min_balance": 500.0, "max_balance": 400.0}, "devices.max_balance"),
+        ({"capacity": 50_000.0, "load_multiple": 60_000.0}, "devices.load_multiple"),
+    ):
+        with pytest.raises(ConfigError, match=f"invalid config key '{key}'"):
+            load_config().updated(devices=devices)
+    assert load_config().updated(devices={"min_balance": 60_000.0}).devices.capacity == 0  # capacity derived: fine
