@@ -897,30 +897,28 @@ def replay_window(
     for warning in said:
         warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     terms = replenishment.resolve_terms(history.devices, known, config)
-    return ReplayWindow(history, known, terms, replay_opening(history.balances, start))
+    return ReplayWindow(history, known, terms, replay_opening(history.balances, start, terms["device_id"]))
 
 
-def replay_opening(balances: pd.DataFrame, start: pd.Timestamp) -> pd.DataFrame | None:
-    """The counts a replay starts from: those of the morning of `start`. An older count is left out, with a
-    warning (the device starts from the replay's default): the visits since it are not known to a replay, so
-    brought forward it would run a refilled device dry, and taken as it stands, a three-month-old count of 10
-    made even perfect foresight run dry."""
+def replay_opening(balances: pd.DataFrame, start: pd.Timestamp, device_ids) -> pd.DataFrame | None:
+    """The counts a replay of `device_ids` starts from: those of the morning of `start`. A device without one
+    starts from the replay's default, and a warning says how many: the visits since an older count are not known
+    to a replay, so brought forward it would run a refilled device dry, and taken as it stands, a
+    three-month-old count of 10 made even perfect foresight run dry."""
     opening = latest_balances(balances, start)
-    if opening.empty:
-        return None
-    stale = (pd.to_datetime(opening["balance_as_of"]).dt.normalize() < start).to_numpy()
-    if stale.any():
-        first = opening[stale].iloc[0]
+    if len(opening):
+        opening = opening[pd.to_datetime(opening["balance_as_of"]).dt.normalize() == start]
+    opening = opening[["device_id", "balance"]]
+    missing = sorted(set(map(str, device_ids)) - set(opening["device_id"].astype(str)))
+    if missing:
         warnings.warn(
             ReplayWarning(
-                f"{int(stale.sum())} device(s) have no cash count on the morning of {start:%Y-%m-%d} (e.g."
-                f" {first['device_id']}, last counted {first['balance_as_of']:%Y-%m-%d}): they start from the"
-                " replay's default, min_balance + 7 days of trailing demand"
+                f"{len(missing)} device(s) have no cash count on the morning of {start:%Y-%m-%d} (e.g. {missing[0]}):"
+                " they start from the replay's default, min_balance + 7 days of trailing demand"
             ),
             stacklevel=3,
         )
-    opening = opening[~stale].drop(columns="balance_as_of")
-    return opening if len(opening) else None
+    return opening.reset_index(drop=True) if len(opening) else None
 
 
 def retraining_forecaster(

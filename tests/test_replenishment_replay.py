@@ -309,7 +309,8 @@ def test_a_replay_starts_from_the_counts_of_its_first_morning_only():
             "balance": [500.0, 300.0, 10.0, 1.0],
         }
     )
-    with pytest.warns(ReplayWarning, match=r"2 device\(s\) have no cash count on the morning of 2024-03-01 \(e.g. C"):
-        opening = replay_opening(counts, start)
+    with pytest.warns(ReplayWarning, match=r"3 device\(s\) have no cash count on the morning of 2024-03-01 \(e.g. B"):
+        opening = replay_opening(counts, start, ["A", "B", "C", "D"])
     assert opening.set_index("device_id")["balance"].to_dict() == {"A": 500.0}
-    assert replay_opening(counts.iloc[:0], start) is None
+    with pytest.warns(ReplayWarning, match=r"^2 device\(s\) have no cash count"):  # none counted at all: said too
+        assert replay_opening(counts.iloc[:0], start, ["A", "B"]) is None

@@ -343,6 +343,7 @@ def test_fan_chart_draws_one_band_per_upper_quantile(planned_ws, config):
     assert "censored (lower bound)" in legend
 
 
+@pytest.mark.filterwarnings("ignore:.*no cash count on the morning:cashcast.jobs.ReplayWarning")  # the sample: none
 def test_what_if_replays_every_scenario_with_shared_forecasts(planned_ws, config, monkeypatch):
     ws, _ = planned_ws
     calls = []
@@ -381,6 +382,7 @@ def test_what_if_replays_every_scenario_with_shared_forecasts(planned_ws, config
         analyst.what_if(ws, config, end, start, {"default": {}}, model=NaiveModel())
 
 
+@pytest.mark.filterwarnings("ignore:.*no cash count on the morning:cashcast.jobs.ReplayWarning")  # the sample: none
 def test_what_if_sets_master_terms_checked_and_replays_as_the_backtest_does(planned_ws, config, monkeypatch):
     """An override of visit_weekdays changed nothing (the planner reads the weekdays parsed from it); a service
     level of 1.5 or a free visit replayed; and what_if kept one model where `cashcast backtest` retrains weekly,
