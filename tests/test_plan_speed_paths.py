@@ -223,6 +223,7 @@ def test_formula_escaping_of_text_and_mixed_columns(tmp_path):
 
 def test_backtest_window_terms_are_those_of_its_whole_known_history(sample_lake):
     config = load_config()
-    window = jobs.replay_window(sample_lake, config, pd.Timestamp("2026-09-01"), pd.Timestamp("2026-09-14"))
+    with pytest.warns(jobs.ReplayWarning, match="30 device.* no cash count on the morning of 2026-09-01"):
+        window = jobs.replay_window(sample_lake, config, pd.Timestamp("2026-09-01"), pd.Timestamp("2026-09-14"))
     expected = replenishment.resolve_terms(window.history.devices, window.known, config)
     pd.testing.assert_frame_equal(window.terms, expected)
