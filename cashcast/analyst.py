@@ -40,7 +40,7 @@ import ingest
 from cashcast import jobs
 from cashcast.config import Config, load_config
 from cashcast.io import read_table, unescape_formulas
-from cashcast.schema import DemandForecast, quantile_column
+from cashcast.schema import DEVICE_COLUMNS, DemandForecast, quantile_column
 from cashcast.workspace import CHECKOUT_DATA_DIR, Workspace
 from features.holidays import holiday_table
 
@@ -571,19 +571,10 @@ def shared_forecasts(
     return cached
 
 
-# Device-master columns a scenario may set for every device (the derived ones, such as the allowed weekdays
-# parsed from visit_weekdays, follow from them).
-SCENARIO_TERMS = (
-    "capacity",
-    "min_balance",
-    "max_balance",
-    "visit_cost",
-    "emergency_visit_cost",
-    "holding_rate",
-    "visit_weekdays",
-    "lead_time_days",
-    "load_multiple",
-    "service_level",
+# Device-master columns a scenario may set for every device: the terms of its service, not who or where it is (the
+# derived ones, such as the allowed weekdays parsed from visit_weekdays, follow from them).
+SCENARIO_TERMS = tuple(
+    c for c in DEVICE_COLUMNS if c not in ("device_id", "kind", "country", "subdivision", "region", "name")
 )
 
 
