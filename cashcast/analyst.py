@@ -40,7 +40,7 @@ import ingest
 from cashcast import jobs
 from cashcast.config import Config, load_config
 from cashcast.io import read_table, unescape_formulas
-from cashcast.schema import DEVICE_COLUMNS, DemandForecast, quantile_column
+from cashcast.schema import DEVICE_COLUMNS, DemandForecast, balance_limit_checks, quantile_column
 from cashcast.workspace import CHECKOUT_DATA_DIR, Workspace
 from features.holidays import holiday_table
 
@@ -611,11 +611,7 @@ def scenario_terms(config: Config, name: str, overrides: Mapping[str, object]) -
 def _possible(name: str, terms: pd.DataFrame) -> pd.DataFrame:
     """`terms` of a scenario, refused (naming the first device) where no plan can keep them, as ingest refuses
     them in a device master: a floor at or above the cassette or the ceiling, a bundle bigger than the cassette."""
-    impossible = (
-        (terms["min_balance"] >= terms["capacity"])
-        | (terms["load_multiple"] > terms["capacity"])
-        | (terms["max_balance"] <= terms["min_balance"])
-    )
+    impossible = np.logical_or.reduce([mask for _, _, mask in balance_limit_checks(terms)])
     if impossible.any():
         row = terms[impossible].iloc[0]
         raise ValueError(
@@ -658,8 +654,10 @@ def what_if(
     forecaster = shared_forecasts(base)
     kpis, trajectories, notes = [], [], []
     for name, overrides in checked.items():
-        master = _master_with(history.devices, window.terms, overrides)
-        terms = _possible(name, replenishment.resolve_terms(master, window.known, config)) if overrides else None
+        terms = None  # the window's own
+        if overrides:
+            master = _master_with(history.devices, window.terms, overrides)
+            terms = _possible(name, replenishment.resolve_terms(master, window.known, config))
         result = window.replay(start, end, forecaster, config, terms=terms)
         kpis.append(result.kpis.assign(scenario=name))
         trajectories.append(result.daily.assign(scenario=name))
@@ -722,8 +720,10 @@ def plan_what_if(
     on_order, made = jobs.visits_on_order(ws, as_of), jobs.visits_made(ws, as_of, history.balances)
     results = {}
     for name, overrides in checked.items():
-        master = _master_with(history.devices, base, overrides, device_ids)
-        terms = _possible(name, replenishment.resolve_terms(master, history.daily, config)) if overrides else base
+        terms = base
+        if overrides:
+            master = _master_with(history.devices, base, overrides, device_ids)
+            terms = _possible(name, replenishment.resolve_terms(master, history.daily, config))
         results[name] = jobs.plan_forecast(forecast, history, config, terms, None, on_order, made)
     return results
 

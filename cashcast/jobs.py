@@ -566,6 +566,9 @@ def plan_output(folder: Path, as_of: pd.Timestamp, apart: KeptApart | None) -> P
     return day if apart is None else day / apart.folder
 
 
+JUDGE = object()  # write_plan's default: judge whether the plan is kept apart (a caller may have judged it)
+
+
 def write_plan(
     ws: Workspace,
     as_of: pd.Timestamp,
@@ -573,7 +576,7 @@ def write_plan(
     result,
     out: Path | None,
     forecast_file: Path | None = None,
-    apart: KeptApart | None = None,
+    apart: KeptApart | None | object = JUDGE,
 ) -> PlanFiles:
     """Write plan, projection, summary and the forecast behind them (unless written to `forecast_file`
     already), each atomically. The plan also goes to `out` when given: the workspace's copy is where
@@ -581,11 +584,11 @@ def write_plan(
     that failed to reach `out` or its projection is not taken as ordered).
 
     A plan that was never in force (`kept_apart`: a missed night run late, a look ahead at a morning to come;
-    `apart`, when the caller judged it already) goes to `plans/<morning>/late/` or `.../preview/`, where the
+    `apart`, unless the caller judged it already) goes to `plans/<morning>/late/` or `.../preview/`, where the
     visits on order are not read from."""
     from replenishment.plan import PlanWarning
 
-    apart = apart or kept_apart(ws, as_of)
+    apart = kept_apart(ws, as_of) if apart is JUDGE else apart
     folder = plan_output(ws.plans, as_of, apart)
     if apart is not None:
         warnings.warn(
@@ -734,23 +737,22 @@ def next_as_of(ws: Workspace) -> pd.Timestamp:
     return last + pd.Timedelta(days=1)
 
 
-def device_chunks(ws: Workspace, size: int) -> list[list[str]]:
-    """Device ids in chunks of `size`: one task per chunk, never one per device.
+def device_chunks(recorded: list[str], new: list[str], size: int) -> list[list[str]]:
+    """The lake's device ids (`recorded`) in chunks of `size`: one task per chunk, never one per device.
 
-    A device in the master with no recorded day yet (installed and counted, no transactions so far) is planned
-    as `cashcast plan` plans it, at the typical day of the devices beside it: such devices are dealt out over the
-    chunks one at a time, so none sits in a chunk without history to forecast from."""
-    ids = lake_device_ids(ws)
-    chunks = [ids[i : i + size] for i in range(0, len(ids), size)]
-    for k, device in enumerate(unrecorded_devices(ws) if chunks else []):
+    A device in the master with no recorded day yet (`new`: installed and counted, no transactions so far) is
+    planned as `cashcast plan` plans it, at the typical day of the devices beside it: such devices are dealt out
+    over the chunks one at a time, so none sits in a chunk without history to forecast from."""
+    chunks = [recorded[i : i + size] for i in range(0, len(recorded), size)]
+    for k, device in enumerate(new if chunks else []):
         chunks[k % len(chunks)].append(device)
     return chunks
 
 
-def unrecorded_devices(ws: Workspace) -> list[str]:
-    """The devices of the master with no recorded day in the lake yet."""
+def unrecorded_devices(ws: Workspace, recorded: list[str]) -> list[str]:
+    """The devices of the master with no recorded day in the lake (`recorded`: the lake's ids) yet."""
     master = ingest.read_table(ws, "devices")
-    return sorted(set(master["device_id"].astype(str)) - set(lake_device_ids(ws))) if len(master) else []
+    return sorted(set(master["device_id"].astype(str)) - set(recorded)) if len(master) else []
 
 
 def network_typical_demand(ws: Workspace, config: Config, as_of: pd.Timestamp) -> dict[str, float]:

@@ -145,3 +145,22 @@ class DemandForecast:
         if self.deposit_paths is None:
             return self.withdrawal_paths
         return self.withdrawal_paths - self.deposit_paths
+
+
+def balance_limit_checks(terms) -> list[tuple[str, str, np.ndarray]]:
+    """(column, reason, mask) of device terms no plan can keep: a cassette smaller than one bundle, a floor at or
+    above the cassette or the ceiling (no cash left to serve). `terms` maps the four columns to values; a 0 or
+    empty capacity or ceiling is not given (a master's empty cells take the config's defaults later)."""
+    floor, capacity, ceiling, bundle = (
+        np.asarray(terms[c], dtype="float64") for c in ("min_balance", "capacity", "max_balance", "load_multiple")
+    )
+    with np.errstate(invalid="ignore"):
+        return [
+            (
+                "load_multiple",
+                "load_multiple above capacity (no whole bundle fits)",
+                (capacity > 0) & (bundle > capacity),
+            ),
+            ("min_balance", "min_balance at or above capacity", (capacity > 0) & (floor >= capacity)),
+            ("max_balance", "max_balance at or below min_balance", (ceiling > 0) & (floor >= ceiling)),
+        ]

@@ -145,9 +145,11 @@ def forecast_and_plan_flow(
         logger.info(
             "the champion saw days after %s: forecasting with a model trained before it", f"{as_of_ts:%Y-%m-%d}"
         )
-    chunks = jobs.device_chunks(ws, config.flows.devices_per_task)
+    recorded = jobs.lake_device_ids(ws)
+    new = jobs.unrecorded_devices(ws, recorded)
+    chunks = jobs.device_chunks(recorded, new, config.flows.devices_per_task)
     # A device with no recorded day is sized on the network's typical one of its kind, as `cashcast plan` sizes it.
-    typical = jobs.network_typical_demand(ws, config, as_of_ts) if jobs.unrecorded_devices(ws) else None
+    typical = jobs.network_typical_demand(ws, config, as_of_ts) if new else None
     on_order = jobs.visits_on_order(ws, as_of_ts)
     made = jobs.visits_made(ws, as_of_ts)
     chunk_task = plan_chunk.with_options(**runners.retry_options(config))

@@ -296,10 +296,10 @@ def champion_version(ws: Workspace, config: Config, any_code: bool = False) -> A
     except MlflowException:
         return None
     owner = version.tags.get(WORKSPACE_TAG)
-    if config.forecast.tracking_uri and owner not in (None, workspace_id(ws)):
+    if config.forecast.tracking_uri and owner is not None and owner != (mine := workspace_id(ws)):
         raise WorkspaceClashError(
             f"the registered model '{config.forecast.registered_model}' on {config.forecast.tracking_uri} belongs to"
-            f" another workspace (id {owner}; {ws.home} is {workspace_id(ws)}): give each workspace on a shared"
+            f" another workspace (id {owner}; {ws.home} is {mine}): give each workspace on a shared"
             " MLflow server its own [forecast] registered_model"
         )
     if not any_code and version.tags.get("code") != code_fingerprint():

@@ -51,7 +51,7 @@ from tqdm import tqdm
 
 from cashcast.config import MAX_PLAN_DAYS, Config, UnknownRegionError, canonical_region, parse_weekdays
 from cashcast.io import write_table
-from cashcast.schema import STATUS_STATES
+from cashcast.schema import STATUS_STATES, balance_limit_checks
 from cashcast.workspace import Workspace
 from ingest import lake as lk
 from ingest.parse import (
@@ -63,6 +63,7 @@ from ingest.parse import (
     device_ids,
     hash_strings,
     is_empty,
+    mask_of,
     text,
     thousands_dots,
     to_float,
@@ -294,15 +295,15 @@ class _Run:
         return out.sort_values("row", ignore_index=True, kind="stable")
 
     def id_checks(self, ids: pa.Array, master: bool = True) -> list[tuple[str, str, np.ndarray]]:
-        missing = _mask(pc.is_null(ids))
-        placeholder = _mask(pc.is_in(ids, value_set=NO_ID))
+        missing = mask_of(pc.is_null(ids))
+        placeholder = mask_of(pc.is_in(ids, value_set=NO_ID))
         checks = [
             ("device_id", "missing device_id", missing),
             ("device_id", "device_id is an export's word for no value (NULL, N/A, -)", placeholder),
         ]
         missing = missing | placeholder
         if master and len(self.known_ids):
-            unknown = ~_mask(pc.is_in(ids, value_set=self.known_ids)) & ~missing
+            unknown = ~mask_of(pc.is_in(ids, value_set=self.known_ids)) & ~missing
             checks.append(("device_id", "device_id not in the device master", unknown))
         return checks
 
@@ -313,7 +314,7 @@ class _Run:
         first batch name (a million rows) stands for it. Empty cells are the network's currency.
         """
         codes = pc.utf8_upper(text(batch["currency"]))
-        named = _mask(pc.is_valid(codes))
+        named = mask_of(pc.is_valid(codes))
         source = "the network's, [ingest] currency"
         if not self.config.ingest.currency:
             source = "the file's main currency; set [ingest] currency to name the network's"
@@ -322,7 +323,7 @@ class _Run:
                 self.currency = min(counts, key=lambda c: (-c["counts"], c["values"]))["values"]
         if not self.currency:
             return []
-        other = named & ~_mask(pc.equal(codes, self.currency))
+        other = named & ~mask_of(pc.equal(codes, self.currency))
         return [("currency", f"currency other than {self.currency} ({source})", other)]
 
     def amount_checks(self, batch: pa.RecordBatch, column: str, required: bool = True):
@@ -359,10 +360,6 @@ class _Run:
         if required:
             checks.insert(0, (column, f"missing {column}", empty))
         return checks
-
-
-def _mask(values: pa.Array) -> np.ndarray:
-    return pc.fill_null(values, False).to_numpy(zero_copy_only=False)
 
 
 class _SeenKeys:
@@ -424,9 +421,9 @@ def _load_transactions(run: _Run, staging: lk.Staging) -> tuple[int, int]:
             amount_checks.append(("amount", "amount 0 (a transaction moves cash: amounts are positive)", amount == 0))
             if "type" in columns:
                 kind = pc.utf8_lower(text(batch["type"]))
-                unknown_type = _mask(pc.invert(pc.is_in(kind, value_set=TXN_TYPES_ARRAY)))
-                unknown_type &= _mask(pc.is_valid(kind))
-                is_deposit = _mask(pc.equal(kind, "deposit"))
+                unknown_type = mask_of(pc.invert(pc.is_in(kind, value_set=TXN_TYPES_ARRAY)))
+                unknown_type &= mask_of(pc.is_valid(kind))
+                is_deposit = mask_of(pc.equal(kind, "deposit"))
             else:
                 unknown_type = is_deposit = np.zeros(batch.num_rows, dtype=bool)
             ns = run.local_ns(batch, "timestamp", ids)
@@ -466,7 +463,7 @@ def _load_transactions(run: _Run, staging: lk.Staging) -> tuple[int, int]:
             if repeated.any():  # a key again in this batch is kept with its first row's kept values
                 kept_body = kept_body[first_row]
             # Only a txn_id can repeat with other values: a key without one hashes the values themselves.
-            conflict = np.flatnonzero((body != kept_body) & _mask(pc.is_valid(txn_id)))
+            conflict = np.flatnonzero((body != kept_body) & mask_of(pc.is_valid(txn_id)))
             if len(conflict):
                 if first_changed is None:
                     first_changed = (first + np.flatnonzero(good)[conflict[:1]], txn_id[int(conflict[0])].as_py())
@@ -554,7 +551,7 @@ def _transaction_keys(
     device = combine_hashes(
         hash_strings(ids.dictionary)[ids.indices.to_numpy(zero_copy_only=False)], month.view(np.uint64)
     )
-    has_id = _mask(pc.is_valid(txn_id))
+    has_id = mask_of(pc.is_valid(txn_id))
     if has_id.all():
         return combine_hashes(device, hash_strings(txn_id))
     by_row = combine_hashes(device, ns.view(np.uint64), amount.view(np.uint64), is_deposit)
@@ -662,11 +659,7 @@ def _note_replaced(run: _Run, changed: pd.DataFrame, old: pd.DataFrame, keys: li
         return
     first = before.iloc[0]
     values = [c for c in changed.columns if c not in keys]
-    column = next(
-        c
-        for c in values
-        if not (first[c] == first[f"{c}_before"] or pd.isna(first[c]) and pd.isna(first[f"{c}_before"]))
-    )
+    column = next(c for c in values if not _same(before[c].iloc[:1], before[f"{c}_before"].iloc[:1])[0])
     run.notes.append(
         f"{run.source.path}: {len(before)} device-day(s) the lake held with other values were replaced (the"
         f" latest file wins), e.g. {first['device_id']} on {first['date']:%Y-%m-%d}: {column}"
@@ -686,8 +679,7 @@ def _latest_per_key(run: _Run, frame: pd.DataFrame, keys: list[str]) -> tuple[pd
     values = [c for c in frame.columns if c not in (*keys, RECORD)]
     differs = np.zeros(len(earlier), dtype=bool)
     for column in values:
-        a, b = earlier[column], earlier[f"{column}_later"]
-        differs |= ~((a == b) | (a.isna() & b.isna())).to_numpy(dtype=bool)
+        differs |= ~_same(earlier[column], earlier[f"{column}_later"])
     if differs.any():
         conflicts = earlier[differs]
         later_rows = run.source.spreadsheet_rows(conflicts[f"{RECORD}_later"].to_numpy())
@@ -715,9 +707,9 @@ def _latest_per_key(run: _Run, frame: pd.DataFrame, keys: list[str]) -> tuple[pd
     return winners.drop(columns=RECORD), int((~differs).sum())
 
 
-def _same(a, b) -> bool:
-    """Equal, NaN equal to NaN (as `_unchanged` compares)."""
-    return bool(a == b) or (pd.isna(a) and pd.isna(b))
+def _same(a: pd.Series, b: pd.Series) -> np.ndarray:
+    """Mask of equal values, NaN equal to NaN: how a row is told to repeat another or what the lake holds."""
+    return ((a == b) | (a.isna() & b.isna())).to_numpy(dtype=bool)
 
 
 def _keep_absent(new: pd.DataFrame, old: pd.DataFrame, keys: list[str], given: list[str]) -> pd.DataFrame:
@@ -737,8 +729,7 @@ def _unchanged(new: pd.DataFrame, old: pd.DataFrame, keys: list[str]) -> np.ndar
     joined = new.merge(old, on=keys, how="left", suffixes=("", "_old"), indicator=True)
     same = (joined["_merge"] == "both").to_numpy(copy=True)
     for column in new.columns.difference(keys):
-        a, b = joined[column], joined[f"{column}_old"]
-        same &= ((a == b) | (a.isna() & b.isna())).to_numpy(dtype=bool)
+        same &= _same(joined[column], joined[f"{column}_old"])
     return same
 
 
@@ -805,28 +796,10 @@ def _parse_devices(run: _Run, batch: pa.RecordBatch, first: int) -> pd.DataFrame
         elif column == "timezone":
             checks.append((column, "unknown timezone", _invalid(values, _is_zone)))
         out[column] = values
-    checks += _region_checks(run.config, out) + _balance_limit_checks(out) + _cost_checks(out)
+    checks += _region_checks(run.config, out) + balance_limit_checks(out) + _cost_checks(out)
     good = run.screen(batch, first, checks)
     frame = pd.DataFrame({c: v.to_pandas() if isinstance(v, pa.Array) else v for c, v in out.items()})
     return frame[good].reset_index(drop=True).assign(**{RECORD: first + np.flatnonzero(good)})
-
-
-def _balance_limit_checks(out: dict) -> list[tuple[str, str, np.ndarray]]:
-    """Limits no plan can keep: a cassette smaller than one bundle, a floor at or above the cassette or the
-    ceiling (no cash left to serve); given cells only, empty ones take the config's defaults later."""
-    floor, capacity, ceiling, bundle = (
-        np.asarray(out[c], dtype="float64") for c in ("min_balance", "capacity", "max_balance", "load_multiple")
-    )
-    with np.errstate(invalid="ignore"):
-        return [
-            (
-                "load_multiple",
-                "load_multiple above capacity (no whole bundle fits)",
-                (capacity > 0) & (bundle > capacity),
-            ),
-            ("min_balance", "min_balance at or above capacity", (capacity > 0) & (floor >= capacity)),
-            ("max_balance", "max_balance at or below min_balance", (ceiling > 0) & (floor >= ceiling)),
-        ]
 
 
 def _cost_checks(out: dict) -> list[tuple[str, str, np.ndarray]]:
@@ -865,7 +838,7 @@ def _as_objects(values) -> np.ndarray:
 def _invalid(values: pa.Array, valid: Callable[[str], bool]) -> np.ndarray:
     """Mask of non-empty cells failing `valid` (checked once per distinct value)."""
     bad = [v for v in pc.unique(values).drop_null().to_pylist() if not valid(v)]
-    return _mask(pc.is_in(values, value_set=pa.array(bad, pa.string())))
+    return mask_of(pc.is_in(values, value_set=pa.array(bad, pa.string())))
 
 
 def _is_kind(value: str) -> bool:
@@ -914,7 +887,7 @@ def _parse_status(run: _Run, batch: pa.RecordBatch, first: int) -> pd.DataFrame:
         *run.date_checks(batch, "start", start),
         ("end", "unparseable end", (end == NAT) & ~end_empty),
         ("end", "end before start", (end != NAT) & (end < start)),
-        ("state", "missing state", _mask(pc.is_null(state))),
+        ("state", "missing state", mask_of(pc.is_null(state))),
         ("state", "unknown state (expected cash_out or offline)", _invalid(state, STATUS_STATES.__contains__)),
     ]
     good = run.screen(batch, first, checks)

@@ -285,7 +285,7 @@ def device_ids(column: pa.Array) -> pa.Array:
     quoted = pc.starts_with(ids, "'")
     if not pc.any(quoted).as_py():
         return ids
-    escaped = pc.fill_null(pc.match_substring_regex(ids, r"^'[=+\-@]"), False)
+    escaped = pc.fill_null(pc.match_substring_regex(ids, r"^'[=+\-@]"), False)  # stays Arrow for if_else
     return pc.if_else(escaped, pc.utf8_slice_codeunits(ids, 1), ids)
 
 
@@ -294,7 +294,7 @@ def is_empty(column: pa.Array) -> np.ndarray:
     empty = pc.is_null(column)
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
         empty = pc.or_kleene(empty, pc.equal(column, ""))
-    return pc.fill_null(empty, False).to_numpy(zero_copy_only=False)
+    return mask_of(empty)
 
 
 # 1.234 or 12.000: a thousand and more where a comma is decimal (0.995 is a fraction either way)
@@ -317,10 +317,11 @@ def thousands_dots(column: pa.Array) -> np.ndarray:
     decimal-comma locale, twelve elsewhere."""
     if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
         return np.zeros(len(column), dtype=bool)
-    return _mask_of(pc.match_substring_regex(column, THOUSANDS_DOT))
+    return mask_of(pc.match_substring_regex(column, THOUSANDS_DOT))
 
 
-def _mask_of(values: pa.Array) -> np.ndarray:
+def mask_of(values: pa.Array) -> np.ndarray:
+    """A boolean Arrow array as a numpy mask, null as False."""
     return pc.fill_null(values, False).to_numpy(zero_copy_only=False)
 
 
@@ -343,7 +344,7 @@ def to_timestamps(column: pa.Array, as_written: bool = False) -> tuple[np.ndarra
         return _ns(column.cast(pa.timestamp("us"))), np.zeros(len(column), dtype=bool)
     except pa.ArrowInvalid:
         values = text(column)
-    zoned = pc.fill_null(pc.match_substring_regex(values, ZONE_SUFFIX), False).to_numpy(zero_copy_only=False)
+    zoned = mask_of(pc.match_substring_regex(values, ZONE_SUFFIX))
     if as_written and zoned.any():  # only where there is an offset: a bare date's -08 is its day
         values = pc.if_else(pa.array(zoned), pc.replace_substring_regex(values, ZONE_PART, ""), values)
     out = np.full(len(column), NAT, dtype=np.int64)
@@ -366,20 +367,26 @@ def _naive_ns(strings: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """ns of ISO text without a zone, and the mask of values that had one in a form ZONE_SUFFIX does not know
     (refused: pandas would parse them, and refuses a column that mixes them with plain values). Vectorised; one
     value at a time only for forms neither pattern foresaw (49 us a value: 8 minutes for 10 million)."""
+    parsed = _parse_plain(strings)
     other_zone = np.zeros(len(strings), dtype=bool)
-    for attempt in ("as is", "without other zones"):
-        if attempt == "without other zones":  # only once the plain parse has failed: a regex per cell costs
-            other_zone = strings.str.contains(OTHER_ZONE, regex=True, na=False).to_numpy()
-        try:
-            parsed = pd.to_datetime(strings.where(~other_zone, None), format="ISO8601", errors="coerce")
-            if parsed.dt.tz is None:
-                return _ns(pa.array(parsed)), other_zone
-        except (ValueError, TypeError):
-            pass
+    if parsed is None:  # only once the plain parse has failed: a regex per cell costs
+        other_zone = strings.str.contains(OTHER_ZONE, regex=True, na=False).to_numpy()
+        parsed = _parse_plain(strings.where(~other_zone, None))
+    if parsed is not None:
+        return parsed, other_zone
     stamps = [pd.to_datetime(value, format="ISO8601", errors="coerce") for value in strings.where(~other_zone, None)]
     zoned = np.array([stamp is not pd.NaT and stamp.tzinfo is not None for stamp in stamps], dtype=bool)
     kept = [pd.NaT if zone else stamp for stamp, zone in zip(stamps, zoned, strict=True)]
     return _ns(pa.array(pd.to_datetime(pd.Series(kept, dtype="object")))), other_zone | zoned
+
+
+def _parse_plain(strings: pd.Series) -> np.ndarray | None:
+    """ns of ISO text, or None when some value carries a zone pandas reads (or the column mixes such values)."""
+    try:
+        parsed = pd.to_datetime(strings, format="ISO8601", errors="coerce")
+    except (ValueError, TypeError):
+        return None
+    return _ns(pa.array(parsed)) if parsed.dt.tz is None else None
 
 
 def days_of(ns: np.ndarray) -> np.ndarray:

@@ -105,7 +105,7 @@ def resolve_terms(
     unrecorded = pd.isna(terms["last_observed"]).to_numpy()
     typical = typical_demand(terms) if typical is None else typical
     of_kind = terms["kind"].isin([kind for kind in typical if kind]).to_numpy()
-    like = np.where(of_kind, terms["kind"].map(typical).fillna(0.0), typical.get("", 0.0)).astype("float64")
+    like = terms["kind"].map(typical).fillna(typical.get("", 0.0)).to_numpy(dtype="float64")
     basis = np.where(unrecorded, like, terms["mean_daily_demand"])
     derived = round_up_to_multiple(defaults.capacity_days * basis, terms["load_multiple"])
     # A device with no demand at all still needs a cassette: one bundle keeps the arithmetic sane.

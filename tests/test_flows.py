@@ -289,7 +289,8 @@ def test_a_device_in_the_master_with_no_day_recorded_yet_is_planned_by_the_night
     new = tmp_path / "devices-new.csv"
     new.write_text("device_id,kind,capacity,visit_weekdays\nATM-NEW,atm,2000000,Mon-Sun\n")
     ingest.ingest_file(new, "devices", copy, config)
-    chunks = jobs.device_chunks(copy, config.flows.devices_per_task)
+    recorded = jobs.lake_device_ids(copy)
+    chunks = jobs.device_chunks(recorded, jobs.unrecorded_devices(copy, recorded), config.flows.devices_per_task)
     assert sum(chunk.count("ATM-NEW") for chunk in chunks) == 1
     assert all(set(chunk) & set(jobs.lake_device_ids(copy)) for chunk in chunks)  # none without history
     with pytest.warns(StoreMovedWarning):  # the copy's MLflow store is re-pointed at it
