@@ -12,8 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from cashcast.config import Config
+from ingest.parse import NAT, days_of, to_timestamps
 
 EVENT_COLUMNS = ["date_start", "date_end", "scope", "scope_value", "name"]
 EVENT_SCOPES = ("all", "region", "device")
@@ -35,7 +37,7 @@ def resolve_events_file(config: Config, home: str | Path) -> Path | None:
 
 
 def load_events(path: str | Path) -> pd.DataFrame:
-    """Read and validate an events CSV; errors name the file, the row (1 = first data row) and column.
+    """Read and validate an events CSV; errors name the file, the line (1 = the header) and column.
 
     An empty `date_end` means a one-day event. Adds `flag`, the sanitised feature column of the name.
     """
@@ -55,15 +57,16 @@ def load_events(path: str | Path) -> pd.DataFrame:
     text["scope"] = text["scope"].str.lower()
 
     def fail(row: int, column: str, message: str) -> EventsError:
-        return EventsError(f"{path}: row {row + 1}, column {column}: {message}")
+        return EventsError(f"{path}: line {row + 2}, column {column}: {message}")  # line 1 is the header
 
     dates = {}
     for column in ("date_start", "date_end"):
-        parsed = pd.to_datetime(text[column], errors="coerce", format="mixed")
-        if parsed.isna().any():
-            row = int(parsed.isna().to_numpy().argmax())
-            raise fail(row, column, f"not a date: {text[column].iloc[row]!r}")
-        dates[column] = parsed.dt.normalize().astype("datetime64[ns]")
+        # The lake's date reader: ISO days only ('05/11/2026' is May or November), as written.
+        ns, _ = to_timestamps(pa.array(text[column].to_numpy(dtype=object), pa.string()), as_written=True)
+        if (ns == NAT).any():
+            row = int((ns == NAT).argmax())
+            raise fail(row, column, f"not an ISO date (YYYY-MM-DD): {text[column].iloc[row]!r}")
+        dates[column] = pd.Series(days_of(ns).astype("datetime64[ns]"), index=text.index)
     checks = [
         (dates["date_end"] < dates["date_start"], "date_end", "ends before date_start"),
         (~text["scope"].isin(EVENT_SCOPES), "scope", f"must be one of {list(EVENT_SCOPES)}"),

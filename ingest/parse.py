@@ -33,6 +33,9 @@ _MAX_US = BEYOND // 1000
 # bare date, -08 is the day).
 ZONE_SUFFIX = r"(Z|[+-]\d\d:?\d\d|\d\d:\d\d(:\d\d(\.\d+)?)?[+-]\d\d)$"
 ZONE_PART = r"(Z|[+-]\d\d(:?\d\d)?)$"  # the offset itself, once ZONE_SUFFIX said there is one
+# A whole calendar day first (2024-01-08 or 20240108): ISO's reduced forms ('2026', '2026-05') name no day, and
+# pandas would read them as the 1st of the year or month.
+WHOLE_DAY = r"^\s*\d{4}(-\d\d-\d\d|\d\d\d\d)(?:$|[T\s])"
 _MULTIPLIER = np.uint64(0x100000001B3)
 # Text read per CSV batch, whatever batch_rows says: small batches stay in cache and keep the peak
 # memory flat (measured: 16 MiB batches are faster than 60 MiB ones and use ~40% less memory).
@@ -344,6 +347,7 @@ def to_timestamps(column: pa.Array, as_written: bool = False) -> tuple[np.ndarra
         return _ns(column.cast(pa.timestamp("us"))), np.zeros(len(column), dtype=bool)
     except pa.ArrowInvalid:
         values = text(column)
+    values = pc.if_else(pc.match_substring_regex(values, WHOLE_DAY), values, pa.scalar(None, pa.string()))
     zoned = mask_of(pc.match_substring_regex(values, ZONE_SUFFIX))
     if as_written and zoned.any():  # only where there is an offset: a bare date's -08 is its day
         values = pc.if_else(pa.array(zoned), pc.replace_substring_regex(values, ZONE_PART, ""), values)

@@ -34,17 +34,19 @@ def test_load_events_parses_and_sanitises(events):
 @pytest.mark.parametrize(
     ("row", "match"),
     [
-        ("2024-13-01,2024-03-03,all,,Fair", r"row 1, column date_start: not a date"),
-        ("2024-03-04,2024-03-03,all,,Fair", r"row 1, column date_end: ends before date_start"),
-        ("2024-03-01,2024-03-03,city,x,Fair", r"row 1, column scope"),
-        ("2024-03-01,2024-03-03,device,,Fair", r"row 1, column scope_value"),
-        ("2024-03-01,2024-03-03,all,,!!", r"row 1, column name"),
+        ("2024-13-01,2024-03-03,all,,Fair", r"line 1, column date_start: not an ISO date"),
+        ("05/11/2024,2024-03-03,all,,Fair", r"line 1, column date_start: not an ISO date \(YYYY-MM-DD\): '05/11/2024'"),
+        ("2024-03-01,2024,all,,Fair", r"line 1, column date_end: not an ISO date"),
+        ("2024-03-04,2024-03-03,all,,Fair", r"line 1, column date_end: ends before date_start"),
+        ("2024-03-01,2024-03-03,city,x,Fair", r"line 1, column scope"),
+        ("2024-03-01,2024-03-03,device,,Fair", r"line 1, column scope_value"),
+        ("2024-03-01,2024-03-03,all,,!!", r"line 1, column name"),
     ],
 )
 def test_load_events_names_file_row_and_column(tmp_path, row, match):
     path = tmp_path / "bad_events.csv"
     path.write_text("date_start,date_end,scope,scope_value,name\n2024-01-01,2024-01-01,all,,ok\n" + row + "\n")
-    with pytest.raises(EventsError, match=match.replace("row 1", "row 2")) as caught:
+    with pytest.raises(EventsError, match=match.replace("line 1", "line 3")) as caught:
         load_events(path)
     assert "bad_events.csv" in str(caught.value)
 
