@@ -886,10 +886,19 @@ def replay_window(
         raise ValueError(f"{end_name} {end:%Y-%m-%d} is before {start_name} {start:%Y-%m-%d}")
     with warnings.catch_warnings(record=True) as said:  # a stale-history warning ahead of the error below is noise
         warnings.simplefilter("always")
-        history = load_history(ws, end + pd.Timedelta(days=1), config=config)
-    known = history.daily[history.daily["date"] < start]
-    if known.empty:
-        raise NoDataError(f"{ws.home}: no history before {start:%Y-%m-%d} to train on")
+        try:
+            history = load_history(ws, end + pd.Timedelta(days=1), config=config)
+        except NoDataError as exc:
+            if "the lake's starts" not in str(exc):  # an empty lake is the workspace's state, not the window's fault
+                raise
+            history = None
+    known = None if history is None else history.daily[history.daily["date"] < start]
+    if known is None or known.empty:
+        first = ingest.read_daily(ws)["date"].min()  # the lake holds days (else load_history said so above)
+        raise ValueError(
+            f"{ws.home}: {start_name} {start:%Y-%m-%d} is not after the first recorded day {first:%Y-%m-%d}; a replay"
+            " trains on the days before it"
+        )
     last = history.daily["date"].max()
     if last < end:  # the days after it would be replayed on made-up demand
         raise ValueError(
@@ -945,6 +954,9 @@ def retraining_forecaster(
     return forecaster
 
 
+BACKTEST_FILES = ("daily.parquet", "per_device.csv", "kpis.csv")  # in the order written
+
+
 def run_backtest(
     ws: Workspace,
     config: Config,
@@ -958,17 +970,23 @@ def run_backtest(
 
     from forecasting import registry
 
+    folder = out or ws.backtests / f"{start:%Y-%m-%d}_{end:%Y-%m-%d}"
+    files = [folder / name for name in BACKTEST_FILES]
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{folder}: --out names a file; the backtest writes a folder ({', '.join(BACKTEST_FILES)})")
+    in_the_way = [path for path in files if path.is_dir()]
+    if in_the_way:
+        raise ValueError(f"cannot write {in_the_way[0]}: a folder of that name is in the way")
     window = replay_window(ws, config, start, end)
+    registry.use_store(ws, config)  # a server that does not answer stops the command now, not after the replay
     history = window.history
     forecaster = retraining_forecaster(config, history.devices, history.events, progress)
     result = window.replay(start, end, forecaster, config)
     for note in result.notes:
         warnings.warn(ReplayWarning(note), stacklevel=2)
-    folder = out or ws.backtests / f"{start:%Y-%m-%d}_{end:%Y-%m-%d}"
-    write_table(result.kpis, folder / "kpis.csv")
-    write_table(result.per_device, folder / "per_device.csv")
-    write_table(result.daily, folder / "daily.parquet")
-    registry.use_store(ws, config)
+    # kpis.csv last: a folder whose kpis.csv is from this run holds this run's other files too.
+    for frame, path in zip((result.daily, result.per_device, result.kpis), files, strict=True):
+        write_table(frame, path)
     with mlflow.start_run(run_name=f"backtest-{start:%Y-%m-%d}-{end:%Y-%m-%d}"):
         mlflow.set_tag("cashcast.kind", "backtest")
         mlflow.log_params(

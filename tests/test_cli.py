@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cashcast import jobs
 from cashcast.locking import workspace_lock
 from cashcast.schema import PLAN_COLUMNS
 from cashcast.workspace import Workspace
@@ -626,6 +627,34 @@ def test_backtest_through_the_cli(cli_home, tmp_path, capsys):
     assert main([*args[:-4], "--end", "2026-11-10", "--out", str(tmp_path / "late")]) == 2
     err = capsys.readouterr().err.strip().splitlines()  # one line: no stale-history warning ahead of it
     assert len(err) == 1 and "--end 2026-11-10 is after the last recorded day 2026-10-31" in err[0]
+
+
+def test_backtest_arguments_and_store_are_checked_before_the_replay(cli_home, tmp_path, capsys, monkeypatch):
+    """A bad --out, a window before the history or an MLflow server that does not answer is said at once, as bad
+    input (exit 2) or a state to retry (1), not after minutes of replay; and nothing is written."""
+    home, config = cli_home
+
+    def no_replay(*args, **kwargs):
+        raise AssertionError("the replay ran before the arguments were checked")
+
+    monkeypatch.setattr(jobs, "retraining_forecaster", no_replay)
+    window = ["--start", "2026-09-07", "--end", "2026-10-04"]
+    base = ["backtest", "--home", str(home), "--config", str(config)]
+    a_file = tmp_path / "bt"
+    a_file.write_text("mine")
+    assert main([*base, *window, "--out", str(a_file)]) == 2
+    assert f"{a_file}: --out names a file" in capsys.readouterr().err
+    (tmp_path / "mixed" / "daily.parquet").mkdir(parents=True)
+    assert main([*base, *window, "--out", str(tmp_path / "mixed")]) == 2
+    assert "daily.parquet: a folder of that name is in the way" in capsys.readouterr().err
+    first = pd.read_csv(REPO / "data" / "sample" / "daily.csv")["date"].min()
+    assert main([*base, "--start", "2020-01-06", "--end", "2020-01-31", "--out", str(tmp_path / "early")]) == 2
+    assert f"--start 2020-01-06 is not after the first recorded day {first}" in capsys.readouterr().err
+    deaf = tmp_path / "deaf.toml"
+    deaf.write_text(config.read_text().replace("[forecast]\n", '[forecast]\ntracking_uri = "http://127.0.0.1:9"\n'))
+    assert main([*base[:-1], str(deaf), *window, "--out", str(tmp_path / "deaf")]) == 1
+    assert "tracking_uri" in capsys.readouterr().err
+    assert not any((tmp_path / name).exists() for name in ("early", "deaf")) and a_file.read_text() == "mine"
 
 
 def test_help_explains_each_command(capsys):

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cashcast.io import atomic_dir, atomic_path, escape_formulas, read_table, write_table
+from cashcast.io import atomic_path, escape_formulas, read_table, write_table
 from cashcast.locking import WorkspaceBusyError, workspace_lock
 from cashcast.workspace import Workspace
 
@@ -37,19 +37,6 @@ def test_an_unwritable_target_is_named_not_its_temporary_neighbour(tmp_path: Pat
     with pytest.raises(OSError, match=f"cannot write {tmp_path / 'folder.csv'}: a folder of that name is in the way"):
         write_table(pd.DataFrame({"a": [1]}), tmp_path / "folder.csv")
     assert [p.name for p in (tmp_path / "folder.csv").iterdir()] == []  # nothing written into or beside it
-
-
-def test_atomic_dir_swaps_whole_folder(tmp_path: Path):
-    target = tmp_path / "table"
-    target.mkdir()
-    (target / "old.parquet").write_text("x")
-    with atomic_dir(target) as tmp:
-        (tmp / "new.parquet").write_text("y")
-    assert sorted(p.name for p in target.iterdir()) == ["new.parquet"]
-    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
-        (tmp / "broken.parquet").write_text("z")
-        raise RuntimeError("crash")
-    assert sorted(p.name for p in target.iterdir()) == ["new.parquet"]
 
 
 def test_csv_cells_that_look_like_formulas_are_escaped(tmp_path: Path):
