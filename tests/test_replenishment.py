@@ -818,6 +818,24 @@ def test_need_quantile_reads_the_tail_from_the_body():
     # Up to the body level, and with one path (perfect foresight), it is the sample quantile.
     np.testing.assert_array_equal(need_quantile(runaway, np.array([0.8])), _path_quantile(runaway, np.array([0.8])))
     np.testing.assert_array_equal(need_quantile(np.array([[700.0]]), level), [700.0])
+    # A body that needs nothing (a branch whose deposits cover it on 95.5% of paths): the sample's tail, not 0.
+    deposit_taker = np.sort(np.r_[np.zeros(191), np.full(9, 300_000.0)])[None, :]
+    np.testing.assert_array_equal(need_quantile(deposit_taker, level), [300_000.0])
+
+
+def test_a_branch_picked_up_keeps_cash_for_the_days_its_withdrawals_beat_its_deposits(config):
+    """Deposits cover withdrawals on most days, but not on every path: the pickup leaves what the service level
+    asks for, not the bare floor (plan audit: min_balance left at 4.5-8% risk against a 1% target)."""
+    forecast = lognormal_forecast([100.0], 21, n_paths=200, deposits=[300.0], seed=5, sigma=0.01)
+    forecast.deposit_paths[0, :9, :3] = 0.0  # 4.5% of paths: three days without deposits to pay the 100 a day out
+    terms = make_terms(
+        config, 1, kind=["branch"], capacity=[50_000.0], max_balance=[9000.0], min_balance=[100.0], visit_cost=[5.0]
+    )
+    balances = pd.DataFrame({"device_id": ["D0"], "balance": [8900.0]})
+    first = plan_network(forecast, terms, balances, AS_OF, config, holidays=NO_HOLIDAYS).plan.iloc[0]
+    assert first["visit_date"] == AS_OF + pd.Timedelta(days=1) and first["action"] == "pickup"
+    assert first["balance_after"] >= 100.0 + 2 * 99.0  # from day 1: two of those days, beyond the floor
+    assert first["stockout_risk"] <= 1 - terms["service_level"].iloc[0]
 
 
 def test_loads_follow_the_body_of_the_paths_not_their_runaway_tail(config):
