@@ -45,6 +45,7 @@ YEAR_BACK_DAYS = 364  # 52 weeks: the same weekday a year earlier
 # apart (days) two blocks of one holiday may lie in consecutive years (lunar holidays move by up to a month).
 ALIGN_WINDOW_DAYS = 7
 SAME_HOLIDAY_GAP = (330, 400)
+US_DATE = re.compile(r"\b(\d{2})/(\d{2})/(\d{4})\b")  # month/day/year in the package's English labels
 _NAME_SUFFIX = re.compile(r"\s*\((observed|estimated)\)", re.IGNORECASE)
 
 
@@ -117,7 +118,9 @@ def _holiday_year(country: str, subdivision: str, year: int) -> tuple[dict[date,
         calendar = holidays_lib.country_holidays(country, subdiv=subdivision or None, years=[year, year + 1])
     except NotImplementedError as exc:
         raise ValueError(f"holidays: unknown country/subdivision {country!r}/{subdivision!r}: {exc}") from None
-    names = {d: n for d, n in calendar.items() if d.year == year}
+    # The package's English labels write a swapped day US-style ('substituted from 05/09/2026'): ISO, as every date
+    # Cashcast writes, so a reader in China or Europe does not take it for 5 September.
+    names = {d: US_DATE.sub(r"\3-\1-\2", n) for d, n in calendar.items() if d.year == year}
     # weekend_workdays holds stray dates of other years: keep this year's only.
     workdays = frozenset(d for d in getattr(calendar, "weekend_workdays", ()) if d.year == year)
     if _schedule_published(calendar, year):

@@ -754,9 +754,11 @@ def _plan_rows(
     holding = (held[rows, np.minimum(days + covered, horizon)] - held[rows, days]) * dev.daily_holding_rate[rows]
     capped = np.maximum(after, targets[rows, days]) >= dev.max_load[rows] - 1e-6
     # The most cash expected on a morning after the visit, the next visit's included (deposits pile up until it),
-    # and, for a device's first row, on the mornings up to it.
+    # and, for a device's first row, on the mornings up to it where deposits took it above the morning's count (a
+    # count above max_balance is said by its own note, and is no deposit's doing).
     peak = _most_cash(run.before, rows, days + 1, np.minimum(days + covered, horizon - 1) + 1)
-    peak_before = np.where(first_visit, _most_cash(run.before, rows, np.zeros_like(days), days + 1), 0.0)
+    risen = _most_cash(run.before, rows, np.ones_like(days), days + 1)
+    peak_before = np.where(first_visit & (risen > run.before[rows, 0] + 1e-6), risen, 0.0)
     flags = zip(pickup, capped, after, before, zip(peak, peak_before, strict=True), strict=True)
     weekdays = [WEEKDAY_NAMES[day] for day in dates.day_of_week]
     reasons = [

@@ -44,6 +44,13 @@ def test_china_holiday_swapped_weekdays_are_days_off(china):
     assert _day(china, "2025-10-08")["is_working_day"] == 0
 
 
+def test_swapped_days_are_named_with_iso_dates():
+    """The package's label says 'substituted from 02/04/2024' (US order); plans show it to readers everywhere."""
+    table = holiday_table("CN", "", pd.Timestamp("2024-02-01"), pd.Timestamp("2024-02-29"))
+    swapped = table.loc[table["date"] == pd.Timestamp("2024-02-15"), "holiday_name"].iloc[0]
+    assert swapped == "Day off (substituted from 2024-02-04)"
+
+
 @pytest.mark.parametrize(
     ("inside", "first", "last", "flag"),
     [

@@ -500,6 +500,17 @@ def test_a_reason_warns_when_deposits_are_expected_to_pass_max_balance(config):
     assert "max_balance" not in quiet
 
 
+def test_a_count_above_max_balance_is_not_blamed_on_deposits(config):
+    """An ATM counted at 5,000 with room for 2,000: its cash only falls until the visit, so no deposit takes it above
+    max_balance; the balance note says what is wrong (plan audit: 'deposits expected to take the cash to 5,000')."""
+    forecast = lognormal_forecast([100.0], 21, n_paths=50, seed=4)
+    terms = make_terms(config, 1, capacity=[2000.0])
+    balances = pd.DataFrame({"device_id": ["D0"], "balance": [5000.0]})
+    result = plan_network(forecast, terms, balances, AS_OF, config, holidays=NO_HOLIDAYS)
+    assert not result.plan["reason"].str.contains("deposits").any()
+    assert result.plan["reason"].str.contains("above the most the device may hold").any()
+
+
 def test_branch_with_net_deposits_gets_pickups(config):
     forecast = lognormal_forecast([100.0], 10, n_paths=80, deposits=[400.0], seed=2)
     terms = make_terms(config, 1, kind=["branch"], capacity=[2000.0], max_balance=[1500.0], visit_cost=[5.0])
