@@ -11,13 +11,14 @@ Every policy goes through the same executor, day by day:
 Holding cost per day = holding_rate / 365 x the cash held after the morning visit, the rule the
 planner prices with, so the policies and the perfect-foresight optimum are comparable. The
 optimum plans on past the window's end, as every plan must, and is scored inside it.
-Missing actual days (not recorded) take the device's median of the same weekday in the window,
-so every policy faces the same demand; their count is reported per device.
+Missing actual days (not recorded) take the device's median of the same weekday in the window (else
+in the eight weeks before it), so every policy faces the same demand; their count is reported per device.
 """
 
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -45,6 +46,7 @@ from replenishment.terms import (
 
 Forecaster = Callable[[pd.DataFrame, pd.Timestamp, int], DemandForecast]
 COVER_WINDOW_DAYS = 28
+IMPUTE_WEEKS_BEFORE = 8  # a weekday the window never recorded takes its median over these weeks before the window
 # Lost demand below this share of the day's withdrawals (or half a cent) is rounding, not a stockout: the optimum's
 # loads come from float32 sums, a few units off on a cassette of millions.
 LOST_SHARE_TOLERANCE = 1e-5
@@ -98,19 +100,26 @@ def _actual_matrix(daily: pd.DataFrame, device_ids, dates, column: str) -> np.nd
     return table.reindex(index=device_ids, columns=dates).to_numpy(dtype="float64")
 
 
-def _impute_same_weekday(values: np.ndarray, dates: pd.DatetimeIndex) -> np.ndarray:
-    """Fill NaN days with the device's median of that weekday in the window (0 if none)."""
+def _impute_same_weekday(
+    values: np.ndarray, dates: pd.DatetimeIndex, before: np.ndarray, before_dates: pd.DatetimeIndex
+) -> np.ndarray:
+    """Fill NaN days with the device's median of that weekday in the window; where the window has none (a short
+    window, a feed without Sundays), its median of that weekday in `before` (the weeks before the window), else
+    of every day recorded in the window. Never 0: a day with no row is not a day without demand."""
     filled = values.copy()
-    weekday = np.asarray(dates.day_of_week)
-    for day in range(7):
-        cols = weekday == day
-        if not cols.any():
-            continue
-        block = values[:, cols]
-        has = (~np.isnan(block)).any(axis=1)
-        median = np.zeros(len(values))
-        median[has] = np.nanmedian(block[has], axis=1)
-        filled[:, cols] = np.where(np.isnan(block), median[:, None], block)
+    weekday, weekday_before = np.asarray(dates.day_of_week), np.asarray(before_dates.day_of_week)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: the next tier fills them
+        any_day = np.nanmedian(values, axis=1)
+        for day in range(7):
+            cols = weekday == day
+            if not cols.any():
+                continue
+            block = values[:, cols]
+            median = np.nanmedian(block, axis=1)
+            median = np.where(np.isnan(median), np.nanmedian(before[:, weekday_before == day], axis=1), median)
+            median = np.where(np.isnan(median), any_day, median)
+            filled[:, cols] = np.where(np.isnan(block), median[:, None], block)
     return filled
 
 
@@ -170,7 +179,9 @@ def _window(actual: pd.DataFrame, terms: pd.DataFrame, start, end, config, initi
         given = initial_balances.assign(device_id=initial_balances["device_id"].astype(str))
         given = given.groupby("device_id")["balance"].last().reindex(device_ids).to_numpy(dtype="float64")
         initial = np.where(np.isnan(given), initial, given)
-    withdrawals = np.clip(_impute_same_weekday(withdrawals, dates), 0.0, None)
+    weeks_before = pd.date_range(dates[0] - pd.Timedelta(days=IMPUTE_WEEKS_BEFORE * 7), periods=IMPUTE_WEEKS_BEFORE * 7)
+    before_window = _actual_matrix(actual, device_ids, weeks_before, "withdrawals")
+    withdrawals = np.clip(_impute_same_weekday(withdrawals, dates, before_window, weeks_before), 0.0, None)
     deposits = np.clip(deposits, 0.0, None)
     after = extended[len(dates) :]
     repeated = extend_weekly(withdrawals - deposits, len(extended))[:, len(dates) :]

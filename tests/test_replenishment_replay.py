@@ -143,6 +143,27 @@ def _steady_atm_replay(days: int, window: int, **devices):
     return result, start, end
 
 
+def test_a_weekday_the_window_never_recorded_takes_its_demand_from_the_weeks_before():
+    """A 7-day window whose only Sunday has no row: it was replayed as 0 demand for every policy (backtest
+    audit); it is that device's Sunday median before the window."""
+    dates = pd.date_range("2025-03-03", periods=100, freq="D")
+    daily = pd.DataFrame(
+        {"device_id": "A", "date": dates, "withdrawals": np.where(dates.day_of_week == 6, 3000.0, 1000.0)}
+    )
+    start, end = dates[-7], dates[-1]
+    sunday = [day for day in pd.date_range(start, end) if day.day_of_week == 6]
+    assert len(sunday) == 1
+    daily = daily[daily["date"] != sunday[0]]
+    config = load_config().updated(
+        devices={"visit_cost": 50.0, "emergency_visit_cost": 150.0}, backtest={"baselines": []}
+    )
+    terms = resolve_terms(None, daily[daily["date"] < start], config)
+    result = replay(daily, terms, start, end, lambda h, a, n: naive_forecast(h, a, n, n_paths=20), config)
+    demand = result.daily.drop_duplicates("date").set_index("date")["demand"]
+    assert demand.loc[sunday[0]] == 3000.0
+    assert (result.per_device["imputed_days"] == 1).all()
+
+
 def test_perfect_foresight_visits_daily_a_cassette_smaller_than_a_days_demand():
     """Every policy runs such a device dry every day; the optimum still serves the most by visiting every
     allowed day, as the plan does, instead of saving visits and paying emergency ones (it was the dearest)."""
