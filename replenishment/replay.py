@@ -2,7 +2,8 @@
 
 Every policy goes through the same executor, day by day:
 - morning: a routine visit (if scheduled) fills the device (cassette swap: the cash becomes the
-  visit's balance_after); an emergency visit (see below) fills it to capacity;
+  visit's balance_after; with [plan] cassette_swap = false it adds whole bundles, but for the optimum's
+  visits, which swap: the limit of both); an emergency visit (see below) fills it to capacity;
 - the day: deposits are usable at once; withdrawals beyond the cash on hand are lost, and a day
   with lost demand is a stockout device-day;
 - emergency rule: after a stockout day the carrier comes on the device's next allowed visit day
@@ -210,8 +211,9 @@ def _window(actual: pd.DataFrame, terms: pd.DataFrame, start, end, config, initi
 Decide = Callable[[int, np.ndarray, np.ndarray], None]
 
 
-def _execute(win: _Window, decide: Decide | None, schedule: np.ndarray) -> dict[str, np.ndarray]:
-    """Run a policy over the window; `decide(day, cash, schedule)` may rewrite future visits."""
+def _execute(win: _Window, decide: Decide | None, schedule: np.ndarray, top_up: bool) -> dict[str, np.ndarray]:
+    """Run a policy over the window; `decide(day, cash, schedule)` may rewrite future visits. `top_up`: visits
+    add whole bundles to the cash found (else they swap the cassette)."""
     n, days = win.withdrawals.shape
     cash = win.initial.astype("float64").copy()
     pending = np.zeros(n, dtype=bool)
@@ -229,7 +231,7 @@ def _execute(win: _Window, decide: Decide | None, schedule: np.ndarray) -> dict[
             level[routine] = fill_level(
                 cash[routine],
                 schedule[routine, day],
-                win.top_up,
+                top_up,
                 win.is_atm[routine],
                 win.dev.load_multiple[routine],
                 win.dev.max_load[routine],
@@ -421,7 +423,10 @@ def replay(
     policies["perfect_foresight"] = (None, _perfect_foresight(win))
     device_tables, daily_tables = [], []
     for name, (decide, schedule) in policies.items():
-        per_device, daily = _tables(name, win, _execute(win, decide, schedule))
+        # The optimum swaps whatever the config: its DP sets any level in whole bundles, which a top-up (the residual
+        # plus bundles, under the ceiling) cannot always reach; as a swap it stays the limit for both.
+        top_up = win.top_up and name != "perfect_foresight"
+        per_device, daily = _tables(name, win, _execute(win, decide, schedule, top_up))
         device_tables.append(per_device)
         daily_tables.append(daily)
     per_device = pd.concat(device_tables, ignore_index=True)

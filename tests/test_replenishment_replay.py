@@ -164,6 +164,25 @@ def test_a_weekday_the_window_never_recorded_takes_its_demand_from_the_weeks_bef
     assert (result.per_device["imputed_days"] == 1).all()
 
 
+@pytest.mark.parametrize(("demand", "capacity"), [(1230.0, 10_000.0), (1170.0, 12_000.0), (1010.0, 12_000.0)])
+def test_with_top_up_visits_the_optimum_is_still_the_limit(demand, capacity):
+    """A top-up adds whole bundles to the residual under the ceiling, so it cannot always reach the level the
+    optimum's DP set: the optimum ran dry (backtest audit) or cost more than the plan. It swaps, the limit of both."""
+    dates = pd.date_range("2025-03-03", periods=90, freq="D")
+    daily = pd.DataFrame({"device_id": "A", "date": dates, "withdrawals": demand})
+    config = load_config().updated(
+        devices={"visit_cost": 50.0, "emergency_visit_cost": 150.0, "load_multiple": 1000.0, "capacity": capacity},
+        backtest={"baselines": []},
+        plan={"cassette_swap": False},
+    )
+    start, end = dates[-28], dates[-1]
+    terms = resolve_terms(None, daily[daily["date"] < start], config)
+    result = replay(daily, terms, start, end, lambda h, a, n: naive_forecast(h, a, n, n_paths=20), config)
+    kpis = result.kpis.set_index("policy")
+    assert kpis.loc["perfect_foresight", "stockout_device_days"] == 0
+    assert kpis.loc["cashcast", "cost_vs_optimum"] >= 1 - 1e-9
+
+
 def test_perfect_foresight_visits_daily_a_cassette_smaller_than_a_days_demand():
     """Every policy runs such a device dry every day; the optimum still serves the most by visiting every
     allowed day, as the plan does, instead of saving visits and paying emergency ones (it was the dearest)."""
