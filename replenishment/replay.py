@@ -8,7 +8,10 @@ Every policy goes through the same executor, day by day:
   with lost demand is a stockout device-day;
 - emergency rule: after a stockout day the carrier comes on the device's next allowed visit day
   (visit weekday, not a holiday; no lead time) at emergency_visit_cost and fills to capacity,
-  unless a routine visit falls on that day anyway.
+  unless a routine visit falls on that day anyway; likewise a device that opens an allowed day above
+  max_balance (deposits piling up) gets an emergency pickup down to min_balance + 7 days of its trailing
+  mean demand. Deposits beyond capacity are refused (a full device takes no more). Days held above
+  max_balance, or with deposits refused, are overflow device-days.
 Holding cost per day = holding_rate / 365 x the cash held after the morning visit, the rule the
 planner prices with, so the policies and the perfect-foresight optimum are comparable. The
 optimum plans on past the window's end, as every plan must, and is scored inside it.
@@ -79,6 +82,8 @@ class _Window:
     beyond_allowed: np.ndarray  # (n, E) visit days allowed after the window
     holidays: pd.DataFrame
     initial: np.ndarray
+    reset_level: np.ndarray  # an overflow pickup's level: min_balance + 7 days of trailing mean demand
+    capacity: np.ndarray  # the most cash the device can physically take: deposits beyond it are refused
     emergency_cost: np.ndarray
     is_atm: np.ndarray
     top_up: bool
@@ -174,8 +179,8 @@ def _window(actual: pd.DataFrame, terms: pd.DataFrame, start, end, config, initi
     lead = terms["lead_time_days"].to_numpy(dtype=int)
     deadlines = order_deadlines(dates, lead, config.plan.order_weekdays)
     before = trailing_mean_demand(actual[actual["date"] < dates[0]]).reindex(device_ids).fillna(0.0).to_numpy()
-    default = round_up_to_multiple(dev.min_balance + 7 * before, dev.load_multiple)
-    initial = np.minimum(default, dev.max_load)
+    default = np.minimum(round_up_to_multiple(dev.min_balance + 7 * before, dev.load_multiple), dev.max_load)
+    initial = default
     if initial_balances is not None:
         given = initial_balances.assign(device_id=initial_balances["device_id"].astype(str))
         given = given.groupby("device_id")["balance"].last().reindex(device_ids).to_numpy(dtype="float64")
@@ -202,6 +207,8 @@ def _window(actual: pd.DataFrame, terms: pd.DataFrame, start, end, config, initi
         beyond_allowed=beyond_allowed,
         holidays=holidays,
         initial=initial,
+        reset_level=default,
+        capacity=terms["capacity"].to_numpy(dtype="float64"),
         emergency_cost=terms["emergency_visit_cost"].to_numpy(dtype="float64"),
         is_atm=terms["kind"].to_numpy() == "atm",
         top_up=not config.plan.cassette_swap,
@@ -217,14 +224,17 @@ def _execute(win: _Window, decide: Decide | None, schedule: np.ndarray, top_up: 
     n, days = win.withdrawals.shape
     cash = win.initial.astype("float64").copy()
     pending = np.zeros(n, dtype=bool)
-    record = {k: np.zeros((n, days)) for k in ("opening", "level", "served", "lost", "load")}
+    record = {k: np.zeros((n, days)) for k in ("opening", "level", "served", "lost", "load", "refused")}
     record["visit"] = np.zeros((n, days), dtype=bool)
     record["emergency"] = np.zeros((n, days), dtype=bool)
+    above_limit = win.dev.max_balance + HALF_CENT
     for day in range(days):
         if decide is not None:
             decide(day, cash, schedule)
         routine = ~np.isnan(schedule[:, day])
-        emergency = pending & win.allowed[:, day] & ~routine
+        refill = pending & win.allowed[:, day] & ~routine
+        pickup = (cash > above_limit) & win.allowed[:, day] & ~routine & ~refill
+        emergency = refill | pickup
         record["opening"][:, day] = cash
         level = cash.copy()
         if routine.any():
@@ -236,14 +246,17 @@ def _execute(win: _Window, decide: Decide | None, schedule: np.ndarray, top_up: 
                 win.dev.load_multiple[routine],
                 win.dev.max_load[routine],
             )
-        level[emergency] = np.maximum(cash[emergency], win.dev.max_load[emergency])
+        level[refill] = np.maximum(cash[refill], win.dev.max_load[refill])
+        level[pickup] = win.reset_level[pickup]
         pending &= ~(routine | emergency)
         available = level + win.deposits[:, day]
         served = np.minimum(win.withdrawals[:, day], available)
         lost = win.withdrawals[:, day] - served
-        cash = available - served
+        refused = np.maximum(available - served - win.capacity, 0.0)  # a full device takes no more deposits
+        cash = available - served - refused
         pending |= lost > win.lost_tolerance[:, day]
         record["level"][:, day] = level
+        record["refused"][:, day] = refused
         record["served"][:, day] = served
         record["lost"][:, day] = lost
         record["visit"][:, day] = routine | emergency
@@ -278,12 +291,14 @@ def _perfect_foresight(win: _Window) -> np.ndarray:
 def _cover_rule(win: _Window, actual: pd.DataFrame, config) -> Decide:
     """Forecast-free baseline, a weekly cover with a buffer: load cover_rule_days x (1 + buffer)
     days of trailing mean demand; order again when, on the next reachable visit day, the cash
-    would be down to the buffer (cover_rule_days x buffer days)."""
+    would be down to the buffer (cover_rule_days x buffer days), or, deposits piling up, above
+    max_balance (the cash run forward at the trailing mean net outflow)."""
     cover_days = config.backtest.cover_rule_days
     buffer = config.backtest.cover_rule_buffer
     device_ids = win.terms["device_id"].astype(str).to_numpy(dtype=object)
     history_dates = pd.date_range(win.dates[0] - pd.Timedelta(days=COVER_WINDOW_DAYS), win.dates[-1], freq="D")
     history = _actual_matrix(actual, device_ids, history_dates, "withdrawals")
+    paid_in = np.nan_to_num(_actual_matrix(actual, device_ids, history_dates, "deposits"))
     n, days = win.withdrawals.shape
     rows = np.arange(n)
     # next_allowed[d, t]: the first allowed visit day >= t (days when there is none).
@@ -295,13 +310,15 @@ def _cover_rule(win: _Window, actual: pd.DataFrame, config) -> Decide:
         recent = history[:, day : day + COVER_WINDOW_DAYS]
         seen = (~np.isnan(recent)).sum(axis=1)
         mean = np.nansum(recent, axis=1) / np.maximum(seen, 1)
+        net = mean - paid_in[:, day : day + COVER_WINDOW_DAYS].sum(axis=1) / np.maximum(seen, 1)
         first_orderable = np.where((win.deadlines >= day).any(axis=1), np.argmax(win.deadlines >= day, axis=1), days)
         visit_day = next_allowed[rows, first_orderable]
         reachable = visit_day < days
         planned = np.concatenate([np.zeros((n, 1)), np.cumsum(~np.isnan(schedule), axis=1)], axis=1)
         free = planned[rows, np.minimum(visit_day + 1, days)] == planned[:, day]  # none in [day, visit_day]
-        projected = cash - (visit_day - day) * mean
-        order = reachable & free & (projected < win.dev.min_balance + cover_days * buffer * mean)
+        projected = cash - (visit_day - day) * net
+        low = projected < win.dev.min_balance + cover_days * buffer * mean
+        order = reachable & free & (low | (projected > win.dev.max_balance))
         target = round_up_to_multiple(win.dev.min_balance + cover_days * mean * (1 + buffer), win.dev.load_multiple)
         schedule[rows[order], visit_day[order]] = np.minimum(target, win.dev.max_load)[order]
 
@@ -356,6 +373,8 @@ def _tables(policy: str, win: _Window, record: dict[str, np.ndarray]) -> tuple[p
     device_ids = win.terms["device_id"].astype(str).to_numpy(dtype=object)
     routine = record["visit"] & ~record["emergency"]
     stockout = record["lost"] > win.lost_tolerance
+    # Cash held above max_balance through a day (its insured limit), or deposits a full device turned away.
+    overflow = (record["level"] > win.dev.max_balance[:, None] + HALF_CENT) | (record["refused"] > HALF_CENT)
     per_device = pd.DataFrame(
         {
             "policy": policy,
@@ -366,6 +385,7 @@ def _tables(policy: str, win: _Window, record: dict[str, np.ndarray]) -> tuple[p
             "visits": routine.sum(axis=1),
             "emergency_visits": record["emergency"].sum(axis=1),
             "stockout_device_days": stockout.sum(axis=1),
+            "overflow_device_days": overflow.sum(axis=1),
             "device_days": days,
             "lost_demand": record["lost"].sum(axis=1),
             "avg_idle_cash": record["level"].mean(axis=1),
@@ -384,6 +404,7 @@ def _tables(policy: str, win: _Window, record: dict[str, np.ndarray]) -> tuple[p
             "deposits": win.deposits.ravel(),
             "served": record["served"].ravel(),
             "lost": record["lost"].ravel(),
+            "refused_deposits": record["refused"].ravel(),
             "visit": record["visit"].ravel(),
             "emergency": record["emergency"].ravel(),
             "load": record["load"].ravel(),
@@ -439,6 +460,7 @@ def replay(
             "visits",
             "emergency_visits",
             "stockout_device_days",
+            "overflow_device_days",
             "device_days",
             "lost_demand",
         ]

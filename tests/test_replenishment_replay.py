@@ -183,6 +183,34 @@ def test_with_top_up_visits_the_optimum_is_still_the_limit(demand, capacity):
     assert kpis.loc["cashcast", "cost_vs_optimum"] >= 1 - 1e-9
 
 
+def test_deposits_piling_up_are_picked_up_by_every_policy_and_never_pass_capacity():
+    """A branch taking in 400 a day against 100 paid out: the baselines used to let its cash climb past max_balance
+    and capacity all window, charged as holding (backtest audit). Now deposits beyond capacity are refused, a
+    morning above max_balance brings an emergency pickup, the cover rule orders pickups itself, and the days held
+    above max_balance are counted; perfect foresight has none."""
+    dates = pd.date_range("2025-03-03", periods=120, freq="D")
+    daily = pd.DataFrame({"device_id": "B", "date": dates, "withdrawals": 100.0, "deposits": 400.0})
+    config = load_config().updated(
+        devices={"visit_cost": 50.0, "emergency_visit_cost": 150.0, "load_multiple": 100.0},
+        plan={"horizon_days": 14},
+    )
+    devices = pd.DataFrame({"device_id": ["B"], "kind": ["branch"], "capacity": [5000.0], "max_balance": [3000.0]})
+    start, end = dates[-28], dates[-1]
+    terms = resolve_terms(devices, daily[daily["date"] < start], config)
+    result = replay(daily, terms, start, end, lambda h, a, n: naive_forecast(h, a, n, n_paths=20), config)
+    days = result.daily
+    assert (days["balance_after_visit"] <= 5000.0).all()
+    closing = days["balance_after_visit"] + days["deposits"] - days["served"] - days["refused_deposits"]
+    assert (closing <= 5000.0 + 1e-6).all()
+    kpis = result.kpis.set_index("policy")
+    assert kpis.loc["perfect_foresight", "overflow_device_days"] == 0
+    assert kpis.loc["cover_rule", "visits"] > 0  # it orders pickups, not only emergencies
+    for policy in ("fixed_weekly", "cover_rule"):
+        held = days[days["policy"] == policy]
+        over = (held["balance_after_visit"] > 3000.0).sum() + (held["refused_deposits"] > 0).sum()
+        assert over >= kpis.loc[policy, "overflow_device_days"] > 0 or over == 0
+
+
 def test_perfect_foresight_visits_daily_a_cassette_smaller_than_a_days_demand():
     """Every policy runs such a device dry every day; the optimum still serves the most by visiting every
     allowed day, as the plan does, instead of saving visits and paying emergency ones (it was the dearest)."""
