@@ -10,7 +10,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[1] / "configs" / "default.toml"
 MAX_PLAN_DAYS = 90  # longest plan horizon: visits are planned day by day, and forecasts grow vague
@@ -22,12 +22,30 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: `horizon_days = true` or `service_level = "0.9"` is a mistake to name, not a value to guess (true was
+    # read as 1); no inf: an infinite visit cost planned a visit every day.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+def _time_zone(value: str) -> str:
+    """An IANA zone name ('Asia/Shanghai'), refused as its key when the system's tz database lacks it."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {value!r} (expected an IANA name such as Asia/Shanghai or UTC)") from None
+    return value
 
 
 class WorkspaceSettings(_Section):
     landing_dir: str = "landing"
     timezone: str = "Asia/Shanghai"
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        return _time_zone(value)
 
 
 class DeviceDefaults(_Section):
@@ -37,7 +55,7 @@ class DeviceDefaults(_Section):
     min_balance: float = Field(0.0, ge=0)
     max_balance: float = Field(0.0, ge=0)
     visit_cost: float = Field(1500.0, gt=0)  # stockouts are priced in visits: a free visit prices them at 0
-    emergency_visit_cost: float = Field(4500.0, ge=0)
+    emergency_visit_cost: float = Field(4500.0, ge=0)  # at least visit_cost (checked below)
     holding_rate: float = Field(0.05, ge=0, le=1)
     visit_weekdays: str = "Mon,Tue,Wed,Thu,Fri"
     lead_time_days: int = Field(1, ge=0, le=MAX_PLAN_DAYS)  # as ingest allows in the device master
@@ -54,14 +72,21 @@ class DeviceDefaults(_Section):
         parse_weekdays(value)
         return value
 
-    @model_validator(mode="after")
-    def _emergency_costs_more(self) -> DeviceDefaults:
-        if self.emergency_visit_cost < self.visit_cost:
+    @field_validator("emergency_visit_cost")
+    @classmethod
+    def _emergency_costs_more(cls, value: float, info: ValidationInfo) -> float:
+        visit_cost = info.data.get("visit_cost")
+        if visit_cost is not None and value < visit_cost:
             raise ValueError(
-                f"emergency_visit_cost {self.emergency_visit_cost:g} is below visit_cost {self.visit_cost:g}:"
-                " an unplanned visit costs at least a planned one"
+                f"emergency_visit_cost {value:g} is below visit_cost {visit_cost:g}: an unplanned visit costs at least"
+                " a planned one (set both)"
             )
-        return self
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        return _time_zone(value) if value else value  # empty: the workspace's zone
 
     @field_validator("min_balance")
     @classmethod
@@ -137,12 +162,12 @@ class ForecastSettings(_Section):
     backtest_horizon_days: int = Field(28, ge=1, le=90)
     min_history_days: int = Field(120, ge=7)
     max_history_days: int = Field(1095, ge=28)
-    seed: int = 42
+    seed: int = Field(42, ge=0)
     n_jobs: int = Field(0, ge=0)
     n_paths: int = Field(200, ge=10, le=5000)
-    registered_model: str = "cashcast-forecaster"
+    registered_model: str = Field("cashcast-forecaster", min_length=1)
     tracking_uri: str = ""
-    experiment: str = "cashcast"
+    experiment: str = Field("cashcast", min_length=1)
     retrain_every_days: int = Field(7, ge=1)
     drift_threshold: float = Field(0.25, gt=0)
     gbm_max_rows: int = Field(150_000, ge=1000)
@@ -160,6 +185,18 @@ class ForecastSettings(_Section):
         if any(not 0 < q < 1 for q in value):
             raise ValueError("quantile levels must lie strictly between 0 and 1")
         return sorted(set(value))
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _uri(cls, value: str) -> str:
+        """A URI MLflow can reach ('http://host:5000', 'sqlite:///path/mlflow.db'); a bare 'host:5000' would be
+        taken for a local folder of that name."""
+        if value and "://" not in value and not value.startswith(("file:", "databricks")):
+            raise ValueError(
+                f"{value!r} is not a tracking URI (expected e.g. http://mlflow.example.com:5000 or"
+                " sqlite:///path/mlflow.db; empty: the workspace's own store)"
+            )
+        return value
 
 
 class PlanSettings(_Section):
@@ -201,6 +238,17 @@ class FlowSettings(_Section):
     deployment_name: str = "cashcast-nightly"
     retries: int = Field(2, ge=0)
     retry_delay_seconds: float = Field(5, ge=0)
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        return _time_zone(value)
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        check_cron(value)
+        return value
 
 
 class Config(_Section):
@@ -247,6 +295,37 @@ def parse_weekdays(text: str) -> tuple[int, ...]:
     if not days:
         raise ValueError(f"weekdays must be listed like 'Mon,Tue' or 'Mon-Fri', got {text!r}")
     return tuple(sorted(days))
+
+
+CRON_FIELDS = (("minute", 0, 59), ("hour", 0, 23), ("day of month", 1, 31), ("month", 1, 12), ("day of week", 0, 7))
+CRON_MACROS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+CRON_NAMES = {
+    "month": ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"),
+    "day of week": ("sun", "mon", "tue", "wed", "thu", "fri", "sat"),
+}
+
+
+def check_cron(text: str) -> None:
+    """A five-field cron line ('0 2 * * *': 02:00 daily) or a macro ('@daily'), each field's numbers in range;
+    refused at load, so `serve` does not fail on it later without naming the key."""
+    if text.strip().lower() in CRON_MACROS:
+        return
+    fields = text.split()
+    if len(fields) != len(CRON_FIELDS):
+        raise ValueError(f"{text!r} is not a cron line of 5 fields (minute hour day-of-month month day-of-week)")
+    for field, (name, low, high) in zip(fields, CRON_FIELDS, strict=True):
+        for part in field.split(","):
+            span, slash, step = part.partition("/")
+            ends = [] if span == "*" else span.split("-")
+            if (slash and not (step.isdigit() and int(step) > 0)) or len(ends) > 2 or not span:
+                raise ValueError(f"{text!r}: {name} field {field!r} is not cron syntax")
+            for end in ends:
+                if end.lower() in CRON_NAMES.get(name, ()):
+                    continue
+                if not end.isdigit():
+                    raise ValueError(f"{text!r}: {name} field {field!r} is not cron syntax")
+                if not low <= int(end) <= high:
+                    raise ValueError(f"{text!r}: {name} {end} is outside {low}-{high}")
 
 
 class UnknownRegionError(ValueError):
@@ -298,10 +377,16 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
 
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        with open(path, "rb") as handle:
-            return tomllib.load(handle)
+        # utf-8-sig: a byte-order mark (Windows Notepad writes one) is not a TOML error, as it is no CSV one
+        return tomllib.loads(path.read_bytes().decode("utf-8-sig"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: a folder, not a config file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#x} at {exc.start}): save it as UTF-8"
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
 
@@ -309,13 +394,30 @@ def _read_toml(path: Path) -> dict[str, Any]:
 def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
     """Validate a nested dict; the error names the first bad key as section.key."""
     try:
-        return Config.model_validate(data)
+        config = Config.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         key = ".".join(str(part) for part in first["loc"])
         kind = first["type"]
         message = "unknown key" if kind == "extra_forbidden" else first["msg"]
         raise ConfigError(f"{source}: invalid config key '{key}': {message}") from None
+    for key, message in _contradictions(config):
+        raise ConfigError(f"{source}: invalid config key '{key}': {message}")
+    return config
+
+
+def _contradictions(config: Config) -> list[tuple[str, str]]:
+    """Keys valid alone that contradict another section's: (key, why)."""
+    found = []
+    if config.forecast.min_history_days >= config.forecast.max_history_days:
+        found.append(
+            (
+                "forecast.min_history_days",
+                f"{config.forecast.min_history_days} is not below forecast.max_history_days"
+                f" {config.forecast.max_history_days}: no device could ever have its own models",
+            )
+        )
+    return found
 
 
 def load_config(path: str | Path | None = None) -> Config:

@@ -429,6 +429,11 @@ def replay(
     from the same balances (`initial_balances` device_id, balance; default min_balance + 7 days
     of trailing mean demand, capped at capacity).
     """
+    if config.backtest.replan_every_days > config.plan.horizon_days:
+        raise ValueError(
+            f"[backtest] replan_every_days {config.backtest.replan_every_days} is longer than [plan] horizon_days"
+            f" {config.plan.horizon_days}: the days between a plan's end and the next re-plan would have no plan"
+        )
     actual = validate_daily(actual_daily, source="replay actuals")
     actual["device_id"] = actual["device_id"].astype(str)
     terms, notes = _recorded_in_window(actual, terms, start, end)

@@ -41,6 +41,24 @@ def test_user_file_is_merged_over_defaults(tmp_path: Path):
         ("[devices]\nvisit_cost = 0\n", "devices.visit_cost"),
         ('[ingest]\ncurrency = "yuan"\n', "ingest.currency"),
         ("[nonsense]\nx = 1\n", "nonsense"),
+        # Values of another type are named, not converted (config audit: true was read as a 1-day horizon).
+        ("[plan]\nhorizon_days = true\n", "plan.horizon_days"),
+        ('[plan]\ncassette_swap = "off"\n', "plan.cassette_swap"),
+        ('[devices]\nservice_level = "0.9"\n', "devices.service_level"),
+        ('[calendar]\npaydays = ["10", 15]\n', "calendar.paydays.0"),
+        ("[devices]\nvisit_cost = inf\nemergency_visit_cost = inf\n", "devices.visit_cost"),
+        ("[ingest]\nmax_amount = inf\n", "ingest.max_amount"),
+        ('[workspace]\ntimezone = "Asia/Shangai"\n', "workspace.timezone"),
+        ('[devices]\ntimezone = "UTC+8"\n', "devices.timezone"),
+        ('[flows]\ntimezone = "Nowhere"\n', "flows.timezone"),
+        ('[flows]\ncron = "every night"\n', "flows.cron"),
+        ('[flows]\ncron = "75 2 * * *"\n', "flows.cron"),
+        ('[forecast]\nregistered_model = ""\n', "forecast.registered_model"),
+        ('[forecast]\nexperiment = ""\n', "forecast.experiment"),
+        ('[forecast]\ntracking_uri = "mlfow.example.com:5000"\n', "forecast.tracking_uri"),
+        ("[forecast]\nseed = -1\n", "forecast.seed"),
+        ("[forecast]\nmin_history_days = 400\nmax_history_days = 365\n", "forecast.min_history_days"),
+        ("[devices]\nvisit_cost = 5000.0\n", "devices.emergency_visit_cost"),
     ],
 )
 def test_invalid_values_name_the_file_and_key(tmp_path: Path, text: str, key: str):
@@ -58,6 +76,29 @@ def test_broken_toml_and_missing_file_are_clear(tmp_path: Path):
         load_config(broken)
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "absent.toml")
+    with pytest.raises(ConfigError, match="a folder, not a config file"):
+        load_config(tmp_path)
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes("# caf\xe9\n[plan]\nhorizon_days = 7\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin.toml: not UTF-8 text \(byte 0xe9 at 5\): save it as UTF-8"):
+        load_config(latin)
+
+
+def test_a_config_saved_with_a_byte_order_mark_loads(tmp_path: Path):
+    path = tmp_path / "notepad.toml"
+    path.write_bytes(b"\xef\xbb\xbf[plan]\nhorizon_days = 7\n")
+    assert load_config(path).plan.horizon_days == 7
+
+
+def test_good_time_zones_and_cron_lines_load(tmp_path: Path):
+    path = tmp_path / "ok.toml"
+    path.write_text(
+        '[workspace]\ntimezone = "UTC"\n[devices]\ntimezone = "Europe/London"\n'
+        '[flows]\ncron = "*/30 1-5 * jan-dec mon-fri"\ntimezone = "America/New_York"\n'
+        '[forecast]\ntracking_uri = "http://mlflow.internal:5000"\n'
+    )
+    config = load_config(path)
+    assert config.flows.cron.startswith("*/30") and config.devices.timezone == "Europe/London"
 
 
 def test_updated_copy_is_validated():

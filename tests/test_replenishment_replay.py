@@ -211,6 +211,17 @@ def test_deposits_piling_up_are_picked_up_by_every_policy_and_never_pass_capacit
         assert over >= kpis.loc[policy, "overflow_device_days"] > 0 or over == 0
 
 
+def test_a_replan_interval_longer_than_the_plan_is_refused():
+    """Re-planning every 21 days on 7-day plans leaves two weeks of every three unplanned: the replay blamed the
+    forecaster for the gap with emergency visits (config audit). Valid in the nightly run, refused in a replay."""
+    dates = pd.date_range("2025-03-03", periods=60, freq="D")
+    daily = pd.DataFrame({"device_id": "A", "date": dates, "withdrawals": 1000.0})
+    config = load_config().updated(plan={"horizon_days": 7}, backtest={"replan_every_days": 21})
+    terms = resolve_terms(None, daily[daily["date"] < dates[-28]], config)
+    with pytest.raises(ValueError, match=r"replan_every_days 21 is longer than \[plan\] horizon_days 7"):
+        replay(daily, terms, dates[-28], dates[-1], lambda h, a, n: naive_forecast(h, a, n, n_paths=20), config)
+
+
 def test_perfect_foresight_visits_daily_a_cassette_smaller_than_a_days_demand():
     """Every policy runs such a device dry every day; the optimum still serves the most by visiting every
     allowed day, as the plan does, instead of saving visits and paying emergency ones (it was the dearest)."""
