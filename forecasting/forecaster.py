@@ -16,7 +16,7 @@ import pandas as pd
 
 from cashcast.config import Config
 from cashcast.schema import DemandForecast, quantile_column
-from forecasting.backtest import CANDIDATES, TargetModel, run_tasks
+from forecasting.backtest import CANDIDATES, FALLBACK, NO_HISTORY, TargetModel, run_tasks
 from forecasting.metrics import mase, smape
 from forecasting.panel import Panel, build_panel, quiet_nan
 
@@ -25,6 +25,34 @@ def _deposit_devices(daily: pd.DataFrame, as_of: pd.Timestamp) -> np.ndarray:
     """Devices that recorded a positive deposit before as_of (recyclers, branches)."""
     past = daily.loc[(daily["date"] < as_of) & (daily["deposits"] > 0), "device_id"]
     return np.sort(past.astype(str).unique())
+
+
+TWIN_LEVEL_DAYS = 28  # a new device's twin is the median of its kind by mean demand over these last days
+TYPICAL = "typical_"  # the model name of a device forecast as the typical device of its kind ("typical_branch")
+
+
+def _kinds(devices: pd.DataFrame | None, ids: np.ndarray, default: str) -> np.ndarray:
+    """Each device's kind from the master (the config's default kind where the master has no row or cell)."""
+    if devices is None or "kind" not in devices.columns or devices.empty:
+        return np.full(len(ids), default, dtype=object)
+    known = devices.assign(device_id=devices["device_id"].astype(str)).drop_duplicates("device_id", keep="last")
+    kinds = known.set_index("device_id")["kind"].reindex(np.asarray(ids, dtype=str))
+    return kinds.where(kinds.notna() & (kinds.astype(str) != ""), default).astype(str).to_numpy(dtype=object)
+
+
+def _typical_twins(names: np.ndarray, level: np.ndarray, kinds: np.ndarray) -> list[tuple[int, int]]:
+    """(row, twin) for every device with no history (model NO_HISTORY) that has recorded devices of its kind:
+    the twin is the one of them whose recorded `level` is the median (a real device, so its withdrawals, deposits
+    and paths belong together; chosen on history, so every horizon gets the same twin)."""
+    new = names == NO_HISTORY
+    recorded = ~new & (names != FALLBACK)
+    pairs = []
+    for kind in set(kinds[new]):
+        peers = np.flatnonzero(recorded & (kinds == kind))
+        if len(peers):
+            twin = int(peers[np.argsort(level[peers], kind="stable")[(len(peers) - 1) // 2]])
+            pairs += [(int(row), twin) for row in np.flatnonzero(new & (kinds == kind))]
+    return pairs
 
 
 class NoHistoryError(ValueError):
@@ -144,6 +172,29 @@ class CashForecaster:
             panel, horizon, n_paths, f"{stream}-withdrawals", levels
         )
         ids = panel.device_ids
+        deposit_ids = np.intersect1d(ids, _deposit_devices(daily, as_of)) if self.deposits_ is not None else []
+        deposits = None  # (yhat, quantiles, paths) of every device, zeros for those without deposits
+        if len(deposit_ids):
+            dep_panel = self._panel(daily, devices, as_of, horizon, deposit_ids, "deposits", events=events)
+            d_hat, _, d_quant, d_paths, d_fail = self.deposits_.predict(
+                dep_panel, horizon, n_paths, f"{stream}-deposits", levels
+            )
+            failures.update({k: f"deposits {v}" for k, v in d_fail.items()})
+            rows = pd.Index(ids).get_indexer(deposit_ids)
+            deposits = (np.full(yhat.shape, np.nan), np.full(quant.shape, np.nan), np.zeros_like(paths))
+            for whole, part in zip(deposits, (d_hat, d_quant, d_paths), strict=True):
+                whole[rows] = part
+        takes_deposits = np.isin(ids, deposit_ids)
+        kinds = _kinds(devices, ids, self.config.devices.kind)
+        with quiet_nan():
+            level = np.nan_to_num(np.nanmean(panel.values[:, -TWIN_LEVEL_DAYS:], axis=1))
+        for row, twin in _typical_twins(names, level, kinds):
+            # A device with no history yet forecasts as the typical recorded device of its kind, deposits
+            # included: a new branch is not a withdrawal-only median of ATMs, recyclers and branches.
+            for array in (yhat, quant, paths, *(deposits or ())):
+                array[row] = array[twin]
+            takes_deposits[row] = takes_deposits[twin]
+            names[row] = f"{TYPICAL}{kinds[row]}"
         frame = pd.DataFrame(
             {
                 "device_id": pd.array(np.repeat(ids, horizon), dtype="string"),
@@ -155,23 +206,12 @@ class CashForecaster:
         for k, q in enumerate(levels):
             frame[quantile_column(q)] = quant[:, :, k].ravel()
         deposit_paths = None
-        deposit_ids = np.intersect1d(ids, _deposit_devices(daily, as_of)) if self.deposits_ is not None else []
-        if len(deposit_ids):
-            dep_panel = self._panel(daily, devices, as_of, horizon, deposit_ids, "deposits", events=events)
-            d_hat, _, d_quant, d_paths, d_fail = self.deposits_.predict(
-                dep_panel, horizon, n_paths, f"{stream}-deposits", levels
-            )
-            failures.update({k: f"deposits {v}" for k, v in d_fail.items()})
-            rows = pd.Index(ids).get_indexer(deposit_ids)
-            full = np.full((len(ids), horizon), np.nan)
-            full[rows] = d_hat
-            frame["deposits_yhat"] = full.ravel()
+        if deposits is not None:
+            d_hat, d_quant, deposit_paths = deposits
+            d_hat[~takes_deposits], d_quant[~takes_deposits] = np.nan, np.nan
+            frame["deposits_yhat"] = d_hat.ravel()
             for k, q in enumerate(levels):
-                full = np.full((len(ids), horizon), np.nan)
-                full[rows] = d_quant[:, :, k]
-                frame[f"deposits_{quantile_column(q)}"] = full.ravel()
-            deposit_paths = np.zeros_like(paths)
-            deposit_paths[rows] = d_paths
+                frame[f"deposits_{quantile_column(q)}"] = d_quant[:, :, k].ravel()
         self.failures_ = failures
         return DemandForecast(frame, np.asarray(ids, dtype=str), dates, paths, deposit_paths, dict(failures))
 

@@ -321,6 +321,28 @@ def test_cold_start_device_gets_sensible_forecast(trained, network, as_of):
     assert trained.model.failures_ == {}
 
 
+def test_a_device_with_no_history_forecasts_as_the_typical_device_of_its_kind(trained, network, as_of):
+    """A new branch in the master was forecast at the median of every device, ATMs included, without deposits, so
+    its plan loaded cash a branch takes in (plan audit). It is now the median recorded branch, deposits too."""
+    master = network.devices
+    new = (
+        master[master["kind"].isin(["branch", "atm"])]
+        .drop_duplicates("kind")
+        .assign(device_id=lambda frame: "NEW-" + frame["kind"])
+    )
+    fc = trained.model.predict(network.daily, pd.concat([master, new], ignore_index=True), as_of, HORIZON)
+    frame = fc.frame.set_index(["device_id", "date"])
+    branch, atm = frame.loc["NEW-branch"], frame.loc["NEW-atm"]
+    assert (branch["model"] == "typical_branch").all() and (atm["model"] == "typical_atm").all()
+    branches = master.loc[master["kind"] == "branch", "device_id"]
+    twins = [device for device in branches if np.array_equal(frame.loc[device, "yhat"], branch["yhat"])]
+    assert len(twins) == 1
+    np.testing.assert_array_equal(branch["deposits_yhat"], frame.loc[twins[0], "deposits_yhat"])
+    assert branch["deposits_yhat"].gt(0).all() and atm["deposits_yhat"].isna().all()
+    rows = pd.Index(fc.device_ids).get_indexer(["NEW-branch", twins[0]])
+    np.testing.assert_array_equal(fc.deposit_paths[rows[0]], fc.deposit_paths[rows[1]])
+
+
 def test_predict_at_later_as_of_uses_newer_history(trained, network, as_of):
     later = as_of + pd.Timedelta(days=HORIZON)
     early = _forecast(trained.model, network.daily, network.devices, as_of, HORIZON * 2)
