@@ -991,10 +991,11 @@ def run_backtest(
         mlflow.set_tag("cashcast.kind", "backtest")
         mlflow.log_params(
             {
+                **registry.config_params(config),
                 "start": f"{start:%Y-%m-%d}",
                 "end": f"{end:%Y-%m-%d}",
-                "replan_every_days": config.backtest.replan_every_days,
-                "plan_horizon_days": config.plan.horizon_days,
+                "output": str(folder),
+                "data_fingerprint": data_fingerprint(history.daily),
             }
         )
         for row in result.kpis.to_dict(orient="records"):

@@ -393,6 +393,13 @@ def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
         out[prefix] = json.dumps(value) if isinstance(value, list) else str(value)
 
 
+def config_params(config: Config) -> dict[str, str]:
+    """The whole config as MLflow params ('plan.horizon_days': '14'): a run says what it ran under."""
+    params: dict[str, str] = {}
+    _flatten("", config.model_dump(), params)
+    return params
+
+
 def log_training(
     result: Any,
     config: Config,
@@ -412,8 +419,7 @@ def log_training(
     version must not replace the champion whatever its score (it was trained for an earlier morning).
     """
     use_store(ws, config)
-    params: dict[str, str] = {}
-    _flatten("", config.model_dump(), params)
+    params = config_params(config)
     window = {
         f"window.{k}": (v if isinstance(v, str) else json.dumps(v, default=str)) for k, v in result.window.items()
     }

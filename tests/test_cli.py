@@ -619,6 +619,19 @@ def test_backtest_through_the_cli(cli_home, tmp_path, capsys):
         assert column in kpis.columns
     best = kpis.set_index("policy")["total_cost"]
     assert best["perfect_foresight"] <= best.min() + 1e-6
+    # The figures are logged to MLflow, one run, with the config and data it ran on.
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("cashcast")
+    (run,) = client.search_runs([experiment.experiment_id], "tags.`cashcast.kind` = 'backtest'")
+    ratio = kpis.set_index("policy").loc["cashcast", "cost_vs_optimum"]
+    assert run.data.metrics["cashcast.cost_vs_optimum"] == pytest.approx(ratio, rel=1e-3)
+    assert run.data.metrics["perfect_foresight.total_cost"] == pytest.approx(best["perfect_foresight"], rel=1e-6)
+    params = run.data.params
+    assert params["plan.horizon_days"] == "14" and params["output"] == str(out)
+    assert len(params["data_fingerprint"]) == 16
+    assert params["forecast.backtest_folds"] == "1"  # the --config file's value, merged over the defaults
     per_device = pd.read_csv(out / "per_device.csv")
     # ATM-00020 is installed after the window (2026-10-16): nothing to replay, so it is left out.
     assert per_device["device_id"].nunique() == 29 and "ATM-00020" not in set(per_device["device_id"])
