@@ -52,8 +52,9 @@ def cmd_train(ws: Workspace, config: Config, args: argparse.Namespace) -> int:
         if math.isfinite(smape)
         else "not backtested (too little history for a backtest window)"
     )
+    devices = f"{outcome.n_devices} device{'s' if outcome.n_devices != 1 else ''}"
     print(
-        f"trained {outcome.n_devices} devices on history before {outcome.as_of:%Y-%m-%d}: {scores}; "
+        f"trained {devices} on history before {outcome.as_of:%Y-%m-%d}: {scores}; "
         f"version {outcome.version} {state} ({outcome.reason}); MLflow run {outcome.run_id}"
     )
     return 0
