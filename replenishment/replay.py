@@ -8,10 +8,11 @@ Every policy goes through the same executor, day by day:
   with lost demand is a stockout device-day;
 - emergency rule: after a stockout day the carrier comes on the device's next allowed visit day
   (visit weekday, not a holiday; no lead time) at emergency_visit_cost and fills to capacity,
-  unless a routine visit falls on that day anyway; likewise a device that opens an allowed day above
-  max_balance (deposits piling up) gets an emergency pickup down to min_balance + 7 days of its trailing
-  mean demand. Deposits beyond capacity are refused (a full device takes no more). Days held above
-  max_balance, or with deposits refused, are overflow device-days.
+  unless a routine visit falls on that day anyway; likewise after a day whose deposits took the cash
+  above max_balance (and above the morning's level) the carrier comes for an emergency pickup down to
+  min_balance + 7 days of its trailing mean demand. Deposits beyond capacity are refused (a full device
+  takes no more; cash it already holds stays). Days held above max_balance, or with deposits refused,
+  are overflow device-days.
 Holding cost per day = holding_rate / 365 x the cash held after the morning visit, the rule the
 planner prices with, so the policies and the perfect-foresight optimum are comparable. The
 optimum plans on past the window's end, as every plan must, and is scored inside it.
@@ -227,13 +228,13 @@ def _execute(win: _Window, decide: Decide | None, schedule: np.ndarray, top_up: 
     record = {k: np.zeros((n, days)) for k in ("opening", "level", "served", "lost", "load", "refused")}
     record["visit"] = np.zeros((n, days), dtype=bool)
     record["emergency"] = np.zeros((n, days), dtype=bool)
-    above_limit = win.dev.max_balance + HALF_CENT
+    piled_up = np.zeros(n, dtype=bool)  # deposits took the cash above max_balance: a pickup is due
     for day in range(days):
         if decide is not None:
             decide(day, cash, schedule)
         routine = ~np.isnan(schedule[:, day])
         refill = pending & win.allowed[:, day] & ~routine
-        pickup = (cash > above_limit) & win.allowed[:, day] & ~routine & ~refill
+        pickup = piled_up & win.allowed[:, day] & ~routine & ~refill
         emergency = refill | pickup
         record["opening"][:, day] = cash
         level = cash.copy()
@@ -249,12 +250,16 @@ def _execute(win: _Window, decide: Decide | None, schedule: np.ndarray, top_up: 
         level[refill] = np.maximum(cash[refill], win.dev.max_load[refill])
         level[pickup] = win.reset_level[pickup]
         pending &= ~(routine | emergency)
+        piled_up &= ~(routine | emergency)
         available = level + win.deposits[:, day]
         served = np.minimum(win.withdrawals[:, day], available)
         lost = win.withdrawals[:, day] - served
-        refused = np.maximum(available - served - win.capacity, 0.0)  # a full device takes no more deposits
+        # A full device takes no more deposits; the cash it already holds (a count above capacity) stays.
+        room = np.maximum(win.capacity, level) - (available - served)
+        refused = np.minimum(win.deposits[:, day], np.maximum(-room, 0.0))
         cash = available - served - refused
         pending |= lost > win.lost_tolerance[:, day]
+        piled_up |= (win.deposits[:, day] > 0) & (cash > np.maximum(win.dev.max_balance, level) + HALF_CENT)
         record["level"][:, day] = level
         record["refused"][:, day] = refused
         record["served"][:, day] = served

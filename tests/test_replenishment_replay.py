@@ -61,7 +61,7 @@ def test_served_plus_lost_is_demand_and_cash_never_negative(cub_case):
     assert (daily["served"] >= 0).all() and (daily["lost"] >= 0).all()
     # Cash carries over: tomorrow opens with what today left.
     for _, group in daily.groupby(["policy", "device_id"]):
-        closing = group["balance_after_visit"] + group["deposits"] - group["served"]
+        closing = group["balance_after_visit"] + group["deposits"] - group["served"] - group["refused_deposits"]
         np.testing.assert_allclose(group["opening_balance"].to_numpy()[1:], closing.to_numpy()[:-1], atol=1e-6)
     visits = daily[daily["visit"]]
     assert (visits["load"] == visits["balance_after_visit"]).all()
@@ -203,12 +203,33 @@ def test_deposits_piling_up_are_picked_up_by_every_policy_and_never_pass_capacit
     closing = days["balance_after_visit"] + days["deposits"] - days["served"] - days["refused_deposits"]
     assert (closing <= 5000.0 + 1e-6).all()
     kpis = result.kpis.set_index("policy")
-    assert kpis.loc["perfect_foresight", "overflow_device_days"] == 0
+    assert kpis.loc["perfect_foresight", ["overflow_device_days", "emergency_visits"]].eq(0).all()
     assert kpis.loc["cover_rule", "visits"] > 0  # it orders pickups, not only emergencies
-    for policy in ("fixed_weekly", "cover_rule"):
-        held = days[days["policy"] == policy]
-        over = (held["balance_after_visit"] > 3000.0).sum() + (held["refused_deposits"] > 0).sum()
-        assert over >= kpis.loc[policy, "overflow_device_days"] > 0 or over == 0
+    # The weekly fill loads to capacity; by the next morning deposits have passed max_balance: the carrier comes.
+    weekly = days[days["policy"] == "fixed_weekly"].reset_index(drop=True)
+    pickups = weekly[weekly["emergency"]]
+    assert len(pickups) > 0 and (pickups["balance_after_visit"] < pickups["opening_balance"]).all()
+    held_over = (weekly["balance_after_visit"] > 3000.0) | (weekly["refused_deposits"] > 0)
+    assert kpis.loc["fixed_weekly", "overflow_device_days"] == held_over.sum()
+
+
+def test_an_atm_counted_above_its_limits_keeps_its_cash_and_gets_no_pickup():
+    """Refusing deposits must not delete cash the device holds (it deleted the count's excess over capacity), and
+    a withdrawals-only device above max_balance is the plans' to mend, not an emergency's (the optimum paid one)."""
+    dates = pd.date_range("2025-03-03", periods=90, freq="D")
+    daily = pd.DataFrame({"device_id": "A", "date": dates, "withdrawals": 1000.0})
+    config = load_config().updated(
+        devices={"visit_cost": 50.0, "emergency_visit_cost": 150.0, "load_multiple": 100.0}, backtest={"baselines": []}
+    )
+    devices = pd.DataFrame({"device_id": ["A"], "capacity": [20_000.0], "max_balance": [10_000.0]})
+    start, end = dates[-28], dates[-1]
+    terms = resolve_terms(devices, daily[daily["date"] < start], config)
+    opening = pd.DataFrame({"device_id": ["A"], "balance": [25_000.0]})
+    result = replay(daily, terms, start, end, lambda h, a, n: naive_forecast(h, a, n, n_paths=20), config, opening)
+    days = result.daily
+    assert (days["refused_deposits"] == 0).all() and not days["emergency"].any()
+    first = days[(days["policy"] == "perfect_foresight") & (days["date"] == start + pd.Timedelta(days=1))]
+    assert first["opening_balance"].iloc[0] == 24_000.0 or first["visit"].iloc[0]  # kept, unless a visit swapped it
 
 
 def test_a_replan_interval_longer_than_the_plan_is_refused():
