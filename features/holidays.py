@@ -45,7 +45,8 @@ YEAR_BACK_DAYS = 364  # 52 weeks: the same weekday a year earlier
 # apart (days) two blocks of one holiday may lie in consecutive years (lunar holidays move by up to a month).
 ALIGN_WINDOW_DAYS = 7
 SAME_HOLIDAY_GAP = (330, 400)
-US_DATE = re.compile(r"\b(\d{2})/(\d{2})/(\d{4})\b")  # month/day/year in the package's English labels
+HOLIDAY_LANGUAGE = "en_US"
+US_DATE = re.compile(r"\b(\d{2})/(\d{2})/(\d{4})\b")  # month/day/year in the package's en_US labels
 _NAME_SUFFIX = re.compile(r"\s*\((observed|estimated)\)", re.IGNORECASE)
 
 
@@ -115,12 +116,19 @@ def holiday_table(
 def _holiday_year(country: str, subdivision: str, year: int) -> tuple[dict[date, str], frozenset[date], bool]:
     """Holiday names, make-up workdays and whether they are estimated, for one year (cached: CN is slow)."""
     try:
-        calendar = holidays_lib.country_holidays(country, subdiv=subdivision or None, years=[year, year + 1])
+        # English names whatever the host's locale (LANG=de_DE gave China's in Chinese: the named blocks match
+        # English names, and a model would read other features on another host); the country's own where it
+        # has no English.
+        calendar = holidays_lib.country_holidays(
+            country, subdiv=subdivision or None, years=[year, year + 1], language=HOLIDAY_LANGUAGE
+        )
     except NotImplementedError as exc:
         raise ValueError(f"holidays: unknown country/subdivision {country!r}/{subdivision!r}: {exc}") from None
-    # The package's English labels write a swapped day US-style ('substituted from 05/09/2026'): ISO, as every date
-    # Cashcast writes, so a reader in China or Europe does not take it for 5 September.
-    names = {d: US_DATE.sub(r"\3-\1-\2", n) for d, n in calendar.items() if d.year == year}
+    # en_US labels write a swapped day US-style ('substituted from 05/09/2026'): ISO, as every date Cashcast
+    # writes, so a reader in China or Europe does not take it for 5 September. Only in en_US labels: another
+    # language's may be day-first.
+    english = HOLIDAY_LANGUAGE in getattr(calendar, "supported_languages", ())
+    names = {d: US_DATE.sub(r"\3-\1-\2", n) if english else n for d, n in calendar.items() if d.year == year}
     # weekend_workdays holds stray dates of other years: keep this year's only.
     workdays = frozenset(d for d in getattr(calendar, "weekend_workdays", ()) if d.year == year)
     if _schedule_published(calendar, year):

@@ -44,6 +44,22 @@ def test_china_holiday_swapped_weekdays_are_days_off(china):
     assert _day(china, "2025-10-08")["is_working_day"] == 0
 
 
+def test_holiday_names_do_not_follow_the_hosts_locale(monkeypatch):
+    """Under LANG=de_DE the package named China's holidays in Chinese: the Spring Festival block lost its flag, and a
+    model trained on one host would read other features on another."""
+    from features.holidays import _holiday_year
+
+    _holiday_year.cache_clear()
+    monkeypatch.setenv("LANG", "de_DE.UTF-8")
+    try:
+        table = holiday_table("CN", "", pd.Timestamp("2024-02-01"), pd.Timestamp("2024-02-29"))
+        blocks = holiday_blocks(table, 30, "CN")
+    finally:
+        _holiday_year.cache_clear()
+    assert table.loc[table["date"] == pd.Timestamp("2024-02-12"), "holiday_name"].iloc[0].startswith("Chinese New Year")
+    assert blocks.loc[blocks["date"] == pd.Timestamp("2024-02-12"), "block_spring_festival"].iloc[0] == 1
+
+
 def test_swapped_days_are_named_with_iso_dates():
     """The package's label says 'substituted from 02/04/2024' (US order); plans show it to readers everywhere."""
     table = holiday_table("CN", "", pd.Timestamp("2024-02-01"), pd.Timestamp("2024-02-29"))
