@@ -98,8 +98,8 @@ def need_quantile(values: np.ndarray, level: np.ndarray) -> np.ndarray:
     figure, and the forecaster's paths (resampled blocks of backtest errors) carry a few runaway
     ones. Replayed on CUB and synthetic data, 3-10-day sums beat the extrapolated q99 in 1.1-1.2%
     of cases (nominal 1%). With one path (perfect foresight) both are that path: exact cover.
-    A body that needs no cash (q90 <= 0: a branch whose deposits cover its withdrawals on most paths) has
-    no shape to extrapolate: its tail is the sample's (else a pickup would leave the floor and a 5% risk).
+    A body of which half needs no cash (q50 <= 0: a branch whose deposits cover its withdrawals on most paths)
+    has no shape to extrapolate: its tail is the sample's (else a pickup would leave the floor at a 5-9% risk).
     """
     level = np.asarray(level, dtype="float64")
     sample = _path_quantile(values, level)
@@ -108,7 +108,7 @@ def need_quantile(values: np.ndarray, level: np.ndarray) -> np.ndarray:
     q50 = _path_quantile(values, np.full_like(level, 0.5))
     q90 = _path_quantile(values, np.full_like(level, BODY_LEVEL))
     extrapolated = extrapolate_body(q50, q90, np.clip(level, BODY_LEVEL, 1 - 1e-9))
-    return np.where((level > BODY_LEVEL) & (q90 > 0), extrapolated, sample)
+    return np.where((level > BODY_LEVEL) & (q50 > 0), extrapolated, sample)
 
 
 def _running(op: np.ufunc, days_first: np.ndarray) -> np.ndarray:

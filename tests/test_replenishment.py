@@ -832,6 +832,9 @@ def test_need_quantile_reads_the_tail_from_the_body():
     # A body that needs nothing (a branch whose deposits cover it on 95.5% of paths): the sample's tail, not 0.
     deposit_taker = np.sort(np.r_[np.zeros(191), np.full(9, 300_000.0)])[None, :]
     np.testing.assert_array_equal(need_quantile(deposit_taker, level), [300_000.0])
+    # Nor when more than half the paths need nothing: 0 + 2 x q90 left 9% of them short against 0.5% (review).
+    mostly = np.sort(np.r_[np.zeros(170), np.linspace(10_000.0, 300_000.0, 30)])[None, :]
+    np.testing.assert_array_equal(need_quantile(mostly, np.array([0.995])), _path_quantile(mostly, np.array([0.995])))
 
 
 def test_a_branch_picked_up_keeps_cash_for_the_days_its_withdrawals_beat_its_deposits(config):
