@@ -33,9 +33,9 @@ _MAX_US = BEYOND // 1000
 # bare date, -08 is the day).
 ZONE_SUFFIX = r"(Z|[+-]\d\d:?\d\d|\d\d:\d\d(:\d\d(\.\d+)?)?[+-]\d\d)$"
 ZONE_PART = r"(Z|[+-]\d\d(:?\d\d)?)$"  # the offset itself, once ZONE_SUFFIX said there is one
-# A whole calendar day first (2024-01-08 or 20240108): ISO's reduced forms ('2026', '2026-05') name no day, and
-# pandas would read them as the 1st of the year or month.
-WHOLE_DAY = r"^\s*\d{4}(-\d\d-\d\d|\d\d\d\d)(?:$|[T\s])"
+# A whole calendar day first (2024-01-08, 2024-1-8 or 20240108): ISO's reduced forms ('2026', '2026-05') name no
+# day, and pandas would read them as the 1st of the year or month.
+WHOLE_DAY = r"^\s*\d{4}(-\d{1,2}-\d{1,2}|\d\d\d\d)(?:$|[T\s])"
 _MULTIPLIER = np.uint64(0x100000001B3)
 # Text read per CSV batch, whatever batch_rows says: small batches stay in cache and keep the peak
 # memory flat (measured: 16 MiB batches are faster than 60 MiB ones and use ~40% less memory).

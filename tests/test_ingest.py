@@ -359,11 +359,13 @@ def test_parquet_dates_written_as_numbers_read_like_the_csv_text(tmp_path, ws, c
 def test_dates_that_name_no_day_are_rejected_not_read_as_the_first(tmp_path, ws, config):
     """ISO's reduced forms '2024' and '2024-05' are a year and a month: pandas would load them as 1 January and
     1 May, a device-day that never happened. The basic form 20240502 names a day and loads."""
-    body = "device_id,date,withdrawals\nA,2024,100\nA,2024-05,200\nA,20240502,300\nA,2024-05-03T00:00,400\n"
+    body = (
+        "device_id,date,withdrawals\nA,2024,100\nA,2024-05,200\nA,20240502,300\nA,2024-05-03T00:00,400\nA,2024-5-4,5\n"
+    )
     report = ingest_file(write(tmp_path / "daily.csv", body), "daily", ws, config)
-    assert (report.rows_loaded, report.rows_rejected) == (2, 2)
+    assert (report.rows_loaded, report.rows_rejected) == (3, 2)
     assert pd.read_csv(report.rejects_path)["reason"].tolist() == ["unparseable date"] * 2
-    assert read_daily(ws)["date"].tolist() == [pd.Timestamp("2024-05-02"), pd.Timestamp("2024-05-03")]
+    assert read_daily(ws)["date"].tolist() == [pd.Timestamp(f"2024-05-0{day}") for day in (2, 3, 4)]
 
 
 def test_transactions_in_another_currency_are_rejected_not_summed(tmp_path, ws, config):
