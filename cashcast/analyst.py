@@ -88,9 +88,11 @@ def quick_config(config: Config | None = None) -> Config:
             "backtest_horizon_days": 14,
             "n_jobs": 1,
             "n_paths": 50,
-            "max_history_days": 400,
+            # Above the base's min_history_days, and a weekly re-plan within its plan horizon: a quick config the
+            # nightly's settings make contradictory would be refused for keys the analyst never set.
+            "max_history_days": max(400, base.forecast.min_history_days + 1),
         },
-        backtest={"replan_every_days": 7},
+        backtest={"replan_every_days": min(7, base.plan.horizon_days)},
     )
 
 

@@ -471,6 +471,10 @@ def test_quick_config_keeps_coverage_measurable():
     config = analyst.quick_config(load_config())
     assert config.forecast.backtest_folds >= 2  # leave-one-fold-out coverage needs two folds
     assert config.forecast.n_jobs == 1
+    # A nightly config with 5-day plans and devices needing 400 days of their own still gives a valid quick one.
+    nightly = load_config().updated(plan={"horizon_days": 5}, forecast={"min_history_days": 400})
+    quick = analyst.quick_config(nightly)
+    assert quick.backtest.replan_every_days == 5 and quick.forecast.max_history_days == 401
 
 
 def test_notebooks_read_a_banks_workspace_and_write_nothing_into_it(planned_ws, config, tmp_path, monkeypatch):
