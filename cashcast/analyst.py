@@ -598,7 +598,9 @@ def scenario_terms(config: Config, name: str, overrides: Mapping[str, object]) -
     unknown = sorted(set(overrides) - set(SCENARIO_TERMS))
     if unknown:
         raise KeyError(f"scenario {name!r}: unknown device term(s) {unknown}; a scenario sets {list(SCENARIO_TERMS)}")
-    terms = {**config.devices.model_dump(), **overrides}
+    # numpy's scalars (a term read from a DataFrame) as Python's: the config is strict about types, not about this
+    given = {term: value.item() if isinstance(value, np.generic) else value for term, value in overrides.items()}
+    terms = {**config.devices.model_dump(), **given}
     if "emergency_visit_cost" not in overrides:  # as for a master's dear visit: the emergency costs at least as much
         terms["emergency_visit_cost"] = max(terms["emergency_visit_cost"], terms["visit_cost"])
     try:

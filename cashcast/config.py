@@ -189,12 +189,13 @@ class ForecastSettings(_Section):
     @field_validator("tracking_uri")
     @classmethod
     def _uri(cls, value: str) -> str:
-        """A URI MLflow can reach ('http://host:5000', 'sqlite:///path/mlflow.db'); a bare 'host:5000' would be
-        taken for a local folder of that name."""
-        if value and "://" not in value and not value.startswith(("file:", "databricks")):
+        """A URI MLflow can reach ('http://host:5000', 'sqlite:///path/mlflow.db') or a store folder's path
+        ('/srv/mlruns'); a bare 'host:5000' would be taken for a local folder of that name."""
+        uri = "://" in value or value.startswith(("file:", "databricks"))
+        if value and not uri and not Path(value).expanduser().is_absolute():
             raise ValueError(
-                f"{value!r} is not a tracking URI (expected e.g. http://mlflow.example.com:5000 or"
-                " sqlite:///path/mlflow.db; empty: the workspace's own store)"
+                f"{value!r} is not a tracking URI (expected e.g. http://mlflow.example.com:5000,"
+                " sqlite:///path/mlflow.db or an absolute folder; empty: the workspace's own store)"
             )
         return value
 

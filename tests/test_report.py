@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -465,6 +466,14 @@ def test_model_comparison_tables_from_a_backtest_table():
     assert coverage["observed"].round(3).tolist() == [0.45, 0.85]  # no q99 column: level left out
     assert_labelled(analyst.coverage_chart(coverage), "share of days")
     assert_labelled(analyst.metric_chart(by_model), "%")
+
+
+def test_scenario_terms_take_numpy_numbers_but_not_text():
+    """Terms read from a DataFrame are numpy scalars: taken as the numbers they are; text is named, not read."""
+    terms = analyst.scenario_terms(load_config(), "s", {"lead_time_days": np.int64(2), "holding_rate": np.float64(0.1)})
+    assert terms == {"lead_time_days": 2, "holding_rate": 0.1} and type(terms["lead_time_days"]) is int
+    with pytest.raises(ValueError, match="scenario 's': service_level"):
+        analyst.scenario_terms(load_config(), "s", {"service_level": "0.9"})
 
 
 def test_quick_config_keeps_coverage_measurable():
