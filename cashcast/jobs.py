@@ -31,6 +31,14 @@ class NoDataError(RuntimeError):
     """The workspace has no history to work from."""
 
 
+class HistoryStartsLaterError(NoDataError):
+    """The lake holds history, but none before the morning asked for; `first_month` is its first ('2011-01')."""
+
+    def __init__(self, message: str, first_month: str):
+        super().__init__(message)
+        self.first_month = first_month
+
+
 OTHER_SETTINGS = "fitted under other model settings than this config's ([forecast], [calendar] or the default country)"
 
 
@@ -91,7 +99,8 @@ def load_history(
             raise NoDataError(f"{ws.home}: the lake has no daily history; run `cashcast ingest`")
         whose = "" if device_ids is None else " for the devices asked for"
         before = "" if as_of is None else f" before {as_of:%Y-%m-%d}"
-        raise NoDataError(f"{ws.home}: no daily history{whose}{before}; the lake's starts in {months[0]}")
+        message = f"{ws.home}: no daily history{whose}{before}; the lake's starts in {months[0]}"
+        raise HistoryStartsLaterError(message, months[0])
     last = daily["date"].max()
     as_of = as_of if as_of is not None else last + pd.Timedelta(days=1)
     unrecorded = days_unrecorded(last, as_of)
@@ -888,16 +897,16 @@ def replay_window(
         warnings.simplefilter("always")
         try:
             history = load_history(ws, end + pd.Timedelta(days=1), config=config)
-        except NoDataError as exc:
-            if "the lake's starts" not in str(exc):  # an empty lake is the workspace's state, not the window's fault
-                raise
-            history = None
-    known = None if history is None else history.daily[history.daily["date"] < start]
-    if known is None or known.empty:
-        first = ingest.read_daily(ws)["date"].min()  # the lake holds days (else load_history said so above)
+        except HistoryStartsLaterError as exc:  # an empty lake stays the workspace's state (NoDataError)
+            raise ValueError(
+                f"{ws.home}: {start_name} {start:%Y-%m-%d} is before the lake's history, which starts in"
+                f" {exc.first_month}; a replay trains on the days before its window"
+            ) from None
+    known = history.daily[history.daily["date"] < start]
+    if known.empty:
         raise ValueError(
-            f"{ws.home}: {start_name} {start:%Y-%m-%d} is not after the first recorded day {first:%Y-%m-%d}; a replay"
-            " trains on the days before it"
+            f"{ws.home}: {start_name} {start:%Y-%m-%d} is not after the first recorded day"
+            f" {history.daily['date'].min():%Y-%m-%d}; a replay trains on the days before it"
         )
     last = history.daily["date"].max()
     if last < end:  # the days after it would be replayed on made-up demand

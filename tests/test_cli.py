@@ -662,7 +662,10 @@ def test_backtest_arguments_and_store_are_checked_before_the_replay(cli_home, tm
     assert "daily.parquet: a folder of that name is in the way" in capsys.readouterr().err
     first = pd.read_csv(REPO / "data" / "sample" / "daily.csv")["date"].min()
     assert main([*base, "--start", "2020-01-06", "--end", "2020-01-31", "--out", str(tmp_path / "early")]) == 2
-    assert f"--start 2020-01-06 is not after the first recorded day {first}" in capsys.readouterr().err
+    assert f"--start 2020-01-06 is before the lake's history, which starts in {first[:7]}" in capsys.readouterr().err
+    straddling = ["--start", first, "--end", str(pd.Timestamp(first) + pd.Timedelta(days=20))[:10]]
+    assert main([*base, *straddling, "--out", str(tmp_path / "early")]) == 2
+    assert f"--start {first} is not after the first recorded day {first}" in capsys.readouterr().err
     deaf = tmp_path / "deaf.toml"
     deaf.write_text(config.read_text().replace("[forecast]\n", '[forecast]\ntracking_uri = "http://127.0.0.1:9"\n'))
     assert main([*base[:-1], str(deaf), *window, "--out", str(tmp_path / "deaf")]) == 1
