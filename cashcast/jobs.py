@@ -349,14 +349,22 @@ def _once(read: Callable[[], History]) -> Callable[[], History]:
 
 
 def forecast_devices(
-    model, history: History, config: Config, horizon: int, n_paths: int | None = None, part: bool = False
+    model,
+    history: History,
+    config: Config,
+    horizon: int,
+    n_paths: int | None = None,
+    part: bool = False,
+    twins: dict[str, str] | None = None,
 ) -> DemandForecast:
     """Forecast the devices of `history` from `history.as_of` on, with the events calendar read with it.
 
     Quantile levels and path count follow `config` (default `n_paths`), not the config the model was
     trained under: a changed `[forecast] quantiles` must show in tonight's files without a retrain.
     `part`: `history` is a chunk of a network whose window was checked (`require_history_window`): its devices
-    may all be long silent, which is no reason to refuse."""
+    may all be long silent, which is no reason to refuse. `twins`: the device each device of the master with no
+    recorded day forecasts as (default: the typical one of its kind in `history`, `replenishment.typical_devices`;
+    a chunk gets the network's)."""
     return model.predict(
         history.daily,
         history.devices,
@@ -366,7 +374,19 @@ def forecast_devices(
         events=history.events,
         quantiles=config.forecast.quantiles,
         require_history=not part,
+        twins=new_device_twins(history, config) if twins is None else twins,
     )
+
+
+def new_device_twins(history: History, config: Config) -> dict[str, str]:
+    """The master's devices with no recorded day in `history` -> the typical recorded device of their kind
+    (`replenishment.new_device_twins`); the terms are resolved only when there is such a device."""
+    import replenishment
+
+    recorded = set(history.daily["device_id"].astype(str))
+    if history.devices.empty or set(history.devices["device_id"].astype(str)) <= recorded:
+        return {}
+    return replenishment.new_device_twins(device_terms(history, config))
 
 
 def require_history_window(ws: Workspace, config: Config, as_of: pd.Timestamp) -> None:
@@ -396,7 +416,7 @@ def run_forecast(
 
 def device_terms(history: History, config: Config, typical: dict[str, float] | None = None) -> pd.DataFrame:
     """The resolved terms of the devices in `history` (master fields, trailing mean demand); `typical`: the
-    network's typical demand per kind, for a chunk of it (`network_typical_demand`)."""
+    network's typical demand per kind, for a chunk of it (`network_typicals`)."""
     import replenishment
 
     return replenishment.resolve_terms(history.devices, history.daily, config, typical)
@@ -501,14 +521,16 @@ def plan_devices(
     on_order: pd.DataFrame | None = None,
     made: pd.DataFrame | None = None,
     part: bool = False,
-    typical: dict[str, float] | None = None,
+    typical: NetworkTypicals | None = None,
 ):
     """Forecast with sample paths and plan the visits of the devices in `history` (pure apart from the model).
 
     The forecast runs `[plan] lookahead_days` past the plan's horizon: the optimiser weighs the
-    plan's last loads against the visits that follow. `part`: see `forecast_devices`.
+    plan's last loads against the visits that follow. `part`: see `forecast_devices`; `typical`: the network's,
+    for a chunk of it (`network_typicals`).
     """
-    forecast = forecast_devices(model, history, config, config.plan.forecast_days, part=part)
+    twins, typical = (None, None) if typical is None else (typical.twins, typical.demand)
+    forecast = forecast_devices(model, history, config, config.plan.forecast_days, part=part, twins=twins)
     terms = device_terms(history, config, typical)
     result = plan_forecast(forecast, history, config, terms, balances, on_order, made)
     return forecast, result, forecast.failures
@@ -746,15 +768,20 @@ def next_as_of(ws: Workspace) -> pd.Timestamp:
     return last + pd.Timedelta(days=1)
 
 
-def device_chunks(recorded: list[str], new: list[str], size: int) -> list[list[str]]:
+def device_chunks(
+    recorded: list[str], new: list[str], size: int, twins: dict[str, str] | None = None
+) -> list[list[str]]:
     """The lake's device ids (`recorded`) in chunks of `size`: one task per chunk, never one per device.
 
     A device in the master with no recorded day yet (`new`: installed and counted, no transactions so far) is
-    planned as `cashcast plan` plans it, at the typical day of the devices beside it: such devices are dealt out
-    over the chunks one at a time, so none sits in a chunk without history to forecast from."""
+    forecast as `cashcast plan` forecasts it, as its twin (`twins`, the network's typical device of its kind): it
+    joins its twin's chunk; one without a twin is dealt out over the chunks, so none sits in a chunk without
+    history to forecast from."""
     chunks = [recorded[i : i + size] for i in range(0, len(recorded), size)]
+    home = {device: k for k, chunk in enumerate(chunks) for device in chunk}
+    twins = twins or {}
     for k, device in enumerate(new if chunks else []):
-        chunks[k % len(chunks)].append(device)
+        chunks[home.get(twins.get(device), k % len(chunks))].append(device)
     return chunks
 
 
@@ -764,11 +791,22 @@ def unrecorded_devices(ws: Workspace, recorded: list[str]) -> list[str]:
     return sorted(set(master["device_id"].astype(str)) - set(recorded)) if len(master) else []
 
 
-def network_typical_demand(ws: Workspace, config: Config, as_of: pd.Timestamp) -> dict[str, float]:
-    """`replenishment.typical_demand` over the whole lake before `as_of` (read only when a device needs it)."""
+@dataclass(frozen=True)
+class NetworkTypicals:
+    """What a nightly chunk takes from the whole network for its devices with no recorded day yet: the typical
+    device's mean daily demand per kind (their cassettes) and each one's twin (their forecasts)."""
+
+    demand: dict[str, float]
+    twins: dict[str, str]
+
+
+def network_typicals(ws: Workspace, config: Config, as_of: pd.Timestamp) -> NetworkTypicals:
+    """`replenishment.typical_demand` and `new_device_twins` over the whole lake before `as_of` (read only when a
+    device needs them)."""
     import replenishment
 
-    return replenishment.typical_demand(device_terms(load_history(ws, as_of), config))
+    terms = device_terms(load_history(ws, as_of), config)
+    return NetworkTypicals(replenishment.typical_demand(terms), replenishment.new_device_twins(terms))
 
 
 def merge_chunks(parts: list[dict]) -> dict:

@@ -105,11 +105,11 @@ def plan_chunk(
     model: jobs.ModelRef,
     on_order: pd.DataFrame | None = None,
     made: pd.DataFrame | None = None,
-    typical: dict[str, float] | None = None,
+    typical: jobs.NetworkTypicals | None = None,
 ) -> dict[str, Any]:
     """Forecast and plan one chunk of devices with the `model` of the morning, around their visits
     `on_order`, from their counts brought forward over the visits `made`; reads only those devices' history.
-    `typical`: the network's typical demand per kind, which sizes a device with no recorded day yet."""
+    `typical`: the network's typical devices, which forecast and size a device with no recorded day yet."""
     ws, config = _context(home, config_file)
     model = runners.cached_model(ws, config, model)
     history = jobs.load_history(ws, jobs.parse_date(as_of), device_ids=device_ids)
@@ -147,9 +147,10 @@ def forecast_and_plan_flow(
         )
     recorded = jobs.lake_device_ids(ws)
     new = jobs.unrecorded_devices(ws, recorded)
-    chunks = jobs.device_chunks(recorded, new, config.flows.devices_per_task)
-    # A device with no recorded day is sized on the network's typical one of its kind, as `cashcast plan` sizes it.
-    typical = jobs.network_typical_demand(ws, config, as_of_ts) if new else None
+    # A device with no recorded day is forecast as the network's typical one of its kind and sized on it, as
+    # `cashcast plan` does: it joins that device's chunk.
+    typical = jobs.network_typicals(ws, config, as_of_ts) if new else None
+    chunks = jobs.device_chunks(recorded, new, config.flows.devices_per_task, typical and typical.twins)
     on_order = jobs.visits_on_order(ws, as_of_ts)
     made = jobs.visits_made(ws, as_of_ts)
     chunk_task = plan_chunk.with_options(**runners.retry_options(config))

@@ -7,7 +7,7 @@ history. Devices unseen at training time get the pooled LightGBM forecast (cold 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,34 +25,6 @@ def _deposit_devices(daily: pd.DataFrame, as_of: pd.Timestamp) -> np.ndarray:
     """Devices that recorded a positive deposit before as_of (recyclers, branches)."""
     past = daily.loc[(daily["date"] < as_of) & (daily["deposits"] > 0), "device_id"]
     return np.sort(past.astype(str).unique())
-
-
-TWIN_LEVEL_DAYS = 28  # a new device's twin is the median of its kind by mean demand over these last days
-TYPICAL = "typical_"  # the model name of a device forecast as the typical device of its kind ("typical_branch")
-
-
-def _kinds(devices: pd.DataFrame | None, ids: np.ndarray, default: str) -> np.ndarray:
-    """Each device's kind from the master (the config's default kind where the master has no row or cell)."""
-    if devices is None or "kind" not in devices.columns or devices.empty:
-        return np.full(len(ids), default, dtype=object)
-    known = devices.assign(device_id=devices["device_id"].astype(str)).drop_duplicates("device_id", keep="last")
-    kinds = known.set_index("device_id")["kind"].reindex(np.asarray(ids, dtype=str))
-    return kinds.where(kinds.notna() & (kinds.astype(str) != ""), default).astype(str).to_numpy(dtype=object)
-
-
-def _typical_twins(names: np.ndarray, level: np.ndarray, kinds: np.ndarray) -> list[tuple[int, int]]:
-    """(row, twin) for every device with no history (model NO_HISTORY) that has recorded devices of its kind:
-    the twin is the one of them whose recorded `level` is the median (a real device, so its withdrawals, deposits
-    and paths belong together; chosen on history, so every horizon gets the same twin)."""
-    new = names == NO_HISTORY
-    recorded = ~new & (names != FALLBACK)
-    pairs = []
-    for kind in set(kinds[new]):
-        peers = np.flatnonzero(recorded & (kinds == kind))
-        if len(peers):
-            twin = int(peers[np.argsort(level[peers], kind="stable")[(len(peers) - 1) // 2]])
-            pairs += [(int(row), twin) for row in np.flatnonzero(new & (kinds == kind))]
-    return pairs
 
 
 class NoHistoryError(ValueError):
@@ -150,6 +122,7 @@ class CashForecaster:
         events: pd.DataFrame | None = None,
         quantiles: Sequence[float] | None = None,
         require_history: bool = True,
+        twins: Mapping[str, str] | None = None,
     ) -> DemandForecast:
         """Forecast days as_of .. as_of + horizon - 1 from history before as_of.
 
@@ -159,6 +132,9 @@ class CashForecaster:
         `events` is the custom events calendar as it stands now (default: the one the model was trained
         with): an event added after training reaches tomorrow's forecast through the generic event
         features the model learned from earlier events.
+
+        `twins` maps a device with no history yet to the recorded device it forecasts as (model "like <twin>");
+        without one it gets the median day of the devices forecast with it, without deposits.
         """
         as_of = pd.Timestamp(as_of).normalize()
         n_paths = self.config.forecast.n_paths if n_paths is None else n_paths  # 0: quantiles only, no paths
@@ -185,16 +161,18 @@ class CashForecaster:
             for whole, part in zip(deposits, (d_hat, d_quant, d_paths), strict=True):
                 whole[rows] = part
         takes_deposits = np.isin(ids, deposit_ids)
-        kinds = _kinds(devices, ids, self.config.devices.kind)
-        with quiet_nan():
-            level = np.nan_to_num(np.nanmean(panel.values[:, -TWIN_LEVEL_DAYS:], axis=1))
-        for row, twin in _typical_twins(names, level, kinds):
-            # A device with no history yet forecasts as the typical recorded device of its kind, deposits
-            # included: a new branch is not a withdrawal-only median of ATMs, recyclers and branches.
+        position = pd.Index(ids)
+        for device, twin in (twins or {}).items():
+            # A device with no history yet forecasts as its twin, the typical recorded device of its kind
+            # (replenishment.typical_devices), deposits included: a new branch is no withdrawal-only median of
+            # ATMs, recyclers and branches.
+            row, source = position.get_indexer([device, twin])
+            if row < 0 or source < 0 or names[row] != NO_HISTORY or names[source] in (NO_HISTORY, FALLBACK):
+                continue
             for array in (yhat, quant, paths, *(deposits or ())):
-                array[row] = array[twin]
-            takes_deposits[row] = takes_deposits[twin]
-            names[row] = f"{TYPICAL}{kinds[row]}"
+                array[row] = array[source]
+            takes_deposits[row] = takes_deposits[source]
+            names[row] = f"like {twin}"
         frame = pd.DataFrame(
             {
                 "device_id": pd.array(np.repeat(ids, horizon), dtype="string"),

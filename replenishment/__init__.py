@@ -10,13 +10,14 @@ from replenishment.plan import (
     with_fleet_total,
 )
 from replenishment.replay import ReplayResult, replay
-from replenishment.terms import device_holidays, resolve_terms, typical_demand
+from replenishment.terms import device_holidays, new_device_twins, resolve_terms, typical_demand, typical_devices
 
 __all__ = [
     "PlanResult",
     "ReplayResult",
     "device_holidays",
     "naive_forecast",
+    "new_device_twins",
     "device_rows",
     "plan_network",
     "roll_balances_forward",
@@ -25,4 +26,5 @@ __all__ = [
     "replay",
     "resolve_terms",
     "typical_demand",
+    "typical_devices",
 ]

@@ -129,17 +129,37 @@ def resolve_terms(
     return terms[columns].drop_duplicates("device_id").reset_index(drop=True)
 
 
-def typical_demand(terms: pd.DataFrame) -> dict[str, float]:
-    """The median mean daily demand of the recorded devices of `terms` (resolved), per kind, and under "" over all
-    kinds: what a device with no recorded day yet is sized on. The nightly run takes it from the whole network, so
-    a new device's cassette does not depend on the chunk it lands in."""
-    recorded = terms["last_observed"].notna().to_numpy()
-    demand = terms.loc[recorded, "mean_daily_demand"]
-    typical = {"": float(demand.median()) if len(demand) else 0.0}
-    typical.update(
-        {str(kind): float(value) for kind, value in demand.groupby(terms.loc[recorded, "kind"]).median().items()}
-    )
+def typical_devices(terms: pd.DataFrame) -> dict[str, str]:
+    """The typical recorded device of `terms` (resolved) per kind, and under "" over all kinds: the one whose mean
+    daily demand is the median (the lower of two middle ones). A device with no recorded day yet is forecast as
+    its kind's (deposits included: a new branch is no median of ATMs) and sized on its mean daily demand. The
+    nightly run takes them from the whole network, so a new device does not depend on the chunk it lands in."""
+    recorded = terms[terms["last_observed"].notna()].sort_values(["mean_daily_demand", "device_id"], kind="stable")
+
+    def middle(devices: pd.DataFrame) -> str:
+        return str(devices["device_id"].iloc[(len(devices) - 1) // 2])
+
+    typical = {"": middle(recorded)} if len(recorded) else {}
+    typical.update({str(kind): middle(devices) for kind, devices in recorded.groupby("kind", sort=False)})
     return typical
+
+
+def typical_demand(terms: pd.DataFrame) -> dict[str, float]:
+    """The mean daily demand of each kind's typical device (`typical_devices`): what a device with no recorded day
+    yet is sized on."""
+    demand = terms.set_index(terms["device_id"].astype(str))["mean_daily_demand"]
+    typical = {kind: float(demand.loc[device]) for kind, device in typical_devices(terms).items()}
+    return typical if "" in typical else {"": 0.0, **typical}
+
+
+def new_device_twins(terms: pd.DataFrame, typical: dict[str, str] | None = None) -> dict[str, str]:
+    """Each device of `terms` with no recorded day yet -> the typical device (`typical`, default those of `terms`)
+    of its kind, else of the network."""
+    typical = typical_devices(terms) if typical is None else typical
+    new = terms[terms["last_observed"].isna()]
+    pairs = zip(new["device_id"].astype(str), new["kind"].astype(str), strict=True)
+    twins = {device: typical.get(kind, typical.get("")) for device, kind in pairs}
+    return {device: twin for device, twin in twins.items() if twin is not None}
 
 
 def device_holidays(terms: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:

@@ -287,17 +287,24 @@ def test_a_device_in_the_master_with_no_day_recorded_yet_is_planned_by_the_night
     shutil.copytree(ws.home, tmp_path / "home")
     copy = Workspace.resolve(tmp_path / "home")
     new = tmp_path / "devices-new.csv"
-    new.write_text("device_id,kind,capacity,visit_weekdays\nATM-NEW,atm,2000000,Mon-Sun\n")
+    new.write_text("device_id,kind,capacity,visit_weekdays\nATM-NEW,atm,2000000,Mon-Sun\nBR-NEW,branch,,Mon-Fri\n")
     ingest.ingest_file(new, "devices", copy, config)
     recorded = jobs.lake_device_ids(copy)
-    chunks = jobs.device_chunks(recorded, jobs.unrecorded_devices(copy, recorded), config.flows.devices_per_task)
+    typical = jobs.network_typicals(copy, config, pd.Timestamp("2026-11-01"))
+    chunks = jobs.device_chunks(recorded, jobs.unrecorded_devices(copy, recorded), 8, typical.twins)
     assert sum(chunk.count("ATM-NEW") for chunk in chunks) == 1
     assert all(set(chunk) & set(jobs.lake_device_ids(copy)) for chunk in chunks)  # none without history
+    # Each joins the chunk of its twin, the network's typical device of its kind (a branch: deposits and all).
+    twin = typical.twins["BR-NEW"]
+    assert twin.startswith("BR-") and any({"BR-NEW", twin} <= set(chunk) for chunk in chunks)
     with pytest.warns(StoreMovedWarning):  # the copy's MLflow store is re-pointed at it
         result = nightly.forecast_and_plan_flow(str(copy.home), str(fast_config_file), "2026-11-01")
     summary = pd.read_csv(result["summary"]).set_index("device_id")
     assert "no demand recorded yet" in summary.loc["ATM-NEW", "notes"]
     assert pd.read_csv(result["projection"]).query("device_id == 'ATM-NEW'")["expected_opening_balance"].gt(0).all()
+    forecast = pd.read_csv(result["forecast"]).set_index(["device_id", "date"])
+    assert (forecast.loc["BR-NEW", "model"] == f"like {twin}").all()
+    assert forecast.loc["BR-NEW", "deposits_yhat"].equals(forecast.loc[twin, "deposits_yhat"])
 
 
 def test_served_deployment_schedule_and_parameters(tmp_path, prefect_harness, monkeypatch):

@@ -321,26 +321,24 @@ def test_cold_start_device_gets_sensible_forecast(trained, network, as_of):
     assert trained.model.failures_ == {}
 
 
-def test_a_device_with_no_history_forecasts_as_the_typical_device_of_its_kind(trained, network, as_of):
-    """A new branch in the master was forecast at the median of every device, ATMs included, without deposits, so
-    its plan loaded cash a branch takes in (plan audit). It is now the median recorded branch, deposits too."""
+def test_a_device_with_no_history_forecasts_as_its_twin_deposits_included(trained, network, as_of):
+    """A new branch in the master was forecast at the median day of every device, ATMs included, without deposits,
+    so its plan loaded cash a branch takes in (plan audit). Given a twin (replenishment.typical_devices picks the
+    typical recorded device of its kind), it forecasts as that device, deposits too; without one, as before."""
     master = network.devices
-    new = (
-        master[master["kind"].isin(["branch", "atm"])]
-        .drop_duplicates("kind")
-        .assign(device_id=lambda frame: "NEW-" + frame["kind"])
-    )
-    fc = trained.model.predict(network.daily, pd.concat([master, new], ignore_index=True), as_of, HORIZON)
+    branch = master.loc[master["kind"] == "branch", "device_id"].iloc[0]
+    new = pd.DataFrame({"device_id": ["NEW-branch", "NEW-atm"], "kind": ["branch", "atm"]})
+    devices = pd.concat([master, new], ignore_index=True)
+    fc = trained.model.predict(network.daily, devices, as_of, HORIZON, twins={"NEW-branch": branch})
     frame = fc.frame.set_index(["device_id", "date"])
-    branch, atm = frame.loc["NEW-branch"], frame.loc["NEW-atm"]
-    assert (branch["model"] == "typical_branch").all() and (atm["model"] == "typical_atm").all()
-    branches = master.loc[master["kind"] == "branch", "device_id"]
-    twins = [device for device in branches if np.array_equal(frame.loc[device, "yhat"], branch["yhat"])]
-    assert len(twins) == 1
-    np.testing.assert_array_equal(branch["deposits_yhat"], frame.loc[twins[0], "deposits_yhat"])
-    assert branch["deposits_yhat"].gt(0).all() and atm["deposits_yhat"].isna().all()
-    rows = pd.Index(fc.device_ids).get_indexer(["NEW-branch", twins[0]])
+    assert (frame.loc["NEW-branch", "model"] == f"like {branch}").all()
+    assert (frame.loc["NEW-atm", "model"] == "network_median").all()  # no twin given
+    for column in ("yhat", "q90", "deposits_yhat"):
+        np.testing.assert_array_equal(frame.loc["NEW-branch", column], frame.loc[branch, column])
+    assert frame.loc["NEW-branch", "deposits_yhat"].gt(0).all() and frame.loc["NEW-atm", "deposits_yhat"].isna().all()
+    rows = pd.Index(fc.device_ids).get_indexer(["NEW-branch", branch])
     np.testing.assert_array_equal(fc.deposit_paths[rows[0]], fc.deposit_paths[rows[1]])
+    np.testing.assert_array_equal(fc.withdrawal_paths[rows[0]], fc.withdrawal_paths[rows[1]])
 
 
 def test_predict_at_later_as_of_uses_newer_history(trained, network, as_of):

@@ -14,7 +14,14 @@ from scipy.special import ndtri
 
 from cashcast.config import load_config
 from cashcast.schema import PLAN_COLUMNS, DemandForecast
-from replenishment import naive_forecast, plan_network, resolve_terms, roll_balances_forward
+from replenishment import (
+    naive_forecast,
+    new_device_twins,
+    plan_network,
+    resolve_terms,
+    roll_balances_forward,
+    typical_devices,
+)
 from replenishment.dp import (
     DeviceArrays,
     _path_quantile,
@@ -87,12 +94,15 @@ def test_resolve_terms_fills_defaults_and_derives_capacity(config):
     assert terms.loc["B", "max_balance"] == 4670.0
     assert terms.loc["A", "visit_weekdays"] == config.devices.visit_weekdays
     assert terms.loc["C", "weekday_set"] == (0, 3)
-    # C has no recorded day: forecast at the network's typical day, its cassette is sized on the typical ATM
-    # (the median of A's 1000 and B's 333 a day), not one bundle loaded every allowed day (contract audit).
-    assert terms.loc["C", "capacity"] == 9340.0 and terms.loc["C", "mean_daily_demand"] == 0
+    # C has no recorded day: forecast as the typical ATM, its cassette is sized on it too (of A's 1000 and B's 333
+    # a day, the lower middle one: B), not one bundle loaded every allowed day (contract audit).
+    assert terms.loc["C", "capacity"] == 4670.0 and terms.loc["C", "mean_daily_demand"] == 0
     assert terms.loc["C", "capacity_source"] == "no history: 14 x the typical atm's mean daily demand"
+    assert typical_devices(terms.reset_index()) == {"": "B", "atm": "B"}
+    assert new_device_twins(terms.reset_index()) == {"C": "B"}
     branch = resolve_terms(devices.assign(kind=["atm", "branch"]), daily, config).set_index("device_id")
-    assert branch.loc["C", "capacity"] == 9340.0  # no branch recorded: the typical device of any kind
+    assert branch.loc["C", "capacity"] == 4670.0  # no branch recorded: the typical device of any kind
+    assert new_device_twins(branch.reset_index()) == {"C": "B"}
     assert branch.loc["C", "capacity_source"] == "no history: 14 x the typical recorded device's mean daily demand"
     # A nightly chunk is handed the network's typical demand, so a new device's cassette is the same in every chunk.
     network = {"": 500.0, "atm": 1000.0, "branch": 4000.0}
