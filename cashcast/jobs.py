@@ -746,18 +746,13 @@ def run_plan(
 
 def lake_device_ids(ws: Workspace) -> list[str]:
     """Every device with recorded history, read from the lake's device_id column alone."""
-    table = ws.table("daily")
-    if not table.exists():
-        return []
-    ids = pd.read_parquet(table, columns=["device_id"])["device_id"].astype(str).unique()
-    return sorted(ids)
+    return sorted(ingest.read_daily_column(ws, "device_id").astype(str).unique())
 
 
 def last_recorded_day(ws: Workspace) -> pd.Timestamp | None:
     """The lake's last recorded day (None when it holds none)."""
-    table = ws.table("daily")
-    last = pd.read_parquet(table, columns=["date"])["date"].max() if table.exists() else None
-    return None if last is None or pd.isna(last) else pd.Timestamp(last).normalize()
+    last = ingest.read_daily_column(ws, "date").max()
+    return None if pd.isna(last) else pd.Timestamp(last).normalize()
 
 
 def next_as_of(ws: Workspace) -> pd.Timestamp:

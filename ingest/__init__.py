@@ -1,7 +1,7 @@
 """Raw files (CSV or Parquet) into the workspace's Parquet lake, and the readers other stages use."""
 
-from ingest.lake import read_daily, read_table
+from ingest.lake import read_daily, read_daily_column, read_table
 from ingest.load import ingest_file, open_source
 from ingest.report import IngestError, IngestReport
 
-__all__ = ["IngestError", "IngestReport", "ingest_file", "open_source", "read_daily", "read_table"]
+__all__ = ["IngestError", "IngestReport", "ingest_file", "open_source", "read_daily", "read_daily_column", "read_table"]

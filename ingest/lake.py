@@ -11,7 +11,10 @@ Commits: an ingest writes every new or changed file into `lake/.staging-<id>/` (
 then writes `COMMIT` (the list of those paths) atomically and only then renames the files into place.
 A crash before `COMMIT` exists leaves the lake untouched (the staging folder is removed later); a crash
 after it is rolled forward by `recover`, which every ingest and reader runs first. One writer at a time:
-ingests hold an exclusive `flock` on `lake/.lock`.
+ingests hold an exclusive `flock` on `lake/.lock`. Moving a commit's files into place takes an exclusive
+`flock` on `lake/.commit.lock` and Cashcast's readers hold it shared while they read, so a plan read during an
+ingest sees the lake before or after the file, never half of it (a plain `pd.read_parquet`, which takes no
+lock, can for the milliseconds of the moves).
 """
 
 from __future__ import annotations
@@ -142,14 +145,39 @@ class Staging:
 
 
 def _apply(staging_root: Path, lake: Path) -> None:
-    """Move committed files into place; safe to repeat after a crash half-way."""
-    for relative in json.loads((staging_root / COMMIT_FILE).read_text()):
-        source = staging_root / relative
-        if source.exists():
-            target = lake / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(source, target)
+    """Move committed files into place, while no reader reads; safe to repeat after a crash half-way."""
+    with _commit_lock(lake, fcntl.LOCK_EX):
+        for relative in json.loads((staging_root / COMMIT_FILE).read_text()):
+            source = staging_root / relative
+            if source.exists():
+                target = lake / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(source, target)
     shutil.rmtree(staging_root)
+
+
+@contextmanager
+def _commit_lock(lake: Path, mode: int) -> Iterator[None]:
+    """`flock` on `lake/.commit.lock`: exclusive while a commit's files move into place, shared while a reader
+    reads (readers wait milliseconds for a commit, a commit waits for the reads under way)."""
+    lake.mkdir(parents=True, exist_ok=True)
+    with open(lake / ".commit.lock", "a") as handle:
+        fcntl.flock(handle, mode)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextmanager
+def consistent_read(lake: Path) -> Iterator[None]:
+    """Finish a crashed commit (unless a writer is busy), then hold the lake still for one read."""
+    _recover_if_idle(lake)
+    if not lake.exists():  # nothing to read, and no lock file to make in a workspace that has no lake yet
+        yield
+        return
+    with _commit_lock(lake, fcntl.LOCK_SH):
+        yield
 
 
 def recover(lake: Path) -> None:
@@ -250,11 +278,27 @@ def read_daily(
     as-of date, so `features.mark_censored` applies them.
     """
     lake = workspace.lake
-    _recover_if_idle(lake)
     folder = lake / "daily"
-    if not _has_parts(folder):
-        return validate_daily(DAILY_SCHEMA.empty_table().to_pandas(), source=str(folder))
-    dataset = ds.dataset(folder, format="parquet", partitioning="hive", schema=DAILY_SCHEMA)
+    with consistent_read(lake):
+        if not _has_parts(folder):
+            return validate_daily(DAILY_SCHEMA.empty_table().to_pandas(), source=str(folder))
+        table = _read_dataset(folder, DAILY_SCHEMA, start, end, device_ids)
+    return _daily_frame(table, source=str(folder))
+
+
+def read_daily_column(workspace: Workspace, column: str) -> pd.Series:
+    """One column of every recorded device-day (the device ids, the dates), read alone: cheap on a big lake."""
+    folder = workspace.lake / "daily"
+    with consistent_read(workspace.lake):
+        if not _has_parts(folder):
+            return DAILY_SCHEMA.empty_table().to_pandas()[column]
+        table = ds.dataset(folder, format="parquet", partitioning="hive", schema=DAILY_SCHEMA).to_table([column])
+    return table.column(column).to_pandas()
+
+
+def _read_dataset(folder: Path, schema: pa.Schema, start, end, device_ids) -> pa.Table:
+    """A partitioned table's rows with start <= date <= end and of `device_ids` (None: no limit)."""
+    dataset = ds.dataset(folder, format="parquet", partitioning="hive", schema=schema)
     terms = []
     if start is not None:
         terms.append(ds.field("date") >= pa.scalar(pd.Timestamp(start).normalize(), pa.timestamp("ns")))
@@ -263,7 +307,7 @@ def read_daily(
     if device_ids is not None:
         terms.append(ds.field("device_id").isin(pa.array(list(device_ids), pa.string())))
     condition = functools.reduce(operator.and_, terms) if terms else None
-    return _daily_frame(dataset.to_table(filter=condition), source=str(folder))
+    return dataset.to_table(filter=condition)
 
 
 DAY_NS = 86_400 * 10**9
@@ -307,13 +351,14 @@ def read_table(workspace: Workspace, name: str) -> pd.DataFrame:
     """A lake table as a frame: devices, balances, status (empty with columns if absent), daily, transactions."""
     if name == "daily":
         return read_daily(workspace)
-    _recover_if_idle(workspace.lake)
     if name in SMALL_SCHEMAS:
-        return read_small(workspace.lake, name)
+        with consistent_read(workspace.lake):
+            return read_small(workspace.lake, name)
     if name == "transactions":
         folder = workspace.table("transactions")
-        if not _has_parts(folder):
-            return TRANSACTION_SCHEMA.empty_table().to_pandas()
-        dataset = ds.dataset(folder, format="parquet", partitioning="hive", schema=TRANSACTION_SCHEMA)
-        return dataset.to_table().to_pandas()
+        with consistent_read(workspace.lake):
+            if not _has_parts(folder):
+                return TRANSACTION_SCHEMA.empty_table().to_pandas()
+            table = ds.dataset(folder, format="parquet", partitioning="hive", schema=TRANSACTION_SCHEMA).to_table()
+        return table.to_pandas()
     raise ValueError(f"unknown lake table {name!r}; expected daily, transactions, {', '.join(SMALL_SCHEMAS)}")
