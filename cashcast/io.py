@@ -11,8 +11,8 @@ import errno
 import io
 import os
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -82,16 +82,26 @@ def unescape_formulas(values: pd.Series) -> pd.Series:
 
 def write_table(frame: pd.DataFrame, path: str | Path) -> Path:
     """Write CSV (escaped for Excel) or Parquet by the file's ending, atomically."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    with atomic_path(path) as tmp:
-        if suffix == ".csv":
-            _write_csv(escape_formulas(frame), tmp)
-        elif suffix == ".parquet":
-            frame.to_parquet(tmp, index=False, engine="pyarrow")
-        else:
+    return write_tables([(frame, path)])[0]
+
+
+def write_tables(tables: Sequence[tuple[pd.DataFrame, str | Path]]) -> list[Path]:
+    """Write a set of files that belong together (a plan, its projection and summary): each to a temporary
+    sibling first, renamed into place in the order given only once all are written. A failure or a kill while
+    writing leaves the old set whole; the renames take microseconds, not the seconds of the writes."""
+    paths = [Path(path) for _, path in tables]
+    for path in paths:
+        if path.suffix.lower() not in (".csv", ".parquet"):
             raise ValueError(f"{path}: output name must end in .csv or .parquet")
-    return path
+    with ExitStack() as stack:
+        # Entered last to first, so the renames (on leaving, last entered first) run in the order given.
+        temps = [stack.enter_context(atomic_path(path)) for path in reversed(paths)][::-1]
+        for (frame, _), path, tmp in zip(tables, paths, temps, strict=True):
+            if path.suffix.lower() == ".csv":
+                _write_csv(escape_formulas(frame), tmp)
+            else:
+                frame.to_parquet(tmp, index=False, engine="pyarrow")
+    return paths
 
 
 def _write_csv(frame: pd.DataFrame, path: Path, rows_per_block: int = 65536) -> None:

@@ -22,7 +22,7 @@ import pandas as pd
 import features
 import ingest
 from cashcast.config import Config
-from cashcast.io import atomic_path, unescape_formulas, write_table
+from cashcast.io import atomic_path, unescape_formulas, write_table, write_tables
 from cashcast.schema import STALE_HISTORY_DAYS, DemandForecast, days_unrecorded
 from cashcast.workspace import Workspace
 
@@ -610,9 +610,9 @@ def write_plan(
     apart: KeptApart | None | object = JUDGE,
 ) -> PlanFiles:
     """Write plan, projection, summary and the forecast behind them (unless written to `forecast_file`
-    already), each atomically. The plan also goes to `out` when given: the workspace's copy is where
-    tomorrow's plan finds the visits already on order, so it is written last, once the others are (a plan
-    that failed to reach `out` or its projection is not taken as ordered).
+    already) as one set (`write_tables`: a failure or kill leaves the old set whole). The plan also goes to
+    `out` when given: the workspace's copy is where tomorrow's plan finds the visits already on order, so it is
+    renamed into place last (a plan that failed to reach `out` or its projection is not taken as ordered).
 
     A plan that was never in force (`kept_apart`: a missed night run late, a look ahead at a morning to come;
     `apart`, unless the caller judged it already) goes to `plans/<morning>/late/` or `.../preview/`, where the
@@ -626,12 +626,16 @@ def write_plan(
             PlanWarning(f"{apart.why}, so this plan is kept apart in {folder} and its visits are not taken as ordered"),
             stacklevel=2,
         )
-    delivered = write_table(result.plan, out) if out is not None else None
-    forecast = forecast_file or write_table(forecast_frame, plan_output(ws.forecasts, as_of, apart) / "forecast.csv")
-    projection = write_table(result.projection, folder / "projection.csv")
-    summary = write_table(result.summary, folder / "summary.csv")
-    plan_path = write_table(result.plan, folder / "plan.csv")
-    return PlanFiles(plan=delivered or plan_path, projection=projection, summary=summary, forecast=forecast)
+    forecast = forecast_file or plan_output(ws.forecasts, as_of, apart) / "forecast.csv"
+    tables = [
+        *([(result.plan, out)] if out is not None else []),
+        *([(forecast_frame, forecast)] if forecast_file is None else []),
+        (result.projection, folder / "projection.csv"),
+        (result.summary, folder / "summary.csv"),
+        (result.plan, folder / "plan.csv"),
+    ]
+    *_, projection, summary, plan_path = write_tables(tables)  # one set: a kill leaves the old one whole
+    return PlanFiles(plan=out or plan_path, projection=projection, summary=summary, forecast=forecast)
 
 
 def read_balances_file(path: Path, as_of: pd.Timestamp) -> pd.DataFrame:
@@ -1026,9 +1030,8 @@ def run_backtest(
     result = window.replay(start, end, forecaster, config)
     for note in result.notes:
         warnings.warn(ReplayWarning(note), stacklevel=2)
-    # kpis.csv last: a folder whose kpis.csv is from this run holds this run's other files too.
-    for frame, path in zip((result.daily, result.per_device, result.kpis), files, strict=True):
-        write_table(frame, path)
+    # One set, renamed into place once all are written, kpis.csv last.
+    write_tables(list(zip((result.daily, result.per_device, result.kpis), files, strict=True)))
     with mlflow.start_run(run_name=f"backtest-{start:%Y-%m-%d}-{end:%Y-%m-%d}"):
         mlflow.set_tag("cashcast.kind", "backtest")
         mlflow.log_params(

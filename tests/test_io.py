@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cashcast.io import atomic_path, escape_formulas, read_table, write_table
+from cashcast import io as cashcast_io
+from cashcast.io import atomic_path, escape_formulas, read_table, write_table, write_tables
 from cashcast.locking import WorkspaceBusyError, workspace_lock
 from cashcast.workspace import Workspace
 
@@ -37,6 +38,30 @@ def test_an_unwritable_target_is_named_not_its_temporary_neighbour(tmp_path: Pat
     with pytest.raises(OSError, match=f"cannot write {tmp_path / 'folder.csv'}: a folder of that name is in the way"):
         write_table(pd.DataFrame({"a": [1]}), tmp_path / "folder.csv")
     assert [p.name for p in (tmp_path / "folder.csv").iterdir()] == []  # nothing written into or beside it
+
+
+def test_a_set_of_files_is_replaced_whole_or_not_at_all(tmp_path: Path, monkeypatch):
+    """A plan's projection, summary and plan were renamed into place one by one as each was written: a kill
+    between them left a new projection beside the old plan (kill audit). Now nothing moves until all are written."""
+    paths = [tmp_path / "plans" / name for name in ("projection.csv", "summary.csv", "plan.csv")]
+    write_tables([(pd.DataFrame({"run": ["old"]}), path) for path in paths])
+    real = cashcast_io._write_csv
+    written = []
+
+    def dies_on_the_last(frame, path, *args, **kwargs):
+        written.append(path)
+        if len(written) == 3:
+            raise KeyboardInterrupt  # the operator's Ctrl-C while the last file is written
+        return real(frame, path, *args, **kwargs)
+
+    monkeypatch.setattr(cashcast_io, "_write_csv", dies_on_the_last)
+    with pytest.raises(KeyboardInterrupt):
+        write_tables([(pd.DataFrame({"run": ["new"]}), path) for path in paths])
+    assert [pd.read_csv(path)["run"].iloc[0] for path in paths] == ["old"] * 3
+    assert sorted(p.name for p in paths[0].parent.iterdir()) == ["plan.csv", "projection.csv", "summary.csv"]
+    monkeypatch.setattr(cashcast_io, "_write_csv", real)
+    write_tables([(pd.DataFrame({"run": ["new"]}), path) for path in paths])
+    assert [pd.read_csv(path)["run"].iloc[0] for path in paths] == ["new"] * 3
 
 
 def test_csv_cells_that_look_like_formulas_are_escaped(tmp_path: Path):
