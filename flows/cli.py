@@ -10,7 +10,9 @@ import argparse
 import json
 import os
 import re
+import signal
 import sys
+import threading
 import warnings
 from datetime import date
 from pathlib import Path
@@ -203,21 +205,65 @@ def _short_warning(message, category, filename, lineno, file=None, line=None) ->
         print(f"cashcast: warning: {text}", file=sys.stderr)
 
 
+INTERRUPT_GRACE_SECONDS = 10.0  # after a Ctrl-C or SIGTERM, the most a command may take to wind down
+
+
+class _Interrupts:
+    """Ctrl-C and SIGTERM (a service manager's stop, `timeout`) end a command the same way: KeyboardInterrupt, so
+    locks are let go and Prefect's temporary server is stopped; exit 130. Should winding down hang (a Ctrl-C in a
+    terminal also stops Prefect's temporary server, and its client then retries for minutes), a second signal or
+    INTERRUPT_GRACE_SECONDS end the process at once: every output is written whole or not at all."""
+
+    def __init__(self, command: str) -> None:
+        self.command, self.count, self.timer = command, 0, None
+        self.previous: dict[int, object] = {}
+
+    def message(self) -> str:
+        return f"cashcast {self.command}: interrupted; outputs are written whole or not at all, so run it again"
+
+    def stop_now(self) -> None:
+        print(self.message(), file=sys.stderr, flush=True)
+        os._exit(130)
+
+    def handle(self, signum, frame) -> None:
+        self.count += 1
+        if self.count > 1:
+            self.stop_now()
+        self.timer = threading.Timer(INTERRUPT_GRACE_SECONDS, self.stop_now)
+        self.timer.daemon = True
+        self.timer.start()
+        raise KeyboardInterrupt
+
+    def __enter__(self) -> _Interrupts:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self.previous[signum] = signal.signal(signum, self.handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _warned.clear()
     warnings.showwarning = _short_warning
     from flows import commands
 
+    interrupts = _Interrupts(args.command)
     try:
-        return commands.run(args)
+        with interrupts:
+            return commands.run(args)
     except KeyboardInterrupt:  # say so: a silent 130 left the operator guessing what was kept
-        print(
-            f"cashcast {args.command}: interrupted; outputs are written whole or not at all, so run it again",
-            file=sys.stderr,
-        )
+        print(interrupts.message(), file=sys.stderr)
         return 130
     except Exception as exc:  # one clear line on stderr; the traceback is for --debug users of python -m
+        if interrupts.count:  # what the interrupted work failed on afterwards is no error of its own
+            print(interrupts.message(), file=sys.stderr)
+            return 130
         if os.environ.get("CASHCAST_DEBUG"):
             raise
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -69,6 +69,57 @@ def test_a_second_nightly_on_a_busy_workspace_says_so_in_one_line(tmp_path, caps
     assert len(list(ws.landing.iterdir())) == len(SAMPLE_FILES)  # nothing ingested either
 
 
+STUCK_COMMAND = """
+import sys, time
+import flows.cli as cli
+import flows.commands as commands
+cli.INTERRUPT_GRACE_SECONDS = 1.0
+
+def run(args):
+    print("started", flush=True)
+    try:
+        time.sleep(60)
+    except KeyboardInterrupt:
+        if sys.argv[1] == "hangs":  # as Prefect's client retrying a temporary server the Ctrl-C also stopped
+            time.sleep(60)
+        raise
+
+commands.run = run
+raise SystemExit(cli.main(["train", "--home", sys.argv[2]]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "signals", "at_most"), [("winds_down", 1, 5.0), ("hangs", 1, 8.0), ("hangs", 2, 5.0)]
+)
+def test_sigterm_and_ctrl_c_end_a_command_with_130_and_never_hang(tmp_path, behaviour, signals, at_most):
+    """SIGTERM (a service manager, `timeout`) killed a command with 143 and no word, leaving Prefect's temporary
+    server running; a Ctrl-C in a terminal, which stops that server too, hung the nightly for 4 minutes and ended it
+    with 'Connection refused', exit 1 (kill audit). Now both wind down to 130, within the grace or at a second
+    signal."""
+    import signal
+    import time
+
+    process = subprocess.Popen(
+        [sys.executable, "-c", STUCK_COMMAND, behaviour, str(tmp_path / "home")],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout.readline().strip() == "started"
+    began = time.monotonic()
+    for number in range(signals):
+        process.send_signal(signal.SIGTERM if number == 0 else signal.SIGINT)
+        time.sleep(0.3)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 130 and time.monotonic() - began < at_most
+    assert (
+        err.strip().splitlines()[-1]
+        == "cashcast train: interrupted; outputs are written whole or not at all, so run it again"
+    )
+
+
 def test_an_interrupted_command_says_so(tmp_path, capsys, monkeypatch):
     """Ctrl-C: exit 130 with one line saying what is kept (it exited 130 in silence)."""
     from flows import commands
