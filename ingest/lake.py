@@ -19,6 +19,7 @@ lock, can for the milliseconds of the moves).
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import functools
 import json
@@ -159,14 +160,25 @@ def _apply(staging_root: Path, lake: Path) -> None:
 @contextmanager
 def _commit_lock(lake: Path, mode: int) -> Iterator[None]:
     """`flock` on `lake/.commit.lock`: exclusive while a commit's files move into place, shared while a reader
-    reads (readers wait milliseconds for a commit, a commit waits for the reads under way)."""
-    lake.mkdir(parents=True, exist_ok=True)
-    with open(lake / ".commit.lock", "a") as handle:
-        fcntl.flock(handle, mode)
+    reads (readers wait milliseconds for a commit, a commit waits for the reads under way). Opened for reading and
+    writing (NFS locks a shared flock only on a readable file); a reader of a lake it may not write to (a
+    read-only mount, another user's workspace) reads without the lock: nobody can commit there through it."""
+    path = lake / ".commit.lock"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        if mode == fcntl.LOCK_EX or exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
         try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
             yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            return
+    try:
+        fcntl.flock(fd, mode)
+        yield
+    finally:
+        os.close(fd)  # closing lets go of the lock
 
 
 @contextmanager
@@ -208,11 +220,16 @@ def writer_lock(lake: Path, wait: bool = True) -> Iterator[bool]:
 
 
 def _recover_if_idle(lake: Path) -> None:
-    """Readers finish a crashed commit, unless a writer is busy (its staging is not garbage)."""
+    """Readers finish a crashed commit, unless a writer is busy (its staging is not garbage) or the lake is not
+    theirs to write (a read-only mount: they read it as it stands)."""
     if lake.exists() and any(lake.glob(f"{STAGING_PREFIX}*")):
-        with writer_lock(lake, wait=False) as acquired:
-            if acquired:
-                recover(lake)
+        try:
+            with writer_lock(lake, wait=False) as acquired:
+                if acquired:
+                    recover(lake)
+        except OSError as exc:
+            if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise
 
 
 def read_partition(lake: Path, relative: str, schema: pa.Schema) -> pd.DataFrame:

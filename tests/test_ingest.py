@@ -729,6 +729,33 @@ def test_a_read_during_a_commit_sees_the_lake_before_or_after_the_file_never_hal
     assert seen == [11.0, 21.0]
 
 
+def test_a_lake_the_reader_may_not_write_to_is_still_read(tmp_path, ws, config, monkeypatch):
+    """The commit lock is a file in the lake: an analyst reading a read-only mount got 'Read-only file system'
+    from every read (review). Such a reader reads without it."""
+    import errno
+    import os
+
+    ingest_file(write(tmp_path / "d1.csv", "device_id,date,withdrawals\nA,2024-01-01,10\n"), "daily", ws, config)
+    real_open = os.open
+
+    def read_only(path, flags, *args):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, flags, *args)
+
+    def read_only_builtin(path, mode="r", *args, **kwargs):
+        if str(path).endswith(".lock") and set(mode) & set("wax+"):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_builtin(path, mode, *args, **kwargs)
+
+    real_builtin = open
+    monkeypatch.setattr(lk.os, "open", read_only)
+    monkeypatch.setattr("builtins.open", read_only_builtin)
+    assert read_daily(ws)["withdrawals"].tolist() == [10.0]
+    (ws.lake / ".commit.lock").unlink()  # not even a lock file to open for reading
+    assert read_table(ws, "devices").empty and read_daily(ws)["withdrawals"].tolist() == [10.0]
+
+
 def test_streaming_batches_match_a_pandas_reference(tmp_path, ws, config):
     rng = np.random.default_rng(7)
     n = 5000
