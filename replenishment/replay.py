@@ -234,6 +234,7 @@ def _execute(win: _Window, decide: Decide | None, schedule: np.ndarray, top_up: 
             decide(day, cash, schedule)
         routine = ~np.isnan(schedule[:, day])
         refill = pending & win.allowed[:, day] & ~routine
+        piled_up &= cash > win.dev.max_balance + HALF_CENT  # withdrawals since may have taken it back under
         pickup = piled_up & win.allowed[:, day] & ~routine & ~refill
         emergency = refill | pickup
         record["opening"][:, day] = cash

@@ -213,6 +213,32 @@ def test_deposits_piling_up_are_picked_up_by_every_policy_and_never_pass_capacit
     assert kpis.loc["fixed_weekly", "overflow_device_days"] == held_over.sum()
 
 
+def test_a_branch_back_under_max_balance_by_the_visit_day_gets_no_emergency_pickup():
+    """Saturday's deposits pass max_balance, Sunday's withdrawals take the cash far below it: Monday's 'pickup'
+    brought cash in, at the emergency price (review). The executor alone, with no routine visit planned."""
+    from replenishment.replay import _execute, _window
+
+    dates = pd.date_range("2025-03-01", periods=80, freq="D")  # a Saturday
+    saturday, sunday = dates.day_of_week == 5, dates.day_of_week == 6
+    daily = pd.DataFrame(
+        {
+            "device_id": "B",
+            "date": dates,
+            "withdrawals": np.where(sunday, 4300.0, 100.0),
+            "deposits": np.where(saturday, 2500.0, 100.0),
+        }
+    )
+    config = load_config().updated(devices={"visit_cost": 50.0, "emergency_visit_cost": 150.0})
+    devices = pd.DataFrame({"device_id": ["B"], "kind": ["branch"], "capacity": [9000.0], "max_balance": [3000.0]})
+    start = dates[saturday][-2]
+    terms = resolve_terms(devices, daily[daily["date"] < start], config)
+    win = _window(daily, terms, start, dates[-1], config, pd.DataFrame({"device_id": ["B"], "balance": [2000.0]}))
+    record = _execute(win, None, np.full(win.withdrawals.shape, np.nan), top_up=False)
+    monday = 2
+    assert record["opening"][0, monday] == 2000.0 + 2500 - 100 + 100 - 4300  # 200: back under max_balance
+    assert not record["emergency"][0, monday] and record["level"][0, monday] == 200.0
+
+
 def test_an_atm_counted_above_its_limits_keeps_its_cash_and_gets_no_pickup():
     """Refusing deposits must not delete cash the device holds (it deleted the count's excess over capacity), and
     a withdrawals-only device above max_balance is the plans' to mend, not an emergency's (the optimum paid one)."""
