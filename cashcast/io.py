@@ -12,7 +12,7 @@ import io
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -30,26 +30,40 @@ def _umask_mode(mode: int) -> int:
     return mode & ~current
 
 
-@contextmanager
-def atomic_path(target: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to `target`; on success rename it over `target`."""
-    target = Path(target)
-    if target.is_dir():  # found before the work, not at the rename after it
+def _writable(target: Path) -> None:
+    """Refuse a target a folder is in the way of: found before the work, not at the rename after it."""
+    if target.is_dir():
         raise IsADirectoryError(errno.EISDIR, f"cannot write {target}: a folder of that name is in the way")
+
+
+def _temporary_sibling(target: Path) -> Path:
+    """An empty hidden file beside `target` (same file system, so the rename is atomic)."""
+    _writable(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     except OSError as exc:  # name the file asked for, not the temporary one beside it
         raise OSError(exc.errno, f"cannot write {target}: {exc.strerror}") from None
     os.close(fd)
-    tmp_path = Path(tmp)
+    return Path(tmp)
+
+
+def _move_into_place(tmp: Path, target: Path) -> None:
+    os.chmod(tmp, _umask_mode(0o666))  # mkstemp makes 0600; outputs are for other readers too
+    try:
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot write {target}: {exc.strerror}") from None
+
+
+@contextmanager
+def atomic_path(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to `target`; on success rename it over `target`."""
+    target = Path(target)
+    tmp_path = _temporary_sibling(target)
     try:
         yield tmp_path
-        os.chmod(tmp_path, _umask_mode(0o666))  # mkstemp makes 0600; outputs are for other readers too
-        try:
-            os.replace(tmp_path, target)
-        except OSError as exc:
-            raise OSError(exc.errno, f"cannot write {target}: {exc.strerror}") from None
+        _move_into_place(tmp_path, target)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -85,23 +99,50 @@ def write_table(frame: pd.DataFrame, path: str | Path) -> Path:
     return write_tables([(frame, path)])[0]
 
 
-def write_tables(tables: Sequence[tuple[pd.DataFrame, str | Path]]) -> list[Path]:
+def write_tables(tables: Sequence[tuple[pd.DataFrame | Path, str | Path]]) -> list[Path]:
     """Write a set of files that belong together (a plan, its projection and summary): each to a temporary
     sibling first, renamed into place in the order given only once all are written. A failure or a kill while
-    writing leaves the old set whole; the renames take microseconds, not the seconds of the writes."""
+    writing leaves the old set whole; the renames take microseconds, not the seconds of the writes. An item may
+    come staged already (`stage_table`'s temporary file, written beside other work): it is renamed with the set,
+    or removed if the set fails."""
     paths = [Path(path) for _, path in tables]
     for path in paths:
-        if path.suffix.lower() not in (".csv", ".parquet"):
-            raise ValueError(f"{path}: output name must end in .csv or .parquet")
-    with ExitStack() as stack:
-        # Entered last to first, so the renames (on leaving, last entered first) run in the order given.
-        temps = [stack.enter_context(atomic_path(path)) for path in reversed(paths)][::-1]
-        for (frame, _), path, tmp in zip(tables, paths, temps, strict=True):
-            if path.suffix.lower() == ".csv":
-                _write_csv(escape_formulas(frame), tmp)
-            else:
-                frame.to_parquet(tmp, index=False, engine="pyarrow")
+        _output_kind(path)
+        _writable(path)
+    staged: list[Path] = []
+    try:
+        for (frame, _), path in zip(tables, paths, strict=True):
+            staged.append(frame if isinstance(frame, Path) else stage_table(frame, path))
+        for tmp, path in zip(staged, paths, strict=True):
+            _move_into_place(tmp, path)
+    finally:
+        for item in [*staged, *(frame for frame, _ in tables if isinstance(frame, Path))]:
+            item.unlink(missing_ok=True)
     return paths
+
+
+def stage_table(frame: pd.DataFrame, path: str | Path) -> Path:
+    """Write `frame` as `path` will hold it (CSV escaped for Excel, or Parquet) to a temporary sibling, and
+    return that file for `write_tables` to rename into place with the rest of its set."""
+    path = Path(path)
+    kind = _output_kind(path)
+    tmp = _temporary_sibling(path)
+    try:
+        if kind == ".csv":
+            _write_csv(escape_formulas(frame), tmp)
+        else:
+            frame.to_parquet(tmp, index=False, engine="pyarrow")
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def _output_kind(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".parquet"):
+        raise ValueError(f"{path}: output name must end in .csv or .parquet")
+    return suffix
 
 
 def _write_csv(frame: pd.DataFrame, path: Path, rows_per_block: int = 65536) -> None:

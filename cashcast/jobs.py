@@ -22,7 +22,7 @@ import pandas as pd
 import features
 import ingest
 from cashcast.config import Config
-from cashcast.io import atomic_path, unescape_formulas, write_table, write_tables
+from cashcast.io import atomic_path, stage_table, unescape_formulas, write_table, write_tables
 from cashcast.schema import STALE_HISTORY_DAYS, DemandForecast, days_unrecorded
 from cashcast.workspace import Workspace
 
@@ -606,13 +606,14 @@ def write_plan(
     forecast_frame: pd.DataFrame,
     result,
     out: Path | None,
-    forecast_file: Path | None = None,
+    staged_forecast: Path | None = None,
     apart: KeptApart | None | object = JUDGE,
 ) -> PlanFiles:
-    """Write plan, projection, summary and the forecast behind them (unless written to `forecast_file`
-    already) as one set (`write_tables`: a failure or kill leaves the old set whole). The plan also goes to
-    `out` when given: the workspace's copy is where tomorrow's plan finds the visits already on order, so it is
-    renamed into place last (a plan that failed to reach `out` or its projection is not taken as ordered).
+    """Write plan, projection, summary and the forecast behind them (`staged_forecast`: written already to a
+    temporary file by `io.stage_table`) as one set (`write_tables`: a failure or kill leaves the old set whole).
+    The plan also goes to `out` when given: the workspace's copy is where tomorrow's plan finds the visits already
+    on order, so it is renamed into place last (a plan that failed to reach `out` or its projection is not taken
+    as ordered).
 
     A plan that was never in force (`kept_apart`: a missed night run late, a look ahead at a morning to come;
     `apart`, unless the caller judged it already) goes to `plans/<morning>/late/` or `.../preview/`, where the
@@ -626,10 +627,10 @@ def write_plan(
             PlanWarning(f"{apart.why}, so this plan is kept apart in {folder} and its visits are not taken as ordered"),
             stacklevel=2,
         )
-    forecast = forecast_file or plan_output(ws.forecasts, as_of, apart) / "forecast.csv"
+    forecast = plan_output(ws.forecasts, as_of, apart) / "forecast.csv"
     tables = [
         *([(result.plan, out)] if out is not None else []),
-        *([(forecast_frame, forecast)] if forecast_file is None else []),
+        (forecast_frame if staged_forecast is None else staged_forecast, forecast),
         (result.projection, folder / "projection.csv"),
         (result.summary, folder / "summary.csv"),
         (result.plan, folder / "plan.csv"),
@@ -737,12 +738,17 @@ def run_plan(
         terms = resolving.result()
         apart = kept_apart(ws, as_of)
         target = plan_output(ws.forecasts, as_of, apart) / "forecast.csv"
-        written = helper.submit(write_table, forecast.frame, target)
-        if balances is not None:  # the file's counts win; devices it leaves out keep their ingested ones
-            balances = pd.concat([history.balances[["device_id", "as_of", "balance"]], balances], ignore_index=True)
-        made = visits_made(ws, as_of, history.balances if balances is None else balances)
-        result = plan_forecast(forecast, history, config, terms, balances, visits_on_order(ws, as_of), made)
-        return write_plan(ws, as_of, forecast.frame, result, out, forecast_file=written.result(), apart=apart)
+        staging = helper.submit(stage_table, forecast.frame, target)  # renamed into place with the plan's set
+        try:
+            if balances is not None:  # the file's counts win; devices it leaves out keep their ingested ones
+                frames = [history.balances[["device_id", "as_of", "balance"]], balances]
+                balances = pd.concat(frames, ignore_index=True)
+            made = visits_made(ws, as_of, history.balances if balances is None else balances)
+            result = plan_forecast(forecast, history, config, terms, balances, visits_on_order(ws, as_of), made)
+        except BaseException:
+            staging.result().unlink(missing_ok=True)  # no set to join: tonight's forecast must not stand alone
+            raise
+        return write_plan(ws, as_of, forecast.frame, result, out, staged_forecast=staging.result(), apart=apart)
 
 
 # ---------------------------------------------------------------- nightly helpers

@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from cashcast.schema import PLAN_COLUMNS
 from cashcast.workspace import Workspace
 from flows.cli import build_parser, main
 from flows.commands import SAMPLE_FILES, stage_sample
+from forecasting.registry import StoreMovedWarning
 
 REPO = Path(__file__).resolve().parents[1]
 FAST_CONFIG = "[forecast]\nbacktest_folds = 1\nbacktest_horizon_days = 14\nn_paths = 100\n"
@@ -533,6 +535,31 @@ def test_plan_on_a_workspace_without_champion_trains_and_reads_the_lake_once(tmp
     assert version is not None and version.tags["as_of"] == "2026-11-01"
     assert len(reads) == 1 and reads[0]["end"] == pd.Timestamp("2026-10-31")
     assert pd.read_csv(out)["device_id"].nunique() >= 20
+
+
+def test_a_plan_that_fails_leaves_last_nights_files_whole_forecast_included(cli_home, tmp_path, monkeypatch):
+    """`plan` renamed tonight's forecast into place while the planner still worked: a Ctrl-C or an error then left
+    it beside yesterday's plan, projection and summary (review). Now the forecast joins the plan's set."""
+    source, config = cli_home
+    home = tmp_path / "home"  # a copy: a plan for a later morning would make the module's others late
+    shutil.copytree(source, home)
+    args = ["plan", "--home", str(home), "--config", str(config), "--as-of", "2026-11-03"]
+    with warnings.catch_warnings():  # the copy's MLflow store, if the module trained one already, is re-pointed
+        warnings.simplefilter("ignore", StoreMovedWarning)
+        assert main(args) == 0
+    ws = Workspace.resolve(home)
+    folders = [ws.forecasts / "2026-11-03", ws.plans / "2026-11-03"]
+    before = {path: path.read_bytes() for folder in folders for path in folder.iterdir() if path.is_file()}
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(jobs, "plan_forecast", interrupted)
+    other_levels = tmp_path / "levels.toml"  # read when forecasting: tonight's forecast file differs
+    other_levels.write_text(config.read_text().replace("[forecast]\n", "[forecast]\nquantiles = [0.5, 0.8]\n"))
+    assert main([*args[:3], "--config", str(other_levels), *args[5:]]) == 130
+    after = {path: path.read_bytes() for folder in folders for path in folder.iterdir() if path.is_file()}
+    assert after == before  # every file as it was, and no temporary file left beside them
 
 
 def test_plan_with_balances_file(cli_home, tmp_path, capsys):
