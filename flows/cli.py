@@ -7,6 +7,7 @@ Prefect server; `nightly`, `demo` and `serve` run the Prefect flows.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -223,6 +224,7 @@ class _Interrupts:
 
     def stop_now(self) -> None:
         print(self.message(), file=sys.stderr, flush=True)
+        _stop_temporary_servers()  # os._exit skips the atexit hook that stops them: none may outlive the command
         os._exit(130)
 
     def handle(self, signum, frame) -> None:
@@ -237,7 +239,8 @@ class _Interrupts:
     def __enter__(self) -> _Interrupts:
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGINT, signal.SIGTERM):
-                self.previous[signum] = signal.signal(signum, self.handle)
+                if signal.getsignal(signum) is not signal.SIG_IGN:  # a shell's background job ignores Ctrl-C
+                    self.previous[signum] = signal.signal(signum, self.handle)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -245,6 +248,17 @@ class _Interrupts:
             self.timer.cancel()
         for signum, handler in self.previous.items():
             signal.signal(signum, handler)
+
+
+def _stop_temporary_servers() -> None:
+    """Stop the temporary Prefect servers this process started (Prefect's own, and the one its Dask workers
+    share), as their atexit hook would."""
+    server = sys.modules.get("prefect.server.api.server")
+    if server is None:
+        return
+    for instance in list(server.SubprocessASGIServer._instances.values()):
+        with contextlib.suppress(Exception):  # stopping on the way out: nothing left to report a failure to
+            instance.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -256,7 +270,11 @@ def main(argv: list[str] | None = None) -> int:
     interrupts = _Interrupts(args.command)
     try:
         with interrupts:
-            return commands.run(args)
+            status = commands.run(args)
+        if interrupts.count:  # a command that caught the interrupt itself (Prefect's `serve` does) still was
+            print(interrupts.message(), file=sys.stderr)
+            return 130
+        return status
     except KeyboardInterrupt:  # say so: a silent 130 left the operator guessing what was kept
         print(interrupts.message(), file=sys.stderr)
         return 130

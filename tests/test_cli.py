@@ -84,6 +84,8 @@ def run(args):
     except KeyboardInterrupt:
         if sys.argv[1] == "hangs":  # as Prefect's client retrying a temporary server the Ctrl-C also stopped
             time.sleep(60)
+        if sys.argv[1] == "swallows":  # as Prefect's `serve`, which returns on a signal
+            return 0
         raise
 
 commands.run = run
@@ -92,7 +94,8 @@ raise SystemExit(cli.main(["train", "--home", sys.argv[2]]))
 
 
 @pytest.mark.parametrize(
-    ("behaviour", "signals", "at_most"), [("winds_down", 1, 5.0), ("hangs", 1, 8.0), ("hangs", 2, 5.0)]
+    ("behaviour", "signals", "at_most"),
+    [("winds_down", 1, 5.0), ("hangs", 1, 8.0), ("hangs", 2, 5.0), ("swallows", 1, 5.0)],
 )
 def test_sigterm_and_ctrl_c_end_a_command_with_130_and_never_hang(tmp_path, behaviour, signals, at_most):
     """SIGTERM (a service manager, `timeout`) killed a command with 143 and no word, leaving Prefect's temporary
@@ -120,6 +123,29 @@ def test_sigterm_and_ctrl_c_end_a_command_with_130_and_never_hang(tmp_path, beha
         err.strip().splitlines()[-1]
         == "cashcast train: interrupted; outputs are written whole or not at all, so run it again"
     )
+
+
+def test_a_command_started_with_ctrl_c_ignored_keeps_ignoring_it(tmp_path):
+    """A shell script's background job ignores Ctrl-C; the handler installed over that made a Ctrl-C meant for the
+    script end a background nightly (review). SIGTERM still ends it."""
+    import signal
+    import time
+
+    process = subprocess.Popen(
+        [sys.executable, "-c", STUCK_COMMAND, "winds_down", str(tmp_path / "home")],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    assert process.stdout.readline().strip() == "started"
+    process.send_signal(signal.SIGINT)
+    time.sleep(1.0)
+    assert process.poll() is None  # still at work
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=30)
+    assert process.returncode == 130
 
 
 def test_an_interrupted_command_says_so(tmp_path, capsys, monkeypatch):
