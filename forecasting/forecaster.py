@@ -16,7 +16,7 @@ import pandas as pd
 
 from cashcast.config import Config
 from cashcast.schema import DemandForecast, quantile_column
-from forecasting.backtest import CANDIDATES, FALLBACK, NO_HISTORY, TargetModel, run_tasks
+from forecasting.backtest import CANDIDATES, NO_HISTORY, TargetModel, run_tasks
 from forecasting.metrics import mase, smape
 from forecasting.panel import Panel, build_panel, quiet_nan
 
@@ -167,8 +167,8 @@ class CashForecaster:
             # (replenishment.typical_devices), deposits included: a new branch is no withdrawal-only median of
             # ATMs, recyclers and branches.
             row, source = position.get_indexer([device, twin])
-            if row < 0 or source < 0 or names[row] != NO_HISTORY or names[source] in (NO_HISTORY, FALLBACK):
-                continue
+            if row < 0 or source < 0 or names[row] != NO_HISTORY or names[source] == NO_HISTORY:
+                continue  # (a twin on the seasonal-naive fallback still forecasts a real device's days)
             for array in (yhat, quant, paths, *(deposits or ())):
                 array[row] = array[source]
             takes_deposits[row] = takes_deposits[source]

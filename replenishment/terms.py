@@ -130,11 +130,16 @@ def resolve_terms(
 
 
 def typical_devices(terms: pd.DataFrame) -> dict[str, str]:
-    """The typical recorded device of `terms` (resolved) per kind, and under "" over all kinds: the one whose mean
-    daily demand is the median (the lower of two middle ones). A device with no recorded day yet is forecast as
-    its kind's (deposits included: a new branch is no median of ATMs) and sized on its mean daily demand. The
-    nightly run takes them from the whole network, so a new device does not depend on the chunk it lands in."""
-    recorded = terms[terms["last_observed"].notna()].sort_values(["mean_daily_demand", "device_id"], kind="stable")
+    """The typical recorded device of `terms` (resolved) per kind, and under "" over all kinds: of the devices still
+    reporting, the one whose mean daily demand is the median (the lower of two middle ones). A device with no
+    recorded day yet is forecast as its kind's (deposits included: a new branch is no median of ATMs) and sized
+    on its mean daily demand. The nightly run takes them from the whole network, so a new device does not
+    depend on the chunk it lands in."""
+    seen = terms["last_observed"]
+    # Only devices still reporting (within a demand window of the newest record): a branch closed in 2022 is
+    # nobody's twin, and the forecaster no longer sees its history.
+    active = seen.notna() & (seen >= seen.max() - pd.Timedelta(days=DEMAND_WINDOW_DAYS))
+    recorded = terms[active].sort_values(["mean_daily_demand", "device_id"], kind="stable")
 
     def middle(devices: pd.DataFrame) -> str:
         return str(devices["device_id"].iloc[(len(devices) - 1) // 2])

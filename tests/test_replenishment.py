@@ -99,6 +99,11 @@ def test_resolve_terms_fills_defaults_and_derives_capacity(config):
     assert terms.loc["C", "capacity"] == 4670.0 and terms.loc["C", "mean_daily_demand"] == 0
     assert terms.loc["C", "capacity_source"] == "no history: 14 x the typical atm's mean daily demand"
     assert typical_devices(terms.reset_index()) == {"": "B", "atm": "B"}
+    # A device that stopped reporting long ago is nobody's twin (review: a branch closed in 2022).
+    retired = pd.concat(
+        [daily, pd.DataFrame({"device_id": "Z", "date": dates[:10] - pd.Timedelta(days=400), "withdrawals": 500.0})]
+    )
+    assert "Z" not in typical_devices(resolve_terms(devices, retired, config)).values()
     assert new_device_twins(terms.reset_index()) == {"C": "B"}
     branch = resolve_terms(devices.assign(kind=["atm", "branch"]), daily, config).set_index("device_id")
     assert branch.loc["C", "capacity"] == 4670.0  # no branch recorded: the typical device of any kind
