@@ -189,13 +189,13 @@ class ForecastSettings(_Section):
     @field_validator("tracking_uri")
     @classmethod
     def _uri(cls, value: str) -> str:
-        """A URI MLflow can reach ('http://host:5000', 'sqlite:///path/mlflow.db') or a store folder's path
-        ('/srv/mlruns'); a bare 'host:5000' would be taken for a local folder of that name."""
-        uri = "://" in value or value.startswith(("file:", "databricks"))
-        if value and not uri and not Path(value).expanduser().is_absolute():
+        """A URI MLflow can reach ('http://host:5000', 'sqlite:///path/mlflow.db'). A bare path or 'host:5000' is
+        MLflow's file store, which MLflow 3 refuses unless MLFLOW_ALLOW_FILE_STORE is set ('file:' opts in)."""
+        if value and "://" not in value and not value.startswith(("file:", "databricks")):
             raise ValueError(
-                f"{value!r} is not a tracking URI (expected e.g. http://mlflow.example.com:5000,"
-                " sqlite:///path/mlflow.db or an absolute folder; empty: the workspace's own store)"
+                f"{value!r} is not a tracking URI (expected e.g. http://mlflow.example.com:5000 or"
+                " sqlite:///path/mlflow.db; a folder is MLflow's retired file store: file:///path with"
+                " MLFLOW_ALLOW_FILE_STORE=true; empty: the workspace's own store)"
             )
         return value
 

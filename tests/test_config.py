@@ -99,8 +99,9 @@ def test_good_time_zones_and_cron_lines_load(tmp_path: Path):
     )
     config = load_config(path)
     assert config.flows.cron.startswith("*/30") and config.devices.timezone == "Europe/London"
-    path.write_text('[forecast]\ntracking_uri = "/srv/mlruns"\n')  # a file store's folder, as MLflow takes it
-    assert load_config(path).forecast.tracking_uri == "/srv/mlruns"
+    path.write_text('[forecast]\ntracking_uri = "/srv/mlruns"\n')  # MLflow 3's file store: refused by MLflow too
+    with pytest.raises(ConfigError, match="retired file store"):
+        load_config(path)
     # Lines only Prefect's parser knows (the month's last day, the second Monday) load too.
     for cron in ("0 2 L * *", "0 2 * * 1#2"):
         path.write_text(f'[flows]\ncron = "{cron}"\n')
