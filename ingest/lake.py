@@ -27,7 +27,7 @@ import operator
 import os
 import shutil
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -204,15 +204,20 @@ def recover(lake: Path) -> None:
 
 
 @contextmanager
-def writer_lock(lake: Path, wait: bool = True) -> Iterator[bool]:
-    """Exclusive lock on the lake; yields False when `wait` is off and another writer holds it."""
+def writer_lock(lake: Path, wait: bool = True, on_wait: Callable[[], None] | None = None) -> Iterator[bool]:
+    """Exclusive lock on the lake; yields False when `wait` is off and another writer holds it. `on_wait` is
+    called once before waiting for another writer (say so: a stopped ingest holds the lock until it ends)."""
     lake.mkdir(parents=True, exist_ok=True)
     with open(lake / ".lock", "a") as handle:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            yield False
-            return
+            if not wait:
+                yield False
+                return
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield True
         finally:

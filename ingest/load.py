@@ -153,7 +153,12 @@ def ingest_file(
     """Load one CSV or Parquet file of `kind` into the workspace's lake; see the module docstring."""
     source = open_source(path, kind, config)
     lake = workspace.lake
-    with lk.writer_lock(lake):
+
+    def waiting() -> None:
+        said = f"{path}: another ingest is writing to {lake}; waiting for it to end"
+        warnings.warn(IngestWarning(said), stacklevel=4)
+
+    with lk.writer_lock(lake, on_wait=waiting):
         lk.recover(lake)
         run = _Run(source, config, lake, lk.read_small(lake, "devices"), progress)
         staging = lk.Staging(lake)

@@ -756,6 +756,31 @@ def test_a_lake_the_reader_may_not_write_to_is_still_read(tmp_path, ws, config, 
     assert read_table(ws, "devices").empty and read_daily(ws)["withdrawals"].tolist() == [10.0]
 
 
+def test_an_ingest_waiting_for_another_says_so(tmp_path, ws, config):
+    """A nightly whose landing folder had files waited in silence, without end, on a stopped `cashcast ingest`
+    holding the lake (kill audit). It says it waits, then loads once the other ends."""
+    import threading
+    import time
+
+    ws.lake.mkdir(parents=True, exist_ok=True)
+    held = threading.Event()
+
+    def other_ingest() -> None:
+        with lk.writer_lock(ws.lake):
+            held.set()
+            time.sleep(0.5)
+
+    other = threading.Thread(target=other_ingest)
+    other.start()
+    assert held.wait(5)
+    with pytest.warns(IngestWarning, match="another ingest is writing to .*; waiting for it to end"):
+        report = ingest_file(
+            write(tmp_path / "d.csv", "device_id,date,withdrawals\nA,2024-01-01,10\n"), "daily", ws, config
+        )
+    other.join()
+    assert report.rows_loaded == 1
+
+
 def test_streaming_batches_match_a_pandas_reference(tmp_path, ws, config):
     rng = np.random.default_rng(7)
     n = 5000
