@@ -33,11 +33,15 @@ def kind_of(path: Path, landing: Path) -> str:
     )
 
 
-def _order(path: Path, landing: Path) -> tuple[int, str]:
+def _order(path: Path, landing: Path) -> tuple[int, str, str]:
+    """Kind (the master first), then the name without its extension, then the extension: by the name alone
+    'daily-10-30-corrected.csv' sorted before 'daily-10-30.csv' ('-' before '.'), and the original's values
+    won over its correction's."""
     try:
-        return KINDS.index(kind_of(path, landing)), path.name
+        kind = KINDS.index(kind_of(path, landing))
     except ingest.IngestError:
-        return len(KINDS), path.name
+        kind = len(KINDS)
+    return kind, path.stem, path.suffix
 
 
 def pending_files(ws: Workspace) -> list[Path]:

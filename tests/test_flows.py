@@ -86,6 +86,24 @@ def test_nightly_publishes_prefect_artifacts(nightly_run):
     assert "MLflow run id" in text and "cash deployed" in text
 
 
+def test_a_correction_dropped_beside_its_original_is_loaded_after_it(tmp_path):
+    """By the plain name, 'daily-2026-10-30-corrected.csv' sorted before 'daily-2026-10-30.csv' ('-' before '.'),
+    so the original's values won (nightly audit). The master still comes first."""
+    from cashcast.landing import pending_files
+
+    ws = Workspace.resolve(tmp_path / "home").ensure()
+    ws.landing.mkdir(parents=True, exist_ok=True)
+    names = ["daily-2026-10-30-corrected.csv", "daily-2026-10-30 (1).csv", "daily-2026-10-30.csv", "devices.csv"]
+    for name in names:
+        (ws.landing / name).write_text("device_id\n")
+    assert [path.name for path in pending_files(ws)] == [
+        "devices.csv",
+        "daily-2026-10-30.csv",
+        "daily-2026-10-30 (1).csv",
+        "daily-2026-10-30-corrected.csv",
+    ]
+
+
 def test_corrupt_landing_file_goes_to_failed(nightly_run, fast_config_file):
     ws, config, _, _ = nightly_run
     (ws.landing).mkdir(exist_ok=True)
