@@ -54,6 +54,11 @@ class StaleHistoryWarning(UserWarning):
     """The lake's last recorded day is well before the morning asked for: forecasts rest on old history."""
 
 
+class ThinDayWarning(UserWarning):
+    """The lake's last recorded day holds few of the devices the days before it did: the morning it sets may be
+    one a partial file (an extract cut after midnight, a mistyped date) chose."""
+
+
 @dataclass
 class History:
     """What a stage knows on the morning of `as_of`: history before it, device master, balances."""
@@ -763,6 +768,29 @@ def last_recorded_day(ws: Workspace) -> pd.Timestamp | None:
     """The lake's last recorded day (None when it holds none)."""
     last = ingest.read_daily_column(ws, "date").max()
     return None if pd.isna(last) else pd.Timestamp(last).normalize()
+
+
+THIN_DAY_SHARE = 0.5  # a last day with fewer devices than this share of the week before's is said
+
+
+def thin_last_day(ws: Workspace) -> str | None:
+    """Why the morning after the last recorded day may not be the one meant, or None: that day holds fewer than
+    THIN_DAY_SHARE of the devices its week before held on a typical day. One row dated a day later moves the whole
+    network's morning (the default as-of), and every device then looks a day behind."""
+    last = last_recorded_day(ws)
+    if last is None:
+        return None
+    week = ingest.read_daily(ws, start=last - pd.Timedelta(days=7))
+    per_day = week.groupby("date")["device_id"].nunique()
+    before = per_day.drop(last, errors="ignore")
+    if before.empty or per_day.get(last, 0) >= THIN_DAY_SHARE * before.median():
+        return None
+    return (
+        f"the last recorded day {last:%Y-%m-%d} holds {per_day.get(last, 0)} device(s) against"
+        f" {before.median():.0f} on a day of the week before it: planning the morning of"
+        f" {last + pd.Timedelta(days=1):%Y-%m-%d}; if that day's rows are a partial file (an extract cut after"
+        f" midnight, a mistyped date), run with --as-of {last:%Y-%m-%d} or send the rest of the day"
+    )
 
 
 def next_as_of(ws: Workspace) -> pd.Timestamp:

@@ -231,6 +231,10 @@ def nightly_flow(
             )
             logger.warning(message)
             warnings.warn(jobs.StaleHistoryWarning(message), stacklevel=2)
+        thin = jobs.thin_last_day(ws) if as_of is None else None
+        if thin is not None:
+            logger.warning(thin)
+            warnings.warn(jobs.ThinDayWarning(thin), stacklevel=2)
         with runners.dask_cluster(config, prefect_tasks=True) as on_cluster:  # one for training and the chunks
             trained = train_flow(str(ws.home), config_file, day, force_train, on_cluster.flows.dask_address)
             planned = on_configured_runner(forecast_and_plan_flow, on_cluster)(str(ws.home), config_file, day)

@@ -777,6 +777,24 @@ def test_backtest_arguments_and_store_are_checked_before_the_replay(cli_home, tm
     assert not any((tmp_path / name).exists() for name in ("early", "deaf")) and a_file.read_text() == "mine"
 
 
+def test_a_last_day_held_by_few_devices_is_said_before_it_sets_the_morning(tmp_path):
+    """Two withdrawals after midnight in an extract cut at 00:30 made one device's next day the lake's last: the
+    nightly planned every device a morning later, in silence (nightly audit)."""
+    home = tmp_path / "home"
+    dates = pd.date_range("2026-10-01", periods=10, freq="D")
+    ids = [f"A{i}" for i in range(10)]
+    daily = pd.DataFrame({"device_id": np.repeat(ids, 10), "date": np.tile(dates, 10), "withdrawals": 100.0})
+    daily.to_csv(tmp_path / "daily.csv", index=False, date_format="%Y-%m-%d")
+    assert main(["ingest", "--home", str(home), "--kind", "daily", str(tmp_path / "daily.csv")]) == 0
+    ws = Workspace.resolve(home)
+    assert jobs.thin_last_day(ws) is None
+    (tmp_path / "stray.csv").write_text("device_id,date,withdrawals\nA4,2026-10-11,800\n")
+    assert main(["ingest", "--home", str(home), "--kind", "daily", str(tmp_path / "stray.csv")]) == 0
+    said = jobs.thin_last_day(ws)
+    assert said.startswith("the last recorded day 2026-10-11 holds 1 device(s) against 10 on a day of the week")
+    assert "run with --as-of 2026-10-11" in said
+
+
 def test_help_explains_each_command(capsys):
     for command in ("ingest", "train", "forecast", "plan", "nightly", "backtest", "demo", "serve"):
         with pytest.raises(SystemExit) as done:
