@@ -446,16 +446,41 @@ def plan_forecast(
     return replenishment.plan_network(forecast, terms, opening, history.as_of, config, ordered_visits=on_order)
 
 
-def visits_on_order(ws: Workspace, as_of: pd.Timestamp) -> pd.DataFrame | None:
+def visits_on_order(
+    ws: Workspace, as_of: pd.Timestamp, own_ordered_before: pd.Timestamp | None = None
+) -> pd.DataFrame | None:
     """The visits the carrier already has on the morning of `as_of`, from the plans written for earlier
     mornings (None when there are none): inside the lead time they can no longer change.
 
     Each plan's orders stood until the next plan was written, so a visit counts when its plan ordered it
     (`order_by`) before the next plan's morning, and it falls on `as_of` or later. A visit ordered three
     mornings ago for the day after tomorrow is in that plan only: the plans since took it as given and do not
-    list it.
+    list it. `own_ordered_before`: a night planning `as_of` again (no newer day arrived): the visits of its own
+    plan in force due to be ordered before that day count too (`own_plan_orders`).
     """
-    return _on_order(_written_plans(ws), as_of, _planned_visits)
+    ordered = _on_order(_written_plans(ws), as_of, _planned_visits)
+    own = own_plan_orders(ws, as_of, own_ordered_before)
+    if own is None:
+        return ordered
+    import replenishment
+
+    own = replenishment.visits_on_order(own, as_of, ordered_before=own_ordered_before)
+    both = pd.concat([frame for frame in (ordered, own) if frame is not None], ignore_index=True)
+    return both.drop_duplicates(["device_id", "visit_date"], keep="last").reset_index(drop=True)
+
+
+def own_plan_orders(ws: Workspace, as_of: pd.Timestamp, ordered_before: pd.Timestamp | None) -> pd.DataFrame | None:
+    """The rows of `as_of`'s plan in force due to be ordered before `ordered_before` (None: none asked for): when
+    a night plans that morning again, the carrier has them, so the new plan keeps them as given and lists them as
+    they were (its file is where the next nights find them on order)."""
+    path = ws.plans / f"{as_of:%Y-%m-%d}" / "plan.csv"
+    if ordered_before is None or not path.exists():
+        return None
+    plan = pd.read_csv(path, dtype={"device_id": str}, parse_dates=["visit_date", "order_by"])
+    for column in plan.select_dtypes(include="object").columns:
+        plan[column] = unescape_formulas(plan[column]).astype(object)  # written escaped again with the new plan
+    ordered = plan[plan["order_by"] < pd.Timestamp(ordered_before).normalize()]
+    return ordered.reset_index(drop=True) if len(ordered) else None
 
 
 def _written_plans(ws: Workspace) -> list[tuple[pd.Timestamp, Path]]:

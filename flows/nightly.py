@@ -8,6 +8,7 @@ data is read and only small frames travel back.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import warnings
@@ -133,8 +134,11 @@ def forecast_and_plan_flow(
     config_file: str | None = None,
     as_of: str | None = None,
     horizon: int | None = None,
+    own_ordered_before: str | None = None,
 ) -> dict[str, Any]:
-    """Forecast and plan every device in chunks, then write plan, projection, summary and forecast."""
+    """Forecast and plan every device in chunks, then write plan, projection, summary and forecast.
+    `own_ordered_before`: planning a morning planned already, the day before which its plan's orders were placed
+    (`jobs.own_plan_orders`)."""
     ws, config = _context(home, config_file)
     logger = get_run_logger()
     as_of_ts = jobs.parse_date(as_of) or jobs.next_as_of(ws)
@@ -151,7 +155,9 @@ def forecast_and_plan_flow(
     # `cashcast plan` does: it joins that device's chunk.
     typical = jobs.network_typicals(ws, config, as_of_ts) if new else None
     chunks = jobs.device_chunks(recorded, new, config.flows.devices_per_task, typical and typical.twins)
-    on_order = jobs.visits_on_order(ws, as_of_ts)
+    ordered_before = jobs.parse_date(own_ordered_before)
+    on_order = jobs.visits_on_order(ws, as_of_ts, ordered_before)
+    kept = jobs.own_plan_orders(ws, as_of_ts, ordered_before)
     made = jobs.visits_made(ws, as_of_ts)
     chunk_task = plan_chunk.with_options(**runners.retry_options(config))
     day = f"{as_of_ts:%Y-%m-%d}"
@@ -175,7 +181,11 @@ def forecast_and_plan_flow(
         if model.file is not None:  # ~1 kB a device: one per past morning would pile up
             Path(model.file).unlink(missing_ok=True)
     merged = jobs.merge_chunks(parts)
-    files = jobs.write_plan(ws, as_of_ts, merged["forecast"], merged["result"], None)
+    result = merged["result"]
+    if kept is not None:  # the orders placed from this morning's earlier plan stay in its file
+        plan = pd.concat([kept[result.plan.columns], result.plan], ignore_index=True)
+        result = dataclasses.replace(result, plan=plan.sort_values(["device_id", "visit_date"], kind="stable"))
+    files = jobs.write_plan(ws, as_of_ts, merged["forecast"], result, None)
     failures = merged["failures"]
     if failures:
         logger.warning("%d device(s) used the fallback forecast: %s", len(failures), ", ".join(sorted(failures)))
@@ -223,8 +233,11 @@ def nightly_flow(
         ingested = ingest_flow(str(ws.home), config_file)
         as_of_ts = jobs.parse_date(as_of) or jobs.next_as_of(ws)
         day = f"{as_of_ts:%Y-%m-%d}"
+        ordered_before = None
         if as_of is None and (ws.plans / day / "plan.csv").exists():
-            # A feed that stopped looks like this: the same morning planned again, night after night.
+            # A feed that stopped looks like this: the same morning planned again, night after night. Its plan's
+            # orders due before today were placed: the new plan keeps them.
+            ordered_before = f"{pd.Timestamp.now():%Y-%m-%d}"
             message = (
                 f"no day newer than {as_of_ts - pd.Timedelta(days=1):%Y-%m-%d} has arrived since the last run:"
                 f" planning the morning of {day} again (has the feed stopped?)"
@@ -237,7 +250,9 @@ def nightly_flow(
             warnings.warn(jobs.ThinDayWarning(thin), stacklevel=2)
         with runners.dask_cluster(config, prefect_tasks=True) as on_cluster:  # one for training and the chunks
             trained = train_flow(str(ws.home), config_file, day, force_train, on_cluster.flows.dask_address)
-            planned = on_configured_runner(forecast_and_plan_flow, on_cluster)(str(ws.home), config_file, day)
+            planned = on_configured_runner(forecast_and_plan_flow, on_cluster)(
+                str(ws.home), config_file, day, own_ordered_before=ordered_before
+            )
         report_path = report.write_report(ws, config, as_of_ts, planned, trained, ingested)
     summary = read_table(planned["summary"])
     create_markdown_artifact(

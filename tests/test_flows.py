@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -29,6 +30,9 @@ from ingest.report import IngestWarning
 from replenishment.plan import PlanWarning
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
+
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +70,38 @@ def test_nightly_end_to_end_on_sample(nightly_run, fast_config_file):
     with pytest.warns(jobs.StaleHistoryWarning, match="planning the morning of 2026-11-01 again"):
         again = commands.run_nightly(ws, str(fast_config_file), None)  # a stopped feed looks like this: said
     assert again["ingested"] == [] and not again["trained"]["trained"]
+
+
+def test_a_morning_planned_again_keeps_the_orders_its_plan_placed(nightly_run, fast_config_file, tmp_path):
+    """A stalled feed and a recount: the night planned the same morning again and overwrote its plan, dropping the
+    visits it had ordered (the carrier still came) from every later plan (nightly audit). Orders due before today
+    (by the clock: every one of them here) stand, in the new plan's file, where the next nights find them."""
+    ws, config, _, result = nightly_run
+    shutil.copytree(ws.home, tmp_path / "home")
+    copy = Workspace.resolve(tmp_path / "home")
+    first = pd.read_csv(copy.plans / "2026-11-01" / "plan.csv", dtype={"device_id": str})
+    balances = pd.read_csv(REPO / "data" / "sample" / "balances.csv", dtype={"device_id": str})
+    recount = balances[balances["as_of"] == balances["as_of"].max()].assign(balance=lambda b: 0.3 * b["balance"])
+    copy.landing.mkdir(parents=True, exist_ok=True)
+    recount.to_csv(copy.landing / "balances-recount.csv", index=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the copy's store re-pointed; the morning planned again: both said
+        again = commands.run_nightly(copy, str(fast_config_file), None)
+    assert again["planned"]["as_of"] == "2026-11-01"
+    second = pd.read_csv(again["planned"]["plan"], dtype={"device_id": str})
+    key = ["device_id", "visit_date", "order_by", "balance_after"]
+    assert len(first) and len(first[key].merge(second[key])) == len(first)
+    on_order = jobs.visits_on_order(copy, pd.Timestamp("2026-11-02"))
+    assert (
+        len(
+            on_order.merge(
+                first[first["visit_date"] >= "2026-11-02"][["device_id", "visit_date"]].assign(
+                    visit_date=lambda f: pd.to_datetime(f["visit_date"])
+                )
+            )
+        )
+        > 0
+    )
 
 
 def test_nightly_publishes_prefect_artifacts(nightly_run):
