@@ -26,6 +26,7 @@ import json
 import operator
 import os
 import shutil
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -181,15 +182,26 @@ def _commit_lock(lake: Path, mode: int) -> Iterator[None]:
         os.close(fd)  # closing lets go of the lock
 
 
+_reading = threading.local()  # how deep this thread is in consistent_read
+
+
 @contextmanager
 def consistent_read(lake: Path) -> Iterator[None]:
-    """Finish a crashed commit (unless a writer is busy), then hold the lake still for one read."""
+    """Finish a crashed commit (unless a writer is busy), then hold the lake still for one read. A read inside
+    another (a caller's own) runs under the outer one's lock: recovering there would wait for itself."""
+    if getattr(_reading, "depth", 0):
+        yield
+        return
     _recover_if_idle(lake)
     if not lake.exists():  # nothing to read, and no lock file to make in a workspace that has no lake yet
         yield
         return
-    with _commit_lock(lake, fcntl.LOCK_SH):
-        yield
+    _reading.depth = 1
+    try:
+        with _commit_lock(lake, fcntl.LOCK_SH):
+            yield
+    finally:
+        _reading.depth = 0
 
 
 def recover(lake: Path) -> None:

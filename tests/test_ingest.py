@@ -781,6 +781,28 @@ def test_an_ingest_waiting_for_another_says_so(tmp_path, ws, config):
     assert report.rows_loaded == 1
 
 
+def test_a_read_inside_a_read_does_not_wait_for_itself(tmp_path, ws, config):
+    """Inside a read (holding the commit lock shared), a nested read that found a crashed commit to finish waited
+    for the exclusive lock its own thread held: a hang (review). It reads under the outer lock instead."""
+    import threading
+
+    ingest_file(write(tmp_path / "d1.csv", "device_id,date,withdrawals\nA,2024-01-01,10\n"), "daily", ws, config)
+    seen = []
+
+    def nested() -> None:
+        with lk.consistent_read(ws.lake):
+            crashed = ws.lake / ".staging-crashed"  # a commit decided, its files not moved yet
+            crashed.mkdir()
+            (crashed / "COMMIT").write_text("[]")
+            seen.append(read_daily(ws)["withdrawals"].tolist())
+
+    reader = threading.Thread(target=nested, daemon=True)
+    reader.start()
+    reader.join(10)
+    assert not reader.is_alive() and seen == [[10.0]]
+    assert read_daily(ws)["withdrawals"].tolist() == [10.0] and not list(ws.lake.glob(".staging-*"))
+
+
 def test_streaming_batches_match_a_pandas_reference(tmp_path, ws, config):
     rng = np.random.default_rng(7)
     n = 5000
