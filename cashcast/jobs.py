@@ -798,13 +798,10 @@ def last_recorded_day(ws: Workspace) -> pd.Timestamp | None:
 THIN_DAY_SHARE = 0.5  # a last day with fewer devices than this share of the week before's is said
 
 
-def thin_last_day(ws: Workspace) -> str | None:
-    """Why the morning after the last recorded day may not be the one meant, or None: that day holds fewer than
-    THIN_DAY_SHARE of the devices its week before held on a typical day. One row dated a day later moves the whole
-    network's morning (the default as-of), and every device then looks a day behind."""
-    last = last_recorded_day(ws)
-    if last is None:
-        return None
+def thin_last_day(ws: Workspace, last: pd.Timestamp) -> str | None:
+    """Why the morning after `last`, the lake's last recorded day, may not be the one meant, or None: that day holds
+    fewer than THIN_DAY_SHARE of the devices its week before held on a typical day. One row dated a day later moves
+    the whole network's morning (the default as-of), and every device then looks a day behind."""
     week = ingest.read_daily(ws, start=last - pd.Timedelta(days=7))
     per_day = week.groupby("date")["device_id"].nunique()
     before = per_day.drop(last, errors="ignore")

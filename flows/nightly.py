@@ -244,7 +244,7 @@ def nightly_flow(
             )
             logger.warning(message)
             warnings.warn(jobs.StaleHistoryWarning(message), stacklevel=2)
-        thin = jobs.thin_last_day(ws) if as_of is None else None
+        thin = jobs.thin_last_day(ws, as_of_ts - pd.Timedelta(days=1)) if as_of is None else None
         if thin is not None:
             logger.warning(thin)
             warnings.warn(jobs.ThinDayWarning(thin), stacklevel=2)

@@ -316,7 +316,7 @@ def read_daily(
     with consistent_read(lake):
         if not _has_parts(folder):
             return validate_daily(DAILY_SCHEMA.empty_table().to_pandas(), source=str(folder))
-        table = _read_dataset(folder, DAILY_SCHEMA, start, end, device_ids)
+        table = _dataset(folder, DAILY_SCHEMA).to_table(filter=_daily_rows(start, end, device_ids))
     return _daily_frame(table, source=str(folder))
 
 
@@ -326,13 +326,17 @@ def read_daily_column(workspace: Workspace, column: str) -> pd.Series:
     with consistent_read(workspace.lake):
         if not _has_parts(folder):
             return DAILY_SCHEMA.empty_table().to_pandas()[column]
-        table = ds.dataset(folder, format="parquet", partitioning="hive", schema=DAILY_SCHEMA).to_table([column])
+        table = _dataset(folder, DAILY_SCHEMA).to_table([column])
     return table.column(column).to_pandas()
 
 
-def _read_dataset(folder: Path, schema: pa.Schema, start, end, device_ids) -> pa.Table:
-    """A partitioned table's rows with start <= date <= end and of `device_ids` (None: no limit)."""
-    dataset = ds.dataset(folder, format="parquet", partitioning="hive", schema=schema)
+def _dataset(folder: Path, schema: pa.Schema) -> ds.Dataset:
+    """A month-partitioned lake table (daily, transactions) as Arrow reads it."""
+    return ds.dataset(folder, format="parquet", partitioning="hive", schema=schema)
+
+
+def _daily_rows(start, end, device_ids) -> ds.Expression | None:
+    """The filter of the daily rows with start <= date <= end and of `device_ids` (None: no limit)."""
     terms = []
     if start is not None:
         terms.append(ds.field("date") >= pa.scalar(pd.Timestamp(start).normalize(), pa.timestamp("ns")))
@@ -340,8 +344,7 @@ def _read_dataset(folder: Path, schema: pa.Schema, start, end, device_ids) -> pa
         terms.append(ds.field("date") <= pa.scalar(pd.Timestamp(end).normalize(), pa.timestamp("ns")))
     if device_ids is not None:
         terms.append(ds.field("device_id").isin(pa.array(list(device_ids), pa.string())))
-    condition = functools.reduce(operator.and_, terms) if terms else None
-    return dataset.to_table(filter=condition)
+    return functools.reduce(operator.and_, terms) if terms else None
 
 
 DAY_NS = 86_400 * 10**9
@@ -393,6 +396,6 @@ def read_table(workspace: Workspace, name: str) -> pd.DataFrame:
         with consistent_read(workspace.lake):
             if not _has_parts(folder):
                 return TRANSACTION_SCHEMA.empty_table().to_pandas()
-            table = ds.dataset(folder, format="parquet", partitioning="hive", schema=TRANSACTION_SCHEMA).to_table()
+            table = _dataset(folder, TRANSACTION_SCHEMA).to_table()
         return table.to_pandas()
     raise ValueError(f"unknown lake table {name!r}; expected daily, transactions, {', '.join(SMALL_SCHEMAS)}")

@@ -157,10 +157,10 @@ def typical_demand(terms: pd.DataFrame) -> dict[str, float]:
     return typical if "" in typical else {"": 0.0, **typical}
 
 
-def new_device_twins(terms: pd.DataFrame, typical: dict[str, str] | None = None) -> dict[str, str]:
-    """Each device of `terms` with no recorded day yet -> the typical device (`typical`, default those of `terms`)
-    of its kind, else of the network."""
-    typical = typical_devices(terms) if typical is None else typical
+def new_device_twins(terms: pd.DataFrame) -> dict[str, str]:
+    """Each device of `terms` with no recorded day yet -> the typical device (`typical_devices`) of its kind, else
+    of the network."""
+    typical = typical_devices(terms)
     new = terms[terms["last_observed"].isna()]
     pairs = zip(new["device_id"].astype(str), new["kind"].astype(str), strict=True)
     twins = {device: typical.get(kind, typical.get("")) for device, kind in pairs}

@@ -787,10 +787,10 @@ def test_a_last_day_held_by_few_devices_is_said_before_it_sets_the_morning(tmp_p
     daily.to_csv(tmp_path / "daily.csv", index=False, date_format="%Y-%m-%d")
     assert main(["ingest", "--home", str(home), "--kind", "daily", str(tmp_path / "daily.csv")]) == 0
     ws = Workspace.resolve(home)
-    assert jobs.thin_last_day(ws) is None
+    assert jobs.thin_last_day(ws, jobs.last_recorded_day(ws)) is None
     (tmp_path / "stray.csv").write_text("device_id,date,withdrawals\nA4,2026-10-11,800\n")
     assert main(["ingest", "--home", str(home), "--kind", "daily", str(tmp_path / "stray.csv")]) == 0
-    said = jobs.thin_last_day(ws)
+    said = jobs.thin_last_day(ws, jobs.last_recorded_day(ws))
     assert said.startswith("the last recorded day 2026-10-11 holds 1 device(s) against 10 on a day of the week")
     assert "run with --as-of 2026-10-11" in said
 
