@@ -4,13 +4,15 @@ Setting (the replenishment brief): 14-day plans, Mon-Fri visits, capacity = 14 d
 demand, visit cost = 1.36% of mean daily demand, emergency visits 3x, 5%/year holding, lead time
 1 day, 100-unit bundles. The forecaster is the real one, as `cashcast backtest` runs it
 (`forecasting.train` every retrain_every_days, `model.predict`); `--forecasters` adds the seasonal
-naive paths and "oracle" paths (actual future x 15% lognormal noise: a check of the optimiser
-alone). Runs on the real CUB ATM data and a synthetic network; prints each policy's cost ratio to
+naive paths, "oracle" paths (actual future x 15% lognormal noise: a check of the optimiser
+alone) and, on the synthetic network, "truth" paths (drawn from the generator's own demand law given
+every day before the plan: the best forecast there can be, so its cost is the policy's limit there).
+Runs on the real CUB ATM data and a synthetic network; prints each policy's cost ratio to
 perfect foresight and its stockout rate, and how often the realised 3-10-day withdrawal sums from each
 plan origin beat the paths' quantiles (the calibration the loads rely on). `--cache DIR` keeps the real
 forecasts (pickled per data set and as-of) so policy changes can be re-measured without retraining.
-Usage: python benchmarks/bench_replay.py [--devices N] [--forecasters real,naive,oracle] [--cache DIR]
-       [--data cub,synthetic] [--stockout-penalty-visits X]
+Usage: python benchmarks/bench_replay.py [--devices N] [--forecasters real,naive,oracle,truth] [--cache DIR]
+       [--data cub,synthetic] [--stockout-penalty-visits X] [--replan-every-days N]
 """
 
 from __future__ import annotations
@@ -46,12 +48,17 @@ def cub_daily() -> pd.DataFrame:
     return validate_daily(daily[["device_id", "date", "withdrawals"]], source="CUB")
 
 
-def synthetic_daily(n_devices: int, days: int, seed: int = 7) -> pd.DataFrame:
-    """The project's synthetic network (ATMs, branches, recyclers): its uncensored true demand."""
+def synthetic_network(n_devices: int, days: int, seed: int = 7) -> tuple[pd.DataFrame, dict]:
+    """The project's synthetic network (ATMs, branches, recyclers): its uncensored true demand and its law."""
     network = generate_network(
-        n_atms=n_devices * 7 // 10, n_branches=n_devices * 2 // 10, n_recyclers=n_devices // 10, days=days, seed=seed
+        n_atms=n_devices * 7 // 10,
+        n_branches=n_devices * 2 // 10,
+        n_recyclers=n_devices // 10,
+        days=days,
+        seed=seed,
+        keep_law=True,
     )
-    return validate_daily(network.true_demand, source="synthetic")
+    return validate_daily(network.true_demand, source="synthetic"), network.law
 
 
 def device_master(daily: pd.DataFrame, before: pd.Timestamp) -> pd.DataFrame:
@@ -103,6 +110,28 @@ def oracle_forecaster(actual: pd.DataFrame, n_paths: int, sigma: float = 0.15):
     return forecast
 
 
+def truth_forecaster(law: dict, n_paths: int):
+    """Paths drawn from the generator's law given every day before the plan (DemandLaw.sample_paths);
+    days past the generated history, and devices the law does not hold, keep the naive paths."""
+
+    def forecast(history, as_of, horizon):
+        base = naive_forecast(history, as_of, horizon, n_paths)
+        rng = np.random.default_rng(int(as_of.value % 2**32))
+
+        def paths(flow: str, fallback: np.ndarray) -> np.ndarray:
+            rows = pd.Index(law[flow].device_ids).get_indexer(base.device_ids)
+            drawn = law[flow].sample_paths(as_of, len(base.dates), n_paths, rng)[np.maximum(rows, 0)]
+            drawn[rows < 0] = np.nan
+            return np.where(np.isnan(drawn), fallback, drawn).astype("float32")
+
+        base.withdrawal_paths = paths("withdrawals", base.withdrawal_paths)
+        if base.deposit_paths is not None:
+            base.deposit_paths = paths("deposits", base.deposit_paths)
+        return base
+
+    return forecast
+
+
 def recording(forecaster, kept: list):
     """The forecaster, keeping every forecast it returns."""
 
@@ -129,7 +158,7 @@ def sum_exceedance(daily: pd.DataFrame, forecasts: list) -> str:
     return "  ".join(f"{name} {np.concatenate(hits).mean():.2%}" for name, hits in above.items())
 
 
-def run(name: str, daily: pd.DataFrame, config, chosen: list[str], cache: Path | None) -> None:
+def run(name: str, daily: pd.DataFrame, config, chosen: list[str], cache: Path | None, law: dict | None = None) -> None:
     end = daily["date"].max()
     start = end - pd.Timedelta(days=WINDOW_DAYS - 1)
     terms = resolve_terms(device_master(daily, start), daily[daily["date"] < start], config)
@@ -141,7 +170,10 @@ def run(name: str, daily: pd.DataFrame, config, chosen: list[str], cache: Path |
             )
         ),
         "oracle": lambda: oracle_forecaster(daily, config.forecast.n_paths),
+        "truth": lambda: truth_forecaster(law, config.forecast.n_paths),
     }
+    if law is None:
+        chosen = [label for label in chosen if label != "truth"]  # real data has no known law
     print(f"\n{name}: {len(terms)} devices, {start:%Y-%m-%d}..{end:%Y-%m-%d}")
     for label in chosen:
         began = time.perf_counter()
@@ -162,11 +194,14 @@ def run(name: str, daily: pd.DataFrame, config, chosen: list[str], cache: Path |
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--devices", type=int, default=100, help="synthetic network size")
-    parser.add_argument("--forecasters", default="real,naive,oracle", help="comma list of real, naive, oracle")
+    parser.add_argument("--forecasters", default="real,naive,oracle", help="comma list of real, naive, oracle, truth")
     parser.add_argument("--data", default="cub,synthetic", help="comma list of cub, synthetic")
     parser.add_argument("--cache", type=Path, default=None, help="folder caching the real forecasts")
     parser.add_argument(
         "--stockout-penalty-visits", type=float, default=None, help="[plan] stockout_penalty_visits (default: config)"
+    )
+    parser.add_argument(
+        "--replan-every-days", type=int, default=7, help="re-planning cadence (the brief's is weekly; the nightly's 1)"
     )
     args = parser.parse_args()
     if args.cache is not None:
@@ -182,7 +217,7 @@ def main() -> None:
             "load_multiple": 100.0,
         },
         plan={"horizon_days": 14},
-        backtest={"replan_every_days": 7},
+        backtest={"replan_every_days": args.replan_every_days},
     )
     if args.stockout_penalty_visits is not None:
         base = base.updated(plan={"stockout_penalty_visits": args.stockout_penalty_visits})
@@ -191,7 +226,8 @@ def main() -> None:
         cub = base.updated(devices={"country": "IN", "subdivision": "TN"})
         run("CUB ATMs (real)", cub_daily(), cub, chosen, args.cache)
     if "synthetic" in args.data:
-        run("synthetic", synthetic_daily(args.devices, SYNTHETIC_DAYS), base, chosen, args.cache)
+        daily, law = synthetic_network(args.devices, SYNTHETIC_DAYS)
+        run("synthetic", daily, base, chosen, args.cache, law)
 
 
 if __name__ == "__main__":

@@ -83,6 +83,8 @@ LOAD_MULTIPLE = 10_000.0
 SERVICE_OPEN_H, SERVICE_HOURS = 7.0, 16.0
 ID_PREFIX = {"atm": ("ATM", 5), "branch": ("BR", 4), "recycler": ("RC", 4)}
 SAMPLE_START, SAMPLE_DAYS = "2024-11-01", 730
+AR_SD, AR_PHI = 0.10, 0.6  # the day-to-day AR(1) part of the log-noise: busy spells last
+SPIKE_RATE, SPIKE_GAIN = 0.006, (1.4, 2.5)  # rare busy days: their rate and range of multipliers
 
 
 @dataclass
@@ -95,6 +97,44 @@ class SyntheticNetwork:
     balances: pd.DataFrame  # device_id, as_of, balance: the morning after the last day
     status: pd.DataFrame  # device_id, start, end, state: cash_out / offline intervals
     profiles: pd.DataFrame  # device_id, location, installed: hidden traits, for evaluation
+    law: dict[str, DemandLaw] | None = None  # "withdrawals" / "deposits": the draws' law (keep_law=True)
+
+
+@dataclass
+class DemandLaw:
+    """The law one flow (withdrawals or deposits) was drawn from: what a forecaster that knew the
+    generator would know on the morning of any day. Sampling it gives the best forecast paths there
+    can be, the yardstick for the real forecaster and the limit of the replenishment policy.
+
+    Daily demand = mean x exp(AR(1) state + scatter - variance / 2) x a rare spike.
+    """
+
+    device_ids: np.ndarray  # (n,) str
+    start: pd.Timestamp  # the date of column 0
+    mean: np.ndarray  # (n, days) noise-free level: base x weekly x calendar lift x trend (0 before install)
+    ar_state: np.ndarray  # (n, days) the AR(1) part of the log-noise as drawn
+    scatter_sd: np.ndarray  # (n,) sd of the independent daily part of the log-noise
+
+    def sample_paths(self, as_of: pd.Timestamp, horizon: int, n_paths: int, rng: np.random.Generator) -> np.ndarray:
+        """(n, n_paths, horizon) demand paths from `as_of` on, given everything drawn before it;
+        NaN past the generated days (the law of those days' calendar was never built)."""
+        first = (pd.Timestamp(as_of) - self.start).days
+        if first < 1:
+            raise ValueError(
+                f"as_of {as_of:%Y-%m-%d} leaves no drawn day before it (the law starts {self.start:%Y-%m-%d})"
+            )
+        n, days = self.mean.shape
+        state = np.repeat(self.ar_state[:, first - 1, None].astype("float64"), n_paths, axis=1)
+        sd = self.scatter_sd[:, None]
+        paths = np.full((n, n_paths, horizon), np.nan)
+        for k, t in enumerate(range(first, min(first + horizon, days))):
+            state = AR_PHI * state + AR_SD * math.sqrt(1 - AR_PHI**2) * rng.standard_normal(state.shape)
+            log_noise = state + sd * rng.standard_normal(state.shape) - (AR_SD**2 + sd**2) / 2
+            day = self.mean[:, t, None] * np.exp(log_noise)
+            spikes = rng.random(day.shape) < SPIKE_RATE
+            day[spikes] *= rng.uniform(*SPIKE_GAIN, int(spikes.sum()))
+            paths[:, :, k] = day
+        return paths
 
 
 def _served_share(hour: np.ndarray) -> np.ndarray:
@@ -189,24 +229,30 @@ def _demand(
     lift: np.ndarray,
     trend: np.ndarray,
     calendar: dict,
-) -> np.ndarray:
-    """Daily demand (devices x days) = level x weekly x calendar lift x trend x noise, in float32."""
+    keep_law: bool = False,
+) -> tuple[np.ndarray, dict | None]:
+    """Daily demand (devices x days) = level x weekly x calendar lift x trend x noise, in float32;
+    with keep_law, also the DemandLaw parts (mean, ar_state, scatter_sd) it was drawn from."""
     n, days = lift.shape
-    ar_sd, phi = 0.10, 0.6
     exponent = rng.standard_normal((n, days), dtype=np.float32)
-    exponent *= ar_sd * math.sqrt(1 - phi**2)
-    exponent = lfilter([1.0], [1.0, -phi], exponent, axis=1).astype(np.float32)
+    exponent *= AR_SD * math.sqrt(1 - AR_PHI**2)
+    exponent = lfilter([1.0], [1.0, -AR_PHI], exponent, axis=1).astype(np.float32)
+    law = {"ar_state": exponent.copy()} if keep_law else None
     scatter_sd = rng.uniform(0.10, 0.22, n).astype(np.float32)[:, None]
     exponent += scatter_sd * rng.standard_normal((n, days), dtype=np.float32)
-    exponent += (-(ar_sd**2 + scatter_sd**2) / 2).astype(np.float32)
-    exponent += np.outer(trend, np.arange(days) / 365.25).astype(np.float32)
+    exponent += (-(AR_SD**2 + scatter_sd**2) / 2).astype(np.float32)
+    drift = np.outer(trend, np.arange(days) / 365.25)
+    exponent += drift.astype(np.float32)
     level = np.exp(exponent, out=exponent)
     level *= weekly.astype(np.float32)[:, calendar["weekday_type"]]
     level *= lift
     level *= base.astype(np.float32)[:, None]
-    spikes = rng.random((n, days), dtype=np.float32) < 0.006
-    level[spikes] *= rng.uniform(1.4, 2.5, int(spikes.sum())).astype(np.float32)
-    return level
+    if law is not None:
+        law["scatter_sd"] = scatter_sd[:, 0].astype("float64")
+        law["mean"] = weekly[:, calendar["weekday_type"]] * lift * base[:, None] * np.exp(drift)
+    spikes = rng.random((n, days), dtype=np.float32) < SPIKE_RATE
+    level[spikes] *= rng.uniform(*SPIKE_GAIN, int(spikes.sum())).astype(np.float32)
+    return level, law
 
 
 def _profiles(rng: np.random.Generator, n_atms: int, n_branches: int, n_recyclers: int) -> pd.DataFrame:
@@ -235,9 +281,10 @@ def _profiles(rng: np.random.Generator, n_atms: int, n_branches: int, n_recycler
 
 
 def _true_flows(
-    rng: np.random.Generator, prof: pd.DataFrame, calendar: dict, days: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Uncensored withdrawals (whole 100-CNY notes) and deposits (whole 10 CNY), devices x days."""
+    rng: np.random.Generator, prof: pd.DataFrame, calendar: dict, days: int, keep_law: bool = False
+) -> tuple[np.ndarray, np.ndarray, dict | None, dict | None]:
+    """Uncensored withdrawals (whole 100-CNY notes) and deposits (whole 10 CNY), devices x days; with
+    keep_law, the law parts of each (the deposits' for the deposit takers only)."""
     n = len(prof)
     loc = prof["location"].to_numpy()
     weekly = WEEKLY[loc] * np.exp(rng.normal(0.0, 0.04, (n, 7)))
@@ -245,7 +292,9 @@ def _true_flows(
     trend = prof["trend"].to_numpy()
     gains = {"payday": PAYDAY_GAIN, "pre": PRE_HOLIDAY_GAIN, "in": IN_HOLIDAY_EFFECT, "post": np.full(5, 0.10)}
     lift = _calendar_lift(calendar, gains)[loc]
-    withdrawals = _demand(rng, prof["mean_withdrawals"].to_numpy(), weekly, lift, trend, calendar)
+    withdrawals, withdrawal_law = _demand(
+        rng, prof["mean_withdrawals"].to_numpy(), weekly, lift, trend, calendar, keep_law
+    )
     del lift
     deposits = np.zeros((n, days))
     takers = np.flatnonzero((prof["kind"] != "atm").to_numpy())
@@ -258,10 +307,11 @@ def _true_flows(
         "post": np.full(5, 0.50),  # merchants bank their holiday takings
     }
     deposit_lift = _calendar_lift(calendar, deposit_gains)[loc[takers]]
-    deposits[takers] = _demand(
-        rng, prof["mean_deposits"].to_numpy()[takers], deposit_weekly, deposit_lift, trend[takers], calendar
+    deposits[takers], deposit_law = _demand(
+        rng, prof["mean_deposits"].to_numpy()[takers], deposit_weekly, deposit_lift, trend[takers], calendar, keep_law
     )
-    return (np.round(withdrawals / 100) * 100).astype(np.float64), np.round(deposits / 10.0) * 10.0
+    withdrawals = (np.round(withdrawals / 100) * 100).astype(np.float64)
+    return withdrawals, np.round(deposits / 10.0) * 10.0, withdrawal_law, deposit_law
 
 
 def _installed(rng: np.random.Generator, kinds: np.ndarray, days: int) -> np.ndarray:
@@ -543,8 +593,10 @@ def generate_network(
     subdivision: str = "",
     outage_rate: float = 0.01,
     paydays: tuple[int, ...] = (10, 15),
+    keep_law: bool = False,
 ) -> SyntheticNetwork:
-    """Generate a seeded network of devices with history over `days` days from `start`."""
+    """Generate a seeded network of devices with history over `days` days from `start`; keep_law also
+    returns the law the demand was drawn from (network.law: 12 more bytes per device-day, 24 for deposit takers)."""
     rng = np.random.default_rng(seed)
     dates = pd.date_range(pd.Timestamp(start).normalize(), periods=days, freq="D")
     calendar = _holiday_calendar(dates, country, subdivision, paydays)
@@ -552,11 +604,20 @@ def generate_network(
     kinds = prof["kind"].to_numpy()
     ids = _device_ids(kinds)
     n = len(ids)
-    true_w, true_d = _true_flows(rng, prof, calendar, days)
+    true_w, true_d, withdrawal_law, deposit_law = _true_flows(rng, prof, calendar, days, keep_law)
     installed = _installed(rng, kinds, days)
     active = np.arange(days)[None, :] >= installed[:, None]
     true_w[~active] = 0.0
     true_d[~active] = 0.0
+    law = None
+    if keep_law:
+        takers = kinds != "atm"
+        withdrawal_law["mean"][~active] = 0.0
+        deposit_law["mean"][~active[takers]] = 0.0
+        law = {
+            "withdrawals": DemandLaw(ids.astype(str), dates[0], **withdrawal_law),
+            "deposits": DemandLaw(ids[takers].astype(str), dates[0], **deposit_law),
+        }
     master = _device_master(rng, prof, ids, true_w, true_d, active, country, subdivision)
 
     offline = _offline_intervals(rng, installed, days, outage_rate)
@@ -619,6 +680,7 @@ def generate_network(
         balances=balances,
         status=status,
         profiles=profiles,
+        law=law,
     )
 
 

@@ -53,6 +53,34 @@ def test_same_seed_same_network_other_seed_differs() -> None:
     assert not other.true_demand["withdrawals"].equals(first.true_demand["withdrawals"])
 
 
+def test_demand_law_brackets_the_demand_drawn_from_it_and_keeping_it_changes_nothing() -> None:
+    """network.law is the yardstick forecast of the replay benchmark: its paths must bracket the realised
+    weekly sums as a calibrated forecast would, and asking for it must not change a drawn number."""
+    shape = {"n_atms": 30, "n_branches": 8, "n_recyclers": 2, "days": 240, "seed": 3}
+    plain, kept = generate_network(**shape), generate_network(**shape, keep_law=True)
+    assert plain.law is None
+    for field in ("daily", "true_demand", "devices", "balances", "status", "profiles"):
+        pd.testing.assert_frame_equal(getattr(plain, field), getattr(kept, field))
+    below_median, above_q90 = [], []
+    for flow, law in kept.law.items():
+        actual = kept.true_demand.pivot(index="device_id", columns="date", values=flow).reindex(law.device_ids)
+        assert list(actual.columns) == list(pd.date_range(law.start, periods=law.mean.shape[1]))
+        for origin in range(100, 233, 7):
+            paths = law.sample_paths(law.start + pd.Timedelta(days=origin), 7, 400, np.random.default_rng(origin))
+            week = actual.iloc[:, origin : origin + 7].to_numpy().sum(axis=1)
+            q50, q90 = np.quantile(paths.sum(axis=2), [0.5, 0.9], axis=1)
+            known = np.isfinite(week) & (q50 > 0)
+            below_median.append(week[known] < q50[known])
+            above_q90.append(week[known] > q90[known])
+    assert 0.44 < np.concatenate(below_median).mean() < 0.56
+    assert 0.06 < np.concatenate(above_q90).mean() < 0.14
+    law = kept.law["withdrawals"]
+    past_end = law.sample_paths(law.start + pd.Timedelta(days=236), 7, 5, np.random.default_rng(0))
+    assert np.isfinite(past_end[:, :, :4]).all() and np.isnan(past_end[:, :, 4:]).all()
+    with pytest.raises(ValueError, match="no drawn day before it"):
+        law.sample_paths(law.start, 7, 5, np.random.default_rng(0))
+
+
 def test_frames_honour_the_contracts(net: SyntheticNetwork) -> None:
     pd.testing.assert_frame_equal(validate_daily(net.daily), net.daily)
     assert list(net.devices.columns) == DEVICE_COLUMNS
