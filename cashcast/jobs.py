@@ -929,8 +929,9 @@ def training_due(ws: Workspace, config: Config, as_of: pd.Timestamp | None) -> t
         if latest is None or registry.settings_differ(latest, config):  # none fitted under these settings yet
             return True, f"the champion was {OTHER_SETTINGS}"
     age = (as_of - trained_as_of(version)).days
-    if age >= config.forecast.retrain_every_days:
-        return True, f"champion trained {age} days ago (cadence {config.forecast.retrain_every_days})"
+    cadence = config.forecast.retrain_every_days
+    if age >= cadence:
+        return True, f"champion trained {age} day{'' if age == 1 else 's'} ago (cadence {cadence})"
     if age < 0:  # a past morning: its own version serves it once one is registered (a re-run needs no other)
         own = registry.version_trained_for(ws, config, as_of)
         if own is not None:

@@ -78,8 +78,9 @@ def train_flow(
     with runners.training_on_configured_runner(config):
         outcome = jobs.run_train(ws, config, jobs.parse_date(as_of))
     logger.info(
-        "trained %d devices as of %s: run %s, version %s, %s (%s)",
+        "trained %d device%s as of %s: run %s, version %s, %s (%s)",
         outcome.n_devices,
+        "" if outcome.n_devices == 1 else "s",
         f"{outcome.as_of:%Y-%m-%d}",
         outcome.run_id,
         outcome.version,

@@ -53,6 +53,11 @@ def test_cadence(lake, monkeypatch):
     assert due and "7 days ago" in why
     monkeypatch.setattr(registry, "champion_version", lambda ws, c, **kw: champion("2025-02-26", 10.0))
     assert not jobs.training_due(lake, config, AS_OF)[0]
+    daily_cadence = config.updated(forecast={"retrain_every_days": 1})
+    assert jobs.training_due(lake, daily_cadence, AS_OF) == (True, "champion trained 3 days ago (cadence 1)")
+    day_before = AS_OF - pd.Timedelta(days=1)
+    monkeypatch.setattr(registry, "champion_version", lambda ws, c, **kw: champion(f"{day_before:%Y-%m-%d}", 10.0))
+    assert jobs.training_due(lake, daily_cadence, AS_OF) == (True, "champion trained 1 day ago (cadence 1)")
 
 
 def test_drift_of_recent_error_past_threshold_triggers_training(lake, monkeypatch):
