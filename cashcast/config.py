@@ -128,7 +128,7 @@ class DeviceDefaults(_Section):
 
 
 class IngestSettings(_Section):
-    max_amount: float = Field(1.0e9, gt=0)
+    max_amount: float = Field(1.0e13, gt=0)
     batch_rows: int = Field(1_000_000, ge=1000)
     future_tolerance_days: int = Field(0, ge=0)
     currency: str = Field("", pattern=r"^([A-Za-z]{3})?$")

@@ -36,6 +36,11 @@ ZONE_PART = r"(Z|[+-]\d\d(:?\d\d)?)$"  # the offset itself, once ZONE_SUFFIX sai
 # A whole calendar day first (2024-01-08, 2024-1-8 or 20240108): ISO's reduced forms ('2026', '2026-05') name no
 # day, and pandas would read them as the 1st of the year or month.
 WHOLE_DAY = r"^\s*\d{4}(-\d{1,2}-\d{1,2}|\d\d\d\d)(?:$|[T\s])"
+# Year first with slashes or dots (2024/01/08, 2024.1.8: East Asian and some bank exports) is as unambiguous as
+# ISO; it is read as the dashed form. Day-first and month-first forms (08/01/2024) stay refused: which is which?
+YEAR_FIRST_SEPARATED = [
+    (rf"^(\s*\d{{4}}){sep}(\d{{1,2}}){sep}(\d{{1,2}})(?:$|([T\s]))", r"\1-\2-\3\4") for sep in ("/", r"\.")
+]
 _MULTIPLIER = np.uint64(0x100000001B3)
 # Text read per CSV batch, whatever batch_rows says: small batches stay in cache and keep the peak
 # memory flat (measured: 16 MiB batches are faster than 60 MiB ones and use ~40% less memory).
@@ -347,6 +352,8 @@ def to_timestamps(column: pa.Array, as_written: bool = False) -> tuple[np.ndarra
         return _ns(column.cast(pa.timestamp("us"))), np.zeros(len(column), dtype=bool)
     except pa.ArrowInvalid:
         values = text(column)
+    for pattern, dashed in YEAR_FIRST_SEPARATED:
+        values = pc.replace_substring_regex(values, pattern, dashed)
     values = pc.if_else(pc.match_substring_regex(values, WHOLE_DAY), values, pa.scalar(None, pa.string()))
     zoned = mask_of(pc.match_substring_regex(values, ZONE_SUFFIX))
     if as_written and zoned.any():  # only where there is an offset: a bare date's -08 is its day

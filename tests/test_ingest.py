@@ -368,6 +368,26 @@ def test_dates_that_name_no_day_are_rejected_not_read_as_the_first(tmp_path, ws,
     assert read_daily(ws)["date"].tolist() == [pd.Timestamp(f"2024-05-0{day}") for day in (2, 3, 4)]
 
 
+def test_year_first_dates_with_slashes_or_dots_load_day_first_ones_stay_refused(tmp_path, ws, config):
+    """2024/05/02 and 2024.5.3 (East Asian exports) can only be one day; 04/05/2024 could be two."""
+    body = "device_id,date,withdrawals\nA,2024/05/02,1\nA,2024.5.3,2\nA,2024/05/04 00:00:00,3\nA,04/05/2024,4\n"
+    report = ingest_file(write(tmp_path / "daily.csv", body), "daily", ws, config)
+    assert (report.rows_loaded, report.rows_rejected) == (3, 1)
+    assert pd.read_csv(report.rejects_path)["row"].tolist() == [5]
+    assert read_daily(ws)["date"].tolist() == [pd.Timestamp(f"2024-05-0{day}") for day in (2, 3, 4)]
+    body = "device_id,timestamp,amount\nB,2024/05/02 23:30:00,10\nB,2024.05.02T08:00+08:00,5\n"
+    assert ingest_file(write(tmp_path / "txn.csv", body), "transactions", ws, config).rows_loaded == 2
+    assert read_daily(ws).query("device_id == 'B'")["withdrawals"].tolist() == [15.0]
+
+
+def test_amounts_of_a_many_digit_currency_are_cash_not_absurd(tmp_path, ws, config):
+    """A Vietnamese ATM dispenses ~1.5 billion VND on a busy day: the absurd-amount limit must not reject it."""
+    body = "device_id,date,withdrawals\nV,2024-05-01,1450000000\nV,2024-05-02,2300000000\n"
+    report = ingest_file(write(tmp_path / "daily.csv", body), "daily", ws, config)
+    assert (report.rows_loaded, report.rows_rejected) == (2, 0)
+    assert read_daily(ws)["withdrawals"].tolist() == [1.45e9, 2.3e9]
+
+
 def test_transactions_in_another_currency_are_rejected_not_summed(tmp_path, ws, config):
     """CNY and USD added into one device-day would be neither: the odd currency goes to the rejects."""
     body = """
