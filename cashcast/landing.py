@@ -1,7 +1,8 @@
 """The landing folder: new files arrive, get ingested, and move to processed/ or failed/.
 
-The kind of a file comes from its name (`transactions-2026-11-27.csv`, `daily_branch.parquet`) or
-from the subfolder it sits in (`landing/status/outages.csv`). A file moves to the same subfolder of
+The kind of a file comes from its name (`transactions-2026-11-27.csv`, `daily_branch.parquet`), from
+the subfolder it sits in (`landing/status/outages.csv`), or else from its header (the one kind whose
+required columns it holds). A file moves to the same subfolder of
 processed/ or failed/; a failed file keeps a `.reason.txt`.
 """
 
@@ -20,16 +21,20 @@ KINDS = ("devices", "daily", "transactions", "status", "balances")
 
 
 def kind_of(path: Path, landing: Path) -> str:
-    """The ingest kind named by the file's subfolder or the start of its name."""
+    """The ingest kind named by the file's subfolder or the start of its name, else the one its header's columns
+    fit (`atm_export.csv` with device_id, date, withdrawals is daily)."""
     relative = path.relative_to(landing)
     if len(relative.parts) > 1 and relative.parts[0] in KINDS:
         return relative.parts[0]
     for kind in KINDS:
         if path.name.lower().startswith(kind):
             return kind
+    kind = ingest.kind_from_header(path)
+    if kind is not None:
+        return kind
     raise ingest.IngestError(
-        f"{path}: cannot tell the kind of file; name it <kind>-*.csv or put it in landing/<kind>/ "
-        f"(kinds: {', '.join(KINDS)})"
+        f"{path}: cannot tell the kind of file from its name or its columns; name it <kind>-*.csv or put it in "
+        f"landing/<kind>/ (kinds: {', '.join(KINDS)})"
     )
 
 

@@ -115,6 +115,20 @@ TRANSACTION_WRITE_OPTIONS = {
 }
 
 
+def kind_from_header(path: str | Path) -> str | None:
+    """The one kind whose required columns the file's header holds, or None (unreadable, none, or several): how a
+    landing file whose name says nothing is told apart. A device master is `device_id` with any of its columns
+    (every other kind's header holds `device_id` too)."""
+    try:
+        columns = set(Source.open(path, 1).columns)
+    except IngestError:
+        return None
+    matches = [kind for kind in KINDS if kind != "devices" and set(REQUIRED[kind]) <= columns]
+    if not matches and "device_id" in columns and columns & set(OPTIONAL["devices"]):
+        matches = ["devices"]
+    return matches[0] if len(matches) == 1 else None
+
+
 def open_source(path: str | Path, kind: str, config: Config) -> Source:
     """The file opened for reading, once it is known to be readable with the columns `kind` needs."""
     if kind not in KINDS:

@@ -140,6 +140,32 @@ def test_a_correction_dropped_beside_its_original_is_loaded_after_it(tmp_path):
     ]
 
 
+def test_a_landing_file_whose_name_says_nothing_is_known_by_its_columns(tmp_path):
+    """An export named by the bank's system (`ATM_export_20261030.csv`) is daily by its header; the master is
+    still loaded first, and a file whose columns fit no kind (or two) fails with the reason (contract audit)."""
+    from cashcast.landing import pending_files, process_file
+
+    ws = Workspace.resolve(tmp_path / "home").ensure()
+    ws.landing.mkdir(parents=True, exist_ok=True)
+    (ws.landing / "ATM_export_20261030.csv").write_text("device_id,date,withdrawals\nA1,2026-10-30,5000\n")
+    (ws.landing / "terminals.csv").write_text("device_id,kind,capacity\nA1,atm,200000\n")
+    pq.write_table(
+        pa.table({"device_id": ["A1"], "as_of": ["2026-10-31"], "balance": [150000.0]}), ws.landing / "x.parquet"
+    )
+    (ws.landing / "notes.csv").write_text("device_id,remark\nA1,new lock\n")
+    assert [p.name for p in pending_files(ws)][0] == "terminals.csv"
+    outcomes = {p.name: process_file(ws, load_config(), p) for p in pending_files(ws)}
+    assert {name: (o["outcome"], o.get("kind")) for name, o in outcomes.items()} == {
+        "terminals.csv": ("processed", "devices"),
+        "ATM_export_20261030.csv": ("processed", "daily"),
+        "x.parquet": ("processed", "balances"),
+        "notes.csv": ("failed", None),
+    }
+    assert "cannot tell the kind of file from its name or its columns" in outcomes["notes.csv"]["reason"]
+    assert ingest.read_daily(ws)["withdrawals"].tolist() == [5000.0]
+    assert ingest.read_table(ws, "devices")["capacity"].tolist() == [200000.0]
+
+
 def test_corrupt_landing_file_goes_to_failed(nightly_run, fast_config_file):
     ws, config, _, _ = nightly_run
     (ws.landing).mkdir(exist_ok=True)
