@@ -41,14 +41,12 @@ from cashcast import jobs
 from cashcast.config import Config, load_config
 from cashcast.io import read_table, unescape_formulas
 from cashcast.schema import DEVICE_COLUMNS, DemandForecast, balance_limit_checks, quantile_column
-from cashcast.workspace import CHECKOUT_DATA_DIR, Workspace
+from cashcast.workspace import CHECKOUT_DATA_DIR, SAMPLE_DIR, SAMPLE_KINDS, Workspace
 from features.holidays import holiday_table
 
-SAMPLE_DIR = CHECKOUT_DATA_DIR / "sample"
 # Five devices that show every behaviour of the sample: two ATMs, a branch with net deposits, a
 # recycler and the cold-start ATM with two weeks of history.
 SAMPLE_DEVICES = ("ATM-00001", "ATM-00002", "BR-0001", "RC-0001", "ATM-00020")
-SAMPLE_KINDS = ("devices", "daily", "status", "balances")
 CURRENCY = "currency units"
 POLICY_COLORS = {
     "cashcast": "#2a7ab0",

@@ -21,7 +21,6 @@ DAILY_COLUMNS = {
     "n_withdrawals": "float64",
     "n_deposits": "float64",
 }
-DAILY_OPTIONAL = {"censored": "bool"}
 
 DEVICE_COLUMNS = [
     "device_id",
@@ -58,7 +57,6 @@ def days_unrecorded(last_recorded, as_of: pd.Timestamp):
     return (as_of - last_recorded).days - 1
 
 
-FORECAST_KEY = ["device_id", "date", "model", "yhat"]
 PLAN_COLUMNS = [
     "device_id",
     "visit_date",
@@ -139,12 +137,6 @@ class DemandForecast:
             deposit_paths=None if self.deposit_paths is None else self.deposit_paths[keep],
             failures={device: why for device, why in self.failures.items() if device in names},
         )
-
-    def net_outflow_paths(self) -> np.ndarray:
-        """Cash leaving each device per day and path: withdrawals minus deposits."""
-        if self.deposit_paths is None:
-            return self.withdrawal_paths
-        return self.withdrawal_paths - self.deposit_paths
 
 
 def balance_limit_checks(terms) -> list[tuple[str, str, np.ndarray]]:

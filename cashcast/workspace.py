@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CHECKOUT_DATA_DIR = Path(__file__).resolve().parents[1] / "data"
+SAMPLE_DIR = CHECKOUT_DATA_DIR / "sample"  # the shipped demo network (python -m cashcast.synthetic --out data/sample)
+SAMPLE_KINDS = ("devices", "daily", "status", "balances")  # its files, <kind>.csv, the device master first
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 import warnings
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
@@ -45,24 +46,17 @@ def _positive(text: str) -> int:
     return value
 
 
-def _plan_days(text: str) -> int:
-    """A plan horizon: 1 to MAX_PLAN_DAYS, the limit on [plan] horizon_days."""
-    from cashcast.config import MAX_PLAN_DAYS
+def _days_up_to(limit: int) -> Callable[[str], int]:
+    """A horizon argument: a whole number of days from 1 to `limit` (MAX_PLAN_DAYS, the limit on [plan]
+    horizon_days; MAX_FORECAST_DAYS: past a year the calendar is all a model has left)."""
 
-    value = _positive(text)
-    if value > MAX_PLAN_DAYS:
-        raise argparse.ArgumentTypeError(f"must be at most {MAX_PLAN_DAYS} days")
-    return value
+    def days(text: str) -> int:
+        value = _positive(text)
+        if value > limit:
+            raise argparse.ArgumentTypeError(f"must be at most {limit} days")
+        return value
 
-
-def _forecast_days(text: str) -> int:
-    """A forecast horizon: 1 to MAX_FORECAST_DAYS (past a year the calendar is all a model has left)."""
-    from cashcast.config import MAX_FORECAST_DAYS
-
-    value = _positive(text)
-    if value > MAX_FORECAST_DAYS:
-        raise argparse.ArgumentTypeError(f"must be at most {MAX_FORECAST_DAYS} days")
-    return value
+    return days
 
 
 def _output(text: str) -> Path:
@@ -88,6 +82,8 @@ def _workspace_options(parser: argparse.ArgumentParser, default: object) -> None
 
 def build_parser() -> argparse.ArgumentParser:
     """`--home` and `--config` go before or after the command; after it, they win."""
+    from cashcast.config import MAX_FORECAST_DAYS, MAX_PLAN_DAYS
+
     common = argparse.ArgumentParser(add_help=False)
     _workspace_options(common, argparse.SUPPRESS)  # absent after the command: keep what came before it
     parser = _Parser(
@@ -127,7 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(trains first when none exists). Columns: device_id, date, model, yhat, q50.. .",
     )
     p.add_argument("--as-of", type=_date, required=True, help="first forecast day D (history through D-1)")
-    p.add_argument("--horizon", type=_forecast_days, required=True, help="number of days N (at most 366)")
+    p.add_argument(
+        "--horizon",
+        type=_days_up_to(MAX_FORECAST_DAYS),
+        required=True,
+        help=f"number of days N (at most {MAX_FORECAST_DAYS})",
+    )
     p.add_argument("--out", type=_output, help="output .csv or .parquet (default: <home>/forecasts/D/forecast.csv)")
 
     p = sub.add_parser(
@@ -143,7 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="balances file (device_id, balance[, as_of]); default: the latest ingested balances",
     )
-    p.add_argument("--horizon", type=_plan_days, help="plan horizon in days (default [plan] horizon_days)")
+    p.add_argument(
+        "--horizon", type=_days_up_to(MAX_PLAN_DAYS), help="plan horizon in days (default [plan] horizon_days)"
+    )
     p.add_argument("--out", type=_output, help="plan output .csv or .parquet (default: <home>/plans/D/plan.csv)")
 
     p = sub.add_parser(

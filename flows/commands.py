@@ -12,10 +12,7 @@ from cashcast import jobs
 from cashcast.config import Config, load_config
 from cashcast.landing import pending_files
 from cashcast.locking import workspace_lock
-from cashcast.workspace import CHECKOUT_DATA_DIR, Workspace
-
-SAMPLE_DIR = CHECKOUT_DATA_DIR / "sample"
-SAMPLE_FILES = ("devices", "daily", "status", "balances")
+from cashcast.workspace import SAMPLE_DIR, SAMPLE_KINDS, Workspace
 
 
 def _progress() -> bool:
@@ -117,7 +114,7 @@ def cmd_nightly(ws: Workspace, config: Config, args: argparse.Namespace) -> int:
 def stage_sample(ws: Workspace) -> list[Path]:
     """Copy the shipped synthetic network into the landing folder (the raw files are never edited)."""
     staged = []
-    for kind in SAMPLE_FILES:
+    for kind in SAMPLE_KINDS:
         source = SAMPLE_DIR / f"{kind}.csv"
         target = ws.landing / f"{kind}-sample.csv"
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -265,10 +265,9 @@ def _join_rows(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 class TargetModel:
     """All candidates, the per-device choice and the error model for one demand column."""
 
-    def __init__(self, config: Config, max_horizon: int = 56, progress: bool = False):
+    def __init__(self, config: Config, max_horizon: int = 56):
         self.config = config
         self.max_horizon = max_horizon
-        self.progress = progress
 
     def _candidates(self) -> list[str]:
         enabled = set(self.config.forecast.models)
@@ -325,10 +324,6 @@ class TargetModel:
         self.backtest_, self.choice_, self.reason_ = self._select(panel, rows)
         self._calibrate(panel, rows)
         return self
-
-    def fit(self, panel: Panel) -> TargetModel:
-        tasks = self.tasks(panel)
-        return self.finish(panel, tasks, run_tasks(self.config, self.max_horizon, tasks, self.progress))
 
     def _select(self, panel: Panel, rows: list) -> tuple[pd.DataFrame, pd.Series, pd.Series]:
         """Per device and candidate metrics over all folds; the choice per device."""

@@ -104,7 +104,6 @@ class CashForecaster:
             self.deposits_.finish(dep_panel, tasks[n_withdrawal_tasks:], results[n_withdrawal_tasks:])
         self.as_of_ = as_of
         self.train_start_ = panel.start
-        self.failures_: dict[str, str] = {}
         return self
 
     def _require_history(self, panel: Panel, daily: pd.DataFrame, as_of: pd.Timestamp) -> None:
@@ -190,7 +189,6 @@ class CashForecaster:
             frame["deposits_yhat"] = d_hat.ravel()
             for k, q in enumerate(levels):
                 frame[f"deposits_{quantile_column(q)}"] = d_quant[:, :, k].ravel()
-        self.failures_ = failures
         return DemandForecast(frame, np.asarray(ids, dtype=str), dates, paths, deposit_paths, dict(failures))
 
 

@@ -24,10 +24,13 @@ FALLBACK_SIGMA = 0.3  # lognormal spread when a device has too little history fo
 DEFAULT_QUANTILES = (0.5, 0.9, 0.95, 0.99)
 
 
-def _wide(daily: pd.DataFrame, column: str, device_ids: np.ndarray, days: pd.DatetimeIndex) -> np.ndarray:
-    """(n_devices, n_days) of `column`, NaN where not recorded or censored."""
+def day_matrix(
+    daily: pd.DataFrame, column: str, device_ids, days: pd.DatetimeIndex, censored_as_missing: bool = True
+) -> np.ndarray:
+    """(n_devices, n_days) of `column`, NaN where not recorded (or censored, with `censored_as_missing`: a forecast
+    must not learn from a cash-out's served amount; a replay executes the day as recorded)."""
     frame = daily[daily["date"].isin(days)]
-    if "censored" in frame:
+    if censored_as_missing and "censored" in frame:
         frame = frame[~frame["censored"].fillna(False).astype(bool)]
     table = frame.pivot_table(index="device_id", columns="date", values=column, aggfunc="sum", dropna=False)
     return table.reindex(index=device_ids, columns=days).to_numpy(dtype="float64")
@@ -92,7 +95,7 @@ def naive_forecast(
     paths = {}
     has_deposits = "deposits" in daily and daily["deposits"].notna().any()
     for column in ["withdrawals", "deposits"] if has_deposits else ["withdrawals"]:
-        values = _wide(history, column, device_ids, history_days)
+        values = day_matrix(history, column, device_ids, history_days)
         base = _same_weekday_median(values, range(1, SAME_WEEKDAYS + 1))
         # The point for forecast day h: median of the last 4 observed same weekdays before as_of.
         extended = np.concatenate([values, np.full((len(device_ids), horizon), np.nan)], axis=1)

@@ -32,6 +32,7 @@ import pandas as pd
 
 from cashcast.schema import DemandForecast, validate_daily
 from replenishment.dp import DeviceArrays, chosen_loads, prefix_costs, segment_table, solve_visits
+from replenishment.naive import day_matrix
 from replenishment.plan import (
     HALF_CENT,
     extend_weekly,
@@ -102,9 +103,8 @@ class _Window:
 
 
 def _actual_matrix(daily: pd.DataFrame, device_ids, dates, column: str) -> np.ndarray:
-    frame = daily[daily["date"].isin(dates)]
-    table = frame.pivot_table(index="device_id", columns="date", values=column, aggfunc="sum", dropna=False)
-    return table.reindex(index=device_ids, columns=dates).to_numpy(dtype="float64")
+    """The days as recorded, censored ones included: the replay executes what happened."""
+    return day_matrix(daily, column, device_ids, dates, censored_as_missing=False)
 
 
 def _impute_same_weekday(

@@ -17,9 +17,9 @@ import pytest
 from cashcast import jobs
 from cashcast.locking import workspace_lock
 from cashcast.schema import PLAN_COLUMNS
-from cashcast.workspace import Workspace
+from cashcast.workspace import SAMPLE_KINDS, Workspace
 from flows.cli import build_parser, main
-from flows.commands import SAMPLE_FILES, stage_sample
+from flows.commands import stage_sample
 from forecasting.registry import StoreMovedWarning
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,7 +68,7 @@ def test_a_second_nightly_on_a_busy_workspace_says_so_in_one_line(tmp_path, caps
     out, err = capsys.readouterr()
     assert len(err.strip().splitlines()) == 1 and "workspace is busy (pid 4242" in err
     assert "Traceback" not in out + err and not (home / "plans").exists()
-    assert len(list(ws.landing.iterdir())) == len(SAMPLE_FILES)  # nothing ingested either
+    assert len(list(ws.landing.iterdir())) == len(SAMPLE_KINDS)  # nothing ingested either
 
 
 STUCK_COMMAND = """

@@ -314,11 +314,11 @@ def test_cold_start_device_gets_sensible_forecast(trained, network, as_of):
     )
     daily = pd.concat([network.daily, new], ignore_index=True)
     daily["censored"] = daily["censored"].fillna(False).astype(bool)
-    frame = _forecast(trained.model, daily, network.devices, as_of).frame
-    mine = frame[frame["device_id"] == "ATM-NEW"]
+    forecast = _forecast(trained.model, daily, network.devices, as_of)
+    mine = forecast.frame[forecast.frame["device_id"] == "ATM-NEW"]
     assert len(mine) == HORIZON and (mine["model"] == "lightgbm").all()
     assert 0.6 < mine["yhat"].mean() / new["withdrawals"].mean() < 1.5
-    assert trained.model.failures_ == {}
+    assert forecast.failures == {}
 
 
 def test_a_device_with_no_history_forecasts_as_its_twin_deposits_included(trained, network, as_of):
@@ -356,8 +356,9 @@ def test_device_whose_model_raises_gets_seasonal_naive_fallback(trained, network
     model = cloudpickle.loads(cloudpickle.dumps(trained.model))
     bad = str(model.withdrawals_.choice_.index[0])
     make_device_fail(model, bad)
-    frame = _forecast(model, network.daily, network.devices, as_of).frame
-    assert set(model.failures_) == {bad} and "diverged" in model.failures_[bad]
+    forecast = _forecast(model, network.daily, network.devices, as_of)
+    frame = forecast.frame
+    assert set(forecast.failures) == {bad} and "diverged" in forecast.failures[bad]
     mine = frame[frame["device_id"] == bad]
     assert (mine["model"] == "fallback").all() and mine["yhat"].notna().all()
     assert (frame.loc[frame["device_id"] != bad, "model"] != "fallback").all()
