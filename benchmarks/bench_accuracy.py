@@ -32,9 +32,9 @@ import pandas as pd
 from cashcast.config import Config, load_config
 from cashcast.schema import validate_daily
 from cashcast.synthetic import generate_network
+from features.panel import Panel, build_panel
 from forecasting import mase, smape, train
 from forecasting.backtest import predict_candidates
-from forecasting.panel import Panel, build_panel
 
 CUB = Path(__file__).resolve().parents[1] / "data" / "cub_atm" / "daily.csv"
 

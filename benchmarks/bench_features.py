@@ -1,7 +1,8 @@
 """Feature-layer benchmark: 10,000 devices x 2 years of daily history from `cashcast.synthetic`.
 
 Times mark_censored (status + balances), calendar_features for every device-day, build for a 56-day
-horizon and build_training for 8 weekly origins x 56 days on 1,000 devices, and prints peak RSS.
+horizon, and the history features of training samples (8 weekly origins x 56 days on 1,000 devices, as
+the forecaster draws them from one panel), and prints peak RSS.
 The network is generated in a child process and handed over as Parquet, so the printed peak RSS is
 the feature layer's (plus the loaded data), not the generator's. A fifth of the devices are moved to
 GB/ENG and a fifth to IN/TN so the calendar is computed for three places and broadcast.
@@ -25,6 +26,9 @@ import pandas as pd
 import features
 from cashcast.config import load_config
 from cashcast.synthetic import generate_network
+from features.calendar import CALENDAR_COLUMNS
+from features.history import HistorySums, history_columns
+from features.panel import build_panel
 
 
 def write_network(folder: str, n_devices: int, days: int) -> None:
@@ -34,6 +38,17 @@ def write_network(folder: str, n_devices: int, days: int) -> None:
     )
     for name in ("daily", "devices", "status", "balances"):
         getattr(network, name).to_parquet(Path(folder) / f"{name}.parquet", index=False)
+
+
+def training_history(daily: pd.DataFrame, devices: pd.DataFrame, as_of: pd.Timestamp, config) -> list[np.ndarray]:
+    """History features (features.history) of every device at 8 weekly origins before as_of, 1-56 days ahead."""
+    panel = build_panel(daily, devices, as_of, config, pad=1)
+    n, origins, steps = len(panel.device_ids), panel.n_days - 56 - 7 * np.arange(8), np.arange(1, 57)
+    dev = np.repeat(np.arange(n), len(origins) * len(steps))
+    origin = np.tile(np.repeat(origins, len(steps)), n)
+    target = origin + np.tile(steps, n * len(origins)) - 1
+    year_back = panel.calendar[panel.group[dev], target, CALENDAR_COLUMNS.index("year_back_days")]
+    return history_columns(HistorySums(panel), dev, origin, target, year_back)[0]
 
 
 def peak_rss_mb() -> float:
@@ -84,12 +99,10 @@ def main() -> None:
         )
         timed("build (56-day horizon)", lambda: features.build(daily, devices, as_of, 56, config))
         subset = devices["device_id"].iloc[: args.training_devices]
-        origins = pd.date_range(end=as_of - pd.Timedelta(days=56), periods=8, freq="7D")
         timed(
-            f"build_training ({len(subset)} devices x 8 origins x 56 days)",
-            lambda: features.build_training(
-                daily[daily["device_id"].isin(subset)], devices[devices["device_id"].isin(subset)], origins, 56, config
-            ),
+            f"training samples' history ({len(subset)} devices x 8 origins x 56 days)",
+            lambda: training_history(daily[daily["device_id"].isin(subset)], devices, as_of, config),
+            rows=lambda columns: len(columns[0]),
         )
     total = 0.0
     for name, (seconds, rows) in timings.items():

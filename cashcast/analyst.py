@@ -269,7 +269,8 @@ def holiday_markers(lake: Lake, device_id: str, start: pd.Timestamp, end: pd.Tim
 
 
 def device_features(lake: Lake, config: Config, device_id: str, horizon: int = 14) -> pd.DataFrame:
-    """The forecast-time features (`features.build`) of one device for as_of .. as_of + horizon - 1."""
+    """The forecast-time features (`features.build`: the inputs the forecaster reads) of one device for
+    as_of .. as_of + horizon - 1."""
     import features
 
     built = features.build(lake.daily, lake.devices, lake.as_of, horizon, config)

@@ -1,16 +1,15 @@
-"""The feature layer: calendar, holidays, events, censoring and leak-free history features.
+"""The feature layer: calendar, holidays, events, censoring, the device x day panel and leak-free history
+features. The forecaster reads all of them from here (`features.panel`, `features.history`).
 
-Multi-step strategy: DIRECT multi-step with origin-anchored history. Every training sample is one
-(device, origin, target day) triple: its history features are computed only from days strictly before
-the origin, its calendar features describe the target day (known in advance), and `horizon`
-(h = target - origin + 1 days) tells the model how far ahead it looks. Forecasting day D+h never feeds
-the forecast of an earlier day back in (no recursion), so 90-day horizons do not compound errors and
-the training rows match exactly what is known at forecast time (`build` at as_of = origin).
+Multi-step strategy: DIRECT multi-step with origin-anchored history. Every sample is one (device, origin,
+target day) triple: its history features are computed only from days strictly before the origin, its
+calendar features describe the target day (known in advance), and `horizon` (h = target - origin + 1 days)
+tells the model how far ahead it looks. Forecasting day D+h never feeds the forecast of an earlier day back
+in (no recursion), so 90-day horizons do not compound errors and the training samples match exactly what is
+known at forecast time (`build` at as_of = origin).
 
-Missing and censored days are missing, never zero: history features skip them, targets are NaN.
-`level_28` is the natural scale for ratio targets (y / level_28). Deposit analogues carry `dep_`.
-Custom events (`load_events`) are passed in by the caller as `events=`; without them `event_active`
-is 0 and `days_to_event` is the cap.
+Missing and censored days are missing, never zero: history features skip them. Custom events (`load_events`)
+are passed in by the caller as `events=`; without them `event_active` is 0 and `days_to_event` is the cap.
 """
 
 from __future__ import annotations
@@ -22,25 +21,19 @@ from cashcast.config import Config
 from features.calendar import CALENDAR_COLUMNS, calendar_features, calendar_lookup, device_places, no_events
 from features.censoring import mark_censored
 from features.events import EVENT_PREFIX, load_events, resolve_events_file
-from features.history import HISTORY_COLUMNS, dense_amounts, history_features, origin_pairs, pair_history
+from features.history import HISTORY_FEATURES, HistorySums, history_columns
 from features.holidays import HolidayEstimateWarning, holiday_table
-from features.keys import positions, unique_ids
+from features.keys import positions
+from features.panel import build_panel
 
-FEATURE_COLUMNS = [*CALENDAR_COLUMNS, *HISTORY_COLUMNS]
-# Small-integer codes that LightGBM may treat as categories rather than ordered numbers.
-CATEGORICAL_COLUMNS = ["day_of_week", "month"]
-TARGET_COLUMNS = ["y", "y_deposits"]
+FEATURE_COLUMNS = ["horizon", *CALENDAR_COLUMNS, *HISTORY_FEATURES]
 
 __all__ = [
-    "CATEGORICAL_COLUMNS",
     "FEATURE_COLUMNS",
-    "TARGET_COLUMNS",
     "HolidayEstimateWarning",
     "build",
-    "build_training",
     "calendar_features",
     "feature_columns",
-    "history_features",
     "holiday_table",
     "load_events",
     "no_events",
@@ -58,63 +51,48 @@ def feature_columns(frame: pd.DataFrame) -> list[str]:
 
 def build(
     daily: pd.DataFrame,
-    devices: pd.DataFrame,
+    devices: pd.DataFrame | None,
     as_of: pd.Timestamp,
     horizon: int,
     config: Config,
     events: pd.DataFrame | None = None,
+    column: str = "withdrawals",
 ) -> pd.DataFrame:
-    """Forecast-time features keyed device_id, date for as_of .. as_of + horizon - 1.
-
-    Covers every device of the master and of `daily`; only daily rows before as_of are read.
-    """
+    """Forecast-time features keyed device_id, date for as_of .. as_of + horizon - 1: `horizon`, the day's
+    calendar (with a flag per custom event) and the history features of `column` before as_of, computed as the
+    forecaster computes them (`features.history` on the same `build_panel` panel: outages masked, the
+    `[forecast] max_history_days` window). Covers every device of the master and of `daily` (`daily` in the
+    contract, `censored` flags where known); only rows before as_of are read."""
     as_of = pd.Timestamp(as_of).normalize()
-    before = pd.to_datetime(daily["date"]).to_numpy("datetime64[ns]") < as_of.to_datetime64()
-    places = device_places(devices, config, device_ids=unique_ids(daily["device_id"][before]))
-    pairs = pd.DataFrame({"device_id": places["device_id"], "origin": as_of}).astype({"origin": "datetime64[ns]"})
-    frame = _with_calendar(pair_history(daily, pairs, horizon), places, config, events)
-    return frame.drop(columns="origin")
-
-
-def build_training(
-    daily: pd.DataFrame,
-    devices: pd.DataFrame,
-    origins: pd.DatetimeIndex | pd.DataFrame,
-    horizon: int,
-    config: Config,
-    events: pd.DataFrame | None = None,
-) -> pd.DataFrame:
-    """`build`'s features for many origins stacked (key device_id, origin, date) plus targets.
-
-    `y` (withdrawals) and `y_deposits` are NaN where the target day is absent or censored; drop those
-    rows before fitting. `origins` as in `history_features` (an index applies to every device of daily).
-    """
-    pairs = origin_pairs(daily, origins)
-    places = device_places(devices, config, device_ids=pairs["device_id"].unique())
-    frame = _with_calendar(history_features(daily, pairs, horizon, config), places, config, events)
-    if not len(frame):
-        return frame.assign(y=np.zeros(0), y_deposits=np.zeros(0))
-    ids = unique_ids(pairs["device_id"])
-    day0 = frame["date"].min().to_datetime64()
-    n_days = int((frame["date"].max().to_datetime64() - day0) // np.timedelta64(1, "D")) + 1
-    row = positions(frame["device_id"], ids)
-    col = ((frame["date"].to_numpy("datetime64[ns]") - day0) // np.timedelta64(1, "D")).astype(np.int64)
-    for target, matrix in dense_amounts(daily, ids, day0, n_days).items():
-        frame["y" if target == "withdrawals" else "y_deposits"] = matrix[row, col]
-    return frame
+    if "censored" not in daily:
+        daily = daily.assign(censored=False)  # a daily file with no status feed: every recorded day is demand
+    panel = build_panel(daily, devices, as_of, config, column=column, pad=horizon, events=events, horizon=horizon)
+    n = len(panel.device_ids)
+    dev = np.repeat(np.arange(n), horizon)
+    step = np.tile(np.arange(1, horizon + 1), n)
+    origin = np.full(len(dev), panel.n_days)
+    target = origin + step - 1
+    year_back = panel.calendar[panel.group[dev], target, CALENDAR_COLUMNS.index("year_back_days")]
+    history, _ = history_columns(HistorySums(panel), dev, origin, target, year_back)
+    dates = pd.date_range(as_of, periods=horizon, freq="D", unit="ns")
+    keys = pd.DataFrame(
+        {"device_id": pd.array(panel.device_ids[dev].astype(str), dtype="string"), "date": dates[step - 1]}
+    )
+    master = devices if devices is not None and len(devices) else pd.DataFrame({"device_id": []})
+    places = device_places(master, config, device_ids=pd.Index(panel.device_ids, dtype="string"))
+    calendar = _with_calendar(keys, places, dates, config, events)
+    features = pd.DataFrame({"horizon": step, **dict(zip(HISTORY_FEATURES, history, strict=True))})
+    return pd.concat([keys, calendar, features], axis=1)
 
 
 def _with_calendar(
-    history: pd.DataFrame, places: pd.DataFrame, config: Config, events: pd.DataFrame | None
+    keys: pd.DataFrame, places: pd.DataFrame, dates: pd.DatetimeIndex, config: Config, events: pd.DataFrame | None
 ) -> pd.DataFrame:
-    """Join each (device, target day) row of `history` to its calendar row by position, no merge."""
-    keys = history[["device_id", "origin", "date"]]
-    if not len(history):
-        empty = pd.DataFrame({c: np.zeros(0) for c in CALENDAR_COLUMNS})
-        return pd.concat([keys, empty, history.drop(columns=keys.columns)], axis=1)
-    dates = pd.date_range(history["date"].min(), history["date"].max(), freq="D", unit="ns")
+    """The calendar row (features.calendar, event flags included) of each (device_id, date) of `keys`, by
+    position, no merge."""
+    if not len(keys):
+        return pd.DataFrame({c: np.zeros(0) for c in CALENDAR_COLUMNS})
     table, key = calendar_lookup(places, dates, config, events)
-    device = positions(history["device_id"], pd.Index(places["device_id"]))
-    offset = (history["date"].to_numpy("datetime64[ns]") - dates[0].to_datetime64()) // np.timedelta64(1, "D")
-    calendar = table.take(key[device] * len(dates) + offset.astype(np.int64)).reset_index(drop=True)
-    return pd.concat([keys.reset_index(drop=True), calendar, history.drop(columns=keys.columns)], axis=1)
+    device = positions(keys["device_id"], pd.Index(places["device_id"]))
+    offset = (keys["date"].to_numpy("datetime64[ns]") - dates[0].to_datetime64()) // np.timedelta64(1, "D")
+    return table.take(key[device] * len(dates) + offset.astype(np.int64)).reset_index(drop=True)

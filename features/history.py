@@ -1,175 +1,38 @@
-"""Origin-anchored history features: what the demand looked like before the forecast origin.
+"""Origin-anchored history features: what a device's demand looked like before the forecast origin.
 
-Every feature of an (origin, target day) sample is read from a dense device x day matrix restricted to
-days strictly before the origin, with absent and censored days as NaN (missing, never zero), so no
-value on or after the origin can leak in. Windows are gathered explicitly per sample rather than
-differenced from running sums, which keeps a sample's features bit-identical whatever else is in the
-call (other origins, later data).
+They are read from a `Panel` (features.panel: demand per device and day, missing, censored and unflagged-outage
+days NaN) through prefix sums, so a (device, origin, target day) sample costs O(1) whatever its windows, and
+reads only columns before its origin: nothing on or after the origin can leak in. Amounts enter as ratios to the
+device's level (the mean of its last 91 observed days), so a new ATM with two weeks of data borrows the network's
+shape. One implementation serves the forecaster's design matrix (forecasting.models) and the feature table an
+analyst reads (`features.build`).
 """
 
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
-from cashcast.config import Config
-from features.keys import positions, take_ids, unique_ids
+from features.calendar import CALENDAR_COLUMNS
+from features.panel import SEASON_DAYS, Panel, quiet_nan
 
-LEVEL_WINDOWS = (7, 28, 91)
-DOW_WEEKS = (4, 8)
+LEVEL_DAYS = 91  # the normaliser's window: a quarter
 LAST_YEAR_DAYS = 364  # 52 weeks: same weekday one year back
-LOOKBACK_DAYS = LAST_YEAR_DAYS  # no feature reads further back than this from an origin
-VALUE_FEATURES = [
-    *(f"level_{w}" for w in LEVEL_WINDOWS),
-    *(f"dow_mean_{k}w" for k in DOW_WEEKS),
-    "same_day_last_year",
-    "missing_share_28",
-    "trend_ratio",
-    "std_28",
+SAME_WEEKDAYS = 8  # weeks of the same weekday read before the origin
+HISTORY_FEATURES = [
+    "log_level",  # log1p of the level: the mean of the last 91 observed days, else of all history
+    "level_7_ratio",  # mean of the last 7 / 28 / 364 days over the level
+    "level_28_ratio",
+    "level_364_ratio",
+    "last_ratio",  # the day before the origin
+    "dow_mean_4w_ratio",  # the target's weekday over the last 4 / 8 weeks
+    "dow_mean_8w_ratio",
+    "same_weekday_last_ratio",  # its last occurrence
+    "last_year_ratio",  # the week around last year's analogue day (calendar `year_back_days`), over that level
+    "last_year_day_ratio",
+    "days_off_ratio",  # demand on days off over all days, last year: an office ATM empties, a mall's fills
+    "missing_share_28",  # of the last 28 days, not observed
+    "history_days",  # since the first observed day, capped at 400
 ]
-HISTORY_COLUMNS = [
-    "horizon",
-    *VALUE_FEATURES,
-    "days_since_observed",
-    "observed_days_364",
-    *(f"dep_{name}" for name in VALUE_FEATURES),
-]
-
-
-def history_features(
-    daily: pd.DataFrame, origins: pd.DatetimeIndex | pd.DataFrame, horizon: int, config: Config
-) -> pd.DataFrame:
-    """Features keyed device_id, origin, date for date in [origin, origin + horizon), from days < origin.
-
-    `origins` is a DatetimeIndex (applied to every device of `daily`) or a frame (device_id, origin).
-    `config` is accepted for symmetry with the other builders; the windows are fixed by name.
-    Rows come device-major, then origin, then date.
-    """
-    pairs = origin_pairs(daily, origins)
-    return pair_history(daily, pairs, horizon)
-
-
-def origin_pairs(daily: pd.DataFrame, origins: pd.DatetimeIndex | pd.DataFrame) -> pd.DataFrame:
-    """(device_id, origin) pairs, sorted, from an origin index (x every device of daily) or a frame."""
-    if isinstance(origins, pd.DataFrame):
-        pairs = origins[["device_id", "origin"]]
-    else:
-        stamps = pd.DatetimeIndex(origins).normalize().unique()
-        ids = unique_ids(daily["device_id"])
-        pairs = pd.DataFrame(
-            {
-                "device_id": take_ids(ids, np.repeat(np.arange(len(ids)), len(stamps))),
-                "origin": np.tile(stamps, len(ids)),
-            }
-        )
-    pairs = pairs.assign(
-        device_id=pairs["device_id"].astype("string"),
-        origin=pd.to_datetime(pairs["origin"]).dt.normalize().astype("datetime64[ns]"),
-    )
-    return pairs.drop_duplicates().sort_values(["device_id", "origin"], ignore_index=True)
-
-
-def pair_history(daily: pd.DataFrame, pairs: pd.DataFrame, horizon: int) -> pd.DataFrame:
-    """History features for given (device_id, origin) pairs x horizon days (the builders' core)."""
-    if horizon < 1:
-        raise ValueError(f"horizon must be at least 1 day, got {horizon}")
-    ids = unique_ids(pairs["device_id"])
-    n_pairs = len(pairs)
-    origin = pairs["origin"].to_numpy("datetime64[ns]")
-    if n_pairs:
-        day0 = origin.min() - np.timedelta64(LOOKBACK_DAYS, "D")
-        n_days = int((origin.max() - day0) // np.timedelta64(1, "D"))
-    else:
-        day0, n_days = np.datetime64("1970-01-01", "ns"), 0
-    device = positions(pairs["device_id"], ids)
-    origin_col = ((origin - day0) // np.timedelta64(1, "D")).astype(np.int64)
-    steps = np.arange(1, horizon + 1)
-    amounts = dense_amounts(daily, ids, day0, n_days)
-
-    withdrawals = amounts["withdrawals"]
-    features = {"horizon": np.tile(steps, n_pairs).astype(np.int16)}
-    features |= _value_family(withdrawals, device, origin_col, steps, prefix="")
-    seen = ~np.isnan(withdrawals)
-    seen_before = np.concatenate([np.zeros((len(ids), 1), np.int32), np.cumsum(seen, axis=1, dtype=np.int32)], 1)
-    last_seen = np.maximum.accumulate(np.where(seen, np.arange(n_days), -1), axis=1) if n_days else seen
-    last = last_seen[device, origin_col - 1] if n_days else np.full(n_pairs, -1)
-    since = np.where(last >= 0, origin_col - last, np.nan).astype(np.float32)
-    features["days_since_observed"] = np.repeat(since, horizon)
-    count = seen_before[device, origin_col] - seen_before[device, origin_col - LOOKBACK_DAYS]
-    features["observed_days_364"] = np.repeat(count.astype(np.int16), horizon)
-    features |= _value_family(amounts["deposits"], device, origin_col, steps, prefix="dep_")
-
-    out = pd.DataFrame(
-        {
-            "device_id": take_ids(ids, np.repeat(device, horizon)),
-            "origin": np.repeat(origin, horizon),
-            "date": (origin[:, None] + (steps - 1).astype("timedelta64[D]")).ravel().astype("datetime64[ns]"),
-        }
-    )
-    return pd.concat([out, pd.DataFrame(features)[HISTORY_COLUMNS]], axis=1)
-
-
-def dense_amounts(daily: pd.DataFrame, ids: pd.Index, day0: np.datetime64, n_days: int) -> dict[str, np.ndarray]:
-    """(device x day) float64 matrices of withdrawals and deposits for days day0 .. day0 + n_days - 1.
-
-    NaN where there is no row, and on censored days: a censored amount is a lower bound, never demand.
-    """
-    day = (pd.to_datetime(daily["date"]).to_numpy("datetime64[ns]") - day0) // np.timedelta64(1, "D")
-    keep = (day >= 0) & (day < n_days)
-    if "censored" in daily:
-        keep &= ~daily["censored"].fillna(False).to_numpy(bool)
-    row = positions(daily["device_id"][keep], ids)
-    col = day[keep].astype(np.int64)
-    known = row >= 0
-    matrices = {}
-    for column in ("withdrawals", "deposits"):
-        matrix = np.full((len(ids), n_days), np.nan)
-        if column in daily:
-            matrix[row[known], col[known]] = daily[column].to_numpy(float)[keep][known]
-        matrices[column] = matrix
-    return matrices
-
-
-def _value_family(
-    matrix: np.ndarray, device: np.ndarray, origin_col: np.ndarray, steps: np.ndarray, prefix: str
-) -> dict[str, np.ndarray]:
-    """Levels, weekday means, last-year value, missing share, trend and spread of one amount series."""
-    horizon = len(steps)
-    longest = max(LEVEL_WINDOWS)
-    window = _gather(matrix, device[:, None], origin_col[:, None] + np.arange(-longest, 0))  # (pairs, 91)
-    out: dict[str, np.ndarray] = {}
-    for days in LEVEL_WINDOWS:
-        out[f"level_{days}"] = nan_mean(window[:, -days:])
-    recent, before = window[:, -28:], window[:, -56:-28]
-    out["missing_share_28"] = np.isnan(recent).mean(axis=1)
-    previous = nan_mean(before)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out["trend_ratio"] = np.where(previous > 0, out["level_28"] / previous, np.nan)
-    out["std_28"] = _nanstd(recent)
-    per_pair = {name: np.repeat(values.astype(np.float32), horizon) for name, values in out.items()}
-
-    # Weekday means depend on the target's weekday only: compute the first week, repeat every 7 days.
-    first_week = steps[:7]
-    latest_same_weekday = origin_col[:, None] + first_week - 8  # the target's weekday, last week before origin
-    weeks = np.arange(max(DOW_WEEKS))
-    same_weekday = _gather(matrix, device[:, None, None], latest_same_weekday[:, :, None] - 7 * weeks)
-    for k in DOW_WEEKS:
-        weekday_mean = nan_mean(same_weekday[:, :, :k])  # (pairs, first week)
-        per_pair[f"dow_mean_{k}w"] = weekday_mean[:, (steps - 1) % 7].astype(np.float32).ravel()
-    target_col = origin_col[:, None] + steps - 1  # (pairs, horizon)
-    last_year = target_col - LAST_YEAR_DAYS
-    value = _gather(matrix, device[:, None], last_year)
-    per_pair["same_day_last_year"] = np.where(last_year < origin_col[:, None], value, np.nan).astype(np.float32).ravel()
-    return {prefix + name: per_pair[name] for name in VALUE_FEATURES}
-
-
-def _gather(matrix: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """matrix[rows, cols] with NaN for columns outside the matrix."""
-    inside = (cols >= 0) & (cols < matrix.shape[1])
-    if matrix.shape[1] == 0:
-        return np.full(np.broadcast(rows, cols).shape, np.nan)
-    values = matrix[rows, np.clip(cols, 0, matrix.shape[1] - 1)]
-    return np.where(inside, values, np.nan)
 
 
 def nan_mean(values: np.ndarray) -> np.ndarray:
@@ -181,10 +44,83 @@ def nan_mean(values: np.ndarray) -> np.ndarray:
         return np.where(count > 0, total / count, np.nan)
 
 
-def _nanstd(values: np.ndarray) -> np.ndarray:
-    """Population standard deviation over the last axis ignoring NaN; NaN with fewer than 2 values."""
-    count = (~np.isnan(values)).sum(axis=-1)
-    mean = nan_mean(values)
-    squares = np.where(np.isnan(values), 0.0, (values - mean[..., None]) ** 2).sum(axis=-1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(count > 1, np.sqrt(squares / count), np.nan)
+def _prefix(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    observed = np.isfinite(values)
+    pad = np.zeros((len(values), 1))
+    return (
+        np.hstack([pad, np.cumsum(np.where(observed, values, 0.0), axis=1)]),
+        np.hstack([pad, np.cumsum(observed, axis=1)]),
+    )
+
+
+class HistorySums:
+    """Prefix sums of observed demand and counts (all days, and days off): O(1) windowed means at any origin."""
+
+    def __init__(self, panel: Panel):
+        values = panel.values
+        observed = np.isfinite(values)
+        self.values = values
+        self.total, self.count = _prefix(values)
+        working = panel.calendar[:, : values.shape[1], CALENDAR_COLUMNS.index("is_working_day")][panel.group] > 0
+        self.off_total, self.off_count = _prefix(np.where(working, np.nan, values))
+        self.first = np.where(observed.any(axis=1), observed.argmax(axis=1), values.shape[1])
+
+    def mean(self, dev: np.ndarray, end: np.ndarray, days: int, days_off: bool = False) -> np.ndarray:
+        """Mean of observed values (only on days off with `days_off`) in columns [end - days, end); NaN when none."""
+        total, count = (self.off_total, self.off_count) if days_off else (self.total, self.count)
+        end = np.clip(end, 0, self.values.shape[1])
+        lo = np.clip(end - days, 0, None)
+        n = count[dev, end] - count[dev, lo]
+        with quiet_nan():
+            return np.where(n > 0, (total[dev, end] - total[dev, lo]) / n, np.nan)
+
+    def count_in(self, dev: np.ndarray, end: np.ndarray, days: int) -> np.ndarray:
+        end = np.clip(end, 0, self.values.shape[1])
+        return self.count[dev, end] - self.count[dev, np.clip(end - days, 0, None)]
+
+    def at(self, dev: np.ndarray, col: np.ndarray) -> np.ndarray:
+        ok = (col >= 0) & (col < self.values.shape[1])
+        return np.where(ok, self.values[dev, np.clip(col, 0, self.values.shape[1] - 1)], np.nan)
+
+
+def origin_level(sums: HistorySums, dev: np.ndarray, origin: np.ndarray) -> np.ndarray:
+    """The normaliser: mean of the observed days among the last 91, else of all history.
+
+    A quarter is long enough that a week of outage-depressed or festival days barely moves it (the
+    28-day level was clearly noisier on the CUB ATMs); recent levels enter as ratio features.
+    """
+    level = sums.mean(dev, origin, LEVEL_DAYS)
+    return np.where(np.isnan(level), sums.mean(dev, origin, 10**6), level)
+
+
+def history_columns(
+    sums: HistorySums, dev: np.ndarray, origin: np.ndarray, target: np.ndarray, year_back_days: np.ndarray
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """(HISTORY_FEATURES columns, level) of samples: device row `dev`, origin column (the first day not known)
+    and target column, with the calendar's `year_back_days` of the target day (where last year's analogue is)."""
+    level = origin_level(sums, dev, origin)
+    with quiet_nan():
+        inv = np.where(level > 0, 1.0 / level, np.nan)
+        # Same weekday as the target, last seen before the origin; then the weeks before it.
+        recent = origin - 1 - ((origin - 1 - target) % SEASON_DAYS)
+        weekly = np.stack([sums.at(dev, recent - SEASON_DAYS * k) for k in range(SAME_WEEKDAYS)], axis=1)
+        # Last year's analogue: 364 days back, or the same day of last year's Easter, Spring Festival...
+        analogue = target - year_back_days.astype(np.int64)
+        last_year = np.stack([sums.at(dev, analogue + k) for k in range(-3, 4)], axis=1)
+        last_year_level = origin_level(sums, dev, origin - LAST_YEAR_DAYS)
+        columns = [
+            np.log1p(np.nan_to_num(level)),
+            sums.mean(dev, origin, 7) * inv,
+            sums.mean(dev, origin, 28) * inv,
+            sums.mean(dev, origin, LAST_YEAR_DAYS) * inv,
+            sums.at(dev, origin - 1) * inv,
+            nan_mean(weekly[:, :4]) * inv,
+            nan_mean(weekly) * inv,
+            weekly[:, 0] * inv,
+            nan_mean(last_year) / last_year_level,
+            last_year[:, 3] / last_year_level,
+            sums.mean(dev, origin, LAST_YEAR_DAYS, days_off=True) / sums.mean(dev, origin, LAST_YEAR_DAYS),
+            1 - sums.count_in(dev, origin, 28) / 28,
+            np.minimum(origin - sums.first[dev], 400),
+        ]
+    return columns, level

@@ -49,9 +49,9 @@ from tqdm.auto import tqdm
 from cashcast.config import Config
 from cashcast.schema import quantile_column
 from features.calendar import CALENDAR_COLUMNS
+from features.panel import Panel, quiet_nan
 from forecasting.metrics import bias, mase, smape, wape
 from forecasting.models import ETS, DeviceGBM, PooledGBM, SeasonalNaive
-from forecasting.panel import Panel, quiet_nan
 
 CANDIDATES = ("seasonal_naive", "ets", "lightgbm", "blend")
 BUCKETS = (0, 7, 14)  # horizon buckets start at these 0-based days ahead

@@ -16,9 +16,9 @@ import pandas as pd
 
 from cashcast.config import Config
 from cashcast.schema import DemandForecast, quantile_column
+from features.panel import Panel, build_panel, quiet_nan
 from forecasting.backtest import CANDIDATES, NO_HISTORY, TargetModel, run_tasks
 from forecasting.metrics import mase, smape
-from forecasting.panel import Panel, build_panel, quiet_nan
 
 
 def _deposit_devices(daily: pd.DataFrame, as_of: pd.Timestamp) -> np.ndarray:

@@ -11,10 +11,10 @@
 - `PooledGBM`: one LightGBM over all devices (direct multi-step: each (origin, target day) pair is a
   sample with its horizon), target = demand / level_91 of the origin under an L1 loss (the median
   ratio: what sMAPE/MASE reward, and robust to festival spikes; beat Huber on CUB and synthetic), features are
-  recent levels, weekday profiles, last-year pattern and the calendar of the device's place from
-  `features.calendar` (holiday blocks, paydays). History features are gathered from prefix sums of
-  the panel, so a training set of 150,000 sampled (device, origin, horizon) rows costs well under a
-  second. Normalising the target lets a new ATM with two weeks of data borrow the network's shape.
+  the feature layer's: the calendar of the device's place (`features.calendar`: holiday blocks, paydays) and
+  its history before the origin (`features.history`: recent levels, weekday profiles, last-year pattern, read
+  from prefix sums of the panel, so a training set of 150,000 sampled (device, origin, horizon) rows costs well
+  under a second). Normalising the target lets a new ATM with two weeks of data borrow the network's shape.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ import numpy as np
 import pandas as pd
 
 from features.calendar import CALENDAR_COLUMNS
-from features.history import nan_mean
-from forecasting.panel import Panel, quiet_nan
+from features.history import HISTORY_FEATURES, HistorySums, history_columns
+from features.panel import Panel, quiet_nan
 
 SEASON = 7
 
@@ -213,106 +213,18 @@ LOOKUP_COLUMNS = ("year_back_days",)
 MODEL_CALENDAR = [column for column in CALENDAR_COLUMNS if column not in LOOKUP_COLUMNS]
 _MODEL_CALENDAR_AT = [CALENDAR_COLUMNS.index(column) for column in MODEL_CALENDAR]
 _YEAR_BACK_AT = CALENDAR_COLUMNS.index("year_back_days")
-GBM_FEATURES = [
-    "horizon",
-    *MODEL_CALENDAR,
-    "log_level",
-    "level_7_ratio",
-    "level_28_ratio",
-    "level_364_ratio",
-    "last_ratio",
-    "dow_mean_4w_ratio",
-    "dow_mean_8w_ratio",
-    "same_weekday_last_ratio",
-    "last_year_ratio",
-    "last_year_day_ratio",
-    "days_off_ratio",
-    "missing_share_28",
-    "history_days",
-]
+GBM_FEATURES = ["horizon", *MODEL_CALENDAR, *HISTORY_FEATURES]
 
 
-def _prefix(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    observed = np.isfinite(values)
-    pad = np.zeros((len(values), 1))
-    return (
-        np.hstack([pad, np.cumsum(np.where(observed, values, 0.0), axis=1)]),
-        np.hstack([pad, np.cumsum(observed, axis=1)]),
-    )
-
-
-class _Sums:
-    """Prefix sums of observed demand and counts (all days, and days off): O(1) windowed means at any origin."""
-
-    def __init__(self, panel: Panel):
-        values = panel.values
-        observed = np.isfinite(values)
-        self.values = values
-        self.total, self.count = _prefix(values)
-        working = panel.calendar[:, : values.shape[1], CALENDAR_COLUMNS.index("is_working_day")][panel.group] > 0
-        self.off_total, self.off_count = _prefix(np.where(working, np.nan, values))
-        self.first = np.where(observed.any(axis=1), observed.argmax(axis=1), values.shape[1])
-
-    def mean(self, dev: np.ndarray, end: np.ndarray, days: int, days_off: bool = False) -> np.ndarray:
-        """Mean of observed values (only on days off with `days_off`) in columns [end - days, end); NaN when none."""
-        total, count = (self.off_total, self.off_count) if days_off else (self.total, self.count)
-        end = np.clip(end, 0, self.values.shape[1])
-        lo = np.clip(end - days, 0, None)
-        n = count[dev, end] - count[dev, lo]
-        with quiet_nan():
-            return np.where(n > 0, (total[dev, end] - total[dev, lo]) / n, np.nan)
-
-    def count_in(self, dev: np.ndarray, end: np.ndarray, days: int) -> np.ndarray:
-        end = np.clip(end, 0, self.values.shape[1])
-        return self.count[dev, end] - self.count[dev, np.clip(end - days, 0, None)]
-
-    def at(self, dev: np.ndarray, col: np.ndarray) -> np.ndarray:
-        ok = (col >= 0) & (col < self.values.shape[1])
-        return np.where(ok, self.values[dev, np.clip(col, 0, self.values.shape[1] - 1)], np.nan)
-
-
-def origin_level(sums: _Sums, dev: np.ndarray, origin: np.ndarray) -> np.ndarray:
-    """The normaliser: mean of the observed days among the last 91, else of all history.
-
-    A quarter is long enough that a week of outage-depressed or festival days barely moves it (the
-    28-day level was clearly noisier on the CUB ATMs); recent levels enter as ratio features.
-    """
-    level = sums.mean(dev, origin, 91)
-    return np.where(np.isnan(level), sums.mean(dev, origin, 10**6), level)
-
-
-def design(panel: Panel, sums: _Sums, dev: np.ndarray, origin: np.ndarray, horizon: np.ndarray):
-    """Feature matrix (float32, GBM_FEATURES order) and level for samples (device row, origin col, h)."""
+def design(
+    panel: Panel, sums: HistorySums, dev: np.ndarray, origin: np.ndarray, horizon: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Feature matrix (float32, GBM_FEATURES order) and level for samples (device row, origin col, h): the
+    horizon, the target day's calendar and the device's history before the origin (`features.history`)."""
     target = origin + horizon - 1
-    level = origin_level(sums, dev, origin)
-    with quiet_nan():
-        inv = np.where(level > 0, 1.0 / level, np.nan)
-        # Same weekday as the target, last seen before the origin; then the weeks before it.
-        recent = origin - 1 - ((origin - 1 - target) % SEASON)
-        weekly = np.stack([sums.at(dev, recent - SEASON * k) for k in range(8)], axis=1)
-        cal = panel.calendar[panel.group[dev], np.minimum(target, panel.calendar.shape[1] - 1)]
-        # Last year's analogue: 364 days back, or the same day of last year's Easter, Spring Festival...
-        analogue = target - cal[:, _YEAR_BACK_AT].astype(np.int64)
-        last_year = np.stack([sums.at(dev, analogue + k) for k in range(-3, 4)], axis=1)
-        ly_level = origin_level(sums, dev, origin - 364)
-        cols = [
-            horizon,
-            *cal[:, _MODEL_CALENDAR_AT].T,
-            np.log1p(np.nan_to_num(level)),
-            sums.mean(dev, origin, 7) * inv,
-            sums.mean(dev, origin, 28) * inv,
-            sums.mean(dev, origin, 364) * inv,
-            sums.at(dev, origin - 1) * inv,
-            nan_mean(weekly[:, :4]) * inv,
-            nan_mean(weekly) * inv,
-            weekly[:, 0] * inv,
-            nan_mean(last_year) / ly_level,
-            last_year[:, 3] / ly_level,
-            # How this device reacts to days off (weekends, holidays): an office ATM empties, a mall's fills.
-            sums.mean(dev, origin, 364, days_off=True) / sums.mean(dev, origin, 364),
-            1 - sums.count_in(dev, origin, 28) / 28,
-            np.minimum(origin - sums.first[dev], 400),
-        ]
+    cal = panel.calendar[panel.group[dev], np.minimum(target, panel.calendar.shape[1] - 1)]
+    history, level = history_columns(sums, dev, origin, target, cal[:, _YEAR_BACK_AT])
+    cols = [horizon, *cal[:, _MODEL_CALENDAR_AT].T, *history]
     X = np.column_stack([np.asarray(c, dtype=np.float32) for c in cols])
     return X, level
 
@@ -322,7 +234,7 @@ def forecast_design(panel: Panel, rows: np.ndarray, horizon: int, max_horizon: i
     the trained max_horizon are read as max_horizon."""
     dev = np.repeat(rows, horizon)
     h = np.tile(np.arange(1, horizon + 1), len(rows))
-    X, level = design(panel, _Sums(panel), dev, np.full(len(dev), panel.n_days), h)
+    X, level = design(panel, HistorySums(panel), dev, np.full(len(dev), panel.n_days), h)
     X[:, 0] = np.minimum(h, max_horizon)
     return X, level
 
@@ -379,7 +291,7 @@ class PooledGBM:
         self.seed = seed
         self.n_jobs = n_jobs
 
-    def _samples(self, panel: Panel, sums: _Sums) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _samples(self, panel: Panel, sums: HistorySums) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Random (device, origin, horizon) triples whose target day was observed."""
         rng = np.random.default_rng(self.seed)
         dev_obs, col_obs = np.nonzero(np.isfinite(panel.values))
@@ -393,7 +305,7 @@ class PooledGBM:
         return dev[keep][:budget], origin[keep][:budget], horizon[keep][:budget]
 
     def fit(self, panel: Panel) -> PooledGBM:
-        sums = _Sums(panel)
+        sums = HistorySums(panel)
         dev, origin, horizon = self._samples(panel, sums)
         X, level = design(panel, sums, dev, origin, horizon)
         y = panel.values[dev, origin + horizon - 1]
@@ -442,7 +354,7 @@ class DeviceGBM:
         self.seed = seed
 
     def fit(self, panel: Panel) -> DeviceGBM:
-        sums = _Sums(panel)
+        sums = HistorySums(panel)
         rng = np.random.default_rng(self.seed)
         dev, target = np.nonzero(np.isfinite(panel.values))  # row-major: grouped by device
         horizon = rng.integers(1, self.max_horizon + 1, size=len(dev))

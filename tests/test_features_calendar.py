@@ -254,7 +254,7 @@ def test_a_panel_warns_about_estimated_years_only_as_far_as_its_forecast_reaches
     """The panel's calendar runs 63 days ahead for the features' edges; a 21-day forecast from 2 November
     2026 never reaches CN 2027, whose make-up days are estimates, but a 56-day one does (its distance
     features look a month ahead)."""
-    from forecasting.panel import build_panel
+    from features.panel import build_panel
 
     daily = pd.DataFrame(
         {"device_id": "A", "date": pd.date_range("2026-10-01", "2026-11-01"), "withdrawals": 100.0, "censored": False}

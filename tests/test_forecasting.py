@@ -20,10 +20,10 @@ from conftest import make_device_fail
 from cashcast.config import load_config
 from cashcast.synthetic import generate_network
 from features import HolidayEstimateWarning
+from features.panel import build_panel, mask_outages
 from forecasting import CashForecaster, mase, score_window, smape, train, wape
 from forecasting.backtest import TargetModel, combine, device_keys, predict_candidates, special_days
 from forecasting.models import GBM_FEATURES, DeviceGBM, PooledGBM, SeasonalNaive, forecast_design
-from forecasting.panel import build_panel, mask_outages
 
 HORIZON = 14
 
@@ -81,7 +81,7 @@ def test_unflagged_outages_are_masked_but_regular_zero_weekdays_and_holidays_are
 def test_low_spells_are_masked_unless_demand_is_still_low_after_a_week():
     """A low spell that ended is an outage, however long; one lasting past MAX_OUTAGE_DAYS up to the
     end of the history is the device's demand now."""
-    from forecasting.panel import MAX_OUTAGE_DAYS
+    from features.panel import MAX_OUTAGE_DAYS
 
     values = np.tile([100.0, 110, 90, 105, 120, 80, 95], (4, 20))
     holiday = np.zeros_like(values, dtype=bool)
