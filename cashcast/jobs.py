@@ -483,6 +483,18 @@ def own_plan_orders(ws: Workspace, as_of: pd.Timestamp, ordered_before: pd.Times
     return ordered.reset_index(drop=True) if len(ordered) else None
 
 
+def same_morning_again(ws: Workspace, as_of: pd.Timestamp) -> tuple[pd.Timestamp, str] | None:
+    """For a night's own morning (no --as-of) already planned: (the day before which that plan's orders were
+    placed, today; the warning). A feed that stopped looks like this: the same morning planned night after night,
+    and the new plan keeps the orders the carrier has (`own_plan_orders`)."""
+    if not (ws.plans / f"{as_of:%Y-%m-%d}" / "plan.csv").exists():
+        return None
+    return pd.Timestamp.now().normalize(), (
+        f"no day newer than {as_of - pd.Timedelta(days=1):%Y-%m-%d} has arrived since the last run:"
+        f" planning the morning of {as_of:%Y-%m-%d} again (has the feed stopped?)"
+    )
+
+
 def _written_plans(ws: Workspace) -> list[tuple[pd.Timestamp, Path]]:
     """(morning, plan.csv) of every plan in the workspace (plans/<YYYY-MM-DD> only), oldest first."""
     days = {
@@ -864,14 +876,18 @@ def network_typicals(ws: Workspace, config: Config, as_of: pd.Timestamp) -> Netw
     return NetworkTypicals(replenishment.typical_demand(terms), replenishment.new_device_twins(terms))
 
 
-def merge_chunks(parts: list[dict]) -> dict:
-    """Join the chunk results into one forecast, one plan result and one failures map."""
+def merge_chunks(parts: list[dict], kept: pd.DataFrame | None = None) -> dict:
+    """Join the chunk results into one forecast, one plan result and one failures map. `kept`: the orders this
+    morning's earlier plan placed (`own_plan_orders`), listed in the plan file with the new rows."""
     import replenishment
 
     frames = {
         key: pd.concat([p[key] for p in parts], ignore_index=True) if parts else pd.DataFrame()
         for key in ("forecast", "plan", "projection")
     }
+    if kept is not None:
+        plan = pd.concat([kept[frames["plan"].columns], frames["plan"]], ignore_index=True)
+        frames["plan"] = plan.sort_values(["device_id", "visit_date"], kind="stable", ignore_index=True)
     per_device = pd.concat([replenishment.device_rows(p["summary"]) for p in parts], ignore_index=True)
     result = replenishment.PlanResult(
         plan=frames["plan"],
@@ -912,6 +928,24 @@ def recent_forecast_error(
     if joined["date"].nunique() < min_days:
         return None
     return float(smape(joined["withdrawals"].to_numpy(), joined["yhat"].to_numpy()))
+
+
+def training_record(ws: Workspace, config: Config, why: str, outcome: TrainOutcome | None = None) -> dict:
+    """What a night says of its training (the report and the flow's result): the new version's `outcome`, or,
+    when training was not due (`why`), the champion that keeps serving."""
+    if outcome is None:
+        from forecasting import registry
+
+        serving = registry.champion_version(ws, config)
+        return {"trained": False, "reason": why, "run_id": serving.run_id, "version": serving.version, "promoted": True}
+    return {
+        "trained": True,
+        "reason": why,
+        "run_id": outcome.run_id,
+        "version": outcome.version,
+        "promoted": outcome.promoted,
+        "metrics": outcome.metrics,
+    }
 
 
 def training_due(ws: Workspace, config: Config, as_of: pd.Timestamp | None) -> tuple[bool, str]:

@@ -8,7 +8,6 @@ data is read and only small frames travel back.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import socket
 import warnings
@@ -25,7 +24,6 @@ from cashcast.io import read_table
 from cashcast.locking import workspace_lock
 from cashcast.workspace import Workspace
 from flows import runners
-from forecasting import registry
 from ingest.report import IngestWarning
 
 
@@ -73,8 +71,7 @@ def train_flow(
     due, why = jobs.training_due(ws, config, jobs.parse_date(as_of))
     if not (due or force):
         logger.info("training not due: %s", why)
-        serving = registry.champion_version(ws, config)
-        return {"trained": False, "reason": why, "run_id": serving.run_id, "version": serving.version, "promoted": True}
+        return jobs.training_record(ws, config, why)
     with runners.training_on_configured_runner(config):
         outcome = jobs.run_train(ws, config, jobs.parse_date(as_of))
     logger.info(
@@ -87,14 +84,7 @@ def train_flow(
         "promoted to champion" if outcome.promoted else "NOT promoted",
         outcome.reason,
     )
-    return {
-        "trained": True,
-        "reason": why,
-        "run_id": outcome.run_id,
-        "version": outcome.version,
-        "promoted": outcome.promoted,
-        "metrics": outcome.metrics,
-    }
+    return jobs.training_record(ws, config, why, outcome)
 
 
 @task(name="forecast-and-plan-chunk")
@@ -181,12 +171,8 @@ def forecast_and_plan_flow(
     finally:
         if model.file is not None:  # ~1 kB a device: one per past morning would pile up
             Path(model.file).unlink(missing_ok=True)
-    merged = jobs.merge_chunks(parts)
-    result = merged["result"]
-    if kept is not None:  # the orders placed from this morning's earlier plan stay in its file
-        plan = pd.concat([kept[result.plan.columns], result.plan], ignore_index=True)
-        result = dataclasses.replace(result, plan=plan.sort_values(["device_id", "visit_date"], kind="stable"))
-    files = jobs.write_plan(ws, as_of_ts, merged["forecast"], result, None)
+    merged = jobs.merge_chunks(parts, kept)
+    files = jobs.write_plan(ws, as_of_ts, merged["forecast"], merged["result"], None)
     failures = merged["failures"]
     if failures:
         logger.warning("%d device(s) used the fallback forecast: %s", len(failures), ", ".join(sorted(failures)))
@@ -234,17 +220,11 @@ def nightly_flow(
         ingested = ingest_flow(str(ws.home), config_file)
         as_of_ts = jobs.parse_date(as_of) or jobs.next_as_of(ws)
         day = f"{as_of_ts:%Y-%m-%d}"
-        ordered_before = None
-        if as_of is None and (ws.plans / day / "plan.csv").exists():
-            # A feed that stopped looks like this: the same morning planned again, night after night. Its plan's
-            # orders due before today were placed: the new plan keeps them.
-            ordered_before = f"{pd.Timestamp.now():%Y-%m-%d}"
-            message = (
-                f"no day newer than {as_of_ts - pd.Timedelta(days=1):%Y-%m-%d} has arrived since the last run:"
-                f" planning the morning of {day} again (has the feed stopped?)"
-            )
-            logger.warning(message)
-            warnings.warn(jobs.StaleHistoryWarning(message), stacklevel=2)
+        again = jobs.same_morning_again(ws, as_of_ts) if as_of is None else None
+        if again is not None:
+            logger.warning(again[1])
+            warnings.warn(jobs.StaleHistoryWarning(again[1]), stacklevel=2)
+        ordered_before = None if again is None else f"{again[0]:%Y-%m-%d}"
         thin = jobs.thin_last_day(ws, as_of_ts - pd.Timedelta(days=1)) if as_of is None else None
         if thin is not None:
             logger.warning(thin)
