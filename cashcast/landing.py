@@ -1,9 +1,9 @@
 """The landing folder: new files arrive, get ingested, and move to processed/ or failed/.
 
-The kind of a file comes from its name (`transactions-2026-11-27.csv`, `daily_branch.parquet`), from
-the subfolder it sits in (`landing/status/outages.csv`), or else from its header (the one kind whose
-required columns it holds). A file moves to the same subfolder of
-processed/ or failed/; a failed file keeps a `.reason.txt`.
+The kind of a file comes from the subfolder it sits in (`landing/status/outages.csv`), else from its name
+(`transactions-2026-11-27.csv`, `daily_branch.parquet`), else from its header (the one kind whose required
+columns it holds). A file moves to the same subfolder of processed/ or failed/; a failed file keeps a
+`.reason.txt`.
 """
 
 from __future__ import annotations

@@ -119,8 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
         "forecast",
         parents=[common],
         help="daily forecasts from the registered champion",
-        description="Daily forecasts for days D..D+N-1 from models:/cashcast-forecaster@champion "
-        "(trains first when none exists). Columns: device_id, date, model, yhat, q50.. .",
+        description="Daily forecasts for days D..D+N-1 from the registered model's champion "
+        "(models:/<[forecast] registered_model>@champion; trains first when none exists). "
+        "Columns: device_id, date, model, yhat, q50.. .",
     )
     p.add_argument("--as-of", type=_date, required=True, help="first forecast day D (history through D-1)")
     p.add_argument(
@@ -171,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="replay the nightly cycle over past days",
         description="Replay re-planning over past days against actual demand: KPIs for Cashcast, "
-        "the baselines and the perfect-foresight optimum (kpis.csv, per_device.csv).",
+        "the baselines and the perfect-foresight optimum (kpis.csv, per_device.csv, and daily.parquet: every "
+        "policy's balance, visit and lost demand per device and day).",
     )
     p.add_argument("--start", type=_date, required=True, help="first replayed day")
     p.add_argument("--end", type=_date, required=True, help="last replayed day")

@@ -11,7 +11,8 @@ class IngestError(ValueError):
 
 
 class IngestWarning(UserWarning):
-    """Something about a whole ingested file its sender should know (every row rejected)."""
+    """Something about an ingested file its sender should know: every row rejected, columns ignored, a note once
+    the load is committed (repeated txn_ids, changed days), a landing file that failed or lost rows."""
 
 
 @dataclass(frozen=True)
