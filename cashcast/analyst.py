@@ -39,7 +39,7 @@ from matplotlib.ticker import FuncFormatter
 import ingest
 from cashcast import jobs
 from cashcast.config import Config, load_config
-from cashcast.io import read_table, unescape_formulas
+from cashcast.io import read_written
 from cashcast.schema import DEVICE_COLUMNS, DemandForecast, balance_limit_checks, quantile_column
 from cashcast.workspace import CHECKOUT_DATA_DIR, SAMPLE_DIR, SAMPLE_KINDS, Workspace
 from features.holidays import holiday_table
@@ -301,23 +301,10 @@ def _latest(
     return candidates[-1]
 
 
-def _read_csv(path: Path, dates: tuple[str, ...]) -> pd.DataFrame:
-    """A CSV Cashcast wrote, with its dates parsed and its ids and names as they were before the
-    spreadsheet escaping ('-0042 is -0042 again, so joins to the lake find it)."""
-    frame = read_table(path)
-    for column in dates:
-        if column in frame:
-            frame[column] = pd.to_datetime(frame[column])
-    for column in ("device_id", "name", "region"):
-        if column in frame:
-            frame[column] = unescape_formulas(frame[column])
-    return frame
-
-
 def latest_forecast(ws: Workspace, as_of: pd.Timestamp | None = None) -> pd.DataFrame:
     """The newest forecasts/<morning>/forecast.csv (device_id, date, model, yhat, q50..), of a morning on or
     before `as_of` when given."""
-    return _read_csv(_latest(ws.forecasts, "forecast.csv", as_of=as_of), ("date",))
+    return read_written(_latest(ws.forecasts, "forecast.csv", as_of=as_of), ("date",))
 
 
 def forecast_levels(forecast: pd.DataFrame) -> list[float]:
@@ -346,9 +333,9 @@ def read_plan(folder: Path) -> PlanFiles:
     """plans/<as_of>/ as frames."""
     return PlanFiles(
         as_of=pd.Timestamp(folder.name[:10]),
-        plan=_read_csv(folder / "plan.csv", ("visit_date", "order_by")),
-        projection=_read_csv(folder / "projection.csv", ("date",)),
-        summary=_read_csv(folder / "summary.csv", ()),
+        plan=read_written(folder / "plan.csv", ("visit_date", "order_by")),
+        projection=read_written(folder / "projection.csv", ("date",)),
+        summary=read_written(folder / "summary.csv", ()),
     )
 
 
@@ -390,7 +377,7 @@ def yesterday_accuracy(ws: Workspace, as_of: pd.Timestamp, max_age_days: int = 7
         path = ws.forecasts / f"{made:%Y-%m-%d}" / "forecast.csv"
         if not path.exists():
             continue
-        forecast = _read_csv(path, ("date",))
+        forecast = read_written(path, ("date",))
         forecast = forecast[forecast["date"] == yesterday]
         if forecast.empty:
             continue
@@ -467,13 +454,13 @@ def run_table(ws: Workspace, config: Config, run_id: str, name: str = "backtest_
     registry.use_store(ws, config)
     with tempfile.TemporaryDirectory() as tmp:
         path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"tables/{name}.csv", dst_path=tmp)
-        return _read_csv(Path(path), ())
+        return read_written(Path(path), ())
 
 
 def latest_backtest(ws: Workspace) -> dict[str, pd.DataFrame]:
     """The newest backtests/<start>_<end>/ KPI tables: 'kpis' (per policy) and 'per_device'."""
     folder = _latest(ws.backtests, "kpis.csv", "`cashcast backtest --start D1 --end D2`").parent
-    return {name: _read_csv(folder / f"{name}.csv", ()) for name in ("kpis", "per_device")}
+    return {name: read_written(folder / f"{name}.csv", ()) for name in ("kpis", "per_device")}
 
 
 # ---------------------------------------------------------------- model comparison

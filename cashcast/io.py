@@ -204,14 +204,28 @@ def _plain_number(array: pa.Array) -> pa.Array:
     return pc.round(array, 2).cast(pa.decimal128(38, 2), safe=False)
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a CSV or Parquet file by its ending; `device_id` always as text ("00017" stays "00017":
-    terminal ids are often digits with leading zeros, and the lake keeps them as given)."""
+def read_table(path: str | Path, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """Read a CSV or Parquet file by its ending (only `columns` when given); `device_id` always as text ("00017"
+    stays "00017": terminal ids are often digits with leading zeros, and the lake keeps them as given)."""
     path = Path(path)
     if path.suffix.lower() == ".parquet" or path.is_dir():
-        frame = pd.read_parquet(path)
+        frame = pd.read_parquet(path, columns=None if columns is None else list(columns))
     else:
-        frame = pd.read_csv(path, dtype={"device_id": str})
+        frame = pd.read_csv(path, dtype={"device_id": str}, usecols=columns)
     if "device_id" in frame:
         frame["device_id"] = frame["device_id"].astype("string")
+    return frame
+
+
+def read_written(path: str | Path, dates: Sequence[str] = (), columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """A table Cashcast wrote (plan, projection, forecast, backtest) as it was before writing: its `dates`
+    parsed and, from a CSV, every text cell unescaped ('-0042 is -0042 again, so joins to the lake find it)."""
+    frame = read_table(path, columns)
+    for column in dates:
+        if column in frame:
+            frame[column] = pd.to_datetime(frame[column])
+    if Path(path).suffix.lower() == ".csv":
+        for column in frame.columns:
+            if frame[column].dtype == object or pd.api.types.is_string_dtype(frame[column]):
+                frame[column] = unescape_formulas(frame[column])
     return frame

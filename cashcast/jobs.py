@@ -22,7 +22,7 @@ import pandas as pd
 import features
 import ingest
 from cashcast.config import Config
-from cashcast.io import atomic_path, stage_table, unescape_formulas, write_table, write_tables
+from cashcast.io import atomic_path, read_written, stage_table, write_table, write_tables
 from cashcast.schema import STALE_HISTORY_DAYS, DemandForecast, days_unrecorded
 from cashcast.workspace import Workspace
 
@@ -476,9 +476,7 @@ def own_plan_orders(ws: Workspace, as_of: pd.Timestamp, ordered_before: pd.Times
     path = ws.plans / f"{as_of:%Y-%m-%d}" / "plan.csv"
     if ordered_before is None or not path.exists():
         return None
-    plan = pd.read_csv(path, dtype={"device_id": str}, parse_dates=["visit_date", "order_by"])
-    for column in plan.select_dtypes(include="object").columns:
-        plan[column] = unescape_formulas(plan[column]).astype(object)  # written escaped again with the new plan
+    plan = read_written(path, ("visit_date", "order_by"))  # written escaped again with the new plan
     ordered = plan[plan["order_by"] < pd.Timestamp(ordered_before).normalize()]
     return ordered.reset_index(drop=True) if len(ordered) else None
 
@@ -530,9 +528,7 @@ def _on_order(
 
 def _planned_visits(path: Path) -> pd.DataFrame:
     """A written plan's visits as `replenishment.visits_on_order` reads them (ids unescaped)."""
-    plan = pd.read_csv(path, dtype={"device_id": str}, usecols=["device_id", "visit_date", "order_by", "balance_after"])
-    plan["device_id"] = unescape_formulas(plan["device_id"])
-    return plan
+    return read_written(path, columns=["device_id", "visit_date", "order_by", "balance_after"])
 
 
 def visits_made(ws: Workspace, as_of: pd.Timestamp, balances: pd.DataFrame | None = None) -> pd.DataFrame | None:
