@@ -15,49 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.csv as pcsv
-
-CHUNK_ROWS = 1_000_000
-
-
-def generate(path: Path, rows: int, devices: int, dup_share: float, seed: int = 0) -> int:
-    """Write `rows` transactions over one year; `dup_share` of them re-send an earlier row (same txn_id)."""
-    rng = np.random.default_rng(seed)
-    start = np.datetime64("2024-01-01T00:00:00", "s")
-    names = pa.array([f"ATM{i:05d}" for i in range(devices)])
-    previous = None
-    duplicates = 0
-    with open(path, "wb") as sink:
-        for offset in range(0, rows, CHUNK_ROWS):
-            n = min(CHUNK_ROWS, rows - offset)
-            seconds = np.sort(rng.integers(offset * 366 * 86400 // rows, (offset + n) * 366 * 86400 // rows, n))
-            chunk = pa.table(
-                {
-                    "device_id": names.take(pa.array(rng.integers(0, devices, n))),
-                    "timestamp": pc.strftime(pa.array(start + seconds), format="%Y-%m-%d %H:%M:%S"),
-                    "amount": rng.integers(1, 50, n) * 100.0,
-                    "type": pa.array(np.where(rng.random(n) < 0.1, "deposit", "withdrawal")),
-                    "txn_id": pc.binary_join_element_wise(
-                        "TX", pa.array(np.arange(offset, offset + n)).cast(pa.string()), ""
-                    ),
-                }
-            )
-            if previous is not None:
-                resent = rng.choice(n, int(n * dup_share), replace=False)
-                source = previous.take(pa.array(rng.integers(0, previous.num_rows, len(resent))))
-                keep = np.ones(n, dtype=bool)
-                keep[resent] = False
-                chunk = pa.concat_tables([chunk.filter(pa.array(keep)), source])
-                duplicates += len(resent)
-            pcsv.write_csv(
-                chunk, sink, write_options=pcsv.WriteOptions(include_header=offset == 0, quoting_style="needed")
-            )
-            previous = chunk
-    return duplicates
-
+from cashcast.synthetic import write_transactions_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 CHILD = """
@@ -102,9 +60,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
         csv_path = Path(tmp) / "transactions.csv"
         started = time.perf_counter()
-        duplicates = generate(csv_path, args.rows, args.devices, args.dup_share)
+        # A year of a network's switch feed, a share re-sent after retries (txn_id repeated), as the demo's.
+        write_transactions_csv(
+            csv_path, args.rows, n_devices=args.devices, with_duplicates=args.dup_share, span_days=366
+        )
         print(
-            f"generated {args.rows:,} rows ({duplicates:,} re-sent) in {time.perf_counter() - started:.1f} s, "
+            f"generated {args.rows:,} rows in {time.perf_counter() - started:.1f} s, "
             f"{csv_path.stat().st_size / 2**20:,.0f} MiB"
         )
         show("ingest", measure_ingest(csv_path, Path(tmp) / "ws"))

@@ -692,11 +692,12 @@ def write_transactions_csv(
     start: str = SAMPLE_START,
     with_duplicates: float = 0.001,
     chunk_rows: int = 1_000_000,
+    span_days: int | None = None,
 ) -> Path:
     """Stream a raw transactions file (device_id, timestamp, amount, type, txn_id) in bounded memory.
 
-    Rows are in time order (re-sent duplicates aside), ~100 transactions per device and day between
-    06:00 and 24:00 local time; withdrawals are whole 100-CNY notes, deposits (branches and recyclers
+    Rows are in time order (re-sent duplicates aside) over `span_days` (default: ~100 transactions per device
+    and day) between 06:00 and 24:00 local time; withdrawals are whole 100-CNY notes, deposits (branches and recyclers
     only) whole 10 CNY. A share
     `with_duplicates` of rows re-sends an earlier row of the same chunk verbatim (same txn_id), as
     switch feeds do after a retry, for the ingest's de-duplication.
@@ -710,7 +711,7 @@ def write_transactions_csv(
     )
     ids = pa.array(_device_ids(kinds).astype(str))
     takes_deposits = kinds != "atm"
-    span_days = max(1, math.ceil(n_rows / (100 * n_devices)))
+    span_days = span_days or max(1, math.ceil(n_rows / (100 * n_devices)))
     origin = np.datetime64(pd.Timestamp(start).normalize().to_datetime64(), "s")
     withdrawal_notes = np.array([1, 2, 3, 5, 10, 20, 30, 50])
     note_p = np.array([0.10, 0.15, 0.10, 0.20, 0.20, 0.15, 0.05, 0.05])
