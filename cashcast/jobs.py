@@ -15,6 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -25,6 +26,12 @@ from cashcast.config import Config
 from cashcast.io import atomic_path, read_written, stage_table, write_table, write_tables
 from cashcast.schema import STALE_HISTORY_DAYS, DemandForecast, days_unrecorded
 from cashcast.workspace import Workspace
+
+if TYPE_CHECKING:  # heavy imports (MLflow, LightGBM) the commands that need them load when they run
+    from mlflow.entities.model_registry import ModelVersion
+
+    from forecasting import CashForecaster
+    from replenishment import PlanResult
 
 
 class NoDataError(RuntimeError):
@@ -233,7 +240,7 @@ def ensure_champion(
     as_of: pd.Timestamp,
     progress: bool = False,
     history: Callable[[], History] | None = None,
-):
+) -> ModelVersion | None:
     """The champion's registered version, training and registering a first one when there is none.
 
     `history` hands over the caller's read of the lake (see `_past_morning_model`).
@@ -251,7 +258,7 @@ def ensure_champion(
     return version
 
 
-def trained_as_of(version) -> pd.Timestamp:
+def trained_as_of(version: ModelVersion) -> pd.Timestamp:
     """The as-of morning a registered model was trained for: it saw the days before it."""
     return pd.Timestamp(version.tags.get("as_of", "1970-01-01"))
 
@@ -305,14 +312,14 @@ def champion_or_train(
     as_of: pd.Timestamp,
     progress: bool = False,
     history: Callable[[], History] | None = None,
-):
+) -> CashForecaster:
     """The model to forecast from the morning of `as_of`: the champion, or the honest model of
     `_past_morning_model` for a morning before the champion's training."""
     ref, fitted = _past_morning_model(ws, config, as_of, progress, history)
     return fitted if fitted is not None else load_model(ws, config, ref)
 
 
-def load_model(ws: Workspace, config: Config, ref: ModelRef):
+def load_model(ws: Workspace, config: Config, ref: ModelRef) -> CashForecaster:
     """The model `ref` names: the champion, a registered version or a pickled file."""
     from forecasting import registry
 
@@ -354,7 +361,7 @@ def _once(read: Callable[[], History]) -> Callable[[], History]:
 
 
 def forecast_devices(
-    model,
+    model: CashForecaster,
     history: History,
     config: Config,
     horizon: int,
@@ -435,7 +442,7 @@ def plan_forecast(
     balances: pd.DataFrame | None = None,
     on_order: pd.DataFrame | None = None,
     made: pd.DataFrame | None = None,
-):
+) -> PlanResult:
     """Plan the visits of the forecast devices from the latest balances before `history.as_of`, brought
     forward to it over the visits `made` since the counts (see `visits_made`), around the visits `on_order`
     (see `visits_on_order`)."""
@@ -552,7 +559,7 @@ def visits_made(ws: Workspace, as_of: pd.Timestamp, balances: pd.DataFrame | Non
 
 
 def plan_devices(
-    model,
+    model: CashForecaster,
     history: History,
     config: Config,
     balances: pd.DataFrame | None = None,
@@ -560,7 +567,7 @@ def plan_devices(
     made: pd.DataFrame | None = None,
     part: bool = False,
     typical: NetworkTypicals | None = None,
-):
+) -> tuple[DemandForecast, PlanResult, dict[str, str]]:
     """Forecast with sample paths and plan the visits of the devices in `history` (pure apart from the model).
 
     The forecast runs `[plan] lookahead_days` past the plan's horizon: the optimiser weighs the

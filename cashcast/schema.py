@@ -51,7 +51,7 @@ STATUS_STATES = ("cash_out", "offline")
 STALE_HISTORY_DAYS = 7
 
 
-def days_unrecorded(last_recorded, as_of: pd.Timestamp):
+def days_unrecorded(last_recorded: pd.Timestamp | pd.DatetimeIndex, as_of: pd.Timestamp) -> int | pd.Index:
     """Days with no record between the last recorded day (a day, or a DatetimeIndex of them) and the
     morning of `as_of`: 0 when the day before was recorded; above STALE_HISTORY_DAYS is stale."""
     return (as_of - last_recorded).days - 1
@@ -139,7 +139,7 @@ class DemandForecast:
         )
 
 
-def balance_limit_checks(terms) -> list[tuple[str, str, np.ndarray]]:
+def balance_limit_checks(terms: pd.DataFrame) -> list[tuple[str, str, np.ndarray]]:
     """(column, reason, mask) of device terms no plan can keep: a cassette smaller than one bundle, a floor at or
     above the cassette or the ceiling (no cash left to serve). `terms` maps the four columns to values; a 0 or
     empty capacity or ceiling is not given (a master's empty cells take the config's defaults later)."""

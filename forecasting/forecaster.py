@@ -81,7 +81,7 @@ class CashForecaster:
             events=self.events if events is None else events,
         )
 
-    def fit(self, daily: pd.DataFrame, devices: pd.DataFrame | None, as_of) -> CashForecaster:
+    def fit(self, daily: pd.DataFrame, devices: pd.DataFrame | None, as_of: pd.Timestamp | str) -> CashForecaster:
         as_of = pd.Timestamp(as_of).normalize()
         known = np.sort(daily.loc[daily["date"] < as_of, "device_id"].astype(str).unique())
         panel = self._panel(daily, devices, as_of, self.max_horizon, known, fit=True)
@@ -115,7 +115,7 @@ class CashForecaster:
         self,
         daily: pd.DataFrame,
         devices: pd.DataFrame | None,
-        as_of,
+        as_of: pd.Timestamp | str,
         horizon: int,
         n_paths: int | None = None,
         events: pd.DataFrame | None = None,
@@ -195,7 +195,7 @@ class CashForecaster:
 def train(
     daily: pd.DataFrame,
     devices: pd.DataFrame | None,
-    as_of,
+    as_of: pd.Timestamp | str,
     config: Config,
     progress: bool = False,
     events: pd.DataFrame | None = None,

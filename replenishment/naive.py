@@ -75,11 +75,11 @@ def _ratio_blocks(values: np.ndarray, base: np.ndarray, n_paths: int, horizon: i
 
 def naive_forecast(
     daily: pd.DataFrame,
-    as_of,
+    as_of: pd.Timestamp | str,
     horizon: int,
     n_paths: int = 200,
     seed: int = 42,
-    quantiles=DEFAULT_QUANTILES,
+    quantiles: tuple[float, ...] = DEFAULT_QUANTILES,
 ) -> DemandForecast:
     """Seasonal-naive DemandForecast for every device in `daily`, from history before `as_of`.
 

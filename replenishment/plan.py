@@ -15,6 +15,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
+from cashcast.config import Config
 from cashcast.schema import PLAN_COLUMNS, STALE_HISTORY_DAYS, DemandForecast, days_unrecorded, quantile_column
 from replenishment.dp import (
     BODY_LEVEL,
@@ -276,7 +277,7 @@ MAX_ROLL_DAYS = 31  # a count older than a month is not brought forward: ask for
 
 
 def roll_balances_forward(
-    balances: pd.DataFrame, daily: pd.DataFrame, visits: pd.DataFrame | None, as_of
+    balances: pd.DataFrame, daily: pd.DataFrame, visits: pd.DataFrame | None, as_of: pd.Timestamp | str
 ) -> pd.DataFrame:
     """Counts taken before the morning of `as_of` (device_id, balance, balance_as_of) brought to it.
 
@@ -442,8 +443,8 @@ def plan_network(
     forecast: DemandForecast,
     terms: pd.DataFrame,
     balances: pd.DataFrame | None,
-    as_of,
-    config,
+    as_of: pd.Timestamp | str,
+    config: Config,
     holidays: pd.DataFrame | None = None,
     ordered_visits: pd.DataFrame | None = None,
 ) -> PlanResult:

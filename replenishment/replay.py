@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from cashcast.config import Config
 from cashcast.schema import DemandForecast, validate_daily
 from replenishment.dp import DeviceArrays, chosen_loads, prefix_costs, segment_table, solve_visits
 from replenishment.naive import day_matrix
@@ -423,10 +424,10 @@ def _tables(policy: str, win: _Window, record: dict[str, np.ndarray]) -> tuple[p
 def replay(
     actual_daily: pd.DataFrame,
     terms: pd.DataFrame,
-    start,
-    end,
+    start: pd.Timestamp | str,
+    end: pd.Timestamp | str,
     forecaster: Forecaster,
-    config,
+    config: Config,
     initial_balances: pd.DataFrame | None = None,
 ) -> ReplayResult:
     """Replay [start, end] for the cashcast cycle, the configured baselines and perfect foresight.

@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from cashcast.config import parse_weekdays
+from cashcast.config import Config, parse_weekdays
 from cashcast.schema import DEVICE_COLUMNS, DEVICE_NUMERIC_COLUMNS, DEVICE_TEXT_COLUMNS
 from features.holidays import holiday_table
 
@@ -59,7 +59,7 @@ def round_up_to_multiple(amount: np.ndarray | float, multiple: np.ndarray | floa
 
 
 def resolve_terms(
-    devices: pd.DataFrame | None, daily: pd.DataFrame, config, typical: dict[str, float] | None = None
+    devices: pd.DataFrame | None, daily: pd.DataFrame, config: Config, typical: dict[str, float] | None = None
 ) -> pd.DataFrame:
     """One row per device in `devices` ∪ `daily`, every CONTRACT.md device field filled.
 
