@@ -26,7 +26,7 @@ import functools
 import os
 import tempfile
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +54,37 @@ POLICY_COLORS = {
     "cover_rule": "#e0a030",
     "perfect_foresight": "#40a040",
 }
+
+
+# ---------------------------------------------------------------- checks of what an analyst names
+
+LISTED_CHOICES = 12  # up to this many valid values are all listed; past it, the close ones
+
+
+def require_known(asked: Iterable[object], known: Iterable[object], what: str, where: str) -> None:
+    """KeyError naming each of `asked` that `known` lacks, and what was meant: an unknown device, level or name
+    otherwise reads as one with no history, no forecast or the default country's holidays, or as an empty chart.
+
+    `what` is the kind of value (device, quantile level, metric ...), `where` what was searched. A short list of
+    valid values is given whole, a long one (a network's devices) as the close matches of each id (a typo, a case
+    slip).
+    """
+    valid = sorted({str(value) for value in known})
+    missing = [str(value) for value in dict.fromkeys(asked) if str(value) not in valid]
+    if not missing:
+        return
+    lowered = {value.lower(): value for value in valid}
+
+    def hint(value: str) -> str:
+        close = difflib.get_close_matches(value.lower(), list(lowered), n=3, cutoff=0.5)
+        said = [f"did you mean {', '.join(lowered[c] for c in close)}?"] if close else []
+        if len(valid) <= LISTED_CHOICES:
+            said.append(f"valid: {', '.join(valid)}" if valid else "there is none")
+        return f" ({' '.join(said)})" if said else ""
+
+    shown = "; ".join(f"{value}: no such {what} in {where}{hint(value)}" for value in missing[:5])
+    more = f"; and {len(missing) - 5} more" if len(missing) > 5 else ""
+    raise KeyError(shown + more)
 
 
 # ---------------------------------------------------------------- workspace and setup
@@ -196,6 +227,12 @@ class Lake:
     as_of: pd.Timestamp
 
 
+def require_lake_device(lake: Lake, device_id: str) -> None:
+    """`require_known` for a device of `lake`: one with days before its as-of or a device-master row."""
+    known = [*lake.daily["device_id"], *lake.devices["device_id"]]
+    require_known([device_id], known, "device", "the lake or the device master")
+
+
 def load_lake(ws: Workspace, as_of: pd.Timestamp | None = None, device_ids: list[str] | None = None) -> Lake:
     """Daily history before `as_of` with censored flags, device master, status and balances.
 
@@ -203,6 +240,9 @@ def load_lake(ws: Workspace, as_of: pd.Timestamp | None = None, device_ids: list
     >>> lake.daily.loc[lake.daily["censored"], ["device_id", "date", "withdrawals"]]
     """
     device_ids = [device_ids] if isinstance(device_ids, str) else device_ids
+    if device_ids is not None:  # an unknown id would read as a device with no history before `as_of`
+        known = [*jobs.lake_device_ids(ws), *ingest.read_table(ws, "devices")["device_id"]]
+        require_known(device_ids, known, "device", f"{ws.home}'s lake or device master")
     history = jobs.load_history(ws, as_of, device_ids)
     status = ingest.read_table(ws, "status")
     if device_ids is not None:
@@ -220,13 +260,9 @@ def device_days(lake: Lake, device_id: str) -> pd.DataFrame:
     >>> days = device_days(lake, "ATM-00002")
     >>> days[~days["recorded"]]                     # feed gaps: unknown demand, not zero
     """
+    require_lake_device(lake, device_id)
     own = lake.daily[lake.daily["device_id"] == device_id].set_index("date").sort_index()
     if own.empty:
-        known = set(lake.daily["device_id"].astype(str)) | set(lake.devices["device_id"].astype(str))
-        if device_id not in known:
-            close = difflib.get_close_matches(device_id, sorted(known), n=3, cutoff=0.5)
-            hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise KeyError(f"{device_id}: no such device in the lake or the device master{hint}")
         raise KeyError(f"{device_id}: no recorded days in the lake before {lake.as_of:%Y-%m-%d}")
     days = pd.date_range(own.index.min(), own.index.max(), freq="D", name="date")
     frame = own[["withdrawals", "deposits", "censored"]].reindex(days)
@@ -237,6 +273,7 @@ def device_days(lake: Lake, device_id: str) -> pd.DataFrame:
 
 def device_place(lake: Lake, device_id: str, config: Config) -> tuple[str, str]:
     """(country, subdivision) of a device: its master row, else the config defaults."""
+    require_lake_device(lake, device_id)
     row = lake.devices[lake.devices["device_id"] == device_id]
 
     def value(column: str, default: str) -> str:
@@ -354,6 +391,7 @@ def forecast_against_actuals(
     """Forecast rows joined to what happened: adds withdrawals (NaN: not recorded yet) and censored."""
     frame = forecast.frame if isinstance(forecast, DemandForecast) else forecast
     if device_id is not None:
+        require_known([device_id], frame["device_id"], "device", "the forecast")
         frame = frame[frame["device_id"] == device_id]
     actual = lake.daily[["device_id", "date", "withdrawals", "censored"]]
     joined = frame.astype({"device_id": "string"}).merge(actual, on=["device_id", "date"], how="left")
@@ -702,9 +740,7 @@ def plan_what_if(
         raise LookupError(f"{ws.home}: no champion model; run `cashcast train` or `cashcast nightly` first")
     history = jobs.load_history(ws, as_of, config=config)
     base = jobs.device_terms(history, config)
-    unknown = sorted(set(device_ids or ()) - set(base["device_id"].astype(str)))
-    if unknown:
-        raise KeyError(f"device(s) {unknown} are not in {ws.home}'s lake or device master")
+    require_known(device_ids or (), base["device_id"], "device", f"{ws.home}'s lake or device master")
     model = jobs.champion_or_train(ws, config, as_of, history=lambda: history)
     forecast = jobs.forecast_devices(model, history, config, config.plan.forecast_days)
     on_order, made = jobs.visits_on_order(ws, as_of), jobs.visits_made(ws, as_of, history.balances)
@@ -886,6 +922,8 @@ def balance_chart(
     trajectories: pd.DataFrame, device_id: str, policy: str = "cashcast", currency: str = CURRENCY
 ) -> Figure:
     """Cash held after the morning visit, day by day, of one device under each scenario."""
+    require_known([device_id], trajectories["device_id"], "device", "the what-if's trajectories")
+    require_known([policy], trajectories["policy"], "policy", "the what-if's trajectories")
     own = trajectories[(trajectories["device_id"] == device_id) & (trajectories["policy"] == policy)]
     fig, ax = new_figure(11, 3.6)
     for scenario, group in own.groupby("scenario", sort=False):

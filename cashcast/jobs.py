@@ -82,8 +82,9 @@ ISO_DAY = re.compile(r"\d{4}-\d{2}-\d{2}([ T]\d{2}:\d{2}(:\d{2})?)?")  # a time 
 
 def parse_date(text: str | pd.Timestamp | None) -> pd.Timestamp | None:
     """Dates from the command line or a notebook (YYYY-MM-DD text, or a Timestamp) as normalised timestamps;
-    None stays None. Other text is refused, as ingest refuses it: '03/11/2026' is March or November."""
-    if isinstance(text, str) and not ISO_DAY.fullmatch(text.strip()):
+    None stays None. Other text is refused, as ingest refuses it: '03/11/2026' is March or November; so is a
+    number, which pandas reads as nanoseconds after 1970-01-01 (2017 is no year there)."""
+    if (isinstance(text, str) and not ISO_DAY.fullmatch(text.strip())) or isinstance(text, (int, float, np.number)):
         raise ValueError(f"{text!r}: dates are YYYY-MM-DD (e.g. 2026-11-03)")
     return None if text is None else pd.Timestamp(text).normalize()
 

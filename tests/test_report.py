@@ -539,3 +539,33 @@ def test_what_the_lake_knew_that_morning_and_yesterdays_unrecorded_devices(plann
     assert accuracy.set_index("device_id")["withdrawals"].isna().to_dict()["NEW-1"]
     assert set(analyst.scored_accuracy(accuracy)["device_id"]) == set(DEVICES) - {CENSORED_YESTERDAY}
     assert "1 forecast device(s) have no actual for yesterday yet" in report._accuracy_note(accuracy)
+
+
+def test_an_unknown_device_is_named_not_answered_with_the_defaults_or_an_empty_frame(planned_ws, config):
+    """holiday_markers gave the default country's holidays, forecast_against_actuals an empty frame, balance_chart
+    a blank chart, load_lake 'no daily history before ...' and an int date read as 1970-01-01 (analyst audit)."""
+    ws, _ = planned_ws
+    lake = analyst.load_lake(ws, AS_OF)
+    typo = "did you mean ATM-00002"
+    with pytest.raises(KeyError, match=f"atm-00002: no such device in the lake or the device master.*{typo}"):
+        analyst.holiday_markers(lake, "atm-00002", AS_OF, AS_OF + pd.Timedelta(days=7), config)
+    forecast = analyst.latest_forecast(ws, AS_OF)
+    with pytest.raises(KeyError, match=f"nope: no such device in the forecast .*valid: {', '.join(sorted(DEVICES))}"):
+        analyst.forecast_against_actuals(lake, forecast, "nope")
+    trajectories = pd.DataFrame(
+        {
+            "device_id": "ATM-00001",
+            "policy": ["cashcast", "fixed_weekly"],
+            "scenario": "default",
+            "date": AS_OF,
+            "balance_after_visit": 1.0,
+        }
+    )
+    with pytest.raises(KeyError, match="nope: no such device in the what-if's trajectories"):
+        analyst.balance_chart(trajectories, "nope")
+    with pytest.raises(KeyError, match="cash_cast: no such policy .*did you mean cashcast.*valid: cashcast, fixed"):
+        analyst.balance_chart(trajectories, "ATM-00001", policy="cash_cast")
+    with pytest.raises(KeyError, match="Airport: no such device in .*lake or device master"):
+        analyst.load_lake(ws, AS_OF, ["Airport"])
+    with pytest.raises(ValueError, match="2026: dates are YYYY-MM-DD"):
+        analyst.load_lake(ws, 2026)
