@@ -721,7 +721,8 @@ def plan_what_if(
 ) -> dict:
     """The plan for the morning of `as_of` (default: the next) under each scenario, written nowhere.
 
-    A scenario sets device-master terms (`SCENARIO_TERMS`) for `device_ids` (default: every device), e.g.
+    A scenario sets device-master terms (`SCENARIO_TERMS`) for `device_ids` (None: every device; an empty list is
+    refused, as a filter that kept no device), e.g.
     ``{"as is": {}, "ATM-7 at 90%": {"service_level": 0.9}}`` with ``device_ids=["ATM-7"]``. The model, forecasts,
     balances and visits on order are `cashcast plan`'s, so a scenario of no terms is the plan `cashcast plan
     --as-of` writes with the same `config` (pass the nightly run's config for that: `quick_config`'s 50 sample
@@ -734,6 +735,8 @@ def plan_what_if(
     if not scenarios:
         raise ValueError('no scenarios: give at least one, e.g. {"as is": {}}')
     device_ids = [device_ids] if isinstance(device_ids, str) else device_ids
+    if device_ids is not None and not len(device_ids):  # a filter that kept nothing: every plan would be "as is"
+        raise ValueError("device_ids is empty: name the devices a scenario changes, or leave it out for all devices")
     checked = {name: scenario_terms(config, name, overrides) for name, overrides in scenarios.items()}
     as_of = jobs.parse_date(as_of) or jobs.next_as_of(ws)
     if registry.champion_version(ws, config) is None:

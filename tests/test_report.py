@@ -569,3 +569,10 @@ def test_an_unknown_device_is_named_not_answered_with_the_defaults_or_an_empty_f
         analyst.load_lake(ws, AS_OF, ["Airport"])
     with pytest.raises(ValueError, match="2026: dates are YYYY-MM-DD"):
         analyst.load_lake(ws, 2026)
+
+
+def test_plan_what_if_refuses_an_empty_device_list(planned_ws, config):
+    """device_ids=[] applied the scenario to no device: every scenario's plan was the plan as is (analyst audit)."""
+    ws, _ = planned_ws
+    with pytest.raises(ValueError, match="device_ids is empty: name the devices .* or leave it out for all devices"):
+        analyst.plan_what_if(ws, config, {"as is": {}, "90%": {"service_level": 0.9}}, AS_OF, device_ids=[])
