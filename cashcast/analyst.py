@@ -819,7 +819,16 @@ def history_chart(days: pd.DataFrame, holidays: pd.DataFrame, title: str, curren
 def fan_chart(
     recent: pd.DataFrame, forecast: pd.DataFrame, levels: list[float], title: str, currency: str = CURRENCY
 ) -> Figure:
-    """Recent actuals, then the forecast's median and its quantile bands (q50..q_top), actuals overlaid."""
+    """Recent actuals, then the forecast's median and its quantile bands (q50..q_top), actuals overlaid, of the one
+    device `forecast` holds (several would draw every device's bands under one title: refused)."""
+    devices = sorted(forecast["device_id"].astype(str).unique()) if "device_id" in forecast else []
+    if len(forecast) == 0 or len(devices) > 1:
+        held = f"{len(devices)} devices ({', '.join(devices[:5])}{', ...' if len(devices) > 5 else ''})"
+        raise ValueError(
+            f"fan_chart draws one device, and the forecast holds {held if len(forecast) else 'no rows'}: filter it"
+            ' first, e.g. forecast[forecast["device_id"] == "ATM-00001"] or forecast_against_actuals(lake, forecast,'
+            ' "ATM-00001")'
+        )
     fig, ax = new_figure(11, 3.6)
     ax.plot(recent["date"], recent["withdrawals"], color="black", linewidth=1, label="actual withdrawals")
     upper = sorted(q for q in levels if q > 0.5)

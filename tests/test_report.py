@@ -576,3 +576,15 @@ def test_plan_what_if_refuses_an_empty_device_list(planned_ws, config):
     ws, _ = planned_ws
     with pytest.raises(ValueError, match="device_ids is empty: name the devices .* or leave it out for all devices"):
         analyst.plan_what_if(ws, config, {"as is": {}, "90%": {"service_level": 0.9}}, AS_OF, device_ids=[])
+
+
+def test_fan_chart_refuses_a_forecast_of_several_devices_or_none(planned_ws, config):
+    """A forecast not filtered to one device drew every device's bands under one title (analyst audit)."""
+    ws, _ = planned_ws
+    forecast = analyst.latest_forecast(ws, AS_OF)
+    days = analyst.device_days(analyst.load_lake(ws, AS_OF), CENSORED_YESTERDAY)
+    held = f"the forecast holds 4 devices \\({', '.join(sorted(DEVICES))}\\): filter it first"
+    with pytest.raises(ValueError, match=f"fan_chart draws one device, and {held}"):
+        analyst.fan_chart(days, forecast, config.forecast.quantiles, "fan")
+    with pytest.raises(ValueError, match="the forecast holds no rows"):
+        analyst.fan_chart(days, forecast.iloc[0:0], config.forecast.quantiles, "fan")
