@@ -38,7 +38,7 @@ from matplotlib.ticker import FuncFormatter
 
 import ingest
 from cashcast import jobs
-from cashcast.config import Config, load_config
+from cashcast.config import MAX_FORECAST_DAYS, Config, load_config
 from cashcast.io import read_written
 from cashcast.schema import DEVICE_COLUMNS, DemandForecast, balance_limit_checks, quantile_column
 from cashcast.workspace import CHECKOUT_DATA_DIR, SAMPLE_DIR, SAMPLE_KINDS, Workspace
@@ -366,8 +366,9 @@ class PlanFiles:
     summary: pd.DataFrame
 
 
-def read_plan(folder: Path) -> PlanFiles:
+def read_plan(folder: str | Path) -> PlanFiles:
     """plans/<as_of>/ as frames."""
+    folder = Path(folder)
     return PlanFiles(
         as_of=pd.Timestamp(folder.name[:10]),
         plan=read_written(folder / "plan.csv", ("visit_date", "order_by")),
@@ -451,6 +452,8 @@ def backcast(ws: Workspace, config: Config, origin: pd.Timestamp, horizon: int) 
     The champion's parameters may have been fitted on days after `origin`; for a strictly
     out-of-sample view use the training run's backtest table (`run_table`).
     """
+    if isinstance(horizon, bool) or not isinstance(horizon, int | np.integer) or not 1 <= horizon <= MAX_FORECAST_DAYS:
+        raise ValueError(f"horizon {horizon!r}: a whole number of days from 1 to {MAX_FORECAST_DAYS}")
     history = jobs.load_history(ws, origin)
     return jobs.forecast_devices(champion_model(ws, config), history, config, horizon, n_paths=0)
 
@@ -490,6 +493,8 @@ def run_table(ws: Workspace, config: Config, run_id: str, name: str = "backtest_
     from forecasting import registry
 
     registry.use_store(ws, config)
+    tables = [Path(item.path).stem for item in mlflow.MlflowClient().list_artifacts(run_id, "tables")]
+    require_known([name], tables, "table", f"training run {run_id}")
     with tempfile.TemporaryDirectory() as tmp:
         path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"tables/{name}.csv", dst_path=tmp)
         return read_written(Path(path), ())
@@ -567,6 +572,8 @@ def coverage_table(backtest: pd.DataFrame, levels: list[float]) -> pd.DataFrame:
     The training run stores the leave-one-fold-out coverage on the `selected` rows, one column per level.
     """
     selected = backtest[backtest["model"] == "selected"]
+    if not any(quantile_column(level) in selected for level in levels):  # not one: levels mistyped (90 for 0.9)
+        require_known(levels, forecast_levels(selected), "quantile level", "the backtest table")
     rows = []
     for level in levels:
         column = quantile_column(level)
@@ -614,6 +621,26 @@ class WhatIf:
     notes: list[str]
 
 
+def checked_scenarios(
+    config: Config, scenarios: Mapping[str, Mapping[str, object]], plain: str
+) -> dict[str, dict[str, object]]:
+    """Each scenario's terms checked (`scenario_terms`), and the scenarios' shape: a dict of name -> terms, at least
+    one (`plain`: the name of the scenario of no terms in the examples the errors give)."""
+    shape = f'a dict of scenario name -> device terms, e.g. {{"{plain}": {{}}, "sl 0.90": {{"service_level": 0.9}}}}'
+    if not isinstance(scenarios, Mapping):
+        raise TypeError(f"scenarios are {shape}, not a {type(scenarios).__name__}")
+    if not scenarios:
+        raise ValueError(f"no scenarios: give at least one, {shape}")
+    for name, overrides in scenarios.items():
+        if not isinstance(overrides, Mapping):
+            raise TypeError(f"scenario {name!r} is a {type(overrides).__name__}: scenarios are {shape}")
+    return {name: scenario_terms(config, name, overrides) for name, overrides in scenarios.items()}
+
+
+# Terms that are shares (0.9), which an analyst may write as percents (90).
+SHARE_TERMS = ("service_level", "holding_rate")
+
+
 def scenario_terms(config: Config, name: str, overrides: Mapping[str, object]) -> dict[str, object]:
     """`overrides` checked as the config checks its `[devices]` defaults (a service level of 1.5, a free visit or
     a negative holding rate would replay a device no bank has); ValueError names the scenario and the term."""
@@ -632,7 +659,9 @@ def scenario_terms(config: Config, name: str, overrides: Mapping[str, object]) -
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "terms"
-        raise ValueError(f"scenario {name!r}: {where}: {first['msg']}") from None
+        percent = where in SHARE_TERMS and isinstance(given[where], int | float) and given[where] > 1
+        hint = " (a share, e.g. 0.9 for 90%, not a percent)" if percent else ""
+        raise ValueError(f"scenario {name!r}: {where}: {first['msg']}{hint}") from None
     return {term: getattr(checked, term) for term in overrides}
 
 
@@ -669,12 +698,9 @@ def what_if(
     import replenishment
 
     start, end = jobs.parse_date(start), jobs.parse_date(end)
-    if not scenarios:
-        raise ValueError('no scenarios: give at least one, e.g. {"default": {}}')
+    checked = checked_scenarios(config, scenarios, "default")  # before any fit: a typo should not cost one
     window = jobs.replay_window(ws, config, start, end, names=("start", "end"))
     history = window.history
-    # Checked before any fit: a typo should not cost one.
-    checked = {name: scenario_terms(config, name, overrides) for name, overrides in scenarios.items()}
     if model is None:
         base = jobs.retraining_forecaster(config, history.devices, history.events)
     else:
@@ -732,12 +758,10 @@ def plan_what_if(
     import replenishment
     from forecasting import registry
 
-    if not scenarios:
-        raise ValueError('no scenarios: give at least one, e.g. {"as is": {}}')
+    checked = checked_scenarios(config, scenarios, "as is")
     device_ids = [device_ids] if isinstance(device_ids, str) else device_ids
     if device_ids is not None and not len(device_ids):  # a filter that kept nothing: every plan would be "as is"
         raise ValueError("device_ids is empty: name the devices a scenario changes, or leave it out for all devices")
-    checked = {name: scenario_terms(config, name, overrides) for name, overrides in scenarios.items()}
     as_of = jobs.parse_date(as_of) or jobs.next_as_of(ws)
     if registry.champion_version(ws, config) is None:
         raise LookupError(f"{ws.home}: no champion model; run `cashcast train` or `cashcast nightly` first")
@@ -829,6 +853,7 @@ def fan_chart(
             ' first, e.g. forecast[forecast["device_id"] == "ATM-00001"] or forecast_against_actuals(lake, forecast,'
             ' "ATM-00001")'
         )
+    require_known([q for q in levels if q > 0.5], forecast_levels(forecast), "quantile level", "the forecast")
     fig, ax = new_figure(11, 3.6)
     ax.plot(recent["date"], recent["withdrawals"], color="black", linewidth=1, label="actual withdrawals")
     upper = sorted(q for q in levels if q > 0.5)
@@ -856,6 +881,7 @@ def fan_chart(
 
 def metric_chart(table: pd.DataFrame, metric: str = "smape_mean", unit: str = "%") -> Figure:
     """One bar per model of a `metrics_by_model` column."""
+    require_known([metric], table.columns.drop("devices", errors="ignore"), "metric", "the table")
     fig, ax = new_figure(6, 3.2)
     ax.bar(table.index.astype(str), table[metric], color="#2a7ab0")
     ax.set_title(f"Backtest {metric.replace('_', ' ')} by model (lower is better)")
@@ -897,6 +923,7 @@ def frontier_chart(kpis: pd.DataFrame, reference: str | None = None, currency: s
     only the reference scenario's baselines are drawn: one cloud per price world would be unreadable.
     """
     reference = reference or str(kpis["scenario"].iloc[0])
+    require_known([reference], kpis["scenario"], "scenario", "the what-if's KPIs")
     fig, ax = new_figure(8, 4.5)
     ours = kpis[kpis["policy"] == "cashcast"]
     ax.scatter(

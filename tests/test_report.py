@@ -588,3 +588,56 @@ def test_fan_chart_refuses_a_forecast_of_several_devices_or_none(planned_ws, con
         analyst.fan_chart(days, forecast, config.forecast.quantiles, "fan")
     with pytest.raises(ValueError, match="the forecast holds no rows"):
         analyst.fan_chart(days, forecast.iloc[0:0], config.forecast.quantiles, "fan")
+
+
+def test_typical_mistakes_get_one_line_in_the_analysts_words(planned_ws, config, tmp_path):
+    """A negative horizon raised OverflowError and 0 gave an empty frame; levels in percent or a level the table
+    lacks gave an empty table or KeyError 'q80'; a metric or table name slightly off a KeyError or an MLflow error; a
+    plan folder as text an AttributeError; a list of scenarios an AttributeError, a service level of 90 'less than
+    1'; a mistyped reference scenario silently dropped every baseline (analyst audit)."""
+    import mlflow
+
+    from forecasting import registry
+
+    ws, _ = planned_ws
+    for horizon in (-3, 0, 2.5):
+        with pytest.raises(ValueError, match=f"^horizon {horizon}: a whole number of days from 1 to 366$"):
+            analyst.backcast(ws, config, AS_OF, horizon)
+    backtest = pd.DataFrame({"device_id": "A", "model": ["selected", "ets"], "smape": 10.0, "mase": 1.0, "wape": 0.1})
+    backtest = backtest.assign(bias=0.0, q50=[0.5, None], q90=[0.9, None])
+    for levels in ([50, 90], [0.8]):
+        with pytest.raises(KeyError, match=f"{levels[0]}: no such quantile level in the backtest table .*0.5, 0.9"):
+            analyst.coverage_table(backtest, levels)
+    with pytest.raises(KeyError, match="smape: no such metric in the table .*did you mean smape_mean"):
+        analyst.metric_chart(analyst.metrics_by_model(backtest), "smape")
+    lake = analyst.load_lake(ws, AS_OF)
+    joined = analyst.forecast_against_actuals(lake, analyst.latest_forecast(ws, AS_OF), CENSORED_YESTERDAY)
+    days = analyst.device_days(lake, CENSORED_YESTERDAY)
+    with pytest.raises(KeyError, match=r"0.8: no such quantile level in the forecast \(.*valid: 0.5, 0.9, 0.95, 0.99"):
+        analyst.fan_chart(days, joined, [0.5, 0.8], "fan")
+    assert analyst.read_plan(str(ws.plans / f"{AS_OF:%Y-%m-%d}")).as_of == AS_OF  # a path as text too
+
+    with pytest.raises(TypeError, match="scenarios are a dict of scenario name -> device terms.*not a list"):
+        analyst.what_if(ws, config, "2026-09-07", "2026-09-27", [{"service_level": 0.9}])
+    with pytest.raises(TypeError, match="scenario 'sl' is a float: scenarios are a dict"):
+        analyst.plan_what_if(ws, config, {"sl": 0.9})
+    hint = r" \(a share, e.g. 0.9 for 90%, not a percent\)$"
+    for term, value in (("service_level", 90), ("holding_rate", 5)):
+        with pytest.raises(ValueError, match=f"^scenario 's': {term}: Input should be less than .*1{hint}"):
+            analyst.scenario_terms(config, "s", {term: value})
+    kpis = pd.DataFrame(
+        {"scenario": ["default", "default", "sl 0.90"], "policy": ["cashcast", "fixed_weekly", "cashcast"]}
+    )
+    kpis = kpis.assign(stockout_device_days=0, total_cost=1.0)
+    with pytest.raises(KeyError, match="defualt: no such scenario .*did you mean default.*valid: default, sl 0.90"):
+        analyst.frontier_chart(kpis, reference="defualt")
+
+    store = analyst.open_workspace(tmp_path / "runs")
+    registry.use_store(store, config)
+    table = tmp_path / "selection.csv"
+    table.write_text("device_id,model\nA,ets\n")
+    with mlflow.start_run(run_name="train-2026-11-01") as run:
+        mlflow.log_artifact(str(table), artifact_path="tables")
+    assert analyst.run_table(store, config, run.info.run_id, "selection")["model"].tolist() == ["ets"]
+    with pytest.raises(KeyError, match=r"selections: no such table in training run \w+ \(did you mean selection\?"):
+        analyst.run_table(store, config, run.info.run_id, "selections")
