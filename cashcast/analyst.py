@@ -436,14 +436,28 @@ def scored_accuracy(accuracy: pd.DataFrame) -> pd.DataFrame:
     return accuracy[~accuracy["censored"] & accuracy["withdrawals"].notna()]
 
 
+def champion_version(ws: Workspace, config: Config):
+    """The champion's registered version. LookupError when none serves, saying which case it is: no model promoted
+    yet, or a champion built by another version of Cashcast (`training_runs` lists it as promoted, but its pickle
+    is not loaded by this code: see `forecasting.registry.code_fingerprint`)."""
+    from forecasting import registry
+
+    version = registry.champion_version(ws, config)
+    if version is not None:
+        return version
+    if registry.champion_version(ws, config, any_code=True) is not None:
+        raise LookupError(
+            f"{ws.home}: the champion model was built by another version of Cashcast and this one does not load it;"
+            " `cashcast train` (or the next nightly run, which retrains it) refits it"
+        )
+    raise LookupError(f"{ws.home}: no champion model; run `cashcast train` or `cashcast nightly` first")
+
+
 def champion_model(ws: Workspace, config: Config):
     """The serving CashForecaster (`models:/<registered_model>@champion`)."""
     from forecasting import registry
 
-    model = registry.load_champion(ws, config)
-    if model is None:
-        raise LookupError(f"{ws.home}: no champion model; run `cashcast train` first")
-    return model
+    return registry.load_version(ws, config, champion_version(ws, config).version)
 
 
 def backcast(ws: Workspace, config: Config, origin: pd.Timestamp, horizon: int) -> DemandForecast:
@@ -756,15 +770,13 @@ def plan_what_if(
     champion model: a notebook trains none into a workspace of its own.
     """
     import replenishment
-    from forecasting import registry
 
     checked = checked_scenarios(config, scenarios, "as is")
     device_ids = [device_ids] if isinstance(device_ids, str) else device_ids
     if device_ids is not None and not len(device_ids):  # a filter that kept nothing: every plan would be "as is"
         raise ValueError("device_ids is empty: name the devices a scenario changes, or leave it out for all devices")
     as_of = jobs.parse_date(as_of) or jobs.next_as_of(ws)
-    if registry.champion_version(ws, config) is None:
-        raise LookupError(f"{ws.home}: no champion model; run `cashcast train` or `cashcast nightly` first")
+    champion_version(ws, config)  # else champion_or_train would train one into the workspace
     history = jobs.load_history(ws, as_of, config=config)
     base = jobs.device_terms(history, config)
     require_known(device_ids or (), base["device_id"], "device", f"{ws.home}'s lake or device master")

@@ -641,3 +641,29 @@ def test_typical_mistakes_get_one_line_in_the_analysts_words(planned_ws, config,
     assert analyst.run_table(store, config, run.info.run_id, "selection")["model"].tolist() == ["ets"]
     with pytest.raises(KeyError, match=r"selections: no such table in training run \w+ \(did you mean selection\?"):
         analyst.run_table(store, config, run.info.run_id, "selections")
+
+
+def test_a_champion_of_another_cashcast_version_is_said_to_be_one(planned_ws, config, tmp_path):
+    """After an upgrade the analyst heard 'no champion model' while training_runs listed a promoted one: the
+    registry serves no champion tagged with other code, and the error did not tell the two apart (analyst audit)."""
+    from mlflow import MlflowClient
+
+    from forecasting import registry
+
+    ws = analyst.open_workspace(tmp_path / "upgraded")
+    shutil.copytree(planned_ws[0].lake, ws.lake)
+    with pytest.raises(LookupError, match="no champion model; run `cashcast train`"):
+        analyst.champion_model(ws, config)
+    client = MlflowClient(tracking_uri=registry.use_store(ws, config))
+    name = config.forecast.registered_model
+    client.create_registered_model(name)
+    version = client.create_model_version(name, source=str(tmp_path / "model"), tags={"code": "an-older-release"})
+    client.set_registered_model_alias(name, registry.CHAMPION, version.version)
+    said = "built by another version of Cashcast .*`cashcast train` \\(or the next nightly run, which retrains it\\)"
+    for call in (
+        lambda: analyst.champion_model(ws, config),
+        lambda: analyst.backcast(ws, config, AS_OF, 7),
+        lambda: analyst.plan_what_if(ws, config, {"as is": {}}, AS_OF),
+    ):
+        with pytest.raises(LookupError, match=said):
+            call()
