@@ -531,8 +531,15 @@ def metrics_by_model(backtest: pd.DataFrame) -> pd.DataFrame:
     return table.sort_values("smape_mean")
 
 
-def device_traits(lake: Lake) -> pd.DataFrame:
-    """Per device what makes forecasting easy or hard: kind, observed days, censored share, volatility."""
+def device_traits(lake: Lake, config: Config) -> pd.DataFrame:
+    """Per device what makes forecasting easy or hard: kind, observed days, censored share, volatility.
+
+    Columns: device_id, observed_days (uncensored days), censored_share (share of recorded days),
+    mean_withdrawals (per observed day, in the workspace currency), volatility (standard deviation over mean, a
+    ratio) and kind as the plan reads it: the master's, else `[devices] kind` of `config`.
+    """
+    import replenishment
+
     daily = lake.daily
     observed = daily[~daily["censored"]]
     grouped = observed.groupby("device_id")["withdrawals"]
@@ -544,8 +551,8 @@ def device_traits(lake: Lake) -> pd.DataFrame:
             "volatility": grouped.std() / grouped.mean(),
         }
     )
-    kinds = lake.devices.set_index("device_id")["kind"] if "kind" in lake.devices else pd.Series(dtype=str)
-    traits["kind"] = traits.index.map(kinds)
+    terms = replenishment.resolve_terms(lake.devices, lake.daily, config)
+    traits["kind"] = traits.index.astype(str).map(terms.set_index("device_id")["kind"])
     traits.index = traits.index.astype("string")
     return traits.rename_axis("device_id").reset_index()
 
@@ -553,7 +560,7 @@ def device_traits(lake: Lake) -> pd.DataFrame:
 def head_to_head(backtest: pd.DataFrame, challenger: str = "lightgbm", incumbent: str = "ets") -> pd.DataFrame:
     """Per device sMAPE of two candidates, the gap (incumbent - challenger: > 0 means challenger wins).
 
-    >>> head_to_head(backtest).merge(device_traits(lake), on="device_id")   # who wins, and on what devices
+    >>> head_to_head(backtest).merge(device_traits(lake, config), on="device_id")   # who wins, and on what devices
     """
     wide = backtest.pivot_table(index="device_id", columns="model", values="smape")
     missing = {challenger, incumbent} - set(wide.columns)

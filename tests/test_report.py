@@ -7,6 +7,7 @@ planner; the seasonal-naive forecaster stands in for a trained model so the file
 from __future__ import annotations
 
 import base64
+import dataclasses
 import re
 import shutil
 from pathlib import Path
@@ -667,3 +668,15 @@ def test_a_champion_of_another_cashcast_version_is_said_to_be_one(planned_ws, co
     ):
         with pytest.raises(LookupError, match=said):
             call()
+
+
+def test_device_traits_show_the_kind_the_plan_uses(planned_ws, config):
+    """A master without kinds (CUB's) showed kind <NA> where the plan and its summary said atm (analyst audit)."""
+    ws, _ = planned_ws
+    lake = analyst.load_lake(ws, AS_OF)
+    kinds = analyst.device_traits(lake, config).set_index("device_id")["kind"]
+    assert kinds.to_dict() == {"ATM-00001": "atm", "ATM-00002": "atm", "BR-0001": "branch", "RC-0001": "recycler"}
+    bare = dataclasses.replace(lake, devices=lake.devices.assign(kind=pd.NA))
+    assert set(analyst.device_traits(bare, config)["kind"]) == {"atm"}  # the config's default, as the plan
+    no_column = dataclasses.replace(lake, devices=lake.devices.drop(columns="kind"))
+    assert set(analyst.device_traits(no_column, config.updated(devices={"kind": "branch"}))["kind"]) == {"branch"}
