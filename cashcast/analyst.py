@@ -218,7 +218,17 @@ def ensure_outputs(ws: Workspace, config: Config, as_of: pd.Timestamp | None = N
 
 @dataclass
 class Lake:
-    """What the lake knows on the morning of `as_of`; `daily.censored` marks cash-out and offline days."""
+    """What the lake knows on the morning of `as_of`. Amounts are in the workspace currency ([ingest] currency).
+
+    - daily: device_id, date (each recorded day before as_of; a day with no row is unknown, not zero), withdrawals
+      and deposits (amounts that day), n_withdrawals and n_deposits (transaction counts, NaN when the feed has
+      none), censored (True: a cash-out or offline day, whose withdrawals are a lower bound of demand).
+    - devices: the device master (CONTRACT.md's columns: kind, capacity, min_balance, max_balance, visit_cost and
+      emergency_visit_cost as amounts, holding_rate a yearly share, service_level a share, visit_weekdays,
+      lead_time_days in days, country, subdivision, region, name, timezone); an empty cell is the config's default.
+    - status: device_id, start, end, state (cash_out or offline) of each outage begun before as_of.
+    - balances: device_id, as_of, balance (an amount): the cash counts taken by the morning of as_of.
+    """
 
     daily: pd.DataFrame
     devices: pd.DataFrame
@@ -234,7 +244,8 @@ def require_lake_device(lake: Lake, device_id: str) -> None:
 
 
 def load_lake(ws: Workspace, as_of: pd.Timestamp | None = None, device_ids: list[str] | None = None) -> Lake:
-    """Daily history before `as_of` with censored flags, device master, status and balances.
+    """Daily history before `as_of` with censored flags, device master, status and balances (columns: `Lake`), of
+    `device_ids` (a list, or one id) when given: an id neither the lake nor the device master holds is refused.
 
     >>> lake = load_lake(ws)                       # as of the morning after the last recorded day
     >>> lake.daily.loc[lake.daily["censored"], ["device_id", "date", "withdrawals"]]
@@ -367,7 +378,18 @@ class PlanFiles:
 
 
 def read_plan(folder: str | Path) -> PlanFiles:
-    """plans/<as_of>/ as frames."""
+    """plans/<as_of>/ (a Path or its text) as frames. Amounts are in the workspace currency, risks are shares (0.05:
+    5%), and visit_cost, expected_holding_cost and the summary's costs are amounts too.
+
+    - plan, one row per visit: device_id, visit_date, order_by (the day to order the cash by), action (load or
+      pickup), amount, expected_balance_before, balance_after, days_covered (days), stockout_risk (after the visit),
+      reason, name, region, kind, visit_cost, expected_holding_cost, stockout_risk_before (before the visit).
+    - projection, one row per device and day: expected_opening_balance, expected_net_outflow, demand_q50..
+      (quantiles of the day's demand), visit (bool), balance_after, stockout_probability (a share).
+    - summary, one row per device and a TOTAL row: name, region, kind, last_observed, visits and visits_on_order
+      (counts), cash_deployed, expected_idle_cash, expected_holding_cost, visit_cost, expected_cost (amounts),
+      expected_stockout_days (days), the same for the baseline policy (baseline_*), horizon_days, notes.
+    """
     folder = Path(folder)
     return PlanFiles(
         as_of=pd.Timestamp(folder.name[:10]),
@@ -378,7 +400,7 @@ def read_plan(folder: str | Path) -> PlanFiles:
 
 
 def latest_plan(ws: Workspace, as_of: pd.Timestamp | None = None) -> PlanFiles:
-    """The newest plan folder of the workspace, of a morning on or before `as_of` when given.
+    """The newest plan folder of the workspace, of a morning on or before `as_of` when given (columns: `read_plan`).
 
     >>> plan = latest_plan(ws)
     >>> plan.plan.groupby("visit_date").size()      # visits per day
@@ -465,6 +487,10 @@ def backcast(ws: Workspace, config: Config, origin: pd.Timestamp, horizon: int) 
 
     The champion's parameters may have been fitted on days after `origin`; for a strictly
     out-of-sample view use the training run's backtest table (`run_table`).
+
+    The table is the DemandForecast's `.frame`: device_id, date, model (the device's pick), yhat (the point
+    forecast) and q50.. (its quantiles) of withdrawals per day and, where devices take deposits, deposits_yhat and
+    deposits_q50.. of deposits, all in the workspace currency. `horizon` is 1 to 366 days.
     """
     if isinstance(horizon, bool) or not isinstance(horizon, int | np.integer) or not 1 <= horizon <= MAX_FORECAST_DAYS:
         raise ValueError(f"horizon {horizon!r}: a whole number of days from 1 to {MAX_FORECAST_DAYS}")
@@ -499,6 +525,12 @@ def training_runs(ws: Workspace, config: Config) -> pd.DataFrame:
 def run_table(ws: Workspace, config: Config, run_id: str, name: str = "backtest_per_device") -> pd.DataFrame:
     """A table artifact of a training run: `backtest_per_device` or `selection`.
 
+    - backtest_per_device, one row per device and candidate model (and `selected`: the per-device pick): smape (in
+      %), mase (against the in-sample seasonal naive: below 1 beats it), wape and bias (shares of actual demand;
+      bias > 0 over-forecasts), n_points (days scored), and on the `selected` rows q50..q99: the share of held-out
+      days at or below each quantile (coverage shares, leave-one-fold-out; not amounts).
+    - selection, one row per device: model (the one that serves it) and reason.
+
     >>> backtest = run_table(ws, config, runs["run_id"].iloc[0])
     >>> backtest[backtest["model"] == "selected"]   # the per-device pick with its coverage columns
     """
@@ -515,7 +547,9 @@ def run_table(ws: Workspace, config: Config, run_id: str, name: str = "backtest_
 
 
 def latest_backtest(ws: Workspace) -> dict[str, pd.DataFrame]:
-    """The newest backtests/<start>_<end>/ KPI tables: 'kpis' (per policy) and 'per_device'."""
+    """The newest backtests/<start>_<end>/ KPI tables: 'kpis' (one row per policy) and 'per_device' (per policy and
+    device, with imputed_days: days whose unrecorded demand was imputed). Columns: those of `WhatIf.kpis` but the
+    scenario (per_device has no cost_vs_optimum)."""
     folder = _latest(ws.backtests, "kpis.csv", "`cashcast backtest --start D1 --end D2`").parent
     return {name: read_written(folder / f"{name}.csv", ()) for name in ("kpis", "per_device")}
 
@@ -635,7 +669,16 @@ SCENARIO_TERMS = tuple(
 @dataclass
 class WhatIf:
     """Replay KPIs per scenario and policy, the daily balance trajectories behind them, and the replay's
-    notes on its window (devices left out, days imputed), as `cashcast backtest` warns them."""
+    notes on its window (devices left out, days imputed), as `cashcast backtest` warns them. Amounts are in the
+    workspace currency.
+
+    - kpis, one row per scenario and policy (cashcast, fixed_weekly, cover_rule, perfect_foresight): holding_cost,
+      visit_cost, emergency_cost, total_cost, lost_demand, avg_idle_cash (amounts), visits and emergency_visits
+      (counts), stockout_device_days, overflow_device_days, device_days (device-days), stockout_rate (a share of
+      device-days), cost_vs_optimum (total_cost over perfect foresight's, a ratio), scenario.
+    - trajectories, one row per scenario, policy, device and day: date, opening_balance, demand, deposits, served,
+      lost, refused_deposits, load, balance_after_visit (amounts), visit and emergency (bool), scenario.
+    """
 
     kpis: pd.DataFrame
     trajectories: pd.DataFrame
@@ -714,7 +757,8 @@ def what_if(
 
     The forecasts are the backtest's: trained on the history before `start` and again every
     `[forecast] retrain_every_days` (`model`: one fixed model instead), made once and shared by every scenario.
-    So the "default" scenario's KPIs are `cashcast backtest`'s for the same window and config.
+    So the "default" scenario's KPIs are `cashcast backtest`'s for the same window and config (`quick_config`'s
+    differ: pass the nightly run's `load_config(...)` for those). Returns a WhatIf (columns there).
     """
     import replenishment
 
