@@ -42,6 +42,7 @@ from cashcast.config import MAX_FORECAST_DAYS, Config, load_config
 from cashcast.io import read_written
 from cashcast.schema import DEVICE_COLUMNS, DemandForecast, balance_limit_checks, quantile_column
 from cashcast.workspace import CHECKOUT_DATA_DIR, SAMPLE_DIR, SAMPLE_KINDS, Workspace
+from features.calendar import device_places
 from features.holidays import holiday_table
 
 # Five devices that show every behaviour of the sample: two ATMs, a branch with net deposits, a
@@ -283,16 +284,12 @@ def device_days(lake: Lake, device_id: str) -> pd.DataFrame:
 
 
 def device_place(lake: Lake, device_id: str, config: Config) -> tuple[str, str]:
-    """(country, subdivision) of a device: its master row, else the config defaults."""
+    """(country, subdivision) of a device as the models' calendar reads it (`features.calendar.device_places`):
+    its master row, else the config defaults (the default subdivision only within the default country)."""
     require_lake_device(lake, device_id)
-    row = lake.devices[lake.devices["device_id"] == device_id]
-
-    def value(column: str, default: str) -> str:
-        if row.empty or column not in row or pd.isna(row[column].iloc[0]) or not str(row[column].iloc[0]).strip():
-            return default
-        return str(row[column].iloc[0]).strip()
-
-    return value("country", config.devices.country), value("subdivision", config.devices.subdivision)
+    place = device_places(lake.devices, config, device_ids=pd.Index([device_id], dtype="string"))
+    row = place[place["device_id"] == device_id].iloc[0]
+    return str(row["country"]), str(row["subdivision"])
 
 
 def holiday_markers(lake: Lake, device_id: str, start: pd.Timestamp, end: pd.Timestamp, config: Config) -> pd.DataFrame:

@@ -542,6 +542,19 @@ def test_what_the_lake_knew_that_morning_and_yesterdays_unrecorded_devices(plann
     assert "1 forecast device(s) have no actual for yesterday yet" in report._accuracy_note(accuracy)
 
 
+def test_holiday_markers_read_the_calendar_the_models_read(config):
+    """A London ATM with no subdivision in a Tamil Nadu workspace took the default subdivision 'TN' with it, where
+    the models' calendar (features.calendar.device_places) gives it none: one rule, one function."""
+    indian = config.updated(devices={"country": "IN", "subdivision": "TN"})
+    empty = pd.DataFrame({"device_id": pd.Series(dtype="string")})
+    devices = pd.DataFrame({"device_id": ["LON", "MAA"], "country": ["GB", ""], "subdivision": ["", ""]})
+    lake = analyst.Lake(daily=empty, devices=devices, status=empty, balances=empty, as_of=pd.Timestamp("2025-01-01"))
+    assert analyst.device_place(lake, "LON", indian) == ("GB", "")
+    assert analyst.device_place(lake, "MAA", indian) == ("IN", "TN")
+    boxing_day = analyst.holiday_markers(lake, "LON", pd.Timestamp("2024-12-26"), pd.Timestamp("2024-12-26"), indian)
+    assert boxing_day["holiday_name"].tolist() == ["Boxing Day"]
+
+
 def test_an_unknown_device_is_named_not_answered_with_the_defaults_or_an_empty_frame(planned_ws, config):
     """holiday_markers gave the default country's holidays, forecast_against_actuals an empty frame, balance_chart
     a blank chart, load_lake 'no daily history before ...' and an int date read as 1970-01-01 (analyst audit)."""
