@@ -302,7 +302,7 @@ def holiday_markers(lake: Lake, device_id: str, start: pd.Timestamp, end: pd.Tim
     """
     country, subdivision = device_place(lake, device_id, config)
     table = holiday_table(country, subdivision, start, end)
-    makeup = table["is_working_day"] & (table["date"].dt.weekday >= 5)
+    makeup = table["is_working_day"] & (table["date"].dt.day_of_week >= 5)
     marked = table[table["is_holiday"] | makeup]
     return pd.DataFrame(
         {
