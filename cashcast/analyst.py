@@ -408,12 +408,13 @@ def latest_plan(ws: Workspace, as_of: pd.Timestamp | None = None) -> PlanFiles:
 def forecast_against_actuals(
     lake: Lake, forecast: pd.DataFrame | DemandForecast, device_id: str | None = None
 ) -> pd.DataFrame:
-    """Forecast rows joined to what happened: adds withdrawals (NaN: not recorded yet) and censored."""
+    """Forecast rows joined to what happened: adds withdrawals and deposits (NaN: not recorded yet, or a device that
+    takes no deposits), to read against yhat and deposits_yhat, and censored."""
     frame = forecast.frame if isinstance(forecast, DemandForecast) else forecast
     if device_id is not None:
         require_known([device_id], frame["device_id"], "device", "the forecast")
         frame = frame[frame["device_id"] == device_id]
-    actual = lake.daily[["device_id", "date", "withdrawals", "censored"]]
+    actual = lake.daily[["device_id", "date", "withdrawals", "deposits", "censored"]]
     joined = frame.astype({"device_id": "string"}).merge(actual, on=["device_id", "date"], how="left")
     joined["censored"] = joined["censored"].fillna(False).astype(bool)
     return joined

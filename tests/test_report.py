@@ -336,6 +336,9 @@ def test_fan_chart_draws_one_band_per_upper_quantile(planned_ws, config):
     past = replenishment.naive_forecast(lake.daily, AS_OF - pd.Timedelta(days=14), 14)
     joined = analyst.forecast_against_actuals(lake, past, CENSORED_YESTERDAY)
     assert joined["withdrawals"].notna().all() and joined["censored"].iloc[-1]
+    branch = analyst.forecast_against_actuals(lake, past, "BR-0001")  # a branch's deposits are checked too
+    assert branch["deposits"].notna().all() and (branch["deposits"] > 0).all()
+    assert joined["deposits"].isna().all()  # an ATM takes none
     days = analyst.device_days(lake, CENSORED_YESTERDAY)
     fig = analyst.fan_chart(days.tail(28), joined, config.forecast.quantiles, "fan")
     assert_labelled(fig, "currency units")
