@@ -12,7 +12,7 @@ Rules (CONTRACT.md "Input files"):
   Re-ingesting a file therefore reports all its good rows as duplicates and leaves the lake identical.
 - `transactions` are summed into device-days of the device's local business date. Naive timestamps are
   local already; zoned ones are converted to the device's zone (devices table `timezone`, else
-  `[devices].timezone`, else its country's, see `device_zones`). De-duplication key: (device_id, txn_id) when txn_id
+  `[devices].timezone`, else `[workspace].timezone`). De-duplication key: (device_id, txn_id) when txn_id
   is present, else the whole row (device_id, timestamp, amount, type), with the month, hashed to 64 bits
   (odds of one false duplicate ~3e-6 for 10 million transactions in a month). Keys are kept per month,
   in sorted numpy arrays, so memory stays at 8 bytes per transaction of the months a file touches
@@ -36,8 +36,6 @@ from __future__ import annotations
 
 import difflib
 import errno
-import functools
-import importlib.resources
 import warnings
 import zoneinfo
 from collections.abc import Callable, Iterator
@@ -115,55 +113,6 @@ TRANSACTION_WRITE_OPTIONS = {
     "use_dictionary": ["device_id", "type"],
     "write_statistics": ["timestamp"],
 }
-
-
-# The zone a country's ATMs keep where zone.tab lists a far corner first (Lord Howe Island for Australia).
-MAIN_ZONE = {
-    "AU": "Australia/Sydney",
-    "BR": "America/Sao_Paulo",
-    "CA": "America/Toronto",
-    "RU": "Europe/Moscow",
-    "UA": "Europe/Kyiv",
-}
-
-
-@functools.cache
-def _country_zones() -> dict[str, list[str]]:
-    """IANA zones per ISO country code, from the tz database's zone.tab (the tzdata package pandas installs)."""
-    table = importlib.resources.files("tzdata").joinpath("zoneinfo", "zone.tab").read_text()
-    zones: dict[str, list[str]] = {}
-    for line in table.splitlines():
-        if line and not line.startswith("#"):
-            code, _, zone, *_ = line.split("\t")
-            zones.setdefault(code, []).append(zone)
-    return zones
-
-
-def country_zone(country: str, preferred: str) -> str:
-    """The zone a device of `country` keeps its clock in: `preferred` (the workspace's) where it is one of the
-    country's, else the country's only or main zone; `preferred` for a country the database does not know."""
-    zones = _country_zones().get(country.strip().upper(), [])
-    if not zones or preferred in zones:
-        return preferred
-    return MAIN_ZONE.get(country.strip().upper(), zones[0])
-
-
-def device_zones(devices: pd.DataFrame, config: Config) -> tuple[dict[str, str], str]:
-    """({device_id: zone} for the master's devices, zone of a device not in it), for zoned timestamps: the
-    device's `timezone` cell, else `[devices].timezone`, else its country's zone (`country_zone`), so a GB
-    device's 23:30Z is the same evening in London, not the next morning in the workspace's Shanghai."""
-    workspace = config.workspace.timezone
-    default = config.devices.timezone or country_zone(config.devices.country, workspace)
-    if not len(devices):
-        return {}, default
-    cells = devices.set_index("device_id")
-    own = cells["timezone"].fillna("").astype(str)
-    country = cells["country"].fillna("").astype(str)
-    zones = {
-        device: zone or config.devices.timezone or (country_zone(land, workspace) if land else default)
-        for device, zone, land in zip(cells.index, own, country, strict=True)
-    }
-    return zones, default
 
 
 def kind_from_header(path: str | Path) -> str | None:
@@ -294,7 +243,9 @@ class _Run:
         today = pd.Timestamp.now(tz=self.config.workspace.timezone).normalize().tz_localize(None)
         self.first_future_ns = (today + pd.Timedelta(days=self.config.ingest.future_tolerance_days + 1)).value
         self.known_ids = pa.array(self.devices["device_id"].astype(object), pa.string())
-        self.zone_of, self.default_zone = device_zones(self.devices, self.config)
+        zones = self.devices.set_index("device_id")["timezone"].replace("", np.nan)
+        self.zone_of = zones.dropna().to_dict()
+        self.default_zone = self.config.devices.timezone or self.config.workspace.timezone
         self.currency = self.config.ingest.currency
 
     def batches(self) -> Iterator[tuple[pa.RecordBatch, int]]:

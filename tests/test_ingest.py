@@ -1068,27 +1068,6 @@ SHA,2024-01-08 07:34:00+8,9
     assert march["date"].dt.day.tolist() == [7, 8, 17]
 
 
-def test_zoned_times_are_read_in_the_zone_of_the_device_country_unless_it_names_its_own(tmp_path, ws, config):
-    """With no `timezone` cell, a London ATM's 23:30Z was read in the workspace's Shanghai: 07:30 the next day,
-    counted on the wrong business date (contract audit). The country's zone now sets its clock; a country of
-    several zones takes its main one, a `timezone` cell or `[devices] timezone` still wins."""
-    master = "device_id,country,timezone\nLON,GB,\nNYC,US,\nSHA,CN,\nOWN,GB,Asia/Tokyo\nNOC,,\n"
-    ingest_file(write(tmp_path / "devices.csv", master), "devices", ws, config)
-    late = "2024-01-08T23:30:00Z"  # the evening of the 8th in London; the 9th in Shanghai and Tokyo
-    body = "device_id,timestamp,amount\n" + "".join(f"{d},{late},10\n" for d in ("LON", "SHA", "OWN", "NOC"))
-    body += "NYC,2024-01-08T20:00:00-05:00,10\nNYC,2024-01-09T04:30:00Z,5\n"  # 20:00 and 23:30 in New York
-    ingest_file(write(tmp_path / "t.csv", body), "transactions", ws, config)
-    days = read_daily(ws).set_index("device_id")["date"].dt.day.to_dict()
-    assert days == {"LON": 8, "NYC": 8, "SHA": 9, "OWN": 9, "NOC": 9}  # NOC: the default country, CN
-    assert read_daily(ws).set_index("device_id").loc["NYC", "withdrawals"] == 15.0
-    fixed = config.updated(devices={"timezone": "Asia/Shanghai"})
-    other = ws.home.parent / "other"
-    ws2 = Workspace.resolve(other).ensure()
-    ingest_file(write(tmp_path / "devices.csv", master), "devices", ws2, fixed)
-    ingest_file(write(tmp_path / "t.csv", body), "transactions", ws2, fixed)
-    assert set(read_daily(ws2)["date"].dt.day) == {9}
-
-
 def test_a_file_without_a_column_keeps_the_values_the_lake_holds_for_it(tmp_path, ws, config):
     first = "device_id,date,withdrawals,deposits\nA,2024-01-01,100,50\n"
     ingest_file(write(tmp_path / "d1.csv", first), "daily", ws, config)
