@@ -101,7 +101,9 @@ def main() -> None:
         subset = devices["device_id"].iloc[: args.training_devices]
         timed(
             f"training samples' history ({len(subset)} devices x 8 origins x 56 days)",
-            lambda: training_history(daily[daily["device_id"].isin(subset)], devices, as_of, config),
+            lambda: training_history(
+                daily[daily["device_id"].isin(subset)], devices[devices["device_id"].isin(subset)], as_of, config
+            ),
             rows=lambda columns: len(columns[0]),
         )
     total = 0.0

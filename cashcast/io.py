@@ -226,6 +226,11 @@ def read_written(path: str | Path, dates: Sequence[str] = (), columns: Sequence[
             frame[column] = pd.to_datetime(frame[column])
     if Path(path).suffix.lower() == ".csv":
         for column in frame.columns:
-            if frame[column].dtype == object or pd.api.types.is_string_dtype(frame[column]):
-                frame[column] = unescape_formulas(frame[column])
+            values = frame[column]
+            if values.dtype == object or pd.api.types.is_string_dtype(values):
+                unescaped = unescape_formulas(values)
+                # Only the escaped cells change: a column keeps its dtype (and NaN stays NaN) for code that tests cells.
+                changed = (unescaped != values.astype("string")).fillna(False).to_numpy(bool)
+                if changed.any():
+                    frame[column] = values.where(~changed, unescaped)
     return frame

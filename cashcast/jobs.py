@@ -917,9 +917,7 @@ def recent_forecast_error(
 
     mornings = [as_of - pd.Timedelta(days=k) for k in range(1, days + 1)]
     made = [output_path(ws.forecasts, m, "forecast.csv") for m in mornings if since is None or m >= since]
-    frames = [
-        pd.read_csv(p, usecols=["device_id", "date", "yhat"], dtype={"device_id": str}) for p in made if p.exists()
-    ]
+    frames = [read_written(p, columns=["device_id", "date", "yhat"]) for p in made if p.exists()]
     if not frames:
         return None
     predicted = pd.concat(frames).assign(date=lambda f: pd.to_datetime(f["date"]))

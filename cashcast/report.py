@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from cashcast import analyst, jobs
 from cashcast.analyst import new_figure
 from cashcast.config import Config
-from cashcast.io import atomic_path, read_table
+from cashcast.io import atomic_path, read_written
 from cashcast.landing import attention_note
 from cashcast.schema import STALE_HISTORY_DAYS, days_unrecorded
 from cashcast.workspace import Workspace
@@ -383,11 +383,11 @@ def write_report(
     and the landing files that failed or lost rows (`ingested`: the nightly ingest's outcomes)."""
     folder = Path(planned["plan"]).parent
     projection_path = Path(planned.get("projection") or folder / "projection.csv")
-    projection = read_table(projection_path) if projection_path.exists() else pd.DataFrame()
+    projection = read_written(projection_path) if projection_path.exists() else pd.DataFrame()
     page = render_report(
         as_of,
-        plan=read_table(planned["plan"]),
-        summary=read_table(planned["summary"]),
+        plan=read_written(planned["plan"]),
+        summary=read_written(planned["summary"]),
         projection=projection,
         accuracy=analyst.yesterday_accuracy(ws, as_of),
         context={

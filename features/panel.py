@@ -165,7 +165,7 @@ def build_panel(
     days = pd.date_range(start, periods=n_days + pad, freq="D", unit="ns")
     used_until = None if horizon is None else as_of + pd.Timedelta(days=horizon - 1)
     table, group = calendar_lookup(places, days, config, events, used_until)
-    n_places = int(group.max()) + 1 if len(group) else 1
+    n_places = int(group.max()) + 1 if len(group) else 0
     calendar = table[CALENDAR_COLUMNS].to_numpy(np.float32).reshape(n_places, len(days), len(CALENDAR_COLUMNS))
     holiday = calendar[group, :n_days, CALENDAR_COLUMNS.index("is_holiday")] > 0
     share = config.forecast.outage_share

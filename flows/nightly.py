@@ -20,7 +20,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from cashcast import jobs, landing, report
 from cashcast.config import Config, load_config
-from cashcast.io import read_table
+from cashcast.io import read_written
 from cashcast.locking import workspace_lock
 from cashcast.workspace import Workspace
 from flows import runners
@@ -235,13 +235,13 @@ def nightly_flow(
                 str(ws.home), config_file, day, own_ordered_before=ordered_before
             )
         report_path = report.write_report(ws, config, as_of_ts, planned, trained, ingested)
-    summary = read_table(planned["summary"])
+    summary = read_written(planned["summary"])
     create_markdown_artifact(
         key="cashcast-nightly-summary",
         markdown=report.summary_markdown(as_of_ts, ingested, trained, planned, summary, report_path),
         description=f"Cashcast nightly run for {as_of_ts:%Y-%m-%d}",
     )
-    at_risk = report.devices_at_risk(read_table(planned["plan"]))
+    at_risk = report.devices_at_risk(read_written(planned["plan"]))
     create_table_artifact(
         key="cashcast-devices-at-risk",
         table=at_risk.to_dict(orient="records"),

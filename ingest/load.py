@@ -51,7 +51,7 @@ from tqdm import tqdm
 
 from cashcast.config import MAX_PLAN_DAYS, Config, UnknownRegionError, canonical_region, parse_weekdays
 from cashcast.io import write_table
-from cashcast.schema import STATUS_STATES, balance_limit_checks
+from cashcast.schema import DEVICE_NUMERIC_COLUMNS, STATUS_STATES, balance_limit_checks
 from cashcast.workspace import Workspace
 from ingest import lake as lk
 from ingest.parse import (
@@ -115,16 +115,19 @@ TRANSACTION_WRITE_OPTIONS = {
 }
 
 
+# Device-master columns no other kind has: a header is a master's only with one of them and no other kind's column
+# (a daily export with `region` and a misspelt `withdrawal` is no master: loaded as one, it would overwrite terms).
+MASTER_TERMS = ["kind", "visit_weekdays", *DEVICE_NUMERIC_COLUMNS]
+
+
 def kind_from_header(path: str | Path) -> str | None:
-    """The one kind whose required columns the file's header holds, or None (unreadable, none, or several): how a
-    landing file whose name says nothing is told apart. A device master is `device_id` with any of its columns
-    (every other kind's header holds `device_id` too)."""
-    try:
-        columns = set(Source.open(path, 1).columns)
-    except IngestError:
-        return None
+    """The one kind whose required columns the file's header holds, or None (none, or several): how a landing file
+    whose name says nothing is told apart. A file that cannot be read raises its own IngestError."""
+    columns = set(Source.open(path, 1).columns)
     matches = [kind for kind in KINDS if kind != "devices" and set(REQUIRED[kind]) <= columns]
-    if not matches and "device_id" in columns and columns & set(OPTIONAL["devices"]):
+    of_other_kinds = {c for kind in KINDS if kind != "devices" for c in REQUIRED[kind] + OPTIONAL[kind]}
+    master = columns & set(MASTER_TERMS) and not columns & (of_other_kinds - {"device_id"})
+    if not matches and "device_id" in columns and master:
         matches = ["devices"]
     return matches[0] if len(matches) == 1 else None
 

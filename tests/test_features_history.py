@@ -68,6 +68,12 @@ def test_a_device_without_history_has_missing_features_not_zeros(ramp):
     assert feature_columns(frame) == FEATURE_COLUMNS
 
 
+def test_no_device_to_build_for_gives_an_empty_table_not_a_crash(ramp):
+    """History only after as_of and no master: nothing to build (it crashed reshaping an empty calendar)."""
+    frame = build(ramp, None, pd.Timestamp("2022-06-01"), 7, CONFIG)
+    assert frame.empty and set(FEATURE_COLUMNS) <= set(frame.columns)
+
+
 def test_deposit_features_read_deposits(ramp):
     daily = ramp.assign(deposits=ramp["withdrawals"] / 2)
     deposits = build(daily, None, pd.Timestamp("2024-03-01"), 1, CONFIG, column="deposits")

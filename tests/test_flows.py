@@ -153,6 +153,10 @@ def test_a_landing_file_whose_name_says_nothing_is_known_by_its_columns(tmp_path
         pa.table({"device_id": ["A1"], "as_of": ["2026-10-31"], "balance": [150000.0]}), ws.landing / "x.parquet"
     )
     (ws.landing / "notes.csv").write_text("device_id,remark\nA1,new lock\n")
+    # A misspelt daily export with a master column is no master: loaded as one, it overwrote A1's region.
+    (ws.landing / "export_b.csv").write_text("device_id,region,date,withdrawal\nA1,North,2026-10-31,7\n")
+    (ws.landing / "both.csv").write_text("device_id,date,withdrawals,as_of,balance\nA1,2026-10-31,7,2026-11-01,9\n")
+    pq.write_table(pa.table({"device_id": ["A1"], "amounts": [[1, 2]]}), ws.landing / "lists.parquet")
     assert [p.name for p in pending_files(ws)][0] == "terminals.csv"
     outcomes = {p.name: process_file(ws, load_config(), p) for p in pending_files(ws)}
     assert {name: (o["outcome"], o.get("kind")) for name, o in outcomes.items()} == {
@@ -160,10 +164,16 @@ def test_a_landing_file_whose_name_says_nothing_is_known_by_its_columns(tmp_path
         "ATM_export_20261030.csv": ("processed", "daily"),
         "x.parquet": ("processed", "balances"),
         "notes.csv": ("failed", None),
+        "export_b.csv": ("failed", None),
+        "both.csv": ("failed", None),
+        "lists.parquet": ("failed", None),
     }
-    assert "cannot tell the kind of file from its name or its columns" in outcomes["notes.csv"]["reason"]
+    for name in ("notes.csv", "export_b.csv", "both.csv"):
+        assert "cannot tell the kind of file from its name or its columns" in outcomes[name]["reason"]
+    assert "hold lists or records" in outcomes["lists.parquet"]["reason"]  # its own reason, not the kind's
     assert ingest.read_daily(ws)["withdrawals"].tolist() == [5000.0]
-    assert ingest.read_table(ws, "devices")["capacity"].tolist() == [200000.0]
+    master = ingest.read_table(ws, "devices")
+    assert master["capacity"].tolist() == [200000.0] and master["region"].isna().all()
 
 
 def test_corrupt_landing_file_goes_to_failed(nightly_run, fast_config_file):

@@ -35,10 +35,21 @@ def champion(trained_on: str, smape: float):
     return SimpleNamespace(tags=tags, version="3")
 
 
-def forecast_made(ws, made_on: pd.Timestamp, level: float) -> None:
+def forecast_made(ws, made_on: pd.Timestamp, level: float, device_id: str = "A1") -> None:
     days = pd.date_range(made_on, periods=14)
-    frame = pd.DataFrame({"device_id": "A1", "date": days, "model": "ets", "yhat": level})
+    frame = pd.DataFrame({"device_id": device_id, "date": days, "model": "ets", "yhat": level})
     write_table(frame, jobs.output_path(ws.forecasts, made_on, "forecast.csv"))
+
+
+def test_drift_reads_a_device_whose_id_the_forecast_file_escaped(workspace, tmp_path):
+    """forecast.csv writes '-0042 as '-0042 (a spreadsheet would run it): read back raw, it joined no lake row and the
+    drift rule scored nothing for the device (diff review)."""
+    days = pd.date_range(AS_OF - pd.Timedelta(days=7), AS_OF - pd.Timedelta(days=1))
+    frame = pd.DataFrame({"device_id": "-0042", "date": days.strftime("%Y-%m-%d"), "withdrawals": 100.0})
+    frame.to_csv(tmp_path / "daily.csv", index=False)
+    ingest.ingest_file(tmp_path / "daily.csv", "daily", workspace, load_config())
+    forecast_made(workspace, AS_OF - pd.Timedelta(days=3), level=200.0, device_id="-0042")
+    assert jobs.recent_forecast_error(workspace, AS_OF) == pytest.approx(200 * 100 / 300)
 
 
 def test_no_champion_means_train(lake, monkeypatch):
