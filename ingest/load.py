@@ -36,10 +36,13 @@ from __future__ import annotations
 
 import difflib
 import errno
+import functools
+import importlib.resources
 import warnings
 import zoneinfo
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -118,6 +121,34 @@ TRANSACTION_WRITE_OPTIONS = {
 # Device-master columns no other kind has: a header is a master's only with one of them and no other kind's column
 # (a daily export with `region` and a misspelt `withdrawal` is no master: loaded as one, it would overwrite terms).
 MASTER_TERMS = ["kind", "visit_weekdays", *DEVICE_NUMERIC_COLUMNS]
+
+
+@functools.cache
+def _country_zones() -> dict[str, list[str]]:
+    """IANA zones per ISO country code, from the tz database's zone.tab (the tzdata package pandas installs)."""
+    table = importlib.resources.files("tzdata").joinpath("zoneinfo", "zone.tab").read_text()
+    zones: dict[str, list[str]] = {}
+    for line in table.splitlines():
+        if line and not line.startswith("#"):
+            code, _, zone, *_ = line.split("\t")
+            zones.setdefault(code, []).append(zone)
+    return zones
+
+
+def _utc_offsets(zone: str) -> tuple:
+    """A zone's UTC offsets in January and July: how aliases (US/Pacific) are matched to their zone."""
+    clock = zoneinfo.ZoneInfo(zone)
+    return tuple(datetime(2024, month, 1, 12, tzinfo=clock).utcoffset() for month in (1, 7))
+
+
+@functools.cache
+def zone_fits_country(zone: str, country: str) -> bool:
+    """Whether `zone` keeps one of `country`'s clocks (True for a country the tz database does not list): a GB
+    device's 23:30Z read in Shanghai is the next morning there, and its evening counts on the wrong day."""
+    zones = _country_zones().get(country.strip().upper())
+    if not zones or zone in zones:
+        return True
+    return _utc_offsets(zone) in {_utc_offsets(own) for own in zones}
 
 
 def kind_from_header(path: str | Path) -> str | None:
@@ -249,6 +280,9 @@ class _Run:
         zones = self.devices.set_index("device_id")["timezone"].replace("", np.nan)
         self.zone_of = zones.dropna().to_dict()
         self.default_zone = self.config.devices.timezone or self.config.workspace.timezone
+        countries = self.devices.set_index("device_id")["country"].fillna("").astype(str).str.strip()
+        self.country_of = countries[countries != ""].to_dict()
+        self.foreign_clock: dict[str, tuple[str, str]] = {}  # device -> (zone read in, its country): see local_ns
         self.currency = self.config.ingest.currency
 
     def batches(self) -> Iterator[tuple[pa.RecordBatch, int]]:
@@ -269,7 +303,14 @@ class _Run:
         ns, zoned = to_timestamps(batch[column])
         if not zoned.any():
             return ns
-        zones = pd.Series(ids.to_pandas(), dtype=object).map(self.zone_of).fillna(self.default_zone)
+        devices = pd.Series(ids.to_pandas(), dtype=object)
+        zones = devices.map(self.zone_of).fillna(self.default_zone)
+        by_default = zoned & ~devices.isin(self.zone_of.keys()).to_numpy()  # a device's own timezone cell is its say
+        pairs = pd.DataFrame({"device": devices[by_default], "zone": zones[by_default]}).drop_duplicates()
+        for device, zone in pairs.itertuples(index=False):
+            country = self.country_of.get(device, self.config.devices.country)
+            if not zone_fits_country(zone, country):
+                self.foreign_clock[device] = (zone, country)
         return to_local(ns, zoned, zones.to_numpy(dtype=object))
 
     def screen(self, batch: pa.RecordBatch, first: int, checks: list[tuple[str, str, np.ndarray]]) -> np.ndarray:
@@ -537,6 +578,13 @@ def _load_transactions(run: _Run, staging: lk.Staging) -> tuple[int, int]:
         run.notes.append(
             f"{run.source.path}: {n_changed} row(s) repeat a txn_id already loaded with another timestamp, amount"
             f" or type, e.g. row {row} (txn_id {changed_id}): counted as duplicates, the first loaded is kept"
+        )
+    if run.foreign_clock:
+        device, (zone, country) = next(iter(run.foreign_clock.items()))
+        run.notes.append(
+            f"{run.source.path}: timestamps with a zone were converted to {zone} for device(s) of another country,"
+            f" e.g. {device} ({country}): a day's last or first hours may count on the wrong business day; set"
+            " the device's timezone (device master) or [devices] / [workspace] timezone"
         )
     if identical:
         records = np.concatenate(identical)

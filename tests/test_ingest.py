@@ -1068,6 +1068,34 @@ SHA,2024-01-08 07:34:00+8,9
     assert march["date"].dt.day.tolist() == [7, 8, 17]
 
 
+def test_zoned_times_read_in_a_zone_not_of_the_device_country_are_said(tmp_path, ws, config):
+    """A London ATM's 23:30Z read in the workspace's Shanghai is the next morning: the day moves silently unless
+    the sender is told to set the device's zone (contract audit). A zone of the country, or an alias of one
+    (US/Pacific), says nothing."""
+    master = "device_id,country\nLON,GB\nSHA,CN\nLAX,US\n"
+    ingest_file(write(tmp_path / "devices.csv", master), "devices", ws, config)
+    body = "device_id,timestamp,amount\nSHA,2024-01-08T23:30:00Z,1\nLON,2024-01-08T23:30:00Z,1\n"
+    with pytest.warns(
+        IngestWarning, match=r"converted to Asia/Shanghai for device\(s\) of another country, e\.g\. LON"
+    ):
+        ingest_file(write(tmp_path / "t.csv", body), "transactions", ws, config)
+    pacific = config.updated(workspace={"timezone": "US/Pacific"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", IngestWarning)
+        ingest_file(
+            write(tmp_path / "u.csv", "device_id,timestamp,amount\nLAX,2024-01-08T20:00:00-08:00,1\n"),
+            "transactions",
+            ws,
+            pacific,
+        )
+        ingest_file(
+            write(tmp_path / "c.csv", "device_id,timestamp,amount\nSHA,2024-01-09T08:00:00+08:00,1\n"),
+            "transactions",
+            ws,
+            config,
+        )
+
+
 def test_a_file_without_a_column_keeps_the_values_the_lake_holds_for_it(tmp_path, ws, config):
     first = "device_id,date,withdrawals,deposits\nA,2024-01-01,100,50\n"
     ingest_file(write(tmp_path / "d1.csv", first), "daily", ws, config)
