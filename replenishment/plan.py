@@ -283,11 +283,13 @@ def roll_balances_forward(
 
     Day by day from the count: the visit made that morning sets the cash to its balance_after (`visits`:
     device_id, visit_date, balance_after, as they stood on order), then the day's recorded withdrawals
-    less deposits leave, floored at 0. A day with no record stops a device there, after that morning's
-    visit: its balance keeps that morning's date (`after_visit` says the visit is in it), and the plan says
-    how old it is. Counts over MAX_ROLL_DAYS days old stay as they are. Adds `counted_on`, the day of the
-    count itself. Why: yesterday's count knows nothing of yesterday's
-    swap, so a plan built on it sends the crew for cash that is gone or leaves a device to run dry.
+    less deposits leave, floored at 0. A day with no record takes the device's usual net outflow that weekday
+    (its median over the USUAL_WEEKS weeks before as_of, else over all its days then; counted in
+    `estimated_days`): a missing Sunday must not freeze the cash while the days after it are withdrawn. A device
+    with no recorded day to go by stops there, after that morning's visit: its balance keeps that morning's date
+    (`after_visit` says the visit is in it), and the plan says how old it is. Counts over MAX_ROLL_DAYS days old
+    stay as they are. Adds `counted_on`, the day of the count itself. Why: yesterday's count knows nothing of
+    yesterday's swap, so a plan built on it sends the crew for cash that is gone or leaves a device to run dry.
     """
     as_of = pd.Timestamp(as_of).normalize()
     out = balances.reset_index(drop=True).copy()
@@ -313,6 +315,7 @@ def roll_balances_forward(
     net = matrix(recent, "date", "withdrawals")
     if "deposits" in recent:
         net = net - np.nan_to_num(matrix(recent, "date", "deposits"))
+    usual = _usual_net_outflow(daily, ids, as_of)[:, dates.day_of_week]  # (n, days): what a day with no record took
     made = np.full(net.shape, np.nan)
     if visits is not None and len(visits):
         visits = visits.assign(
@@ -323,21 +326,46 @@ def roll_balances_forward(
     reached = (counted[stale] - first).dt.days.to_numpy(dtype=int, copy=True)
     rolling = np.ones(len(ids), dtype=bool)
     after_visit = np.zeros(len(ids), dtype=bool)
+    estimated = np.zeros(len(ids), dtype=int)
     for day in range(len(dates)):
         on = rolling & (day >= reached)
         visited = on & ~np.isnan(made[:, day])
         balance[visited] = made[visited, day]
-        stop = on & np.isnan(net[:, day])  # no record that day: stop there, after its visit (that one is known)
+        unrecorded = on & np.isnan(net[:, day])
+        stop = unrecorded & np.isnan(usual[:, day])  # nothing to go by: stop there, after its visit (that is known)
         after_visit |= stop & visited
         rolling &= ~stop
         go = on & rolling
-        balance[go] = np.maximum(balance[go] - net[go, day], 0.0)
+        estimated[go & unrecorded] += 1
+        balance[go] = np.maximum(balance[go] - np.where(unrecorded, usual[:, day], net[:, day])[go], 0.0)
         reached[go] = day + 1
     out.loc[stale, "balance"] = balance
     out.loc[stale, "balance_as_of"] = first + pd.to_timedelta(reached, unit="D")
     out["after_visit"] = False
     out.loc[stale, "after_visit"] = after_visit
+    out["estimated_days"] = 0
+    out.loc[stale, "estimated_days"] = estimated
     return out
+
+
+USUAL_WEEKS = 8  # a day with no record is brought forward at the device's usual net outflow over these weeks
+
+
+def _usual_net_outflow(daily: pd.DataFrame, device_ids: np.ndarray, as_of: pd.Timestamp) -> np.ndarray:
+    """(n, 7) each device's median recorded net outflow (withdrawals less deposits) per weekday, Monday first, over
+    the USUAL_WEEKS weeks before as_of; a weekday it never recorded takes its median over all those days, NaN for
+    a device with none."""
+    window = daily[(daily["date"] >= as_of - pd.Timedelta(weeks=USUAL_WEEKS)) & (daily["date"] < as_of)]
+    if window.empty:
+        return np.full((len(device_ids), 7), np.nan)
+    net = window["withdrawals"] - (window["deposits"].fillna(0.0) if "deposits" in window else 0.0)
+    frame = pd.DataFrame(
+        {"device_id": window["device_id"].astype(str), "weekday": pd.to_datetime(window["date"]).dt.day_of_week}
+    ).assign(net=net.to_numpy())
+    by_weekday = frame.pivot_table(index="device_id", columns="weekday", values="net", aggfunc="median")
+    usual = by_weekday.reindex(index=device_ids, columns=range(7)).to_numpy(dtype="float64")
+    overall = frame.groupby("device_id")["net"].median().reindex(device_ids).to_numpy(dtype="float64")
+    return np.where(np.isnan(usual), overall[:, None], usual)
 
 
 class BalanceSeen(NamedTuple):
@@ -347,6 +375,7 @@ class BalanceSeen(NamedTuple):
     days_old: np.ndarray  # days before as_of the balance dates from (0 when undated or unknown)
     counted_days_ago: np.ndarray  # days before as_of it was counted (more, when roll_balances_forward moved it)
     after_visit: np.ndarray  # that morning's visit is in it
+    estimated_days: np.ndarray  # days with no record brought forward at the device's usual net outflow
 
 
 def _start_balances(
@@ -357,6 +386,7 @@ def _start_balances(
     age = np.zeros(len(device_ids), dtype=int)
     count_age = age
     after_visit = np.zeros(len(device_ids), dtype=bool)
+    estimated = np.zeros(len(device_ids), dtype=int)
     if balances is not None and not balances.empty:
         frame = balances.rename(columns={"balance_as_of": "as_of"}).dropna(subset=["balance"])
         frame["device_id"] = frame["device_id"].astype(str)
@@ -374,9 +404,11 @@ def _start_balances(
             count_age = (as_of.normalize() - counted.dt.normalize()).dt.days.fillna(0).to_numpy(dtype=int)
         if "after_visit" in latest:
             after_visit = latest["after_visit"].reindex(device_ids).fillna(False).to_numpy(dtype=bool)
+        if "estimated_days" in latest:
+            estimated = latest["estimated_days"].reindex(device_ids).fillna(0).to_numpy(dtype=int)
     values = known.to_numpy(dtype="float64")
     is_known = ~np.isnan(values)
-    return np.where(is_known, values, assumed), BalanceSeen(is_known, age, count_age, after_visit)
+    return np.where(is_known, values, assumed), BalanceSeen(is_known, age, count_age, after_visit, estimated)
 
 
 def _ordered_targets(
@@ -666,10 +698,12 @@ def _device_notes(
                 "withdrawals and visits since are not deducted, send this morning's count"
             )
         elif seen.counted_days_ago[row] > 0:
+            unrecorded = seen.estimated_days[row]
             found.append(
                 f"balance {start_balance[row]:,.0f} brought forward from the count of"
                 f" {seen.counted_days_ago[row]} day(s) ago: recorded withdrawals and deposits since, and the visits on"
                 " order then"
+                + (f"; {unrecorded} day(s) with no record taken at the device's usual demand" if unrecorded else "")
             )
         if start_balance[row] < dev.min_balance[row] - 1e-6:
             found.append(f"balance {start_balance[row]:,.0f} is below min_balance {dev.min_balance[row]:,.0f}")

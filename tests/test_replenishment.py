@@ -661,9 +661,12 @@ def test_a_count_from_an_earlier_morning_is_named_in_the_plan(config):
 
 def test_an_old_count_is_brought_forward_over_the_visits_and_demand_since(config):
     """Yesterday's count knows nothing of yesterday's swap: the plan starts from the count, the visits made
-    since (their balance_after) and the recorded withdrawals less deposits, as far as days are recorded."""
+    since (their balance_after) and the recorded withdrawals less deposits; a day with no record takes the
+    device's usual net outflow (a missing Sunday froze the cash while the days after it were withdrawn: a UK
+    nightly audit saw the visit slide day after day towards a stockout)."""
     # D0 swapped since its count, D1 has a day without a record, D2 was counted this morning, D3 too long ago
-    # to bring forward, D4 recorded more than it held, D5 was visited yesterday, a day with no record.
+    # to bring forward, D4 recorded more than it held, D5 was visited yesterday, a day with no record and no
+    # recorded day at all to go by.
     day = [AS_OF - pd.Timedelta(days=k) for k in range(5)]  # day[1] is yesterday
     balances = pd.DataFrame(
         {
@@ -673,14 +676,17 @@ def test_an_old_count_is_brought_forward_over_the_visits_and_demand_since(config
         }
     )
     rows = [("D0", day[3], 100.0, None), ("D0", day[2], 200.0, 50.0), ("D0", day[1], 300.0, None)]
-    rows += [("D1", day[3], 100.0, None), ("D1", day[1], 100.0, None), ("D4", day[1], 500.0, None)]
+    rows += [("D1", day[3], 100.0, None), ("D1", day[1], 300.0, None), ("D4", day[1], 500.0, None)]
+    # D1's usual: 200 on the weekday of day[2] (its median there over the weeks before), whatever else it did.
+    rows += [("D1", day[2] - pd.Timedelta(weeks=k), 200.0, None) for k in (1, 2, 3)]
     daily = pd.DataFrame(rows, columns=["device_id", "date", "withdrawals", "deposits"])
     visits = pd.DataFrame({"device_id": ["D0", "D5"], "visit_date": [day[2], day[1]], "balance_after": [2000.0, 570.0]})
     rolled = roll_balances_forward(balances, daily, visits, AS_OF).set_index("device_id")
     # 1000 - 100; swapped to 2000 - (200 - 50); - 300.
     assert rolled.loc["D0", "balance"] == 1550.0 and rolled.loc["D0", "balance_as_of"] == AS_OF
-    # No record on day[2]: stopped on that morning, 900 dated day[2].
-    assert (rolled.loc["D1", "balance"], rolled.loc["D1", "balance_as_of"]) == (900.0, day[2])
+    # No record on day[2]: its usual 200 that weekday, then day[1]'s 300 recorded: 1000 - 100 - 200 - 300.
+    assert (rolled.loc["D1", "balance"], rolled.loc["D1", "balance_as_of"]) == (400.0, AS_OF)
+    assert rolled["estimated_days"].to_dict() == {"D0": 0, "D1": 1, "D2": 0, "D3": 0, "D4": 0, "D5": 0}
     assert rolled.loc["D2", "balance"] == 400.0 and rolled.loc["D3", "balance"] == 900.0  # untouched
     assert rolled.loc["D4", "balance"] == 0.0  # recorded more than it held: empty, never negative
     assert rolled.loc["D0", "counted_on"] == day[3]
@@ -700,7 +706,7 @@ def test_an_old_count_is_brought_forward_over_the_visits_and_demand_since(config
     result = plan_network(forecast, terms, rolled.reset_index(), AS_OF, config, holidays=NO_HOLIDAYS)
     notes = result.summary.set_index("device_id")["notes"]
     assert "balance 1,550 brought forward from the count of 3 day(s) ago" in notes["D0"]
-    assert "balance 900 dates from 2 day(s) before this plan: brought forward from a count 3 day(s) old" in notes["D1"]
+    assert "1 day(s) with no record taken at the device's usual demand" in notes["D1"]
     assert "was counted 40 day(s) before this plan" in notes["D3"]
     assert "balance 570 is what the visit of 1 day(s) before this plan left" in notes["D5"]
     opening = result.projection.sort_values("date").groupby("device_id").first()
