@@ -532,7 +532,9 @@ def plan_network(
         holidays = device_holidays(terms, all_dates[0], all_dates[-1])
     is_holiday, holiday_names = holiday_matrix(device_ids, all_dates, holidays)
     lead = terms["lead_time_days"].to_numpy(dtype=int)
-    deadlines = order_deadlines(all_dates[:planned_days], lead, config.plan.order_weekdays)
+    deadlines = order_deadlines(
+        all_dates[:planned_days], lead, config.plan.order_weekdays, is_holiday[:, :planned_days]
+    )
     allowed_ahead = allowed_visit_days(
         terms, all_dates[:planned_days], is_holiday[:, :planned_days], config.plan.allow_holiday_visits, deadlines
     )

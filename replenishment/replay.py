@@ -179,7 +179,7 @@ def _window(actual: pd.DataFrame, terms: pd.DataFrame, start, end, config, initi
     allowed = allowed_visit_days(terms, extended, is_holiday, config.plan.allow_holiday_visits)
     allowed, beyond_allowed = allowed[:, : len(dates)], allowed[:, len(dates) :]
     lead = terms["lead_time_days"].to_numpy(dtype=int)
-    deadlines = order_deadlines(dates, lead, config.plan.order_weekdays)
+    deadlines = order_deadlines(dates, lead, config.plan.order_weekdays, is_holiday[:, : len(dates)])
     before = trailing_mean_demand(actual[actual["date"] < dates[0]]).reindex(device_ids).fillna(0.0).to_numpy()
     default = np.minimum(round_up_to_multiple(dev.min_balance + 7 * before, dev.load_multiple), dev.max_load)
     initial = default

@@ -234,14 +234,22 @@ def allowed_visit_days(
     return allowed if deadlines is None else allowed & (deadlines >= 0)
 
 
-def order_deadlines(dates: pd.DatetimeIndex, lead: np.ndarray, order_weekdays: str) -> np.ndarray:
+def order_deadlines(
+    dates: pd.DatetimeIndex, lead: np.ndarray, order_weekdays: str, closed: np.ndarray | None = None
+) -> np.ndarray:
     """int (n, H): for a visit on each day, the index of the day its order is due: the last of the
     carrier's `order_weekdays` (empty: any day) at least `lead` days before it; -1 when that is
-    before dates[0], the morning of planning (the visit can no longer be ordered)."""
+    before dates[0], the morning of planning (the visit can no longer be ordered). A carrier that takes
+    orders on set weekdays keeps the device's public holidays too (`closed`, bool (n, H)): a Monday visit
+    after Boxing Day on a Friday is ordered on Christmas Eve."""
+    lead = np.asarray(lead, dtype=int)
     days = np.arange(len(dates))
-    last_order_day = days
+    last_order_day = np.broadcast_to(days, (len(lead), len(dates)))
     if order_weekdays.strip():
-        takes_orders = np.isin(np.asarray(dates.day_of_week), parse_weekdays(order_weekdays))
-        last_order_day = np.maximum.accumulate(np.where(takes_orders, days, -1))
-    due = days[None, :] - np.asarray(lead, dtype=int)[:, None]
-    return np.where(due >= 0, last_order_day[np.clip(due, 0, None)], -1)
+        takes_orders = np.isin(np.asarray(dates.day_of_week), parse_weekdays(order_weekdays))[None, :]
+        if closed is not None:
+            takes_orders = takes_orders & ~closed
+        takes_orders = np.broadcast_to(takes_orders, last_order_day.shape)
+        last_order_day = np.maximum.accumulate(np.where(takes_orders, days, -1), axis=1)
+    due = days[None, :] - lead[:, None]
+    return np.where(due >= 0, np.take_along_axis(last_order_day, np.clip(due, 0, None), axis=1), -1)

@@ -911,6 +911,14 @@ def test_order_deadlines_fall_on_the_carriers_order_days():
     # Lead 1: Monday's visit is due Sunday, so Friday, before this Saturday morning: too late.
     assert weekdays[0].tolist() == [-1, -1, -1, 2, 3, 4, 5, 6, 6, 6]
     assert weekdays[1].tolist() == [-1, -1, -1, -1, 2, 3, 4, 5, 6, 6]
+    # The carrier's office keeps the device's bank holidays: with Tuesday (index 3) a holiday of the first device,
+    # its Wednesday visit is ordered on Monday; the second device's country works that day (UK audit: orders
+    # were due on Boxing Day and New Year's Day).
+    closed = np.zeros((2, 10), dtype=bool)
+    closed[0, 3] = True
+    holiday = order_deadlines(dates, np.array([1, 1]), "Mon-Fri", closed)
+    assert holiday[0].tolist() == [-1, -1, -1, 2, 2, 4, 5, 6, 6, 6] and holiday[1].tolist() == weekdays[0].tolist()
+    assert order_deadlines(dates, np.array([1]), "", closed[:1])[0].tolist() == every_day[0].tolist()  # any day
 
 
 def test_a_carrier_taking_orders_on_weekdays_moves_order_by_off_the_weekend(config):
