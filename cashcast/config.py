@@ -235,7 +235,7 @@ class FlowSettings(_Section):
     dask_workers: int = Field(2, ge=1)
     devices_per_task: int = Field(500, ge=1)
     cron: str = "0 2 * * *"
-    timezone: str = "Asia/Shanghai"
+    timezone: str = ""  # empty: the workspace's zone (`Config.schedule_zone`)
     deployment_name: str = "cashcast-nightly"
     retries: int = Field(2, ge=0)
     retry_delay_seconds: float = Field(5, ge=0)
@@ -243,7 +243,7 @@ class FlowSettings(_Section):
     @field_validator("timezone")
     @classmethod
     def _zone(cls, value: str) -> str:
-        return _time_zone(value)
+        return _time_zone(value) if value else value
 
     @field_validator("cron")
     @classmethod
@@ -277,6 +277,12 @@ class Config(_Section):
     def updated(self, **sections: dict[str, Any]) -> Config:
         """A copy with some keys changed, validated like a file (for tests and notebooks)."""
         return config_from_dict(deep_merge(self.model_dump(), sections), source="<override>")
+
+    @property
+    def schedule_zone(self) -> str:
+        """The zone of the nightly schedule: `[flows] timezone`, else the bank's own (`[workspace] timezone`), so a
+        London bank's 02:00 is London's, not Shanghai's 18:00 the day before its data arrives."""
+        return self.flows.timezone or self.workspace.timezone
 
 
 _DAY_NAMES = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")

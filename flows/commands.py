@@ -141,7 +141,7 @@ def cmd_serve(ws: Workspace, config: Config, args: argparse.Namespace) -> int:
         deployment_id = deployment.apply()
         print(
             f"deployment {serve.full_name(config)} registered ({deployment_id}); cron {config.flows.cron} "
-            f"{config.flows.timezone}"
+            f"{config.schedule_zone}"
         )
         return 0
     serve.serve_forever(deployment)

@@ -26,7 +26,7 @@ def build_deployment(ws: Workspace, config: Config, config_file: str | None):
     wherever the server or worker does."""
     return nightly_flow.to_deployment(
         name=config.flows.deployment_name,
-        schedule=Cron(config.flows.cron, timezone=config.flows.timezone),
+        schedule=Cron(config.flows.cron, timezone=config.schedule_zone),
         parameters={"home": str(ws.home), "config_file": str(Path(config_file).resolve()) if config_file else None},
         description="Cashcast nightly: ingest landing files, train when due, forecast, plan, report.",
         tags=["cashcast"],

@@ -424,6 +424,9 @@ def test_served_deployment_schedule_and_parameters(tmp_path, prefect_harness, mo
     assert deployment.entrypoint == "flows.nightly.nightly_flow"
     schedule = deployment.schedules[0].schedule
     assert schedule.cron == "30 1 * * *" and schedule.timezone == "Europe/London"
+    # No [flows] timezone: the bank's own clock, not Shanghai's (UK audit: 02:00 there is 18:00 in London).
+    lisbon = load_config().updated(workspace={"timezone": "Europe/Lisbon"})
+    assert serve.build_deployment(ws, lisbon, None).schedules[0].schedule.timezone == "Europe/Lisbon"
 
 
 def test_the_work_pool_deployment_names_the_flow_by_module():
