@@ -867,7 +867,7 @@ def _reason(weekdays, day, covered, horizon, holiday_names, dev, row, risks, fla
     sl = dev.service_level[row]
     beyond = day + covered - horizon
     until = f", {beyond} past the plan horizon" if beyond > 0 else ""
-    names = sorted({h for h in holiday_names if h})
+    names = list(dict.fromkeys(h for h in holiday_names if h))  # in date order: Christmas before Boxing Day
     holiday = f" incl. holiday ({', '.join(names)})" if names else ""
     days = f"{covered} day{'s' if covered > 1 else ''}{until}"
     short = risk > 1 - sl + 1e-9

@@ -752,12 +752,15 @@ def test_degenerate_devices_get_a_plan_and_a_note(config):
 def test_reason_names_the_span_holiday_and_service_level(config):
     forecast = lognormal_forecast([100.0], 10, n_paths=50, seed=6)
     terms = make_terms(config, 1, capacity=[5000.0], visit_cost=[1000.0])
-    holidays = pd.DataFrame({"device_id": ["D0"], "date": [AS_OF + pd.Timedelta(days=5)], "holiday_name": ["Fest"]})
+    holidays = pd.DataFrame(
+        {"device_id": "D0", "date": [AS_OF + pd.Timedelta(days=k) for k in (5, 6)], "holiday_name": ["Fest", "Eve"]}
+    )
     balances = pd.DataFrame({"device_id": ["D0"], "balance": [0.0]})
     result = plan_network(forecast, terms, balances, AS_OF, config, holidays=holidays)
     row = result.plan.iloc[0]
     assert row["reason"].startswith("covers Tue-")
-    assert "incl. holiday (Fest)" in row["reason"] and "at 99.5%" in row["reason"]
+    # In date order (a UK audit read "Boxing Day, Christmas Day, New Year's Day" from the alphabet).
+    assert "incl. holiday (Fest, Eve)" in row["reason"] and "at 99.5%" in row["reason"]
     # An expensive visit: the load stretches past the 10-day plan, into the optimiser's lookahead.
     assert row["days_covered"] > 9
     assert f"{row['days_covered'] - 9} past the plan horizon" in row["reason"]
