@@ -909,10 +909,17 @@ DRIFT_MIN_DAYS = 3  # days forecast since the last training that the drift rule 
 
 
 def recent_forecast_error(
-    ws: Workspace, as_of: pd.Timestamp, days: int = 7, since: pd.Timestamp | None = None, min_days: int = 1
+    ws: Workspace,
+    as_of: pd.Timestamp,
+    days: int = 7,
+    since: pd.Timestamp | None = None,
+    min_days: int = 1,
+    config: Config | None = None,
 ) -> float | None:
     """sMAPE of the forecasts made in the last `days` nights (those on or after the morning `since`) against
-    the actuals now in the lake; None with fewer than `min_days` days to score."""
+    the actuals now in the lake; None with fewer than `min_days` days to score. With `config`, each device's
+    unusual days (`features.calendar.unusual_days`: holidays and the days around their blocks) are left out: a
+    retrain cannot make Boxing Day's error smaller, and the next year's Boxing Day is learnt from the history."""
     from forecasting import smape
 
     mornings = [as_of - pd.Timedelta(days=k) for k in range(1, days + 1)]
@@ -927,9 +934,25 @@ def recent_forecast_error(
     joined = predicted.astype({"device_id": "string"}).merge(
         actual[~actual["censored"]][["device_id", "date", "withdrawals"]], on=["device_id", "date"]
     )
+    if config is not None and len(joined):
+        joined = joined[~_unusual(ws, config, joined)]
     if joined["date"].nunique() < min_days:
         return None
     return float(smape(joined["withdrawals"].to_numpy(), joined["yhat"].to_numpy()))
+
+
+def _unusual(ws: Workspace, config: Config, rows: pd.DataFrame) -> np.ndarray:
+    """bool per (device_id, date) row: a day the device's calendar marks as unusual (features.calendar)."""
+    from features.calendar import CALENDAR_COLUMNS, calendar_features, unusual_days
+
+    ids = pd.DataFrame({"device_id": rows["device_id"].astype(str).unique()})
+    master = ingest.read_table(ws, "devices")
+    places = ids.merge(master.astype({"device_id": str}), on="device_id", how="left") if len(master) else ids
+    calendar = calendar_features(places, rows["date"].min(), rows["date"].max(), config)
+    flagged = calendar.assign(unusual=unusual_days(calendar[CALENDAR_COLUMNS].to_numpy()))
+    keyed = rows[["device_id", "date"]].astype({"device_id": str})
+    merged = keyed.merge(flagged.astype({"device_id": str})[["device_id", "date", "unusual"]], how="left")
+    return merged["unusual"].fillna(False).to_numpy(dtype=bool)
 
 
 def training_record(ws: Workspace, config: Config, why: str, outcome: TrainOutcome | None = None) -> dict:
@@ -978,7 +1001,7 @@ def training_due(ws: Workspace, config: Config, as_of: pd.Timestamp | None) -> t
     # no retraining can lower their error (after a holiday week the run retrained every night until they aged
     # out). A few days of them, not one, so one odd day does not retrain either.
     trained = max(trained_as_of(v) for v in (version, registry.latest_version(ws, config)) if v is not None)
-    recent = recent_forecast_error(ws, as_of, since=trained, min_days=DRIFT_MIN_DAYS)
+    recent = recent_forecast_error(ws, as_of, since=trained, min_days=DRIFT_MIN_DAYS, config=config)
     if recent is not None and baseline > 0 and recent > baseline * (1 + config.forecast.drift_threshold):
         return True, f"recent sMAPE {recent:.1f} drifted past backtest {baseline:.1f}"
     return False, f"champion is {age} day{'' if age == 1 else 's'} old and within drift bounds"

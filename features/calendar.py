@@ -222,6 +222,19 @@ def calendar_lookup(
     return pd.concat(blocks, ignore_index=True), key_of_device
 
 
+UNUSUAL_COLUMNS = ("is_holiday", "holiday_block_length", "pre_holiday_window", "post_holiday_window")
+
+
+def unusual_days(calendar: np.ndarray) -> np.ndarray:
+    """bool (...) from calendar rows (..., len(CALENDAR_COLUMNS)): days the calendar marks as unusual for the
+    device's place: holidays, holiday blocks and the working days around long blocks, and days whose working status
+    differs from their weekday's (a weekday off, a make-up working Saturday). Models defer to the calendar-aware
+    one there, and a forecast's error there says little about drift."""
+    at = [CALENDAR_COLUMNS.index(name) for name in UNUSUAL_COLUMNS]
+    weekend, working = (CALENDAR_COLUMNS.index(name) for name in ("is_weekend", "is_working_day"))
+    return (calendar[..., at] > 0).any(axis=-1) | (calendar[..., weekend] == calendar[..., working])
+
+
 def calendar_features(
     devices: pd.DataFrame,
     start: pd.Timestamp,

@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 
 from cashcast.config import Config
 from cashcast.schema import quantile_column
-from features.calendar import CALENDAR_COLUMNS
+from features.calendar import unusual_days
 from features.panel import Panel, quiet_nan
 from forecasting.metrics import bias, mase, smape, wape
 from forecasting.models import ETS, DeviceGBM, PooledGBM, SeasonalNaive
@@ -68,7 +68,6 @@ FALLBACK = "fallback"
 NO_HISTORY = "network_median"
 PARALLEL_MIN_CELLS = 100_000  # below this (device-days) worker start-up costs more than it saves
 PATH_CHUNK = 256  # devices whose path draws are hashed at once (256 x 200 paths x 56 days of uint64 is 23 MB)
-SPECIAL_COLUMNS = ("is_holiday", "holiday_block_length", "pre_holiday_window", "post_holiday_window")
 # Per-device LightGBM joins the pooled one on networks up to this size: ~50 ms a device and fit, so
 # 300 devices add ~15 s to training while 1,000 would break the 60 s budget.
 # The forecasts each choice needs.
@@ -143,15 +142,9 @@ def merge_fitted(parts: list[dict]) -> dict:
 
 
 def special_days(panel: Panel, horizon: int) -> np.ndarray:
-    """(n, horizon) bool: days ahead that the calendar marks as unusual for the device's place.
-
-    Holidays, holiday blocks and the working days around long blocks, and days whose working status
-    differs from their weekday's (a weekday off, a make-up working Saturday).
-    """
-    cols = {name: CALENDAR_COLUMNS.index(name) for name in SPECIAL_COLUMNS + ("is_weekend", "is_working_day")}
-    ahead = panel.calendar[:, panel.n_days : panel.n_days + horizon][panel.group]  # per place, then device
-    special = (ahead[:, :, [cols[c] for c in SPECIAL_COLUMNS]] > 0).any(axis=2)
-    return special | (ahead[:, :, cols["is_weekend"]] == ahead[:, :, cols["is_working_day"]])
+    """(n, horizon) bool: days ahead that the calendar marks as unusual for the device's place
+    (`features.calendar.unusual_days`)."""
+    return unusual_days(panel.calendar[:, panel.n_days : panel.n_days + horizon][panel.group])
 
 
 def combine(out: dict[str, np.ndarray], panel: Panel, horizon: int) -> dict[str, np.ndarray]:

@@ -83,6 +83,16 @@ def test_drift_of_recent_error_past_threshold_triggers_training(lake, monkeypatc
     assert due and "drifted" in why
 
 
+def test_drift_leaves_out_holidays_and_the_days_around_their_blocks(lake):
+    """Through Christmas a UK network retrained every third night for holiday errors no retrain can mend (UK
+    nightly audit). Japan's 22-24 February 2025 block (the Emperor's Birthday, observed on Monday) and the working
+    days around it are the whole week here: nothing usual left to judge."""
+    forecast_made(lake, AS_OF - pd.Timedelta(days=7), level=300_000.0)  # 100% sMAPE on every day
+    assert jobs.recent_forecast_error(lake, AS_OF, config=load_config()) == pytest.approx(100.0)
+    japan = load_config().updated(devices={"country": "JP"})
+    assert jobs.recent_forecast_error(lake, AS_OF, config=japan) is None
+
+
 def test_drift_is_judged_on_the_forecasts_made_since_the_last_training_only(lake, monkeypatch):
     """After a bad week the run retrained every night: the drift rule read forecasts that earlier models had
     made, which no retraining can improve. Now it reads those made since the last training, three days of them
