@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+import holidays
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -118,9 +119,11 @@ TRANSACTION_WRITE_OPTIONS = {
 }
 
 
-# Device-master columns no other kind has: a header is a master's only with one of them and no other kind's column
-# (a daily export with `region` and a misspelt `withdrawal` is no master: loaded as one, it would overwrite terms).
+# Device-master columns no other kind has: a header is a master's only with one of them and none of the other kinds'
+# day columns (a daily export with a `kind` and a misspelt `withdrawal` is no master: loaded as one, it would
+# overwrite terms).
 MASTER_TERMS = ["kind", "visit_weekdays", *DEVICE_NUMERIC_COLUMNS]
+DAY_COLUMNS = ["date", "timestamp", "as_of"]  # the other kinds' days: no master has one (a `state` or `type` it may)
 
 
 @functools.cache
@@ -135,6 +138,15 @@ def _country_zones() -> dict[str, list[str]]:
     return zones
 
 
+def _iso_country(country: str) -> str:
+    """The ISO code of a country as the holidays package reads it ('UK' is GB there): the calendar's country."""
+    code = country.strip().upper()
+    try:
+        return getattr(holidays.country_holidays(code), "country", code)
+    except NotImplementedError:  # a country the holidays package does not know: taken as written
+        return code
+
+
 def _utc_offsets(zone: str) -> tuple:
     """A zone's UTC offsets in January and July: how aliases (US/Pacific) are matched to their zone."""
     clock = zoneinfo.ZoneInfo(zone)
@@ -145,7 +157,7 @@ def _utc_offsets(zone: str) -> tuple:
 def zone_fits_country(zone: str, country: str) -> bool:
     """Whether `zone` keeps one of `country`'s clocks (True for a country the tz database does not list): a GB
     device's 23:30Z read in Shanghai is the next morning there, and its evening counts on the wrong day."""
-    zones = _country_zones().get(country.strip().upper())
+    zones = _country_zones().get(_iso_country(country))
     if not zones or zone in zones:
         return True
     return _utc_offsets(zone) in {_utc_offsets(own) for own in zones}
@@ -156,8 +168,7 @@ def kind_from_header(path: str | Path) -> str | None:
     whose name says nothing is told apart. A file that cannot be read raises its own IngestError."""
     columns = set(Source.open(path, 1).columns)
     matches = [kind for kind in KINDS if kind != "devices" and set(REQUIRED[kind]) <= columns]
-    of_other_kinds = {c for kind in KINDS if kind != "devices" for c in REQUIRED[kind] + OPTIONAL[kind]}
-    master = columns & set(MASTER_TERMS) and not columns & (of_other_kinds - {"device_id"})
+    master = columns & set(MASTER_TERMS) and not columns & set(DAY_COLUMNS)
     if not matches and "device_id" in columns and master:
         matches = ["devices"]
     return matches[0] if len(matches) == 1 else None
@@ -215,7 +226,7 @@ def ingest_file(
                 loaded, duplicate = LOADERS[kind](run, staging)
                 rejects = run.rejects_frame()
                 staging.commit()  # a header with no rows is a day with nothing to report (no outages, say)
-                for note in run.notes:
+                for note in [*run.notes, *run.clock_notes()]:
                     warnings.warn(IngestWarning(note), stacklevel=2)
             except OSError as exc:
                 if not _cannot_write(exc):
@@ -312,6 +323,17 @@ class _Run:
             if not zone_fits_country(zone, country):
                 self.foreign_clock[device] = (zone, country)
         return to_local(ns, zoned, zones.to_numpy(dtype=object))
+
+    def clock_notes(self) -> list[str]:
+        """The warning for zoned timestamps read in a zone none of their device's country's (see local_ns)."""
+        if not self.foreign_clock:
+            return []
+        device, (zone, country) = next(iter(self.foreign_clock.items()))
+        return [
+            f"{self.source.path}: timestamps with a zone were converted to {zone} for device(s) of another country,"
+            f" e.g. {device} ({country}): a day's last or first hours may count on the wrong business day; set"
+            " the device's timezone (device master) or [devices] / [workspace] timezone"
+        ]
 
     def screen(self, batch: pa.RecordBatch, first: int, checks: list[tuple[str, str, np.ndarray]]) -> np.ndarray:
         """Record the rows failing any check (first failing reason wins); return the mask of good rows."""
@@ -578,13 +600,6 @@ def _load_transactions(run: _Run, staging: lk.Staging) -> tuple[int, int]:
         run.notes.append(
             f"{run.source.path}: {n_changed} row(s) repeat a txn_id already loaded with another timestamp, amount"
             f" or type, e.g. row {row} (txn_id {changed_id}): counted as duplicates, the first loaded is kept"
-        )
-    if run.foreign_clock:
-        device, (zone, country) = next(iter(run.foreign_clock.items()))
-        run.notes.append(
-            f"{run.source.path}: timestamps with a zone were converted to {zone} for device(s) of another country,"
-            f" e.g. {device} ({country}): a day's last or first hours may count on the wrong business day; set"
-            " the device's timezone (device master) or [devices] / [workspace] timezone"
         )
     if identical:
         records = np.concatenate(identical)

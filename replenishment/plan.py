@@ -284,9 +284,9 @@ def roll_balances_forward(
     Day by day from the count: the visit made that morning sets the cash to its balance_after (`visits`:
     device_id, visit_date, balance_after, as they stood on order), then the day's recorded withdrawals
     less deposits leave, floored at 0. A day with no record takes the device's usual net outflow that weekday
-    (its median over the USUAL_WEEKS weeks before as_of, else over all its days then; counted in
-    `estimated_days`): a missing Sunday must not freeze the cash while the days after it are withdrawn. A device
-    with no recorded day to go by stops there, after that morning's visit: its balance keeps that morning's date
+    (its median over the USUAL_WEEKS weeks before as_of; counted in `estimated_days`): a missing Sunday must not
+    freeze the cash while the days after it are withdrawn. A device that recorded no such weekday then stops
+    there, after that morning's visit: its balance keeps that morning's date
     (`after_visit` says the visit is in it), and the plan says how old it is. Counts over MAX_ROLL_DAYS days old
     stay as they are. Adds `counted_on`, the day of the count itself. Why: yesterday's count knows nothing of
     yesterday's swap, so a plan built on it sends the crew for cash that is gone or leaves a device to run dry.
@@ -353,8 +353,8 @@ USUAL_WEEKS = 8  # a day with no record is brought forward at the device's usual
 
 def _usual_net_outflow(daily: pd.DataFrame, device_ids: np.ndarray, as_of: pd.Timestamp) -> np.ndarray:
     """(n, 7) each device's median recorded net outflow (withdrawals less deposits) per weekday, Monday first, over
-    the USUAL_WEEKS weeks before as_of; a weekday it never recorded takes its median over all those days, NaN for
-    a device with none."""
+    the USUAL_WEEKS weeks before as_of; NaN for a weekday it never recorded then (a branch that sends no Sunday rows
+    is no guide to what a Sunday takes)."""
     window = daily[(daily["date"] >= as_of - pd.Timedelta(weeks=USUAL_WEEKS)) & (daily["date"] < as_of)]
     if window.empty:
         return np.full((len(device_ids), 7), np.nan)
@@ -363,9 +363,7 @@ def _usual_net_outflow(daily: pd.DataFrame, device_ids: np.ndarray, as_of: pd.Ti
         {"device_id": window["device_id"].astype(str), "weekday": pd.to_datetime(window["date"]).dt.day_of_week}
     ).assign(net=net.to_numpy())
     by_weekday = frame.pivot_table(index="device_id", columns="weekday", values="net", aggfunc="median")
-    usual = by_weekday.reindex(index=device_ids, columns=range(7)).to_numpy(dtype="float64")
-    overall = frame.groupby("device_id")["net"].median().reindex(device_ids).to_numpy(dtype="float64")
-    return np.where(np.isnan(usual), overall[:, None], usual)
+    return by_weekday.reindex(index=device_ids, columns=range(7)).to_numpy(dtype="float64")
 
 
 class BalanceSeen(NamedTuple):

@@ -140,6 +140,7 @@ def test_a_correction_dropped_beside_its_original_is_loaded_after_it(tmp_path):
     ]
 
 
+@pytest.mark.filterwarnings("ignore:.*column\\(s\\) state, currency ignored:ingest.report.IngestWarning")
 def test_a_landing_file_whose_name_says_nothing_is_known_by_its_columns(tmp_path):
     """An export named by the bank's system (`ATM_export_20261030.csv`) is daily by its header; the master is
     still loaded first, and a file whose columns fit no kind (or two) fails with the reason (contract audit)."""
@@ -148,13 +149,14 @@ def test_a_landing_file_whose_name_says_nothing_is_known_by_its_columns(tmp_path
     ws = Workspace.resolve(tmp_path / "home").ensure()
     ws.landing.mkdir(parents=True, exist_ok=True)
     (ws.landing / "ATM_export_20261030.csv").write_text("device_id,date,withdrawals\nA1,2026-10-30,5000\n")
-    (ws.landing / "terminals.csv").write_text("device_id,kind,capacity\nA1,atm,200000\n")
+    (ws.landing / "terminals.csv").write_text("device_id,kind,capacity,state,currency\nA1,atm,200000,NY,USD\n")
     pq.write_table(
         pa.table({"device_id": ["A1"], "as_of": ["2026-10-31"], "balance": [150000.0]}), ws.landing / "x.parquet"
     )
     (ws.landing / "notes.csv").write_text("device_id,remark\nA1,new lock\n")
-    # A misspelt daily export with a master column is no master: loaded as one, it overwrote A1's region.
-    (ws.landing / "export_b.csv").write_text("device_id,region,date,withdrawal\nA1,North,2026-10-31,7\n")
+    # A misspelt daily export with a master column is no master: loaded as one, it overwrote A1's kind. (A real
+    # master with a US `state` or a `currency` column, as terminals.csv above, still is one.)
+    (ws.landing / "export_b.csv").write_text("device_id,kind,date,withdrawal\nA1,branch,2026-10-31,7\n")
     (ws.landing / "both.csv").write_text("device_id,date,withdrawals,as_of,balance\nA1,2026-10-31,7,2026-11-01,9\n")
     pq.write_table(pa.table({"device_id": ["A1"], "amounts": [[1, 2]]}), ws.landing / "lists.parquet")
     assert [p.name for p in pending_files(ws)][0] == "terminals.csv"
@@ -173,7 +175,7 @@ def test_a_landing_file_whose_name_says_nothing_is_known_by_its_columns(tmp_path
     assert "hold lists or records" in outcomes["lists.parquet"]["reason"]  # its own reason, not the kind's
     assert ingest.read_daily(ws)["withdrawals"].tolist() == [5000.0]
     master = ingest.read_table(ws, "devices")
-    assert master["capacity"].tolist() == [200000.0] and master["region"].isna().all()
+    assert master["capacity"].tolist() == [200000.0] and master["kind"].tolist() == ["atm"]
 
 
 def test_corrupt_landing_file_goes_to_failed(nightly_run, fast_config_file):

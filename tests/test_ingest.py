@@ -1072,8 +1072,11 @@ def test_zoned_times_read_in_a_zone_not_of_the_device_country_are_said(tmp_path,
     """A London ATM's 23:30Z read in the workspace's Shanghai is the next morning: the day moves silently unless
     the sender is told to set the device's zone (contract audit). A zone of the country, or an alias of one
     (US/Pacific), says nothing."""
-    master = "device_id,country\nLON,GB\nSHA,CN\nLAX,US\n"
+    master = "device_id,country\nLON,UK\nSHA,CN\nLAX,US\n"  # UK: GB as the holidays package reads it
     ingest_file(write(tmp_path / "devices.csv", master), "devices", ws, config)
+    status = "device_id,start,end,state\nLON,2024-01-08T23:00:00Z,2024-01-09T01:00:00Z,offline\n"
+    with pytest.warns(IngestWarning, match=r"converted to Asia/Shanghai for device\(s\) of another country"):
+        ingest_file(write(tmp_path / "s.csv", status), "status", ws, config)  # a status file is told too
     body = "device_id,timestamp,amount\nSHA,2024-01-08T23:30:00Z,1\nLON,2024-01-08T23:30:00Z,1\n"
     with pytest.warns(
         IngestWarning, match=r"converted to Asia/Shanghai for device\(s\) of another country, e\.g\. LON"

@@ -670,15 +670,18 @@ def test_an_old_count_is_brought_forward_over_the_visits_and_demand_since(config
     day = [AS_OF - pd.Timedelta(days=k) for k in range(5)]  # day[1] is yesterday
     balances = pd.DataFrame(
         {
-            "device_id": ["D0", "D1", "D2", "D3", "D4", "D5"],
-            "balance": [1000.0, 1000.0, 400.0, 900.0, 300.0, 5000.0],
-            "balance_as_of": [day[3], day[3], day[0], AS_OF - pd.Timedelta(days=40), day[1], day[1]],
+            "device_id": ["D0", "D1", "D2", "D3", "D4", "D5", "D6"],
+            "balance": [1000.0, 1000.0, 400.0, 900.0, 300.0, 5000.0, 1000.0],
+            "balance_as_of": [day[3], day[3], day[0], AS_OF - pd.Timedelta(days=40), day[1], day[1], day[2]],
         }
     )
     rows = [("D0", day[3], 100.0, None), ("D0", day[2], 200.0, 50.0), ("D0", day[1], 300.0, None)]
     rows += [("D1", day[3], 100.0, None), ("D1", day[1], 300.0, None), ("D4", day[1], 500.0, None)]
     # D1's usual: 200 on the weekday of day[2] (its median there over the weeks before), whatever else it did.
     rows += [("D1", day[2] - pd.Timedelta(weeks=k), 200.0, None) for k in (1, 2, 3)]
+    # D6 records only day[2]'s weekday: day[1]'s, never recorded in the weeks before, is no guide (a branch that
+    # sends no Sunday rows): it stops there.
+    rows += [("D6", day[2] - pd.Timedelta(weeks=k), 100.0, None) for k in (0, 1, 2, 3)]
     daily = pd.DataFrame(rows, columns=["device_id", "date", "withdrawals", "deposits"])
     visits = pd.DataFrame({"device_id": ["D0", "D5"], "visit_date": [day[2], day[1]], "balance_after": [2000.0, 570.0]})
     rolled = roll_balances_forward(balances, daily, visits, AS_OF).set_index("device_id")
@@ -686,7 +689,8 @@ def test_an_old_count_is_brought_forward_over_the_visits_and_demand_since(config
     assert rolled.loc["D0", "balance"] == 1550.0 and rolled.loc["D0", "balance_as_of"] == AS_OF
     # No record on day[2]: its usual 200 that weekday, then day[1]'s 300 recorded: 1000 - 100 - 200 - 300.
     assert (rolled.loc["D1", "balance"], rolled.loc["D1", "balance_as_of"]) == (400.0, AS_OF)
-    assert rolled["estimated_days"].to_dict() == {"D0": 0, "D1": 1, "D2": 0, "D3": 0, "D4": 0, "D5": 0}
+    assert rolled["estimated_days"].to_dict() == {"D0": 0, "D1": 1, "D2": 0, "D3": 0, "D4": 0, "D5": 0, "D6": 0}
+    assert (rolled.loc["D6", "balance"], rolled.loc["D6", "balance_as_of"]) == (900.0, day[1])
     assert rolled.loc["D2", "balance"] == 400.0 and rolled.loc["D3", "balance"] == 900.0  # untouched
     assert rolled.loc["D4", "balance"] == 0.0  # recorded more than it held: empty, never negative
     assert rolled.loc["D0", "counted_on"] == day[3]
@@ -699,14 +703,16 @@ def test_an_old_count_is_brought_forward_over_the_visits_and_demand_since(config
         "D3": False,
         "D4": False,
         "D5": True,
+        "D6": False,
     }
 
-    forecast = lognormal_forecast([100.0] * 6, 10, n_paths=20, seed=2)
+    forecast = lognormal_forecast([100.0] * 7, 10, n_paths=20, seed=2)
     terms = resolve_terms(balances[["device_id"]], None, config)
     result = plan_network(forecast, terms, rolled.reset_index(), AS_OF, config, holidays=NO_HOLIDAYS)
     notes = result.summary.set_index("device_id")["notes"]
     assert "balance 1,550 brought forward from the count of 3 day(s) ago" in notes["D0"]
     assert "1 day(s) with no record taken at the device's usual demand" in notes["D1"]
+    assert "balance 900 dates from 1 day(s) before this plan: brought forward from a count 2 day(s) old" in notes["D6"]
     assert "was counted 40 day(s) before this plan" in notes["D3"]
     assert "balance 570 is what the visit of 1 day(s) before this plan left" in notes["D5"]
     opening = result.projection.sort_values("date").groupby("device_id").first()
@@ -922,6 +928,21 @@ def test_order_deadlines_fall_on_the_carriers_order_days():
     holiday = order_deadlines(dates, np.array([1, 1]), "Mon-Fri", closed)
     assert holiday[0].tolist() == [-1, -1, -1, 2, 2, 4, 5, 6, 6, 6] and holiday[1].tolist() == weekdays[0].tolist()
     assert order_deadlines(dates, np.array([1]), "", closed[:1])[0].tolist() == every_day[0].tolist()  # any day
+
+
+def test_a_carrier_taking_orders_on_weekdays_orders_before_a_bank_holiday(config):
+    """Through the plan, not just order_deadlines: with Friday 6 November a holiday of the device, a visit on
+    Monday the 9th is ordered on Thursday the 5th (UK audit: due on Boxing Day and New Year's Day)."""
+    saturday = pd.Timestamp("2026-10-31")
+    forecast = lognormal_forecast([100.0], 21, n_paths=50, seed=9, start=saturday)
+    terms = make_terms(config, 1, capacity=[600.0], visit_cost=[50.0], lead_time_days=[1])
+    empty = pd.DataFrame({"device_id": ["D0"], "balance": [0.0]})
+    friday = pd.DataFrame({"device_id": ["D0"], "date": [pd.Timestamp("2026-11-06")], "holiday_name": ["Fest"]})
+    weekdays = config.updated(plan={"order_weekdays": "Mon-Fri"})
+    plan = plan_network(forecast, terms, empty, saturday, weekdays, holidays=friday).plan
+    monday = plan[plan["visit_date"] == pd.Timestamp("2026-11-09")]
+    assert len(monday) == 1 and monday["order_by"].item() == pd.Timestamp("2026-11-05")
+    assert pd.Timestamp("2026-11-06") not in set(plan["order_by"])
 
 
 def test_a_carrier_taking_orders_on_weekdays_moves_order_by_off_the_weekend(config):
