@@ -87,6 +87,20 @@ def real_forecaster(config, cache: Path | None, label: str):
     return forecast
 
 
+def replaced_paths(base, paths):
+    """`base` (a naive forecast) with its withdrawal and deposit paths replaced by `paths(flow, shape)`, where
+    those are not NaN (days past the data, devices the source does not hold keep the naive paths)."""
+
+    def replace(flow: str, fallback: np.ndarray) -> np.ndarray:
+        drawn = paths(flow, fallback.shape)
+        return np.where(np.isnan(drawn), fallback, drawn).astype("float32")
+
+    base.withdrawal_paths = replace("withdrawals", base.withdrawal_paths)
+    if base.deposit_paths is not None:
+        base.deposit_paths = replace("deposits", base.deposit_paths)
+    return base
+
+
 def oracle_forecaster(actual: pd.DataFrame, n_paths: int, sigma: float = 0.15):
     """Paths = the actual future x lognormal noise: not a forecaster, a check of the optimiser alone."""
 
@@ -94,18 +108,13 @@ def oracle_forecaster(actual: pd.DataFrame, n_paths: int, sigma: float = 0.15):
         base = naive_forecast(history, as_of, horizon, n_paths)
         rng = np.random.default_rng(int(as_of.value % 2**32))
 
-        def paths(column: str, fallback: np.ndarray) -> np.ndarray:
-            """Noisy actual future; days never recorded keep the naive paths."""
+        def paths(column: str, shape: tuple) -> np.ndarray:
+            """Noisy actual future, NaN on days never recorded."""
             table = actual.pivot_table(index="device_id", columns="date", values=column)
             future = table.reindex(index=base.device_ids, columns=base.dates).to_numpy(dtype="float64")
-            noise = rng.lognormal(-0.5 * sigma**2, sigma, fallback.shape)
-            known = ~np.isnan(future)[:, None, :]
-            return np.where(known, np.nan_to_num(future)[:, None, :] * noise, fallback).astype("float32")
+            return future[:, None, :] * rng.lognormal(-0.5 * sigma**2, sigma, shape)
 
-        base.withdrawal_paths = paths("withdrawals", base.withdrawal_paths)
-        if base.deposit_paths is not None:
-            base.deposit_paths = paths("deposits", base.deposit_paths)
-        return base
+        return replaced_paths(base, paths)
 
     return forecast
 
@@ -118,16 +127,13 @@ def truth_forecaster(law: dict, n_paths: int):
         base = naive_forecast(history, as_of, horizon, n_paths)
         rng = np.random.default_rng(int(as_of.value % 2**32))
 
-        def paths(flow: str, fallback: np.ndarray) -> np.ndarray:
+        def paths(flow: str, shape: tuple) -> np.ndarray:
             rows = pd.Index(law[flow].device_ids).get_indexer(base.device_ids)
             drawn = law[flow].sample_paths(as_of, len(base.dates), n_paths, rng)[np.maximum(rows, 0)]
             drawn[rows < 0] = np.nan
-            return np.where(np.isnan(drawn), fallback, drawn).astype("float32")
+            return drawn
 
-        base.withdrawal_paths = paths("withdrawals", base.withdrawal_paths)
-        if base.deposit_paths is not None:
-            base.deposit_paths = paths("deposits", base.deposit_paths)
-        return base
+        return replaced_paths(base, paths)
 
     return forecast
 

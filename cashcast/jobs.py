@@ -391,15 +391,18 @@ def forecast_devices(
     )
 
 
-def new_device_twins(history: History, config: Config) -> dict[str, str]:
+def new_device_twins(
+    history: History, config: Config, terms: Callable[[], pd.DataFrame] | None = None
+) -> dict[str, str]:
     """The master's devices with no recorded day in `history` -> the typical recorded device of their kind
-    (`replenishment.new_device_twins`); the terms are resolved only when there is such a device."""
+    (`replenishment.new_device_twins`), from `terms` (the caller's resolution of them, default: resolved here),
+    asked for only when there is such a device."""
     import replenishment
 
     recorded = set(history.daily["device_id"].astype(str))
     if history.devices.empty or set(history.devices["device_id"].astype(str)) <= recorded:
         return {}
-    return replenishment.new_device_twins(device_terms(history, config))
+    return replenishment.new_device_twins(device_terms(history, config) if terms is None else terms())
 
 
 def require_history_window(ws: Workspace, config: Config, as_of: pd.Timestamp) -> None:
@@ -455,7 +458,7 @@ def plan_forecast(
 
 
 def visits_on_order(
-    ws: Workspace, as_of: pd.Timestamp, own_ordered_before: pd.Timestamp | None = None
+    ws: Workspace, as_of: pd.Timestamp, own: pd.DataFrame | None = None, own_ordered_before: pd.Timestamp | None = None
 ) -> pd.DataFrame | None:
     """The visits the carrier already has on the morning of `as_of`, from the plans written for earlier
     mornings (None when there are none): inside the lead time they can no longer change.
@@ -463,11 +466,10 @@ def visits_on_order(
     Each plan's orders stood until the next plan was written, so a visit counts when its plan ordered it
     (`order_by`) before the next plan's morning, and it falls on `as_of` or later. A visit ordered three
     mornings ago for the day after tomorrow is in that plan only: the plans since took it as given and do not
-    list it. `own_ordered_before`: a night planning `as_of` again (no newer day arrived): the visits of its own
-    plan in force due to be ordered before that day count too (`own_plan_orders`).
+    list it. `own`: a night planning `as_of` again (no newer day arrived): the rows of its own plan in force that
+    were due to be ordered before `own_ordered_before` (`own_plan_orders`) count too.
     """
     ordered = _on_order(_written_plans(ws), as_of, _planned_visits)
-    own = own_plan_orders(ws, as_of, own_ordered_before)
     if own is None:
         return ordered
     import replenishment
@@ -481,7 +483,7 @@ def own_plan_orders(ws: Workspace, as_of: pd.Timestamp, ordered_before: pd.Times
     """The rows of `as_of`'s plan in force due to be ordered before `ordered_before` (None: none asked for): when
     a night plans that morning again, the carrier has them, so the new plan keeps them as given and lists them as
     they were (its file is where the next nights find them on order)."""
-    path = ws.plans / f"{as_of:%Y-%m-%d}" / "plan.csv"
+    path = output_path(ws.plans, as_of, "plan.csv")
     if ordered_before is None or not path.exists():
         return None
     plan = read_written(path, ("visit_date", "order_by"))  # written escaped again with the new plan
@@ -493,7 +495,7 @@ def same_morning_again(ws: Workspace, as_of: pd.Timestamp) -> tuple[pd.Timestamp
     """For a night's own morning (no --as-of) already planned: (the day before which that plan's orders were
     placed, today; the warning). A feed that stopped looks like this: the same morning planned night after night,
     and the new plan keeps the orders the carrier has (`own_plan_orders`)."""
-    if not (ws.plans / f"{as_of:%Y-%m-%d}" / "plan.csv").exists():
+    if not output_path(ws.plans, as_of, "plan.csv").exists():
         return None
     return pd.Timestamp.now().normalize(), (
         f"no day newer than {as_of - pd.Timedelta(days=1):%Y-%m-%d} has arrived since the last run:"
@@ -780,7 +782,8 @@ def run_plan(
         model = champion_or_train(ws, config, as_of, progress=progress, history=reading.result)
         history = reading.result()
         resolving = helper.submit(device_terms, history, config)
-        forecast = forecast_devices(model, history, config, config.plan.forecast_days)
+        twins = new_device_twins(history, config, resolving.result)  # waits for the terms only on a new device
+        forecast = forecast_devices(model, history, config, config.plan.forecast_days, twins=twins)
         terms = resolving.result()
         apart = kept_apart(ws, as_of)
         target = plan_output(ws.forecasts, as_of, apart) / "forecast.csv"

@@ -130,10 +130,7 @@ class DemandLaw:
         for k, t in enumerate(range(first, min(first + horizon, days))):
             state = AR_PHI * state + AR_SD * math.sqrt(1 - AR_PHI**2) * rng.standard_normal(state.shape)
             log_noise = state + sd * rng.standard_normal(state.shape) - (AR_SD**2 + sd**2) / 2
-            day = self.mean[:, t, None] * np.exp(log_noise)
-            spikes = rng.random(day.shape) < SPIKE_RATE
-            day[spikes] *= rng.uniform(*SPIKE_GAIN, int(spikes.sum()))
-            paths[:, :, k] = day
+            paths[:, :, k] = _with_spikes(self.mean[:, t, None] * np.exp(log_noise), rng)
         return paths
 
 
@@ -250,9 +247,14 @@ def _demand(
     if law is not None:
         law["scatter_sd"] = scatter_sd[:, 0].astype("float64")
         law["mean"] = weekly[:, calendar["weekday_type"]] * lift * base[:, None] * np.exp(drift)
-    spikes = rng.random((n, days), dtype=np.float32) < SPIKE_RATE
-    level[spikes] *= rng.uniform(*SPIKE_GAIN, int(spikes.sum())).astype(np.float32)
-    return level, law
+    return _with_spikes(level, rng), law
+
+
+def _with_spikes(level: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """`level` with rare busy days (SPIKE_RATE of them, times SPIKE_GAIN), in place, in its own float type."""
+    spikes = rng.random(level.shape, dtype=level.dtype) < SPIKE_RATE
+    level[spikes] *= rng.uniform(*SPIKE_GAIN, int(spikes.sum())).astype(level.dtype)
+    return level
 
 
 def _profiles(rng: np.random.Generator, n_atms: int, n_branches: int, n_recyclers: int) -> pd.DataFrame:

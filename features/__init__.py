@@ -67,12 +67,9 @@ def build(
     if "censored" not in daily:
         daily = daily.assign(censored=False)  # a daily file with no status feed: every recorded day is demand
     panel = build_panel(daily, devices, as_of, config, column=column, pad=horizon, events=events, horizon=horizon)
-    n = len(panel.device_ids)
-    dev = np.repeat(np.arange(n), horizon)
-    step = np.tile(np.arange(1, horizon + 1), n)
-    origin = np.full(len(dev), panel.n_days)
+    dev, origin, step = panel.samples_ahead(np.arange(len(panel.device_ids)), horizon)
     target = origin + step - 1
-    year_back = panel.calendar[panel.group[dev], target, CALENDAR_COLUMNS.index("year_back_days")]
+    year_back = panel.calendar_at(dev, target)[:, CALENDAR_COLUMNS.index("year_back_days")]
     history, _ = history_columns(HistorySums(panel), dev, origin, target, year_back)
     dates = pd.date_range(as_of, periods=horizon, freq="D", unit="ns")
     keys = pd.DataFrame(

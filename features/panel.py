@@ -117,6 +117,15 @@ class Panel:
     def subset(self, rows: np.ndarray) -> Panel:
         return Panel(self.device_ids[rows], self.start, self.values[rows], self.calendar, self.group[rows])
 
+    def samples_ahead(self, rows: np.ndarray, horizon: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(device row, origin column, horizon) of each day 1..horizon past the panel's end, device by device."""
+        dev = np.repeat(rows, horizon)
+        return dev, np.full(len(dev), self.n_days), np.tile(np.arange(1, horizon + 1), len(rows))
+
+    def calendar_at(self, dev: np.ndarray, column: np.ndarray) -> np.ndarray:
+        """The calendar rows (len(dev), len(CALENDAR_COLUMNS)) of device rows `dev` on day columns `column`."""
+        return self.calendar[self.group[dev], np.minimum(column, self.calendar.shape[1] - 1)]
+
 
 def build_panel(
     daily: pd.DataFrame,

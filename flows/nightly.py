@@ -147,8 +147,8 @@ def forecast_and_plan_flow(
     typical = jobs.network_typicals(ws, config, as_of_ts) if new else None
     chunks = jobs.device_chunks(recorded, new, config.flows.devices_per_task, typical and typical.twins)
     ordered_before = jobs.parse_date(own_ordered_before)
-    on_order = jobs.visits_on_order(ws, as_of_ts, ordered_before)
     kept = jobs.own_plan_orders(ws, as_of_ts, ordered_before)
+    on_order = jobs.visits_on_order(ws, as_of_ts, kept, ordered_before)
     made = jobs.visits_made(ws, as_of_ts)
     chunk_task = plan_chunk.with_options(**runners.retry_options(config))
     day = f"{as_of_ts:%Y-%m-%d}"

@@ -222,7 +222,7 @@ def design(
     """Feature matrix (float32, GBM_FEATURES order) and level for samples (device row, origin col, h): the
     horizon, the target day's calendar and the device's history before the origin (`features.history`)."""
     target = origin + horizon - 1
-    cal = panel.calendar[panel.group[dev], np.minimum(target, panel.calendar.shape[1] - 1)]
+    cal = panel.calendar_at(dev, target)
     history, level = history_columns(sums, dev, origin, target, cal[:, _YEAR_BACK_AT])
     cols = [horizon, *cal[:, _MODEL_CALENDAR_AT].T, *history]
     X = np.column_stack([np.asarray(c, dtype=np.float32) for c in cols])
@@ -232,9 +232,8 @@ def design(
 def forecast_design(panel: Panel, rows: np.ndarray, horizon: int, max_horizon: int) -> tuple[np.ndarray, np.ndarray]:
     """Design rows for days 1..horizon ahead of the panel's end, device by device (`rows`); horizons past
     the trained max_horizon are read as max_horizon."""
-    dev = np.repeat(rows, horizon)
-    h = np.tile(np.arange(1, horizon + 1), len(rows))
-    X, level = design(panel, HistorySums(panel), dev, np.full(len(dev), panel.n_days), h)
+    dev, origin, h = panel.samples_ahead(rows, horizon)
+    X, level = design(panel, HistorySums(panel), dev, origin, h)
     X[:, 0] = np.minimum(h, max_horizon)
     return X, level
 

@@ -36,6 +36,16 @@ def day_matrix(
     return table.reindex(index=device_ids, columns=days).to_numpy(dtype="float64")
 
 
+def weekday_medians(values: np.ndarray, dates: pd.DatetimeIndex) -> np.ndarray:
+    """(n, 7) each row's median of `values` (n, len(dates)) per weekday, Monday first; NaN for a weekday with no
+    value (the caller says what stands in: an earlier window, every day, or nothing)."""
+    out = np.full((len(values), 7), np.nan)
+    weekday = np.asarray(dates.day_of_week)
+    for day in np.unique(weekday):
+        out[:, day] = _nanmedian(values[:, weekday == day], axis=1)
+    return out
+
+
 def _same_weekday_median(values: np.ndarray, lags: range) -> np.ndarray:
     """Median over lags (in weeks) of the value 7*lag days earlier, NaN-aware; column t uses t-7.. ."""
     n_dev, n_days = values.shape

@@ -28,6 +28,7 @@ from replenishment.dp import (
     segment_table,
     solve_visits,
 )
+from replenishment.naive import day_matrix, weekday_medians
 from replenishment.terms import (
     allowed_visit_days,
     device_holidays,
@@ -355,15 +356,11 @@ def _usual_net_outflow(daily: pd.DataFrame, device_ids: np.ndarray, as_of: pd.Ti
     """(n, 7) each device's median recorded net outflow (withdrawals less deposits) per weekday, Monday first, over
     the USUAL_WEEKS weeks before as_of; NaN for a weekday it never recorded then (a branch that sends no Sunday rows
     is no guide to what a Sunday takes)."""
-    window = daily[(daily["date"] >= as_of - pd.Timedelta(weeks=USUAL_WEEKS)) & (daily["date"] < as_of)]
-    if window.empty:
-        return np.full((len(device_ids), 7), np.nan)
-    net = window["withdrawals"] - (window["deposits"].fillna(0.0) if "deposits" in window else 0.0)
-    frame = pd.DataFrame(
-        {"device_id": window["device_id"].astype(str), "weekday": pd.to_datetime(window["date"]).dt.day_of_week}
-    ).assign(net=net.to_numpy())
-    by_weekday = frame.pivot_table(index="device_id", columns="weekday", values="net", aggfunc="median")
-    return by_weekday.reindex(index=device_ids, columns=range(7)).to_numpy(dtype="float64")
+    dates = pd.date_range(end=as_of - pd.Timedelta(days=1), periods=7 * USUAL_WEEKS, freq="D")
+    net = day_matrix(daily, "withdrawals", device_ids, dates, censored_as_missing=False)
+    if "deposits" in daily:
+        net = net - np.nan_to_num(day_matrix(daily, "deposits", device_ids, dates, censored_as_missing=False))
+    return weekday_medians(net, dates)
 
 
 class BalanceSeen(NamedTuple):

@@ -33,7 +33,7 @@ import pandas as pd
 from cashcast.config import Config
 from cashcast.schema import DemandForecast, validate_daily
 from replenishment.dp import DeviceArrays, chosen_loads, prefix_costs, segment_table, solve_visits
-from replenishment.naive import day_matrix
+from replenishment.naive import day_matrix, weekday_medians
 from replenishment.plan import (
     HALF_CENT,
     extend_weekly,
@@ -114,21 +114,13 @@ def _impute_same_weekday(
     """Fill NaN days with the device's median of that weekday in the window; where the window has none (a short
     window, a feed without Sundays), its median of that weekday in `before` (the weeks before the window), else
     of every day recorded in the window. Never 0: a day with no row is not a day without demand."""
-    filled = values.copy()
-    weekday, weekday_before = np.asarray(dates.day_of_week), np.asarray(before_dates.day_of_week)
+    median = weekday_medians(values, dates)
+    median = np.where(np.isnan(median), weekday_medians(before, before_dates), median)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: the next tier fills them
-        any_day = np.nanmedian(values, axis=1)
-        for day in range(7):
-            cols = weekday == day
-            if not cols.any():
-                continue
-            block = values[:, cols]
-            median = np.nanmedian(block, axis=1)
-            median = np.where(np.isnan(median), np.nanmedian(before[:, weekday_before == day], axis=1), median)
-            median = np.where(np.isnan(median), any_day, median)
-            filled[:, cols] = np.where(np.isnan(block), median[:, None], block)
-    return filled
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN row stays NaN
+        median = np.where(np.isnan(median), np.nanmedian(values, axis=1)[:, None], median)
+    usual = median[:, np.asarray(dates.day_of_week)]
+    return np.where(np.isnan(values), usual, values)
 
 
 def _recorded_in_window(actual: pd.DataFrame, terms: pd.DataFrame, start, end) -> tuple[pd.DataFrame, list[str]]:
